@@ -1,0 +1,137 @@
+"""Dataset layouts the researcher uses.
+
+* **MedCLIP-SAMv2 layout**: ``root/<task>/{train,val,test}_{images,masks}/NAME.png``; a mask has
+  its image's file name. Pairs are matched by name and sorted (upstream zips two unsorted
+  ``os.listdir`` calls, which pairs the wrong files); a missing partner is an error naming it.
+* **DPO CSV** (the researcher's fork): header ``filename,filename_neg,Caption,Caption_neg``; also
+  seen ``imagepath,imagepath_neg,caption,caption_neg``. Both are read; the first is written.
+* **Normal images**: a folder of lesion-free images (no masks), used as real negatives.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.io import IMAGE_SUFFIXES, InputError
+
+SPLITS = ("train", "val", "test")
+DPO_HEADER = ("filename", "filename_neg", "Caption", "Caption_neg")
+_DPO_ALIASES = {
+    ("filename", "filename_neg", "caption", "caption_neg"): DPO_HEADER,
+    ("imagepath", "imagepath_neg", "caption", "caption_neg"): DPO_HEADER,
+}
+
+
+class DatasetError(InputError):
+    """A dataset folder or CSV that does not follow its layout."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image and its mask in the MedCLIP-SAMv2 layout."""
+
+    name: str  # file name shared by image and mask, e.g. "benign (26).png"
+    image_path: Path
+    mask_path: Path
+
+
+@dataclass(frozen=True)
+class DpoRow:
+    """One row of the researcher's DPO CSV: a positive and its negative, with captions."""
+
+    filename: str  # positive image path (as written in the CSV, usually relative)
+    filename_neg: str  # negative image path
+    caption: str  # caption of the positive ("... benign tumor.")
+    caption_neg: str  # caption of the negative ("... no signs of pathology.")
+
+
+def _images_in(folder: Path) -> dict[str, Path]:
+    return {
+        p.name: p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    }
+
+
+def list_pairs(root: str | Path, task: str, split: str) -> list[Pair]:
+    """Image/mask pairs of ``root/<task>/<split>_{images,masks}``, sorted by name."""
+    if split not in SPLITS:
+        raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
+    base = Path(root) / task
+    images_dir, masks_dir = base / f"{split}_images", base / f"{split}_masks"
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: folder missing (expected the MedCLIP-SAMv2 layout)")
+    images, masks = _images_in(images_dir), _images_in(masks_dir)
+    missing_masks = sorted(set(images) - set(masks))
+    missing_images = sorted(set(masks) - set(images))
+    if missing_masks:
+        raise DatasetError(f"{images_dir / missing_masks[0]}: no mask with this name in {masks_dir}"
+                           + (f" (and {len(missing_masks) - 1} more)" if len(missing_masks) > 1 else ""))
+    if missing_images:
+        raise DatasetError(f"{masks_dir / missing_images[0]}: no image with this name in {images_dir}"
+                           + (f" (and {len(missing_images) - 1} more)" if len(missing_images) > 1 else ""))
+    return [Pair(name, images[name], masks[name]) for name in sorted(images)]
+
+
+def list_tasks(root: str | Path) -> list[str]:
+    """Task folders under ``root`` that have at least one ``*_images`` split folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such data folder")
+    return sorted(
+        d.name for d in root.iterdir()
+        if d.is_dir() and any((d / f"{s}_images").is_dir() for s in SPLITS)
+    )
+
+
+def list_normal_images(folder: str | Path) -> list[Path]:
+    """Lesion-free images in ``folder`` (sorted); an empty or missing folder is an error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such folder of normal images")
+    found = list(_images_in(folder).values())
+    if not found:
+        raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in it")
+    return found
+
+
+def read_dpo_csv(path: str | Path) -> list[DpoRow]:
+    """Read a DPO CSV in either header convention (see module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such CSV")
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh, skipinitialspace=True)
+        try:
+            header = tuple(h.strip() for h in next(reader))
+        except StopIteration:
+            raise DatasetError(f"{path}: CSV is empty") from None
+        key = tuple(h.lower() for h in header)
+        if key not in _DPO_ALIASES:
+            raise DatasetError(
+                f"{path}: unknown header {','.join(header)}; expected "
+                "filename,filename_neg,Caption,Caption_neg or imagepath,imagepath_neg,caption,caption_neg"
+            )
+        rows = []
+        for lineno, row in enumerate(reader, start=2):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != 4:
+                raise DatasetError(f"{path}:{lineno}: expected 4 columns, got {len(row)}")
+            rows.append(DpoRow(*(c.strip() for c in row)))
+    return rows
+
+
+def write_dpo_csv(path: str | Path, rows: list[DpoRow]) -> Path:
+    """Write rows with the header ``filename,filename_neg,Caption,Caption_neg``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(DPO_HEADER)
+        for r in rows:
+            writer.writerow([r.filename, r.filename_neg, r.caption, r.caption_neg])
+    return path

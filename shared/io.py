@@ -1,0 +1,289 @@
+"""Reading and writing images, masks and volumes, with one clear error per kind of bad input.
+
+Conventions used everywhere in the project:
+
+* An **image** is a ``float32`` numpy array in ``[0, 1]``, shape ``HxW`` (grayscale) or
+  ``HxWx3`` (RGB). 8-bit files are divided by 255, 16-bit files by 65535; an alpha channel is
+  dropped; palette/other modes are converted to RGB.
+* A **mask** is a ``bool`` array ``HxW``. Files may hold {0, 1}, {0, 255} or bool values.
+  **Policy for non-binary masks**: refused (:class:`NonBinaryMaskError`), never thresholded
+  silently — a JPEG-compressed or resized mask has lost its boundary, and guessing a threshold
+  would change the ground truth. Re-save the mask losslessly (PNG) as 0/255.
+* Volumes (NIfTI, DICOM) become lists of 2-D images after an intensity window.
+
+Every error below subclasses :class:`InputError` (a ``ValueError``) and names the file.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MAX_PIXELS = 64_000_000  # refuse anything larger than ~8000x8000 (decompression bombs)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class InputError(ValueError):
+    """Bad user input: the message names the file and what is wrong with it."""
+
+
+class UnreadableImageError(InputError):
+    """The bytes are not an image we can decode."""
+
+
+class SizeMismatchError(InputError):
+    """Image and mask have different heights/widths."""
+
+
+class NonBinaryMaskError(InputError):
+    """The mask holds values other than {0,1} or {0,255}."""
+
+
+class EmptyMaskError(InputError):
+    """The mask has no lesion pixels where one is required."""
+
+
+class ImageTooLargeError(InputError):
+    """The image has more pixels than allowed (decompression-bomb guard)."""
+
+
+def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of "
+                    f"{max_pixels}"
+                )
+            img.load()
+    except ImageTooLargeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageTooLargeError(f"{name}: refused as a decompression bomb ({err})") from None
+    except Exception as err:  # PIL raises many types for corrupt data
+        raise UnreadableImageError(f"{name}: not a readable image ({type(err).__name__}: {err})") from None
+    return img
+
+
+def _to_float(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return (np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535.0)
+    if mode == "I":
+        arr = np.asarray(img, dtype=np.int64)
+        scale = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        return np.clip(arr / scale, 0, 1).astype(np.float32)
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        return np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo)
+    if mode in ("1", "L"):
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    if mode == "LA":
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def decode_image(data: bytes, name: str = "image", *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode encoded bytes (PNG/JPEG/TIFF/BMP, 8/16-bit) into a float32 image in [0, 1]."""
+    if not data:
+        raise UnreadableImageError(f"{name}: file is empty")
+    arr = _to_float(_open(data, name, max_pixels))
+    if arr.ndim == 3 and np.allclose(arr[..., 0], arr[..., 1]) and np.allclose(arr[..., 0], arr[..., 2]):
+        arr = arr[..., 0].copy()  # RGB that is really grayscale
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def decode_mask(
+    data: bytes, name: str = "mask", *, require_lesion: bool = False, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """Decode a binary mask (0/1, 0/255 or bool) into a bool HxW array.
+
+    Raises :class:`NonBinaryMaskError` for any other value (see the module's policy) and, when
+    ``require_lesion``, :class:`EmptyMaskError` for an all-zero mask.
+    """
+    if not data:
+        raise UnreadableImageError(f"{name}: file is empty")
+    img = _open(data, name, max_pixels)
+    if img.mode in ("RGB", "RGBA", "P", "LA"):
+        rgb = np.asarray(img.convert("RGB"))
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise NonBinaryMaskError(f"{name}: mask has colour; expected one channel of 0/255 or 0/1")
+        arr = rgb[..., 0]
+    else:
+        arr = np.asarray(img)
+    return _binarise(arr, name, require_lesion)
+
+
+def _binarise(arr: np.ndarray, name: str, require_lesion: bool) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.dtype == bool:
+        mask = arr
+    else:
+        values = np.unique(arr)
+        if np.all(np.isin(values, (0, 1))):
+            mask = arr == 1
+        elif np.all(np.isin(values, (0, 255))):
+            mask = arr == 255
+        else:
+            shown = ", ".join(str(v) for v in values[:6]) + (" ..." if values.size > 6 else "")
+            raise NonBinaryMaskError(
+                f"{name}: mask is not binary (values {shown}); expected 0/1 or 0/255 "
+                "(re-save it losslessly as PNG; we do not guess a threshold)"
+            )
+    if mask.ndim != 2:
+        raise NonBinaryMaskError(f"{name}: mask must be 2-D, got shape {mask.shape}")
+    if require_lesion and not mask.any():
+        raise EmptyMaskError(f"{name}: mask is empty but a lesion is required")
+    return np.ascontiguousarray(mask, dtype=bool)
+
+
+def _read_bytes(path: str | Path) -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableImageError(f"{path}: no such file")
+    return path.read_bytes()
+
+
+def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image file into float32 [0, 1] (HxW or HxWx3). DICOM/NIfTI: use the volume readers."""
+    return decode_image(_read_bytes(path), str(path), max_pixels=max_pixels)
+
+
+def read_mask(
+    path: str | Path, *, require_lesion: bool = False, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """Read a binary mask file into a bool HxW array (see :func:`decode_mask`)."""
+    return decode_mask(
+        _read_bytes(path), str(path), require_lesion=require_lesion, max_pixels=max_pixels
+    )
+
+
+def check_pair(image: np.ndarray, mask: np.ndarray, name: str = "input") -> None:
+    """Raise :class:`SizeMismatchError` unless ``mask`` is HxW of ``image``."""
+    if tuple(mask.shape[:2]) != tuple(image.shape[:2]) or mask.ndim != 2:
+        raise SizeMismatchError(
+            f"{name}: mask is {mask.shape[1]}x{mask.shape[0]} but image is "
+            f"{image.shape[1]}x{image.shape[0]} (width x height)"
+        )
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """float [0,1] -> uint8 (rounded); bool -> 0/255; uint8 unchanged."""
+    array = np.asarray(array)
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if array.dtype == np.uint8:
+        return array
+    return np.clip(np.rint(np.asarray(array, np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Encode an image or mask as 8-bit PNG bytes (deterministic: no timestamps)."""
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(array)).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def write_png(path: str | Path, array: np.ndarray) -> Path:
+    """Write an image or mask as an 8-bit PNG, creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_png(array))
+    return path
+
+
+# ----------------------------------------------------------------------------- volumes
+
+
+def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Linear intensity window (DICOM PS3.3 C.11.2.1.2 simplified): [c − w/2, c + w/2] -> [0, 1]."""
+    if width <= 0:
+        raise InputError(f"window width must be positive, got {width}")
+    lo = center - width / 2.0
+    return np.clip((np.asarray(values, np.float64) - lo) / width, 0.0, 1.0).astype(np.float32)
+
+
+def percentile_window(values: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> tuple[float, float]:
+    """A (center, width) window spanning the given percentiles of the non-zero voxels."""
+    nz = values[values != 0]
+    if nz.size == 0:
+        return 0.5, 1.0
+    lo, hi = np.percentile(nz, [lo_pct, hi_pct])
+    return float((lo + hi) / 2.0), float(max(hi - lo, 1e-6))
+
+
+def read_nifti_slices(
+    path: str | Path, *, axis: int = 2, window: tuple[float, float] | None = None
+) -> list[np.ndarray]:
+    """Read a NIfTI volume (.nii/.nii.gz) as 2-D float32 slices along ``axis``.
+
+    ``window`` is (center, width) in the volume's units; by default the 0.5–99.5th percentile of
+    the non-zero voxels (robust for MR, where units are arbitrary).
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        volume = np.asarray(nib.load(str(path)).get_fdata(), dtype=np.float64)
+    except FileNotFoundError:
+        raise UnreadableImageError(f"{path}: no such file") from None
+    except Exception as err:
+        raise UnreadableImageError(f"{path}: not a readable NIfTI volume ({err})") from None
+    if volume.ndim == 4:
+        volume = volume[..., 0]
+    if volume.ndim != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got shape {volume.shape}")
+    if axis not in (0, 1, 2):
+        raise InputError(f"axis must be 0, 1 or 2, got {axis}")
+    center, width = window or percentile_window(volume)
+    windowed = apply_window(volume, center, width)
+    # Radiological display: rows run anterior->posterior, so transpose and flip the in-plane axes.
+    return [np.ascontiguousarray(np.rot90(np.take(windowed, i, axis=axis))) for i in range(volume.shape[axis])]
+
+
+def read_dicom(path: str | Path, *, window: tuple[float, float] | None = None) -> list[np.ndarray]:
+    """Read a DICOM file as a list of 2-D float32 frames in [0, 1].
+
+    Rescale slope/intercept are applied (CT -> Hounsfield units); the window is, in order of
+    preference: the ``window`` argument, the header's WindowCenter/WindowWidth, the data's
+    percentiles. RGB frames (e.g. ultrasound) are converted to grayscale by luminance.
+    """
+    import pydicom
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(str(path))
+        pixels = np.asarray(ds.pixel_array, dtype=np.float64)
+    except FileNotFoundError:
+        raise UnreadableImageError(f"{path}: no such file") from None
+    except Exception as err:
+        raise UnreadableImageError(f"{path}: not a readable DICOM image ({err})") from None
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    frames_n = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") or (pixels.ndim >= 3 and pixels.shape[-1] == 3):
+        pixels = pixels @ np.array([0.299, 0.587, 0.114])
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    elif frames_n == 1 and pixels.ndim == 3 and pixels.shape[0] != 1:
+        pixels = pixels[None] if pixels.shape[-1] != 3 else pixels
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    pixels = pixels * slope + intercept
+    if window is None and "WindowCenter" in ds and "WindowWidth" in ds:
+        c, w = ds.WindowCenter, ds.WindowWidth
+        c = float(c[0] if isinstance(c, pydicom.multival.MultiValue) else c)
+        w = float(w[0] if isinstance(w, pydicom.multival.MultiValue) else w)
+        window = (c, w) if w > 0 else None
+    center, width = window or percentile_window(pixels)
+    frames = [apply_window(f, center, width) for f in pixels]
+    if photometric == "MONOCHROME1":  # 0 is white
+        frames = [1.0 - f for f in frames]
+    return frames
