@@ -33,16 +33,13 @@ from shared.provenance import content_key, sha256_bytes
 RETRY_STATUSES = (503, 504)
 
 
-def negative_params(
-    *, num_samples: int, steps: int, strength: float, dilation_px: int, method: str
-) -> dict[str, Any]:
+def negative_params(*, steps: int, strength: float, dilation_px: int, method: str) -> dict[str, Any]:
     """The generation parameters, with the types fixed, as they enter a content key.
 
     The only normalisation used by the service's store and this client's cache: ints stay ints,
     ``strength`` is always a float (``1`` and ``1.0`` give the same key).
     """
     return {
-        "num_samples": int(num_samples),
         "steps": int(steps),
         "strength": float(strength),
         "dilation_px": int(dilation_px),
@@ -51,23 +48,29 @@ def negative_params(
 
 
 def negative_ids(
-    *, image_sha: str, mask_sha: str, params: dict[str, Any], seed: int, checkpoint: str
+    *,
+    image_sha: str,
+    mask_sha: str,
+    params: dict[str, Any],
+    seed: int,
+    num_samples: int,
+    checkpoint: str,
 ) -> list[str]:
     """Content addresses of the ``num_samples`` negatives of one request (sample k -> ids[k]).
 
+    The predictor's contract is that sample k is drawn with seed ``seed + k`` whatever the batch
+    and the number of samples, so sample k's id is the key of (inputs, params, ``seed + k``): a
+    request for 2 samples from seed 0 and two 1-sample requests with seeds 0 and 1 share ids.
     ``image_sha``/``mask_sha`` are sha256 of the uploaded file bytes; ``params`` go through
     :func:`negative_params` first, so callers may pass them un-normalised.
     """
     norm = negative_params(**params)
     return [
         content_key(
-            image_sha=image_sha,
-            mask_sha=mask_sha,
-            params={**norm, "sample": k},
-            seed=int(seed),
+            image_sha=image_sha, mask_sha=mask_sha, params=norm, seed=int(seed) + k,
             checkpoint=checkpoint,
         )
-        for k in range(norm["num_samples"])
+        for k in range(int(num_samples))
     ]
 
 
@@ -229,20 +232,21 @@ class NegativesClient:
         """Negatives for one image/mask pair (encoded bytes, or arrays encoded as 8-bit PNG)."""
         image_png, mask_png = _as_png(image), _as_png(mask)
         params = negative_params(
-            num_samples=num_samples, steps=steps, strength=strength,
-            dilation_px=dilation_px, method=method,
+            steps=steps, strength=strength, dilation_px=dilation_px, method=method
         )
         async with self._semaphore:
             ids = None
             if self.cache_dir is not None:
                 ids = negative_ids(
                     image_sha=sha256_bytes(image_png), mask_sha=sha256_bytes(mask_png),
-                    params=params, seed=seed, checkpoint=await self.checkpoint(),
+                    params=params, seed=seed, num_samples=num_samples,
+                    checkpoint=await self.checkpoint(),
                 )
                 cached = [self._cache_read(i) for i in ids]
                 if all(c is not None for c in cached):
                     return cached  # type: ignore[return-value]
-            form = {k: str(v) for k, v in {**params, "seed": int(seed)}.items()}
+            fields = {**params, "seed": int(seed), "num_samples": int(num_samples)}
+            form = {k: str(v) for k, v in fields.items()}
             files = {
                 "image": ("image.png", image_png, "image/png"),
                 "mask": ("mask.png", mask_png, "image/png"),

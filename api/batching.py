@@ -1,0 +1,194 @@
+"""Dynamic micro-batching: one worker per device runs batched predictor calls.
+
+Requests are queued (bounded: a full queue is refused, the caller answers 503). The worker takes
+the first waiting request, then gathers more for up to ``max_wait_s`` or until ``max_batch``
+images, groups the gathered requests by a compatibility key (image shape, steps, method, ...:
+everything one ``NegativeGenerator.generate`` call shares) and runs one predictor call per group
+in a single dedicated thread, so the predictor (and its diffusers scheduler state) is never used
+by two calls at once. A request whose caller went away (disconnect, timeout) has its future
+cancelled; the worker drops it before the batch runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# (images, masks, shared generate() kwargs) -> results[image][sample]
+RunBatch = Callable[[list[np.ndarray], list[np.ndarray], dict[str, Any]], list[list[Any]]]
+
+
+class QueueFullError(RuntimeError):
+    """The batching queue holds ``queue_size`` requests already."""
+
+
+@dataclass
+class BatchTiming:
+    """How one request's work was done (copied into each negative's metadata)."""
+
+    queue_ms: float  # from submit() to the start of its batch
+    generate_ms: float  # wall time of the batched predictor call
+    batch_size: int  # images in that predictor call
+
+
+@dataclass
+class _Work:
+    image: np.ndarray
+    mask: np.ndarray
+    kwargs: dict[str, Any]
+    key: Hashable
+    future: asyncio.Future
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+def compatibility_key(image: np.ndarray, kwargs: dict[str, Any]) -> Hashable:
+    """Requests with equal keys can share one predictor call: same image shape, same kwargs."""
+    return (image.shape, tuple(sorted(kwargs.items())))
+
+
+class MicroBatcher:
+    """Queue + single worker that batches compatible requests into one predictor call."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        queue_size: int,
+        on_batch: Callable[[int], None] | None = None,
+        on_cancelled: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch < 1 or queue_size < 1 or max_wait_s < 0:
+            raise ValueError("max_batch and queue_size must be >= 1 and max_wait_s >= 0")
+        self._run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._queue: asyncio.Queue[_Work] = asyncio.Queue(maxsize=queue_size)
+        self._on_batch = on_batch or (lambda n: None)
+        self._on_cancelled = on_cancelled or (lambda n: None)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predictor")
+        self._worker: asyncio.Task | None = None
+        self._carry: list[_Work] = []  # gathered but incompatible with the group that ran
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting (queued or gathered but not yet running)."""
+        return self._queue.qsize() + len(self._carry)
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+        for work in self._carry + _drain(self._queue):
+            if not work.future.done():
+                work.future.cancel()
+        self._carry = []
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(
+        self, image: np.ndarray, mask: np.ndarray, kwargs: dict[str, Any]
+    ) -> tuple[list[Any], BatchTiming]:
+        """Queue one image; returns its samples and timing. Cancelling the caller cancels it."""
+        loop = asyncio.get_running_loop()
+        work = _Work(image, mask, dict(kwargs), compatibility_key(image, kwargs), loop.create_future())
+        try:
+            self._queue.put_nowait(work)
+        except asyncio.QueueFull:
+            raise QueueFullError(f"{self._queue.maxsize} requests are already waiting") from None
+        try:
+            return await work.future
+        finally:
+            if not work.future.done():
+                work.future.cancel()  # the worker skips it
+
+    # -- worker ----------------------------------------------------------------------------------
+    async def _gather(self) -> list[_Work]:
+        pending = [w for w in self._carry if not w.future.cancelled()]
+        self._on_cancelled(len(self._carry) - len(pending))
+        self._carry = []
+        if not pending:
+            pending.append(await self._queue.get())
+        deadline = time.perf_counter() + self.max_wait_s
+        while True:
+            live = [w for w in pending if not w.future.cancelled()]
+            if len(live) >= self.max_batch:
+                break
+            remaining = deadline - time.perf_counter()
+            try:
+                if remaining <= 0:
+                    pending.append(self._queue.get_nowait())
+                else:
+                    pending.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except (asyncio.QueueEmpty, TimeoutError):
+                break
+        live = [w for w in pending if not w.future.cancelled()]
+        self._on_cancelled(len(pending) - len(live))
+        return live
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            gathered = await self._gather()
+            if not gathered:
+                continue
+            # The oldest request's group runs now; the rest waits for the next round.
+            key = gathered[0].key
+            group = [w for w in gathered if w.key == key][: self.max_batch]
+            chosen = {id(w) for w in group}
+            self._carry = [w for w in gathered if id(w) not in chosen]
+            start = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(
+                    self._executor,
+                    self._run_batch,
+                    [w.image for w in group],
+                    [w.mask for w in group],
+                    dict(group[0].kwargs),
+                )
+                if len(results) != len(group):
+                    raise RuntimeError(
+                        f"predictor returned {len(results)} results for {len(group)} images"
+                    )
+            except Exception as exc:  # the batch failed: every caller in it gets the error
+                logger.exception("predictor call failed for a batch of %d", len(group))
+                for w in group:
+                    if not w.future.done():
+                        w.future.set_exception(exc)
+                continue
+            elapsed_ms = (time.perf_counter() - start) * 1e3
+            self._on_batch(len(group))
+            for w, result in zip(group, results, strict=True):
+                if not w.future.done():
+                    timing = BatchTiming(
+                        queue_ms=(start - w.submitted) * 1e3,
+                        generate_ms=elapsed_ms,
+                        batch_size=len(group),
+                    )
+                    w.future.set_result((result, timing))
+
+
+def _drain(queue: asyncio.Queue) -> list[_Work]:
+    items = []
+    while True:
+        try:
+            items.append(queue.get_nowait())
+        except asyncio.QueueEmpty:
+            return items

@@ -1,0 +1,181 @@
+"""The service's state: generator, batcher and store, and the fetch-or-generate logic."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from api.batching import MicroBatcher
+from api.metrics import ServiceMetrics
+from api.settings import Settings
+from api.store import NegativeStore
+from shared.io import encode_png
+from shared.negatives_client import negative_ids, negative_params
+
+logger = logging.getLogger(__name__)
+
+VERSIONED_PACKAGES = ("numpy", "torch", "diffusers", "fastapi", "pillow")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions recorded in every negative's metadata."""
+    out = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def build_generator(settings: Settings) -> Any:
+    """Load the generator named by the settings (override this dependency in tests)."""
+    if settings.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    from generator.build import load_generator
+
+    return load_generator(settings.generator, device=settings.device)
+
+
+@dataclass(frozen=True)
+class Served:
+    """One negative as answered: its PNG and stored metadata."""
+
+    id: str
+    png: bytes
+    meta: dict[str, Any]
+    cached: bool
+
+
+class ServiceState:
+    """Holds what the lifespan creates; routes reach it through ``app.state.service``."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.store = NegativeStore(settings.store_dir, max_bytes=settings.store_max_bytes)
+        self.versions = package_versions()
+        self.generator: Any = None
+        self.batcher: MicroBatcher | None = None
+        self.load_error: str | None = None
+        self._load_task: asyncio.Task | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher is not None
+
+    @property
+    def checkpoint(self) -> str:
+        return str(self.generator.checkpoint_hash)
+
+    def start_loading(self, build: Callable[[Settings], Any]) -> None:
+        self._load_task = asyncio.get_running_loop().create_task(self._load(build))
+
+    async def _load(self, build: Callable[[Settings], Any]) -> None:
+        start = time.perf_counter()
+        try:
+            generator = await asyncio.to_thread(build, self.settings)
+        except Exception as exc:
+            logger.exception("generator failed to load")
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            return
+        self.generator = generator
+        batcher = MicroBatcher(
+            lambda images, masks, kwargs: generator.generate(images, masks, **kwargs),
+            max_batch=self.settings.max_batch,
+            max_wait_s=self.settings.max_wait_ms / 1e3,
+            queue_size=self.settings.queue_size,
+            on_batch=self.metrics.batch_size.observe,
+            on_cancelled=lambda n: self.metrics.cancelled.inc(n) if n else None,
+        )
+        batcher.start()
+        self.metrics.bind_queue_depth(lambda: batcher.depth)
+        self.batcher = batcher
+        logger.info("generator %s ready in %.1f s", self.checkpoint[:12], time.perf_counter() - start)
+
+    async def close(self) -> None:
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        if self.batcher is not None:
+            await self.batcher.stop()
+
+    # -- the request path ------------------------------------------------------------------------
+    def ids_for(
+        self, *, image_sha: str, mask_sha: str, params: dict, seed: int, num_samples: int
+    ) -> list[str]:
+        return negative_ids(
+            image_sha=image_sha, mask_sha=mask_sha, params=params, seed=seed,
+            num_samples=num_samples, checkpoint=self.checkpoint,
+        )
+
+    def lookup(self, ids: list[str]) -> list[Served] | None:
+        """All samples from the store, or None if any is missing or corrupt."""
+        found = []
+        for negative_id in ids:
+            before = self.store.corrupt_count
+            entry = self.store.get(negative_id)
+            if self.store.corrupt_count > before:
+                self.metrics.store_corrupt.inc()
+            if entry is None:
+                return None
+            found.append(Served(entry.id, entry.png, entry.meta, cached=True))
+        return found
+
+    async def generate(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        *,
+        image_sha: str,
+        mask_sha: str,
+        params: dict[str, Any],
+        seed: int,
+        ids: list[str],
+    ) -> list[Served]:
+        """Queue the pair for the batcher, then encode and store each sample."""
+        assert self.batcher is not None, "generate() before the generator was loaded"
+        norm = negative_params(**params)
+        kwargs = {**norm, "seed": int(seed), "num_samples": len(ids)}
+        samples, timing = await self.batcher.submit(image, mask, kwargs)
+        if len(samples) != len(ids):
+            raise RuntimeError(f"generator gave {len(samples)} samples, asked {len(ids)}")
+        created = datetime.now(UTC).isoformat()
+        served = []
+        for k, (negative_id, sample) in enumerate(zip(ids, samples, strict=True)):
+            if int(sample.seed) != int(seed) + k:  # the id assumes the predictor's seed contract
+                raise RuntimeError(f"sample {k} has seed {sample.seed}, expected {int(seed) + k}")
+            t0 = time.perf_counter()
+            png = encode_png(np.asarray(sample.image))
+            encode_ms = (time.perf_counter() - t0) * 1e3
+            meta = {
+                "image_sha256": image_sha,
+                "mask_sha256": mask_sha,
+                "params": norm,
+                "seed": int(sample.seed),
+                "method": str(sample.method),
+                "checkpoint": self.checkpoint,
+                "versions": self.versions,
+                "timings": {
+                    "queue_ms": timing.queue_ms,
+                    "generate_ms": timing.generate_ms,
+                    "batch_size": float(timing.batch_size),
+                    "encode_ms": encode_ms,
+                },
+                "scores": {str(k_): float(v) for k_, v in dict(sample.scores).items()},
+                "created": created,
+            }
+            stored = self.store.put(negative_id, png, meta)
+            served.append(Served(negative_id, png, stored, cached=False))
+        self.metrics.generated.inc(len(served))
+        return served

@@ -1,0 +1,51 @@
+"""Service settings, read from the environment (prefix ``NEG_API_``) by pydantic-settings.
+
+Example: ``NEG_API_DEVICE=cuda NEG_API_MAX_BATCH=16 python -m api``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "NEG_API_"
+
+
+class Settings(BaseSettings):
+    """Everything the generator service can be told at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    # Generator checkpoint: a directory or registry name for generator.build.load_generator;
+    # None serves the embedded default committed with the repo.
+    generator: str | None = None
+    # torch device the generator runs on ("cpu", "cuda", "cuda:1"); one batching worker per device.
+    device: str = "cpu"
+    # Content-addressed store of generated negatives (PNG + metadata JSON per id).
+    store_dir: Path = Path("runs/negatives_store")
+    # Size cap of the store in bytes; least recently used entries are evicted beyond it.
+    store_max_bytes: int = Field(default=2 * 1024**3, gt=0)
+    # Largest number of images one predictor call receives (one image = num_samples negatives).
+    max_batch: int = Field(default=8, ge=1)
+    # How long the worker waits for more compatible requests before running a partial batch.
+    max_wait_ms: float = Field(default=10.0, ge=0)
+    # Requests waiting for the worker beyond this number are refused with 503 + Retry-After.
+    queue_size: int = Field(default=64, ge=1)
+    # Retry-After (seconds) sent with 503 answers.
+    retry_after_s: int = Field(default=1, ge=1)
+    # A request waiting longer than this for its negatives gets 504 (its queued work is cancelled).
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    # Largest accepted multipart body / single uploaded file, in bytes (413 beyond).
+    max_upload_bytes: int = Field(default=16 * 1024**2, gt=0)
+    # Largest accepted image in pixels, height x width (413 beyond).
+    max_pixels: int = Field(default=1024 * 1024, gt=0)
+    # Optional bearer token; when set every endpoint except /healthz, /readyz, /metrics needs it.
+    api_key: SecretStr | None = None
+    # Address `python -m api` binds; keep 127.0.0.1 unless a container maps the port.
+    host: str = "127.0.0.1"
+    # Port `python -m api` listens on.
+    port: int = Field(default=8000, ge=0, le=65535)
+    # Torch intra-op threads for the worker (None leaves torch's default).
+    torch_threads: int | None = Field(default=None, ge=1)
