@@ -1,0 +1,48 @@
+"""CLI: ``python -m shared.benchmark --out DIR [--domains ...] [--n-per-domain N] [--size S]
+[--seed S] [--preview]``."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+
+from shared.benchmark.build import DOMAINS, build_benchmark, load_manifest
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m shared.benchmark", description=__doc__)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=DOMAINS)
+    p.add_argument("--n-per-domain", type=int, default=100, help="positives per domain")
+    p.add_argument("--size", type=int, default=224, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preview", action="store_true", help="also write preview.png (contact sheet)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        manifest = build_benchmark(args.out, domains=args.domains, n_per_domain=args.n_per_domain,
+                                   size=args.size, seed=args.seed, progress=True)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    items = load_manifest(manifest)
+    counts = collections.Counter((it.domain, it.split, it.label) for it in items)
+    print(f"benchmark written to {manifest.parent} ({len(items)} images, size {args.size})")
+    print(f"{'domain':<12} {'split':<6} {'tumor':>6} {'normal':>7}")
+    for domain in args.domains:
+        for split in ("train", "val", "test"):
+            print(f"{domain:<12} {split:<6} {counts[(domain, split, 'tumor')]:>6} "
+                  f"{counts[(domain, split, 'normal')]:>7}")
+    if args.preview:
+        from shared.benchmark.preview import contact_sheet
+
+        print(f"contact sheet: {contact_sheet(manifest.parent, manifest.parent / 'preview.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Healthy anatomy: the lesion-free backgrounds of the benchmark.
+
+Every source returns ``(image, tissue)`` for a random draw: ``image`` is float32 ``SxS`` in [0, 1],
+``tissue`` a bool ``SxS`` map of where a lesion may be centred (inside the organ, away from the
+border). Real anatomy comes from files that installed packages ship — never a download:
+
+* ``brain_mri``: axial slices of the MNI152 2009a T1 template bundled with nilearn.
+* ``chest_xray``: crops of a real chest radiograph (pydicom-data ``RG1_UNCR.dcm``, CR, MONOCHROME1).
+* ``retina``: crops of scikit-image's bundled fundus photograph (green channel, where vessels and
+  lesions have the most contrast — the usual choice in fundus analysis).
+* ``breast_us``: procedural breast ultrasound (layered tissue + Rayleigh speckle), our one
+  synthetic modality.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from skimage.transform import resize
+
+
+def _package_file(module: str, *parts: str) -> Path:
+    import importlib
+
+    mod = importlib.import_module(module)
+    path = Path(mod.__file__).parent.joinpath(*parts)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is the package {module!r} installed in full?")
+    return path
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    out = resize(img, (size, size), order=1, anti_aliasing=True, preserve_range=True)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _crop(img: np.ndarray, top: int, left: int, side: int) -> np.ndarray:
+    return img[top : top + side, left : left + side]
+
+
+class BrainMRI:
+    """Axial slices of nilearn's bundled MNI152 T1 template (1 mm, 197x233x189)."""
+
+    name = "brain_mri"
+
+    @cached_property
+    def volume(self) -> np.ndarray:
+        import nibabel as nib
+
+        path = _package_file(
+            "nilearn.datasets", "data", "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+        )
+        vol = np.asarray(nib.load(str(path)).get_fdata(), dtype=np.float32)
+        hi = np.percentile(vol[vol > 0], 99.5)
+        return np.clip(vol / hi, 0.0, 1.0)
+
+    def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        vol = self.volume
+        z = int(rng.integers(60, 140))  # from the ventricles' floor to the centrum semiovale
+        sl = np.rot90(vol[:, :, z])  # (233, 197): anterior at the top
+        h, w = sl.shape
+        pad = (h - w) // 2
+        sl = np.pad(sl, ((0, 0), (pad, h - w - pad)))
+        zoom = rng.uniform(0.82, 1.0)
+        side = int(h * zoom)
+        top, left = rng.integers(0, h - side + 1, size=2)
+        img = _crop(sl, int(top), int(left), side)
+        if rng.random() < 0.5:
+            img = img[:, ::-1]
+        img = _resize(np.ascontiguousarray(img), size)
+        brain = ndimage.binary_fill_holes(img > 0.25)
+        tissue = ndimage.binary_erosion(brain, iterations=max(2, size // 14))
+        return img, tissue
+
+
+class ChestXray:
+    """Crops over the lung fields of a real chest radiograph (pydicom-data RG1_UNCR.dcm)."""
+
+    name = "chest_xray"
+
+    @cached_property
+    def radiograph(self) -> np.ndarray:
+        from shared.io import read_dicom
+
+        frame = read_dicom(_pydicom_data("RG1_UNCR.dcm"))[0]
+        lo, hi = np.percentile(frame, [1, 99.5])
+        return np.clip((frame - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+    def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        img = self.radiograph  # (1955, 1841); lungs are dark, bone and mediastinum bright
+        side = int(rng.integers(380, 620))
+        # Lung-field centres (checked on the contact sheet): one lung or the other.
+        col = 560 if rng.random() < 0.5 else 1290
+        cy = int(rng.integers(520, 1150)) + 0
+        cx = col + int(rng.integers(-120, 121))
+        top = int(np.clip(cy - side // 2, 0, img.shape[0] - side))
+        left = int(np.clip(cx - side // 2, 0, img.shape[1] - side))
+        crop = _crop(img, top, left, side)
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        crop = _resize(np.ascontiguousarray(crop), size)
+        smooth = ndimage.gaussian_filter(crop, size / 40)
+        tissue = smooth < np.percentile(smooth, 60)  # aerated lung, not rib or heart
+        m = size // 8
+        tissue[:m], tissue[-m:], tissue[:, :m], tissue[:, -m:] = False, False, False, False
+        return crop, tissue
+
+
+def _pydicom_data(name: str) -> Path:
+    import data_store  # the import name of the pydicom-data package
+
+    path = Path(data_store.__file__).parent / "data" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: install pydicom-data")
+    return path
+
+
+class Retina:
+    """Crops of scikit-image's bundled fundus photograph, green channel."""
+
+    name = "retina"
+
+    @cached_property
+    def fundus(self) -> np.ndarray:
+        from skimage import data
+
+        green = data.retina()[..., 1].astype(np.float32) / 255.0  # (1411, 1411)
+        return np.clip(green / np.percentile(green, 99.8), 0.0, 1.0)
+
+    def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        img = self.fundus
+        n = img.shape[0]
+        side = int(rng.integers(420, 760))
+        # Keep the crop inside the fundus disc (centre 705, radius ~640).
+        while True:
+            top, left = (int(v) for v in rng.integers(90, n - 90 - side, size=2))
+            corners = np.array([[top, left], [top, left + side], [top + side, left],
+                                [top + side, left + side]])
+            if np.all(np.hypot(*(corners - n / 2).T) < 640):
+                break
+        crop = _crop(img, top, left, side)
+        k = int(rng.integers(0, 4))
+        crop = _resize(np.ascontiguousarray(np.rot90(crop, k)), size)
+        tissue = np.zeros((size, size), bool)
+        m = size // 7
+        tissue[m:-m, m:-m] = True
+        return crop, tissue
+
+
+class BreastUltrasound:
+    """Procedural B-mode breast ultrasound: skin, subcutaneous fat, gland, pectoral muscle.
+
+    Echogenicity per layer (with wavy boundaries and low-frequency variation) times fully
+    developed speckle (Rayleigh envelope of laterally elongated, correlated complex noise), then
+    depth attenuation and log compression as a scanner would apply.
+    """
+
+    name = "breast_us"
+
+    @staticmethod
+    def speckle(rng: np.random.Generator, size: int) -> np.ndarray:
+        """Rayleigh-distributed speckle envelope with unit mean, axial/lateral correlation."""
+        scale = size / 224.0
+        re = rng.standard_normal((size, size))
+        im = rng.standard_normal((size, size))
+        sig = (0.7 * scale + 0.3, 1.6 * scale + 0.4)  # (axial, lateral) resolution cell
+        env = np.hypot(ndimage.gaussian_filter(re, sig), ndimage.gaussian_filter(im, sig))
+        return env / env.mean()
+
+    def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.linspace(0.0, 1.0, size)[:, None]
+        x = np.linspace(0.0, 1.0, size)[None, :]
+
+        def boundary(base: float, amp: float) -> np.ndarray:
+            freq, phase = rng.uniform(0.5, 2.0), rng.uniform(0, 2 * np.pi)
+            wobble = ndimage.gaussian_filter1d(rng.standard_normal(size), size / 12) * amp * 3
+            return base + amp * np.sin(2 * np.pi * freq * x + phase) + wobble[None, :]
+
+        skin = boundary(rng.uniform(0.03, 0.06), 0.006)
+        fat = boundary(rng.uniform(0.18, 0.32), 0.03)
+        gland = boundary(rng.uniform(0.66, 0.8), 0.04)
+        echo = np.where(y < skin, 0.35, 0.0)
+        echo = np.where((y >= skin) & (y < skin + 0.015), 1.0, echo)  # bright skin line
+        fat_lobules = ndimage.gaussian_filter(rng.standard_normal((size, size)), size / 30)
+        echo = np.where((y >= skin + 0.015) & (y < fat), 0.28 + 0.1 * np.tanh(3 * fat_lobules), echo)
+        gland_tex = ndimage.gaussian_filter(rng.standard_normal((size, size)), (size / 80, size / 25))
+        echo = np.where((y >= fat) & (y < gland), 0.72 + 0.2 * np.tanh(2 * gland_tex), echo)
+        stri = 0.5 + 0.5 * np.sin(2 * np.pi * (y - gland) * rng.uniform(18, 30))
+        echo = np.where(y >= gland, 0.3 + 0.25 * stri, echo)  # pectoralis striations
+        echo = np.where(np.abs(y - fat) < 0.01, echo + 0.3, echo)  # fascia lines
+        echo = np.where(np.abs(y - gland) < 0.012, echo + 0.45, echo)
+        echo = ndimage.gaussian_filter(echo, 0.6 * size / 224 + 0.2)
+        intensity = echo * self.speckle(rng, size) * np.exp(-rng.uniform(0.4, 0.9) * y)
+        img = np.log1p(12.0 * intensity) / np.log1p(12.0 * 2.2)
+        img = np.clip(img, 0.0, 1.0).astype(np.float32)
+        rows = (y >= fat + 0.04) & (y < gland - 0.04)
+        tissue = np.broadcast_to(rows, (size, size)).copy()
+        tissue[:, : size // 8] = False
+        tissue[:, -size // 8 :] = False
+        return img, tissue
+
+
+SOURCES = {cls.name: cls for cls in (BrainMRI, ChestXray, Retina, BreastUltrasound)}

@@ -1,0 +1,136 @@
+"""Build the lesion-injection benchmark: MedCLIP-SAMv2 layout, GT negatives, manifest, DPO CSV.
+
+Every positive is a healthy image with one synthetic lesion; its ground-truth negative is the
+untouched image, so pixels outside the mask are identical (exact supervision real data never
+gives). Lesion-free "normal" images are added too (empty mask, no GT negative).
+
+Determinism: item ``i`` of domain ``d`` draws from ``np.random.default_rng([seed, index of d in
+DOMAINS, i, kind])``, so the same seed gives byte-identical files whatever other domains are built.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shared.benchmark.anatomy import SOURCES
+from shared.benchmark.lesions import caption, caption_negative, render, sample_lesion
+from shared.datasets import DpoRow, write_dpo_csv
+from shared.io import to_uint8, write_png
+
+DOMAINS = ("brain_mri", "chest_xray", "retina", "breast_us")
+HELD_OUT_DOMAIN = "chest_xray"  # the "external" domain consumers hold out by default
+SPLIT_FRACTIONS = (("train", 0.6), ("val", 0.2), ("test", 0.2))
+NORMAL_FRACTION = 0.25  # lesion-free images per domain, as a fraction of the positives
+
+
+@dataclass(frozen=True)
+class BenchmarkItem:
+    """One benchmark image (see ``manifest.jsonl``); paths are absolute."""
+
+    id: str  # unique name, e.g. "brain_mri_0007"
+    domain: str  # one of DOMAINS
+    split: str  # train | val | test
+    label: str  # "tumor" or "normal"
+    image: Path  # the image (positive or normal)
+    mask: Path  # binary 0/255 mask (all zero for normal images)
+    gt_negative: Path | None  # the same image without the lesion (None for normal images)
+    caption: str  # MedCLIP-SAMv2-style description of the image
+    caption_neg: str  # description of the lesion-free version
+    lesion: dict | None  # lesion parameters (None for normal images)
+
+
+def _splits(n: int, rng: np.random.Generator) -> list[str]:
+    counts = [int(round(n * f)) for _, f in SPLIT_FRACTIONS]
+    counts[0] = n - sum(counts[1:])
+    labels = [name for (name, _), c in zip(SPLIT_FRACTIONS, counts) for _ in range(c)]
+    return [labels[i] for i in rng.permutation(n)]
+
+
+def build_benchmark(
+    out: str | Path, *, domains: tuple[str, ...] | list[str] = DOMAINS, n_per_domain: int = 100,
+    size: int = 224, seed: int = 0, progress: bool = False,
+) -> Path:
+    """Write the benchmark under ``out`` and return the manifest's path.
+
+    ``n_per_domain`` positives per domain plus ``ceil(NORMAL_FRACTION·n)`` normal images.
+    """
+    unknown = [d for d in domains if d not in DOMAINS]
+    if unknown:
+        raise ValueError(f"unknown domain(s) {unknown}; choose from {list(DOMAINS)}")
+    if n_per_domain < 1:
+        raise ValueError(f"n_per_domain must be at least 1, got {n_per_domain}")
+    if not 32 <= size <= 1024:
+        raise ValueError(f"size must be between 32 and 1024 pixels, got {size}")
+    out = Path(out)
+    records, dpo_rows = [], []
+    n_normal = math.ceil(NORMAL_FRACTION * n_per_domain)
+    tasks = [(d, i, lab) for d in domains for lab, n in (("tumor", n_per_domain), ("normal", n_normal))
+             for i in range(n)]
+    iterator = tasks
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(tasks, desc="benchmark", unit="img")
+    sources = {d: SOURCES[d]() for d in domains}
+    split_of = {
+        (d, lab): _splits(n, np.random.default_rng([seed, DOMAINS.index(d), 10**6, lab == "tumor"]))
+        for d in domains for lab, n in (("tumor", n_per_domain), ("normal", n_normal))
+    }
+    for domain, i, label in iterator:
+        rng = np.random.default_rng([seed, DOMAINS.index(domain), i, label == "tumor"])
+        background, tissue = sources[domain].sample(rng, size)
+        split = split_of[(domain, label)][i]
+        name = f"{domain}_{i:04d}.png" if label == "tumor" else f"{domain}_n{i:04d}.png"
+        image_rel = f"{domain}/{split}_images/{name}"
+        mask_rel = f"{domain}/{split}_masks/{name}"
+        if label == "tumor":
+            lesion = sample_lesion(domain, rng, tissue)
+            positive, mask = render(domain, background, lesion, rng)
+            neg_rel = f"{domain}/gt_negatives/{name}"
+            write_png(out / neg_rel, to_uint8(background))
+            text, params = caption(domain, lesion), lesion.as_json()
+            dpo_rows.append(DpoRow(image_rel, neg_rel, text, caption_negative(domain)))
+        else:
+            positive, mask = to_uint8(background), np.zeros((size, size), bool)
+            neg_rel, text, params = None, caption_negative(domain), None
+        write_png(out / image_rel, positive)
+        write_png(out / mask_rel, mask)
+        records.append({
+            "id": name[:-4], "domain": domain, "split": split, "label": label,
+            "image": image_rel, "mask": mask_rel, "gt_negative": neg_rel, "caption": text,
+            "caption_neg": caption_negative(domain), "lesion": params,
+        })
+    manifest = out / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    write_dpo_csv(out / "dpo_pairs.csv", dpo_rows)
+    (out / "benchmark.json").write_text(json.dumps(
+        {"domains": list(domains), "n_per_domain": n_per_domain, "size": size, "seed": seed,
+         "held_out_domain": HELD_OUT_DOMAIN}, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def load_manifest(path: str | Path) -> list[BenchmarkItem]:
+    """Read ``manifest.jsonl`` (or the folder holding it) into items with absolute paths."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no benchmark manifest (build it with python -m shared.benchmark)")
+    root = path.parent.resolve()
+    items = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        items.append(BenchmarkItem(
+            id=r["id"], domain=r["domain"], split=r["split"], label=r["label"],
+            image=root / r["image"], mask=root / r["mask"],
+            gt_negative=root / r["gt_negative"] if r["gt_negative"] else None,
+            caption=r["caption"], caption_neg=r["caption_neg"], lesion=r["lesion"],
+        ))
+    return items
