@@ -1,0 +1,363 @@
+"""Build BiomedCLIP-family CLIP models (open_clip ``CustomTextCLIP``: timm ViT + HF BERT) and export them.
+
+Sources understood by :func:`build_clip`:
+
+- ``"embedded"``: our small CLIP of the BiomedCLIP family, the open_clip local dir committed in
+  ``finetune/modeling/embedded/`` (random init until pre-trained weights are committed there);
+- ``"hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"`` (or any open_clip hub id):
+  open_clip's own loader, needs the hub or a populated HF cache;
+- ``"local-dir:DIR"`` (or a directory holding ``open_clip_config.json``): open_clip local dir with
+  ``open_clip_config.json`` + ``open_clip_model.safetensors`` + tokenizer files. A ``text_config/``
+  sub-directory, when present, is used as the BERT config, so no hub access is needed;
+- ``"hf-port:DIR"`` (or a directory whose ``config.json`` names ``BiomedCLIPModel``):
+  MedCLIP-SAMv2's Hugging Face port, mapped back onto open_clip names;
+- ``"ckpt:FILE"`` (or an existing file): an open_clip_train checkpoint (``{"state_dict": ...}``,
+  ``module.`` prefixes) or a flat state dict (``model.`` prefixes as MedCLIP-SAMv2's convert.py
+  wants), loaded into the architecture of ``base``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Iterator
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.model import get_model_preprocess_cfg, set_model_preprocess_cfg
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from safetensors.torch import load_file, save_file
+
+import finetune.modeling.vit  # noqa: F401  (registers our timm ViTs)
+from finetune.modeling.clip_configs import (
+    BIOMEDCLIP_HUB_ID,
+    BIOMEDCLIP_MODEL_CFG,
+    BIOMEDCLIP_PREPROCESS_CFG,
+    TEXT_CONFIG_SUBDIR,
+    write_text_config,
+)
+from finetune.modeling.hf_port import open_clip_to_port, port_config, port_to_open_clip
+
+EMBEDDED_DIR = Path(__file__).parent / "modeling" / "embedded"
+LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"
+HF_PORT_WEIGHTS = "model.safetensors"
+
+
+class ModelSourceError(ValueError):
+    """The model name, directory or checkpoint given to :func:`build_clip` cannot be used."""
+
+
+@dataclass(frozen=True)
+class ClipBundle:
+    """A built CLIP and what is needed to feed it; unpacks as ``model, preprocess, tokenizer``."""
+
+    model: open_clip.CustomTextCLIP  # in eval mode on the requested device
+    preprocess: Callable  # PIL image -> float tensor (3, S, S), normalised (open_clip eval transform)
+    tokenizer: Callable  # list[str] -> LongTensor (B, context_length) (open_clip HFTokenizer)
+    model_cfg: dict  # the open_clip model_cfg it was built from (what export writes back)
+    source: str  # the name or path it came from
+
+    def __iter__(self) -> Iterator:
+        return iter((self.model, self.preprocess, self.tokenizer))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _preprocess_for(model: torch.nn.Module) -> Callable:
+    cfg = get_model_preprocess_cfg(model)
+    fields = PreprocessCfg.__dataclass_fields__
+    return image_transform_v2(PreprocessCfg(**{k: v for k, v in cfg.items() if k in fields}), False)
+
+
+def _text_dir(local_dir: Path, hf_model_name: str) -> str:
+    """The BERT config source: ``DIR/text_config`` if present, else ``DIR/<name>``, else the name."""
+    if (local_dir / TEXT_CONFIG_SUBDIR / "config.json").is_file():
+        return str(local_dir / TEXT_CONFIG_SUBDIR)
+    if (local_dir / hf_model_name / "config.json").is_file():
+        return str(local_dir / hf_model_name)
+    return hf_model_name
+
+
+def _instantiate(model_cfg: dict, text_dir: str, preprocess_cfg: dict) -> open_clip.CustomTextCLIP:
+    """Random-init ``CustomTextCLIP`` exactly as open_clip's factory builds it, text config local."""
+    cfg = deepcopy(model_cfg)
+    cfg["vision_cfg"]["timm_model_pretrained"] = False
+    cfg["text_cfg"].update(hf_model_name=text_dir, hf_model_pretrained=False)
+    model = open_clip.CustomTextCLIP(**cfg)
+    size = cfg["vision_cfg"].get("image_size", 224)
+    set_model_preprocess_cfg(model, {**BIOMEDCLIP_PREPROCESS_CFG, **preprocess_cfg, "size": size})
+    return model
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a CLIP state dict from ``.safetensors``/``.pt``/``.bin``/``.pth``.
+
+    Unwraps open_clip_train's ``{"state_dict": ...}`` and strips DDP ``module.`` and
+    MedCLIP-SAMv2's ``model.`` key prefixes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelSourceError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise ModelSourceError(f"{path} holds no state dict")
+    for prefix in ("module.", "model."):
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not k.endswith("position_ids")}
+    if "logit_scale" in state:
+        state["logit_scale"] = state["logit_scale"].reshape(own["logit_scale"].shape)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelSourceError(
+            f"{source} does not match the architecture: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+
+
+def model_cfg_from_model(
+    model: open_clip.CustomTextCLIP, *, context_length: int | None = None
+) -> dict:
+    """Reconstruct an open_clip ``model_cfg`` of a built BiomedCLIP-family model.
+
+    The timm architecture name comes from ``trunk.pretrained_cfg``; the text tower's config is
+    referenced as ``text_config`` (exports write it there). ``context_length`` is the tokenizer's
+    (default: min(256, BERT max positions), BiomedCLIP's 256).
+    """
+    trunk = model.visual.trunk
+    if context_length is None:
+        context_length = min(256, int(model.text.config.max_position_embeddings))
+    return {
+        "embed_dim": model.visual.head.proj.out_features,
+        "vision_cfg": {
+            "timm_model_name": trunk.pretrained_cfg["architecture"],
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": int(model.visual.image_size[0]),
+        },
+        "text_cfg": {
+            "hf_model_name": TEXT_CONFIG_SUBDIR,
+            "hf_tokenizer_name": ".",
+            "hf_proj_type": "mlp",
+            "hf_pooler_type": "cls_last_hidden_state_pooler",
+            "context_length": int(context_length),
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def _build_local_dir(local_dir: Path, device: str, source: str) -> ClipBundle:
+    config_path = local_dir / "open_clip_config.json"
+    if not config_path.is_file():
+        raise ModelSourceError(f"{local_dir} is not an open_clip local dir: no open_clip_config.json")
+    model_cfg = json.loads(config_path.read_text())["model_cfg"]
+    text_cfg = {**model_cfg["text_cfg"], "hf_model_pretrained": False}
+    text_cfg["hf_model_name"] = _text_dir(local_dir, text_cfg["hf_model_name"])
+    # open_clip's own local-dir loader (config + preferred weights file + preprocess_cfg).
+    model = open_clip.create_model(
+        f"local-dir:{local_dir}", text_cfg=text_cfg, pretrained_text=False, device=device
+    )
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{local_dir}")
+    return ClipBundle(model.eval(), _preprocess_for(model), tokenizer, model_cfg, source)
+
+
+def _build_hub(hub_id: str, device: str) -> ClipBundle:
+    try:
+        model, preprocess = open_clip.create_model_from_pretrained(hub_id, device=device)
+        tokenizer = open_clip.get_tokenizer(hub_id)
+    except Exception as err:  # hub unreachable, missing cache: say which model failed and why
+        raise ModelSourceError(f"cannot load {hub_id} (needs the hub or an HF cache): {err}") from err
+    model_cfg = deepcopy(BIOMEDCLIP_MODEL_CFG) if hub_id == BIOMEDCLIP_HUB_ID else {}
+    return ClipBundle(model.eval(), preprocess, tokenizer, model_cfg, hub_id)
+
+
+def _port_model_cfg(config: dict) -> dict:
+    if "open_clip_model_cfg" in config:
+        return deepcopy(config["open_clip_model_cfg"])
+    vision = config["vision_config"]
+    sizes = (vision["hidden_size"], vision["num_hidden_layers"], vision["num_attention_heads"],
+             vision["patch_size"], vision["image_size"])
+    if sizes != (768, 12, 12, 16, 224):
+        raise ModelSourceError(f"HF port with vision sizes {sizes} has no known timm architecture")
+    return deepcopy(BIOMEDCLIP_MODEL_CFG)
+
+
+def _build_hf_port(port_dir: Path, device: str, source: str) -> ClipBundle:
+    config_path = port_dir / "config.json"
+    if not config_path.is_file():
+        raise ModelSourceError(f"{port_dir} is not an HF port dir: no config.json")
+    config = json.loads(config_path.read_text())
+    model_cfg = _port_model_cfg(config)
+    weights = next((port_dir / n for n in (HF_PORT_WEIGHTS, "pytorch_model.bin")
+                    if (port_dir / n).is_file()), None)
+    if weights is None:
+        raise ModelSourceError(f"{port_dir} has no {HF_PORT_WEIGHTS} or pytorch_model.bin")
+    with tempfile.TemporaryDirectory() as tmp:
+        text_dir = write_text_config(Path(tmp) / TEXT_CONFIG_SUBDIR, config["text_config"])
+        model = _instantiate(model_cfg, str(text_dir), {})
+    _load_into(model, port_to_open_clip(load_state_dict_file(weights)), source)
+    tok_src = port_dir if (port_dir / "tokenizer_config.json").is_file() else None
+    if tok_src is None:
+        raise ModelSourceError(f"{port_dir} has no tokenizer files (tokenizer_config.json)")
+    tokenizer = open_clip.tokenizer.HFTokenizer(
+        str(tok_src), context_length=model_cfg["text_cfg"]["context_length"]
+    )
+    model = model.to(device)
+    return ClipBundle(model.eval(), _preprocess_for(model), tokenizer, model_cfg, source)
+
+
+def build_clip(
+    name_or_path: str | Path = "embedded", *, device: str = "cpu", base: str = BIOMEDCLIP_HUB_ID
+) -> ClipBundle:
+    """Build a BiomedCLIP-family CLIP from a name, directory or checkpoint (see module docstring).
+
+    ``base`` is the architecture (any other accepted source) that a bare checkpoint file
+    (``ckpt:FILE``) is loaded into. Returns a :class:`ClipBundle` in eval mode.
+    """
+    name = str(name_or_path)
+    if name == "embedded":
+        return _build_local_dir(EMBEDDED_DIR, device, name)
+    if name.startswith("hf-hub:"):
+        return _build_hub(name, device)
+    if name.startswith("local-dir:"):
+        return _build_local_dir(Path(name[len("local-dir:"):]), device, name)
+    if name.startswith("hf-port:"):
+        return _build_hf_port(Path(name[len("hf-port:"):]), device, name)
+    if name.startswith("ckpt:") or Path(name).is_file():
+        path = Path(name[len("ckpt:"):] if name.startswith("ckpt:") else name)
+        state = load_state_dict_file(path)
+        bundle = build_clip(base, device="cpu")
+        _load_into(bundle.model, state, str(path))
+        bundle.model.to(device)
+        return ClipBundle(bundle.model.eval(), bundle.preprocess, bundle.tokenizer,
+                          bundle.model_cfg, name)
+    path = Path(name)
+    if (path / "open_clip_config.json").is_file():
+        return _build_local_dir(path, device, name)
+    if (path / "config.json").is_file():
+        arch = json.loads((path / "config.json").read_text()).get("architectures", [])
+        if "BiomedCLIPModel" in arch:
+            return _build_hf_port(path, device, name)
+    raise ModelSourceError(
+        f"unknown CLIP source {name!r}: expected 'embedded', 'hf-hub:ID', 'local-dir:DIR', "
+        "'hf-port:DIR', 'ckpt:FILE', or an existing directory/file"
+    )
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage; clone each tensor (the model has no tied weights).
+    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def export_local_dir(
+    model: open_clip.CustomTextCLIP,
+    tokenizer: Callable,
+    cfg: dict | None,
+    out_dir: str | Path,
+) -> Path:
+    """Write an open_clip local dir loadable by ``build_clip("local-dir:OUT")`` offline.
+
+    Files: ``open_clip_config.json`` (``model_cfg`` = ``cfg`` or reconstructed from the model,
+    ``preprocess_cfg``), ``open_clip_model.safetensors``, ``text_config/config.json`` (BERT config),
+    tokenizer files (``tokenizer.save_pretrained``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    context_length = getattr(tokenizer, "context_length", None)
+    model_cfg = deepcopy(cfg) if cfg else model_cfg_from_model(model, context_length=context_length)
+    model.text.config.save_pretrained(out / TEXT_CONFIG_SUBDIR)
+    tokenizer.save_pretrained(str(out))
+    preprocess_cfg = {k: v for k, v in get_model_preprocess_cfg(model).items() if k != "size"}
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    (out / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(_state_for_saving(model), str(out / LOCAL_DIR_WEIGHTS))
+    return out
+
+
+def export_hf_port(
+    model: open_clip.CustomTextCLIP,
+    out_dir: str | Path,
+    *,
+    tokenizer: Callable | None = None,
+    cfg: dict | None = None,
+) -> Path:
+    """Write MedCLIP-SAMv2's HF-port layout: ``config.json`` + ``model.safetensors`` (+ tokenizer).
+
+    Keys follow their ``convert.py`` (design §10). Their ``modeling_biomed_clip.py`` and
+    ``configuration_biomed_clip.py`` are not ours to ship: copy them from their repo next to
+    these files to load with ``AutoModel.from_pretrained(dir, trust_remote_code=True)``
+    (transformers 4.35-4.47).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trunk = model.visual.trunk
+    vision = {
+        "width": trunk.embed_dim,
+        "depth": len(trunk.blocks),
+        "heads": trunk.blocks[0].attn.num_heads,
+        "mlp_dim": trunk.blocks[0].mlp.fc1.out_features,
+        "image_size": int(model.visual.image_size[0]),
+        "patch_size": int(trunk.patch_embed.patch_size[0]),
+    }
+    bert = model.text.config.to_dict()
+    bert_keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                 "intermediate_size", "hidden_act", "hidden_dropout_prob",
+                 "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+                 "initializer_range", "layer_norm_eps", "pad_token_id")
+    text_config = {"model_type": "bert", **{k: bert[k] for k in bert_keys}}
+    model_cfg = deepcopy(cfg) if cfg else model_cfg_from_model(model)
+    config = port_config(model_cfg, text_config, vision, float(model.logit_scale.detach()))
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(open_clip_to_port(_state_for_saving(model)), str(out / HF_PORT_WEIGHTS))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    return out
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def encode_image_tokens(
+    model: open_clip.CustomTextCLIP, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global image embedding and last-block patch tokens in one trunk pass.
+
+    ``images``: (B, 3, S, S) preprocessed. Returns ``image_emb`` (B, D), un-normalised and equal to
+    ``model.encode_image(images)``, and ``patch_tokens`` (B, N, W): the trunk's final-norm output
+    of the last block with the prefix (CLS) tokens dropped; N = (S/patch)², row-major grid.
+    """
+    trunk = model.visual.trunk
+    tokens = trunk.forward_features(images)  # (B, prefix + N, W)
+    image_emb = model.visual.head(trunk.forward_head(tokens))  # (B, D)
+    return image_emb, tokens[:, trunk.num_prefix_tokens:]
+
+
+def vision_blocks(model: open_clip.CustomTextCLIP) -> torch.nn.Sequential:
+    """The timm ViT blocks of the vision tower (index -1 is the last block)."""
+    return model.visual.trunk.blocks
+
+
+def patch_grid(model: open_clip.CustomTextCLIP) -> tuple[int, int]:
+    """(rows, cols) of the vision tower's patch grid, e.g. (14, 14) for ViT-B/16 at 224²."""
+    rows, cols = model.visual.trunk.patch_embed.grid_size
+    return int(rows), int(cols)

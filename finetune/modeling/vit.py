@@ -1,0 +1,54 @@
+"""Small timm ViTs registered under our own names, so open_clip's ``TimmModel`` can build them.
+
+open_clip's ``TimmModel`` passes no architecture kwargs to ``timm.create_model`` (design §7), so a
+ViT with non-standard sizes needs its own registered model function. Registering is a pure
+name -> constructor entry in timm's registry: no weights are loaded and nothing is seeded.
+
+``vit_tiny_medclip_patch16_128`` is the vision tower of the embedded BiomedCLIP-family model
+(design §8): 128x128 input, 3 input channels (grayscale images are replicated to RGB by open_clip's
+standard preprocessing, exactly as for the real BiomedCLIP, so one preprocessing path serves
+both), patch 16 -> 8x8 = 64 patch tokens + 1 CLS token, width 128, depth 6, 2 heads, MLP ratio 4.
+"""
+
+from __future__ import annotations
+
+from timm.models import build_model_with_cfg, register_model
+from timm.models.vision_transformer import VisionTransformer
+
+EMBEDDED_VIT_NAME = "vit_tiny_medclip_patch16_128"
+
+
+def _default_cfg(name: str, input_size: tuple[int, int, int]) -> dict:
+    # The same normalisation constants as BiomedCLIP (OpenAI CLIP mean/std).
+    return {
+        "architecture": name,
+        "url": "",
+        "num_classes": 0,
+        "input_size": input_size,
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "interpolation": "bicubic",
+        "mean": (0.48145466, 0.4578275, 0.40821073),
+        "std": (0.26862954, 0.26130258, 0.27577711),
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+    }
+
+
+@register_model
+def vit_tiny_medclip_patch16_128(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT for the embedded BiomedCLIP-family CLIP: 128² RGB input, patch 16, width 128, depth 6."""
+    if pretrained:
+        raise ValueError(f"{EMBEDDED_VIT_NAME} has no pretrained timm weights; load a CLIP checkpoint")
+    # timm.create_model passes pretrained_cfg=None; ours is the fallback.
+    pretrained_cfg = kwargs.pop("pretrained_cfg", None) or _default_cfg(
+        EMBEDDED_VIT_NAME, (3, 128, 128)
+    )
+    model_args = dict(img_size=128, patch_size=16, embed_dim=128, depth=6, num_heads=2, mlp_ratio=4.0)
+    return build_model_with_cfg(
+        VisionTransformer,
+        EMBEDDED_VIT_NAME,
+        pretrained=False,
+        pretrained_cfg=pretrained_cfg,
+        **dict(model_args, **kwargs),
+    )
