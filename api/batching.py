@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 RunBatch = Callable[[list[np.ndarray], list[np.ndarray], dict[str, Any]], list[list[Any]]]
 
 
+_GATHER_FACTOR = 4  # gather at most this many batches' worth of requests per round
+
+
 class QueueFullError(RuntimeError):
     """The batching queue holds ``queue_size`` requests already."""
 
@@ -129,7 +132,10 @@ class MicroBatcher:
         deadline = time.perf_counter() + self.max_wait_s
         while True:
             live = [w for w in pending if not w.future.cancelled()]
-            if len(live) >= self.max_batch:
+            # full batch for the oldest request's group, or enough gathered for several groups
+            if live and sum(w.key == live[0].key for w in live) >= self.max_batch:
+                break
+            if len(live) >= _GATHER_FACTOR * self.max_batch:
                 break
             remaining = deadline - time.perf_counter()
             try:

@@ -1,0 +1,107 @@
+"""The micro-batcher: grouping by compatibility, batch cap, cancellation, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from api.batching import MicroBatcher, QueueFullError
+
+
+def echo_batch(calls):
+    def run(images, masks, kwargs):
+        calls.append((len(images), dict(kwargs)))
+        return [[float(img.sum()) + kwargs["seed"]] for img in images]
+
+    return run
+
+
+def test_groups_compatible_requests_and_caps_batch_size():
+    calls = []
+
+    async def main():
+        batcher = MicroBatcher(echo_batch(calls), max_batch=3, max_wait_s=0.05, queue_size=32)
+        batcher.start()
+        jobs = []
+        for n in range(7):
+            shape = (4, 4) if n % 2 == 0 else (5, 5)
+            image = np.full(shape, float(n), np.float32)
+            jobs.append(batcher.submit(image, np.ones(shape, bool), {"seed": 0, "steps": 5}))
+        results = await asyncio.gather(*jobs)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(main())
+    for n, (samples, timing) in enumerate(results):
+        size = 16 if n % 2 == 0 else 25
+        assert samples == [float(n * size)]  # each caller gets its own image's result
+        assert 1 <= timing.batch_size <= 3
+    assert sum(n for n, _ in calls) == 7 and max(n for n, _ in calls) == 3
+    assert len(calls) <= 4  # 4 images of 4x4 -> 3+1, 3 images of 5x5 -> 3
+
+
+def test_different_parameters_never_share_a_call():
+    calls = []
+
+    async def main():
+        batcher = MicroBatcher(echo_batch(calls), max_batch=8, max_wait_s=0.05, queue_size=8)
+        batcher.start()
+        image, mask = np.zeros((4, 4), np.float32), np.ones((4, 4), bool)
+        out = await asyncio.gather(*(batcher.submit(image, mask, {"seed": s}) for s in (0, 1, 0)))
+        await batcher.stop()
+        return out
+
+    out = asyncio.run(main())
+    assert [o[0] for o in out] == [[0.0], [1.0], [0.0]]
+    assert sorted(n for n, _ in calls) == [1, 2]
+
+
+def test_cancelled_request_is_skipped_and_queue_bound_holds():
+    calls, gate = [], threading.Event()
+    cancelled = []
+
+    def slow(images, masks, kwargs):
+        gate.wait(5)
+        return echo_batch(calls)(images, masks, kwargs)
+
+    async def main():
+        batcher = MicroBatcher(slow, max_batch=1, max_wait_s=0, queue_size=1,
+                               on_cancelled=cancelled.append)
+        batcher.start()
+        image, mask = np.zeros((4, 4), np.float32), np.ones((4, 4), bool)
+        first = asyncio.ensure_future(batcher.submit(image, mask, {"seed": 1}))
+        await asyncio.sleep(0.05)  # the worker holds `first`
+        second = asyncio.ensure_future(batcher.submit(image, mask, {"seed": 2}))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError):
+            await batcher.submit(image, mask, {"seed": 3})
+        second.cancel()
+        gate.set()
+        samples, _ = await first
+        await asyncio.sleep(0.05)
+        await batcher.stop()
+        return samples
+
+    assert asyncio.run(main()) == [1.0]
+    assert [kw["seed"] for _, kw in calls] == [1]  # seed 2 never ran
+    assert sum(cancelled) == 1
+
+
+def test_predictor_failure_reaches_every_caller_of_the_batch():
+    def broken(images, masks, kwargs):
+        raise ValueError("unknown method 'x'")
+
+    async def main():
+        batcher = MicroBatcher(broken, max_batch=4, max_wait_s=0.02, queue_size=4)
+        batcher.start()
+        image, mask = np.zeros((4, 4), np.float32), np.ones((4, 4), bool)
+        out = await asyncio.gather(*(batcher.submit(image, mask, {}) for _ in range(2)),
+                                   return_exceptions=True)
+        await batcher.stop()
+        return out
+
+    out = asyncio.run(main())
+    assert all(isinstance(o, ValueError) and "unknown method" in str(o) for o in out)
