@@ -13,7 +13,8 @@ Segmentation (``pred``, ``gt``: boolean HxW arrays of the same shape):
 Inpainting inside a mask (BraTS 2023 "local synthesis" protocol): both images are normalised to
 [0, 1] (ours already are), then MSE / PSNR / SSIM are taken over the pixels inside the mask only.
 SSIM is computed on the full image with scikit-image (Gaussian window, sigma 1.5) and the SSIM
-*map* is averaged inside the mask, so with a mask covering everything it equals scikit-image's
+*map* is averaged inside the mask (leaving out the 5-px border where the window is incomplete,
+as scikit-image does), so with a mask covering everything it equals scikit-image's
 ``structural_similarity`` exactly.
 
 Bootstrap confidence intervals use ``scipy.stats.bootstrap`` (percentile method); the paired
@@ -107,7 +108,13 @@ def masked_ssim(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
     )
     if ssim_map.ndim == 3:
         ssim_map = ssim_map.mean(axis=-1)
-    return float(ssim_map[mask].mean())
+    # Like scikit-image, leave out the border where the 11x11 window is incomplete
+    # (pad = (11 - 1) // 2 for sigma 1.5), unless the mask lies entirely inside that border.
+    pad = 5
+    interior = np.zeros_like(mask)
+    interior[pad:-pad, pad:-pad] = True
+    inside = mask & interior
+    return float(ssim_map[inside if inside.any() else mask].mean())
 
 
 def high_frequency_energy(image: np.ndarray, mask: np.ndarray, sigma: float = 1.0) -> float:

@@ -47,7 +47,7 @@ class BenchmarkItem:
 def _splits(n: int, rng: np.random.Generator) -> list[str]:
     counts = [int(round(n * f)) for _, f in SPLIT_FRACTIONS]
     counts[0] = n - sum(counts[1:])
-    labels = [name for (name, _), c in zip(SPLIT_FRACTIONS, counts) for _ in range(c)]
+    labels = [name for (name, _), c in zip(SPLIT_FRACTIONS, counts, strict=True) for _ in range(c)]
     return [labels[i] for i in rng.permutation(n)]
 
 

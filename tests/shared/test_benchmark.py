@@ -1,0 +1,94 @@
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from shared.benchmark import DOMAINS, build_benchmark, load_manifest
+from shared.benchmark.__main__ import main as benchmark_cli
+from shared.datasets import list_pairs, read_dpo_csv
+from shared.io import read_image, read_mask
+
+
+@pytest.fixture(scope="module")
+def bench20(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench20")
+    assert benchmark_cli(["--out", str(out), "--n-per-domain", "20", "--size", "96", "--seed", "3"]) == 0
+    return out
+
+
+def test_cli_writes_all_domains_in_medclip_sam_layout(bench20):
+    items = load_manifest(bench20)
+    domains = {it.domain for it in items}
+    assert domains == set(DOMAINS) and len(domains) >= 3
+    for domain in domains:
+        positives = [it for it in items if it.domain == domain and it.label == "tumor"]
+        normals = [it for it in items if it.domain == domain and it.label == "normal"]
+        assert len(positives) == 20 and len(normals) == 5
+        assert {it.split for it in positives} == {"train", "val", "test"}
+        n_listed = sum(len(list_pairs(bench20, domain, s)) for s in ("train", "val", "test"))
+        assert n_listed == 25
+
+
+def test_outside_mask_equals_gt_negative_exactly(bench20):
+    for it in load_manifest(bench20):
+        image = (read_image(it.image) * 255).round().astype(np.uint8)
+        mask = read_mask(it.mask)
+        if it.label == "normal":
+            assert it.gt_negative is None and not mask.any()
+            continue
+        neg = (read_image(it.gt_negative) * 255).round().astype(np.uint8)
+        assert mask.any(), it.id
+        np.testing.assert_array_equal(image[~mask], neg[~mask], err_msg=it.id)
+        # and the lesion really changes the image inside its mask
+        assert np.abs(image[mask].astype(int) - neg[mask]).mean() > 3, it.id
+
+
+def test_manifest_and_dpo_csv_agree(bench20):
+    items = {it.id: it for it in load_manifest(bench20)}
+    rows = read_dpo_csv(bench20 / "dpo_pairs.csv")
+    assert len(rows) == sum(it.label == "tumor" for it in items.values())
+    for row in rows:
+        item = items[row.filename.rsplit("/", 1)[1][:-4]]
+        assert (bench20 / row.filename).resolve() == item.image
+        assert (bench20 / row.filename_neg).resolve() == item.gt_negative
+        assert row.caption == item.caption and "no signs of pathology" in row.caption_neg
+    lesion = next(it.lesion for it in items.values() if it.lesion)
+    assert {"kind", "radius", "irregularity", "margin", "cy", "cx"} <= set(lesion)
+
+
+def _digest(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path):
+    a = _digest(build_benchmark(tmp_path / "a", domains=("breast_us", "retina"), n_per_domain=3,
+                                size=64, seed=7).parent)
+    b = _digest(build_benchmark(tmp_path / "b", domains=("breast_us", "retina"), n_per_domain=3,
+                                size=64, seed=7).parent)
+    c = _digest(build_benchmark(tmp_path / "c", domains=("breast_us", "retina"), n_per_domain=3,
+                                size=64, seed=8).parent)
+    assert a == b
+    assert a != c
+    # a domain's files do not depend on which other domains are built
+    d = _digest(build_benchmark(tmp_path / "d", domains=("retina",), n_per_domain=3, size=64,
+                                seed=7).parent)
+    assert {k: v for k, v in a.items() if k.startswith("retina/")} == \
+        {k: v for k, v in d.items() if k.startswith("retina/")}
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown domain"):
+        build_benchmark(tmp_path, domains=("liver_ct",), n_per_domain=1)
+    with pytest.raises(ValueError, match="size"):
+        build_benchmark(tmp_path, n_per_domain=1, size=8)
+
+
+def test_preview_contact_sheet(tmp_path):
+    from shared.benchmark.preview import contact_sheet
+
+    manifest = build_benchmark(tmp_path, domains=("brain_mri",), n_per_domain=2, size=64, seed=0)
+    sheet = read_image(contact_sheet(manifest.parent, tmp_path / "sheet.png"))
+    assert sheet.shape[0] >= 64 and sheet.shape[1] >= 64 * 7
+    assert json.loads((tmp_path / "benchmark.json").read_text())["size"] == 64

@@ -1,0 +1,50 @@
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from shared.config import ConfigError, load_config, to_dict
+
+
+@dataclass(frozen=True)
+class Optim:
+    lr: float = 1e-4  # learning rate
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass(frozen=True)
+class Train:
+    steps: int = 100
+    name: str = "run"
+    out: Path | None = None
+    amp: bool = False
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 5\noptim:\n  betas: [0.8, 0.9]\n")
+    cfg = load_config(Train, path, ["optim.lr=0.01", "amp=true", "out=runs/x"])
+    assert cfg == Train(steps=5, amp=True, out=Path("runs/x"), optim=Optim(lr=0.01, betas=(0.8, 0.9)))
+    assert to_dict(cfg)["optim"] == {"lr": 0.01, "betas": [0.8, 0.9]}
+    assert load_config(Train, to_dict(cfg)) == cfg
+
+
+def test_unknown_keys_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="optim.momentum"):
+        load_config(Train, {"optim": {"momentum": 0.9}})
+    with pytest.raises(ConfigError, match="unknown config key: optim.lrr"):
+        load_config(Train, None, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="stepz"):
+        load_config(Train, {"stepz": 3})
+
+
+def test_bad_values_and_forms():
+    with pytest.raises(ConfigError, match="steps: expected an integer"):
+        load_config(Train, None, ["steps=ten"])
+    with pytest.raises(ConfigError, match="expected true/false"):
+        load_config(Train, {"amp": "yes please"})
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(Train, None, ["steps"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Train, "/nonexistent/config.yaml")

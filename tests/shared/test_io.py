@@ -1,0 +1,120 @@
+import io
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared import io as sio
+
+
+def _png(array, mode=None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_reads_8_and_16_bit_gray_and_rgb_in_several_formats(tmp_path):
+    gray8 = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    np.testing.assert_allclose(sio.decode_image(_png(gray8)), gray8 / 255.0, atol=1e-7)
+    gray16 = (np.arange(256, dtype=np.uint16) * 257).reshape(16, 16)
+    np.testing.assert_allclose(sio.decode_image(_png(gray16)), gray16 / 65535.0, atol=1e-7)
+    rgb = np.stack([gray8, gray8[::-1], gray8.T], axis=-1)
+    out = sio.decode_image(_png(rgb))
+    assert out.shape == (16, 16, 3) and out.dtype == np.float32
+    for fmt in ("BMP", "TIFF"):
+        path = tmp_path / f"x.{fmt.lower()}"
+        Image.fromarray(gray8).save(path, format=fmt)
+        np.testing.assert_allclose(sio.read_image(path), gray8 / 255.0, atol=1e-7)
+    Image.fromarray(rgb).save(tmp_path / "x.jpg", quality=95)
+    assert sio.read_image(tmp_path / "x.jpg").shape == (16, 16, 3)
+
+
+def test_masks_accept_01_0255_and_bool():
+    m = np.zeros((8, 8), np.uint8)
+    m[2:5, 3:6] = 1
+    expected = m.astype(bool)
+    np.testing.assert_array_equal(sio.decode_mask(_png(m)), expected)
+    np.testing.assert_array_equal(sio.decode_mask(_png(m * 255)), expected)
+    np.testing.assert_array_equal(sio.decode_mask(_png(expected)), expected)
+    np.testing.assert_array_equal(sio.decode_mask(sio.encode_png(expected)), expected)
+
+
+def test_unreadable_bytes():
+    with pytest.raises(sio.UnreadableImageError, match="bad.png: not a readable image"):
+        sio.decode_image(b"\x89PNG but not really", "bad.png")
+    with pytest.raises(sio.UnreadableImageError, match="empty"):
+        sio.decode_mask(b"", "m.png")
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(sio.UnreadableImageError, match="nope.png: no such file"):
+        sio.read_image(tmp_path / "nope.png")
+
+
+def test_size_mismatch():
+    with pytest.raises(sio.SizeMismatchError, match="mask is 20x10 but image is 16x16"):
+        sio.check_pair(np.zeros((16, 16)), np.zeros((10, 20), bool), "case1")
+
+
+def test_non_binary_mask_is_refused_not_thresholded():
+    m = np.zeros((8, 8), np.uint8)
+    m[1, 1], m[2, 2] = 128, 255
+    with pytest.raises(sio.NonBinaryMaskError, match="not binary.*128"):
+        sio.decode_mask(_png(m), "soft.png")
+    colour = np.zeros((8, 8, 3), np.uint8)
+    colour[1, 1] = (255, 0, 0)
+    with pytest.raises(sio.NonBinaryMaskError, match="colour"):
+        sio.decode_mask(_png(colour))
+
+
+def test_empty_mask_when_lesion_required():
+    empty = _png(np.zeros((8, 8), np.uint8))
+    assert not sio.decode_mask(empty).any()
+    with pytest.raises(sio.EmptyMaskError, match="lesion is required"):
+        sio.decode_mask(empty, "e.png", require_lesion=True)
+
+
+def test_too_many_pixels_refused_before_decoding():
+    data = _png(np.zeros((100, 120), np.uint8))
+    with pytest.raises(sio.ImageTooLargeError, match="120x100 = 12000 pixels exceeds"):
+        sio.decode_image(data, "big.png", max_pixels=10_000)
+    with pytest.raises(sio.ImageTooLargeError):
+        sio.decode_mask(data, "big.png", max_pixels=10_000)
+
+
+def test_all_input_errors_are_value_errors():
+    for cls in (sio.UnreadableImageError, sio.SizeMismatchError, sio.NonBinaryMaskError,
+                sio.EmptyMaskError, sio.ImageTooLargeError):
+        assert issubclass(cls, sio.InputError) and issubclass(cls, ValueError)
+
+
+def test_png_round_trip_is_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (20, 30), dtype=np.uint8)
+    sio.write_png(tmp_path / "a" / "x.png", u8 / 255.0)
+    np.testing.assert_array_equal(np.rint(sio.read_image(tmp_path / "a" / "x.png") * 255), u8)
+
+
+def test_nifti_slices_with_window(tmp_path):
+    vol = np.zeros((6, 5, 4), np.float32)
+    vol[..., 2] = np.linspace(0, 200, 30).reshape(6, 5)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "v.nii.gz")
+    slices = sio.read_nifti_slices(tmp_path / "v.nii.gz", axis=2, window=(100.0, 200.0))
+    assert len(slices) == 4 and slices[2].shape == (5, 6)  # rotated to display orientation
+    np.testing.assert_allclose(slices[2], np.rot90(np.clip(vol[..., 2] / 200.0, 0, 1)), atol=1e-6)
+    with pytest.raises(sio.UnreadableImageError, match="not a readable NIfTI"):
+        (tmp_path / "bad.nii").write_bytes(b"garbage")
+        sio.read_nifti_slices(tmp_path / "bad.nii")
+
+
+def test_dicom_uses_header_window_and_rescale():
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    frames = sio.read_dicom(path, window=(40.0, 400.0))
+    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    np.testing.assert_allclose(frames[0], np.clip((hu - (40 - 200)) / 400.0, 0, 1), atol=1e-6)
+    assert len(frames) == 1 and frames[0].shape == (128, 128)
