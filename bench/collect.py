@@ -1,0 +1,30 @@
+"""Gather every benchmark's section (bench/results/*.md) into bench/RESULTS.md.
+
+Each benchmark script writes its own section file, so that benchmarks can be re-run one at a
+time; this script only concatenates them, in a fixed order, under one header.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ORDER = ["generator", "dpo", "service", "stage1", "m2ib", "trainer", "demo"]
+
+
+def collect(results_dir: Path = HERE / "results", out: Path = HERE / "RESULTS.md") -> Path:
+    sections = sorted(results_dir.glob("*.md"),
+                      key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else len(ORDER), p.stem))
+    parts = ["# Benchmark results\n",
+             "Each section below is written by the script named in it; re-run that script to "
+             "refresh it, then `python bench/collect.py`. Ratios are measured within one run on the "
+             "machine the section names.\n"]
+    parts += [p.read_text().strip() + "\n" for p in sections]
+    out.write_text("\n".join(parts))
+    return out
+
+
+if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    print(collect())
