@@ -51,8 +51,8 @@ def parse_prompts(text: str) -> PromptSet:
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        if " | " in line:
-            key, caption = (part.strip() for part in line.split(" | ", 1))
+        if "|" in line:
+            key, caption = (part.strip() for part in line.split("|", 1))
             if not key or not caption:
                 raise PromptError(f"line {lineno}: expected 'pattern | caption', got {raw!r}")
             keyed.setdefault(key, []).append(caption)

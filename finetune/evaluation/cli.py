@@ -1,0 +1,142 @@
+"""``python -m finetune.evaluate``: zero-shot segmentation on a MedCLIP-SAMv2-layout folder.
+
+Example::
+
+    python -m finetune.evaluate --model embedded --data data/benchmark/brain_mri \
+        --segmenter litemedsam --preset embedded --out runs/eval_brain
+
+Writes ``per_image.csv``, ``summary.json``, ``report.md`` and ``overlays/NAME.png`` under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from finetune.evaluation.evaluate import MODES, SALIENCY_METHODS, EvalConfig, evaluate_dataset
+from finetune.evaluation.loading import load_clip_bundle
+from finetune.evaluation.m2ib import PRESETS, M2IBConfig
+from finetune.evaluation.outputs import (
+    save_overlay,
+    write_markdown_report,
+    write_per_image_csv,
+    write_summary_json,
+)
+from finetune.evaluation.prompts import PromptSet, load_prompts, single_prompt
+from finetune.evaluation.segmenters import SEGMENTERS, build_segmenter
+from shared.datasets import SPLITS, list_pairs, list_tasks
+
+PROMPT_DIR = Path(__file__).resolve().parents[2] / "configs" / "prompts"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m finetune.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="embedded", help="embedded | checkpoint dir | hf-hub:... | local-dir:...")
+    p.add_argument("--data", required=True, type=Path, help="task folder (with <split>_images/) or a root of tasks")
+    p.add_argument("--task", default=None, help="task under --data when --data is a root")
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--segmenter", default="litemedsam", choices=(*SEGMENTERS, "none"))
+    p.add_argument("--segmenter-checkpoint", default=None, help="SAM .pth (LiteMedSAM: optional)")
+    p.add_argument("--mode", default="segmenter", choices=MODES)
+    p.add_argument("--saliency", default="m2ib", choices=SALIENCY_METHODS)
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="M2IB preset (then overrides)")
+    p.add_argument("--layer", type=int, default=None, help="M2IB bottleneck after this block")
+    p.add_argument("--beta", type=float, default=None)
+    p.add_argument("--var", type=float, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--samples", type=int, default=None, help="M2IB noise samples per image")
+    p.add_argument("--batch-size", type=int, default=None, help="images per saliency batch")
+    p.add_argument("--resize-mode", default=None, choices=("pad", "stretch"))
+    p.add_argument("--prompt-file", type=Path, default=None, help=".txt (see prompts.py) or upstream .json")
+    p.add_argument("--prompt", default=None, help="one caption for every image")
+    p.add_argument("--binarize", default="kmeans", choices=("kmeans", "threshold"))
+    p.add_argument("--threshold", type=float, default=0.3)
+    p.add_argument("--num-components", type=int, default=1)
+    p.add_argument("--prompt-kind", default="union", choices=("union", "components", "points"))
+    p.add_argument("--box-dilation", type=int, default=0, help="grow box prompts by this many px")
+    p.add_argument("--num-points", type=int, default=10)
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--no-overlays", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", required=True, type=Path)
+    return p.parse_args(argv)
+
+
+def _resolve_task(data: Path, task: str | None, split: str) -> tuple[Path, str]:
+    if task is not None:
+        return data, task
+    if (data / f"{split}_images").is_dir():
+        return data.parent, data.name
+    tasks = list_tasks(data)
+    if len(tasks) != 1:
+        raise SystemExit(f"--data {data} holds tasks {tasks}; choose one with --task")
+    return data, tasks[0]
+
+
+def _prompts(args: argparse.Namespace, task: str) -> PromptSet | None:
+    if args.prompt is not None:
+        return single_prompt(args.prompt)
+    if args.prompt_file is not None:
+        return load_prompts(args.prompt_file)
+    default = PROMPT_DIR / f"{task}.txt"
+    return load_prompts(default) if default.is_file() else None
+
+
+def _m2ib_config(args: argparse.Namespace) -> M2IBConfig:
+    cfg = PRESETS[args.preset] if args.preset else M2IBConfig()
+    overrides = {
+        "layer": args.layer, "beta": args.beta, "var": args.var, "steps": args.steps,
+        "num_samples": args.samples, "batch_size": args.batch_size, "resize_mode": args.resize_mode,
+    }
+    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    root, task = _resolve_task(args.data, args.task, args.split)
+    pairs = list_pairs(root, task, args.split)[: args.limit]
+    cfg = EvalConfig(
+        mode=args.mode, saliency=args.saliency, m2ib=_m2ib_config(args), binarize=args.binarize,
+        threshold=args.threshold, num_components=args.num_components, prompt=args.prompt_kind,
+        box_dilation_px=args.box_dilation, num_points=args.num_points, seed=args.seed,
+    )
+    prompts = _prompts(args, task)
+    needs_model = args.mode != "oracle" and args.saliency != "centre_box"
+    bundle = load_clip_bundle(args.model, device=args.device) if needs_model else None
+    segmenter = None
+    if args.mode != "saliency":
+        if args.segmenter == "none":
+            raise SystemExit(f"--mode {args.mode} needs a --segmenter")
+        segmenter = build_segmenter(args.segmenter, args.segmenter_checkpoint, device=args.device)
+    out = args.out
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+
+    def overlay(result, image, gt):
+        if not args.no_overlays:
+            save_overlay(out / "overlays" / f"{Path(result.name).stem}.png", image, result, gt)
+
+    t0 = time.perf_counter()
+    results = evaluate_dataset(
+        bundle, pairs, segmenter=segmenter, prompts=prompts, cfg=cfg, progress=True, on_image=overlay
+    )
+    results.summary.update({
+        "model": args.model, "data": str(args.data), "task": task, "split": args.split,
+        "segmenter": None if segmenter is None else segmenter.name,
+        "seconds": round(time.perf_counter() - t0, 2),
+    })
+    write_per_image_csv(out / "per_image.csv", results.images)
+    write_summary_json(out / "summary.json", results.summary)
+    write_markdown_report(out / "report.md", results, title=f"Zero-shot segmentation: {task} ({args.split})")
+    m = results.summary["metrics"]
+    print(f"{task}/{args.split}: n={results.summary['n_images']} Dice {m['dice']['mean']:.3f} "
+          f"IoU {m['iou']['mean']:.3f} NSD {m['nsd']['mean']:.3f} "
+          f"empty coarse {results.summary['n_empty_coarse']} -> {out}")
+    return results.summary

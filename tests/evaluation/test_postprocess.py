@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from finetune.evaluation.postprocess import (
+    coarse_mask,
+    keep_largest_components,
+    kmeans_binarize,
+    mask_to_boxes,
+    sample_points,
+    threshold_binarize,
+)
+
+
+def test_kmeans_higher_centroid_is_foreground():
+    sal = np.full((10, 12), 0.1)
+    sal[2:5, 3:9] = 0.9
+    sal[7, 7] = 0.15  # stays background
+    want = np.zeros_like(sal, dtype=bool)
+    want[2:5, 3:9] = True
+    np.testing.assert_array_equal(kmeans_binarize(sal), want)
+    # inverting the map swaps foreground and background
+    np.testing.assert_array_equal(kmeans_binarize(1 - sal), ~want)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.7])
+def test_constant_map_gives_empty_mask(value):
+    sal = np.full((8, 8), value)
+    assert not kmeans_binarize(sal).any()
+    assert not coarse_mask(sal).any()
+    assert mask_to_boxes(coarse_mask(sal)).shape == (0, 4)
+
+
+def test_threshold_is_strict():
+    sal = np.array([[0.3, 0.31], [0.0, 1.0]])
+    np.testing.assert_array_equal(threshold_binarize(sal, threshold=0.3), [[False, True], [False, True]])
+
+
+def test_keep_largest_components_exact_k():
+    m = np.zeros((12, 12), dtype=bool)
+    m[0:3, 0:3] = True  # 9 px
+    m[6:8, 6:8] = True  # 4 px
+    m[11, 0] = True  # 1 px
+    m[0, 11] = True  # 1 px (tie with the one above; upstream would keep both)
+    one = keep_largest_components(m, 1)
+    assert one.sum() == 9 and one[0:3, 0:3].all()
+    two = keep_largest_components(m, 2)
+    assert two.sum() == 13
+    three = keep_largest_components(m, 3)
+    assert three.sum() == 14
+    # diagonal neighbours are connected (8-connectivity, as cv2 upstream)
+    d = np.eye(4, dtype=bool)
+    assert keep_largest_components(d, 1).sum() == 4
+    with pytest.raises(ValueError, match=">= 1"):
+        keep_largest_components(m, 0)
+
+
+def test_boxes_union_components_and_dilation():
+    m = np.zeros((20, 30), dtype=bool)
+    m[2:5, 3:7] = True  # rows 2..4, cols 3..6
+    m[10:18, 20:29] = True  # rows 10..17, cols 20..28 (larger)
+    np.testing.assert_array_equal(mask_to_boxes(m), [[3, 2, 28, 17]])
+    np.testing.assert_array_equal(mask_to_boxes(m, mode="components"), [[20, 10, 28, 17], [3, 2, 6, 4]])
+    # dilation grows every side and clips at the border (W-1 = 29, H-1 = 19)
+    np.testing.assert_array_equal(mask_to_boxes(m, dilation_px=3), [[0, 0, 29, 19]])
+    np.testing.assert_array_equal(mask_to_boxes(m, mode="components", dilation_px=1)[1], [2, 1, 7, 5])
+    with pytest.raises(ValueError, match="dilation"):
+        mask_to_boxes(m, dilation_px=-1)
+
+
+def test_sample_points_lie_inside_and_are_distinct():
+    m = np.zeros((15, 15), dtype=bool)
+    m[4:7, 9:12] = True
+    pts = sample_points(m, 5, seed=1)
+    assert pts.shape == (5, 2)
+    assert m[pts[:, 1].astype(int), pts[:, 0].astype(int)].all()
+    assert len({tuple(p) for p in pts}) == 5
+    assert sample_points(m, 100).shape == (9, 2)  # capped at the foreground size
+    assert sample_points(np.zeros((3, 3), bool), 4).shape == (0, 2)
