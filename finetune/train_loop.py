@@ -1,0 +1,249 @@
+"""The training loop: ``train(cfg) -> output_dir`` (accelerate: DDP, accumulation, mixed precision,
+save_state/resume, TensorBoard tracker).
+
+Determinism: batch composition is a pure function of (seed, step) (:func:`batch_indices`) and the
+torch RNG is re-seeded from (seed, step, micro-batch, rank) before every forward, so a resumed run
+replays exactly the steps an uninterrupted one would, and N processes see the same global batch
+as one process (each takes its slice; features are gathered for the contrastive terms).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import DistributedDataParallelKwargs
+from tqdm.auto import tqdm
+
+from finetune.build import build_clip, export_hf_port, export_local_dir
+from finetune.config import TrainConfig, validate
+from finetune.data import TrainTensors, build_tensors, load_samples, normalise
+from finetune.features import ClipFeatures
+from finetune.negatives import resolve_negatives
+from finetune.objectives import NEEDS, compute_objective
+from shared.config import to_dict
+
+EMBEDDED_PRETRAINED = Path(__file__).parent / "weights" / "embedded"
+CHECKPOINTS = "checkpoints"
+EXPORT = "model"
+
+
+def resolve_model_source(name: str) -> str:
+    """``embedded-pretrained`` -> our committed pre-trained embedded CLIP; others unchanged."""
+    if name == "embedded-pretrained":
+        return f"local-dir:{EMBEDDED_PRETRAINED}"
+    return name
+
+
+def batch_indices(step: int, *, n: int, batch_size: int, seed: int) -> np.ndarray:
+    """Global batch of optimizer step ``step``: positions [step·B, (step+1)·B) of the stream of
+    per-epoch permutations ``perm(seed, epoch)`` of range(n)."""
+    pos = np.arange(step * batch_size, (step + 1) * batch_size)
+    out = np.empty(batch_size, dtype=np.int64)
+    for epoch in np.unique(pos // n):
+        sel = pos // n == epoch
+        perm = np.random.default_rng([seed, int(epoch)]).permutation(n)
+        out[sel] = perm[pos[sel] % n]
+    return out
+
+
+def lr_lambda(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup over ``warmup`` steps (from 1/warmup), then cosine down to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_trainable(model: torch.nn.Module, parts: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    """Freeze everything, then unfreeze the named parts; returns the trainable parameters."""
+    model.requires_grad_(False)
+    if "image" in parts:
+        model.visual.requires_grad_(True)
+    if "text" in parts:
+        model.text.requires_grad_(True)
+    if "logit_scale" in parts:
+        model.logit_scale.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _latest_checkpoint(output_dir: Path) -> Path | None:
+    ckpts = sorted((output_dir / CHECKPOINTS).glob("step_*"))
+    ckpts = [c for c in ckpts if (c / "trainer_state.json").is_file()]
+    return ckpts[-1] if ckpts else None
+
+
+def _prepare_data(cfg: TrainConfig, accelerator: Accelerator, grid, image_size) -> TrainTensors:
+    needs = NEEDS[cfg.objective.name]
+    samples = load_samples(cfg.data, tumors_only=needs.tumors_only)
+    negatives = None
+    if needs.negatives:
+        with accelerator.main_process_first():  # main fills the cache; the others read it
+            negatives = resolve_negatives(cfg, samples)
+        samples = [s for s in samples if s.id in negatives]
+    return build_tensors(samples, image_size=image_size, grid=grid, negatives=negatives)
+
+
+def _micro_batch(data: TrainTensors, idx: np.ndarray, tokenizer, norm: dict, needs) -> dict:
+    t = torch.from_numpy(idx)
+    batch = {
+        "pixels": normalise(data.images[t], **norm),
+        "text": tokenizer([data.captions[i] for i in idx]),
+        "soft_mask": data.soft_masks[t],
+    }
+    if needs.negatives:
+        batch["neg_pixels"] = normalise(data.negatives[t], **norm)
+    if needs.text_neg:
+        batch["text_neg"] = tokenizer([data.captions_neg[i] for i in idx])
+    return batch
+
+
+def _forward(model, batch: dict) -> dict:
+    return model(batch["pixels"], batch["text"], batch.get("neg_pixels"), batch.get("text_neg"))
+
+
+def _save(accelerator: Accelerator, out: Path, step: int, keep: int) -> None:
+    ckpt = out / CHECKPOINTS / f"step_{step:06d}"
+    accelerator.save_state(str(ckpt))
+    if accelerator.is_main_process:
+        (ckpt / "trainer_state.json").write_text(json.dumps({"step": step}) + "\n")
+        old = sorted((out / CHECKPOINTS).glob("step_*"))[:-keep] if keep > 0 else []
+        for path in old:
+            shutil.rmtree(path, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run the configured fine-tuning; returns ``output_dir`` (exported model in ``OUT/model``)."""
+    torch.set_num_threads(cfg.num_threads)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        log_with="tensorboard",
+        project_dir=cfg.output_dir,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    rank, world_size = accelerator.process_index, accelerator.num_processes
+    validate(cfg, world_size=world_size)
+    out = Path(cfg.output_dir)
+    needs = NEEDS[cfg.objective.name]
+    torch.manual_seed(cfg.seed)
+
+    bundle = build_clip(resolve_model_source(cfg.model), device="cpu")
+    clip = bundle.model
+    trunk = clip.visual.trunk
+    grid = tuple(int(g) for g in trunk.patch_embed.grid_size)
+    image_size = int(clip.visual.image_size[0])
+    pre = clip.visual.preprocess_cfg
+    norm = {"mean": tuple(pre["mean"]), "std": tuple(pre["std"]),
+            "channels": int(trunk.patch_embed.proj.in_channels)}
+    data = _prepare_data(cfg, accelerator, grid, image_size)
+
+    reference = None
+    if needs.reference:
+        reference = ClipFeatures(copy.deepcopy(clip).eval().requires_grad_(False))
+    params = set_trainable(clip, cfg.trainable)
+    entropy_blocks = cfg.objective.entropy_blocks if cfg.objective.name == "dhn+entropy" else ()
+    model = ClipFeatures(clip, with_tokens=needs.tokens, entropy_blocks=entropy_blocks)
+    o = cfg.optim
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=o.lr, betas=o.betas,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, warmup=o.warmup_steps, total=o.max_steps,
+                                       min_ratio=o.min_lr_ratio))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    start = 0
+    resume_from = None
+    if cfg.resume == "auto":
+        resume_from = _latest_checkpoint(out)
+    elif cfg.resume != "none":
+        resume_from = Path(cfg.resume)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        start = json.loads((resume_from / "trainer_state.json").read_text())["step"]
+
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    hparams = {k: v for k, v in _flat(to_dict(cfg)).items() if isinstance(v, int | float | str | bool)}
+    accelerator.init_trackers("finetune", config=hparams)
+
+    micro = cfg.batch_size // cfg.grad_accum
+    local = micro // world_size
+    unwrapped = accelerator.unwrap_model(model)
+    for module, trainable in ((unwrapped.clip.visual, "image"), (unwrapped.clip.text, "text")):
+        module.train(trainable in cfg.trainable)  # locked towers stay in eval (no dropout)
+    bar = tqdm(range(start, o.max_steps), initial=start, total=o.max_steps,
+               disable=not accelerator.is_local_main_process, desc=cfg.objective.name)
+    for step in bar:
+        idx = batch_indices(step, n=len(data), batch_size=cfg.batch_size, seed=cfg.seed)
+        logs: dict[str, float] = {}
+        for m in range(cfg.grad_accum):
+            mine = idx[m * micro + rank * local: m * micro + (rank + 1) * local]
+            torch.manual_seed(hash((cfg.seed, step, m, rank)) % 2**31)
+            batch = _micro_batch(data, mine, bundle.tokenizer, norm, needs)
+            sync = m == cfg.grad_accum - 1
+            ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
+            with ctx:
+                feats = _forward(model, batch)
+                ref = None
+                if reference is not None:
+                    with torch.no_grad():
+                        ref = _forward(reference, batch)
+                parts = compute_objective(cfg.objective.name, cfg.objective, feats, batch,
+                                          step=step, max_steps=o.max_steps, ref_out=ref)
+                accelerator.backward(parts["loss"] / cfg.grad_accum)
+            for k, v in parts.items():
+                logs[k] = logs.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+        if o.grad_clip > 0:
+            logs["grad_norm"] = float(accelerator.clip_grad_norm_(params, o.grad_clip))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        logs["lr"] = scheduler.get_last_lr()[0]
+        if accelerator.is_local_main_process:
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        if (step + 1) % cfg.log_every == 0 or step + 1 == o.max_steps:
+            accelerator.log(logs, step=step + 1)
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
+                and step + 1 < o.max_steps:
+            _save(accelerator, out, step + 1, cfg.keep_checkpoints)
+    _save(accelerator, out, o.max_steps, cfg.keep_checkpoints)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        clip = accelerator.unwrap_model(model).clip.eval()
+        if cfg.export_fp16:
+            clip = copy.deepcopy(clip).half()
+        export_local_dir(clip, bundle.tokenizer, bundle.model_cfg or None, out / EXPORT)
+        if cfg.export_hf_port:
+            export_hf_port(clip, out / "hf_port", tokenizer=bundle.tokenizer)
+    accelerator.end_training()
+    return out
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            flat.update(_flat(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v if not isinstance(v, list) else str(v)
+    return flat
+
+
+def env_world_size() -> int:
+    """WORLD_SIZE set by accelerate/torchrun (1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
