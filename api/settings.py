@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "NEG_API_"
@@ -49,3 +49,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     # Torch intra-op threads for the worker (None leaves torch's default).
     torch_threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("api_key", "generator", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        """An empty env value (``NEG_API_API_KEY=``) means unset, not an empty key."""
+        return None if isinstance(value, str) and not value.strip() else value
