@@ -266,7 +266,7 @@ def train_dpo(cfg: DpoConfig, *, scorers=None) -> dict:
         accelerator.clip_grad_norm_(policy.parameters(), cfg.optim.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        scalars = {k: float(v) for k, v in parts.items()}
+        scalars = {k: float(v.detach()) for k, v in parts.items()}
         scalars["pool"] = int(pool.numel())
         log.write(json.dumps({"step": step, **scalars}) + "\n")
         accelerator.log(scalars, step=step)
