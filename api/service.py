@@ -151,18 +151,28 @@ class ServiceState:
         if len(samples) != len(ids):
             raise RuntimeError(f"generator gave {len(samples)} samples, asked {len(ids)}")
         created = datetime.now(UTC).isoformat()
+        # PNG encoding and file writes run in a thread: the event loop keeps taking requests.
+        served = await asyncio.to_thread(
+            self._store_samples, samples, ids, image_sha=image_sha, mask_sha=mask_sha,
+            norm=norm, seed=int(seed), timing=timing, created=created,
+        )
+        self.metrics.generated.inc(len(served))
+        return served
+
+    def _store_samples(
+        self, samples, ids, *, image_sha, mask_sha, norm, seed, timing, created
+    ) -> list[Served]:
         served = []
         for k, (negative_id, sample) in enumerate(zip(ids, samples, strict=True)):
-            if int(sample.seed) != int(seed) + k:  # the id assumes the predictor's seed contract
-                raise RuntimeError(f"sample {k} has seed {sample.seed}, expected {int(seed) + k}")
+            if int(sample.seed) != seed + k:  # the ids assume the predictor's seed contract
+                raise RuntimeError(f"sample {k} has seed {sample.seed}, expected {seed + k}")
             t0 = time.perf_counter()
             png = encode_png(np.asarray(sample.image))
-            encode_ms = (time.perf_counter() - t0) * 1e3
             meta = {
                 "image_sha256": image_sha,
                 "mask_sha256": mask_sha,
                 "params": norm,
-                "seed": int(sample.seed),
+                "seed": seed + k,
                 "method": str(sample.method),
                 "checkpoint": self.checkpoint,
                 "versions": self.versions,
@@ -170,12 +180,10 @@ class ServiceState:
                     "queue_ms": timing.queue_ms,
                     "generate_ms": timing.generate_ms,
                     "batch_size": float(timing.batch_size),
-                    "encode_ms": encode_ms,
+                    "encode_ms": (time.perf_counter() - t0) * 1e3,
                 },
-                "scores": {str(k_): float(v) for k_, v in dict(sample.scores).items()},
+                "scores": {str(name): float(v) for name, v in dict(sample.scores).items()},
                 "created": created,
             }
-            stored = self.store.put(negative_id, png, meta)
-            served.append(Served(negative_id, png, stored, cached=False))
-        self.metrics.generated.inc(len(served))
+            served.append(Served(negative_id, png, self.store.put(negative_id, png, meta), False))
         return served
