@@ -1,0 +1,169 @@
+"""Registry of generator backends: the only place that knows checkpoint layouts, sizes and paths.
+
+Checkpoint layouts
+- ``pixel``: ``DIR/unet/`` (diffusers ``UNet2DModel.save_pretrained``), ``DIR/scheduler/``
+  (``DDIMScheduler``), ``DIR/generator_config.json`` (``{"backend": "pixel", "pixel": {...}}``
+  plus how it was trained). diffusers alone loads the UNet.
+- ``sd-inpaint``: a diffusers ``StableDiffusionInpaintPipeline`` directory (``model_index.json``)
+  or a hub id already in the local cache (never downloaded at run time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+
+from generator.modeling import pixel_unet, sd_inpaint
+from generator.predictor import NegativeGenerator
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_CHECKPOINT = WEIGHTS_DIR / "pixel_reference"  # the embedded default (committed)
+CONFIG_NAME = "generator_config.json"
+
+
+def hash_directory(path: Path) -> str:
+    """sha256 over every file's relative path and bytes, in sorted order."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+    for p in files:
+        h.update(str(p.relative_to(path)).encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+class PixelBackend:
+    """Pixel-space conditional UNet + DDIM (η from config) at the checkpoint's resolution."""
+
+    name = "pixel"
+    channels = 1
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDIMScheduler, cfg: pixel_unet.PixelUNetConfig):
+        self.unet = unet.eval()
+        self.scheduler = scheduler
+        self.cfg = cfg
+        self.resolution = cfg.resolution
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    def fill(
+        self,
+        images: torch.Tensor,
+        holes: torch.Tensor,
+        generators: Sequence[torch.Generator],
+        *,
+        steps: int,
+        strength: float,
+    ) -> np.ndarray:
+        images = images.to(self.device)
+        holes = holes.to(self.device)
+        cond = pixel_unet.condition(images, holes, self.cfg)
+        out = pixel_unet.sample(
+            self.unet, self.scheduler, cond, generators,
+            cfg=self.cfg, steps=steps, strength=strength, init=images,
+        )
+        return out.permute(0, 2, 3, 1).float().cpu().numpy()
+
+
+class SDInpaintBackend:
+    """``StableDiffusionInpaintPipeline`` with the fixed healthy-tissue prompt (embedded once)."""
+
+    name = "sd-inpaint"
+    channels = 3
+
+    def __init__(self, pipe, prompt: str = sd_inpaint.HEALTHY_PROMPT):
+        self.pipe = pipe
+        self.prompt_embeds = sd_inpaint.encode_prompt(pipe, prompt)
+        self.resolution = sd_inpaint.resolution(pipe)
+
+    def fill(self, images, holes, generators, *, steps, strength) -> np.ndarray:
+        device = self.pipe.device
+        return sd_inpaint.inpaint(
+            self.pipe, self.prompt_embeds, images.to(device), holes.to(device), generators,
+            steps=steps, strength=strength,
+        )
+
+
+def save_pixel_checkpoint(
+    out_dir: str | Path,
+    unet: UNet2DModel,
+    cfg: pixel_unet.PixelUNetConfig,
+    *,
+    extra: dict[str, Any] | None = None,
+    fp16: bool = True,
+) -> Path:
+    """Write the ``pixel`` layout; ``fp16`` halves the committed size (loaded back as float32)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state_unet = unet
+    if fp16:
+        state_unet = pixel_unet.build_unet(cfg)
+        state_unet.load_state_dict(unet.state_dict())
+        state_unet = state_unet.to(torch.float16)
+    state_unet.save_pretrained(out / "unet", safe_serialization=True)
+    pixel_unet.build_scheduler(cfg, kind="ddim").save_pretrained(out / "scheduler")
+    meta = {"backend": "pixel", "pixel": pixel_unet.config_dict(cfg), **(extra or {})}
+    (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def read_pixel_config(path: str | Path) -> pixel_unet.PixelUNetConfig:
+    meta = json.loads((Path(path) / CONFIG_NAME).read_text())
+    if meta.get("backend") != "pixel":
+        raise ValueError(f"{path}/{CONFIG_NAME}: backend is {meta.get('backend')!r}, not 'pixel'")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["pixel"].items()}
+    return pixel_unet.PixelUNetConfig(**fields)
+
+
+def load_pixel(path: str | Path, *, device: str = "cpu") -> tuple[PixelBackend, str]:
+    path = Path(path)
+    cfg = read_pixel_config(path)
+    unet = UNet2DModel.from_pretrained(path / "unet", torch_dtype=torch.float32).to(device)
+    scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
+    return PixelBackend(unet, scheduler, cfg), hash_directory(path)
+
+
+def load_sd_inpaint(path_or_id: str | Path, *, device: str = "cpu") -> tuple[SDInpaintBackend, str]:
+    pipe = sd_inpaint.load_pipeline(path_or_id, device=device)
+    local = Path(path_or_id)
+    if not local.is_dir():
+        from huggingface_hub import snapshot_download
+
+        local = Path(snapshot_download(str(path_or_id), local_files_only=True))
+    return SDInpaintBackend(pipe), hash_directory(local)
+
+
+def load_generator(
+    path_or_name: str | Path | None = None, *, device: str = "cpu", batch_size: int = 1
+) -> NegativeGenerator:
+    """Load a generator.
+
+    None or ``"pixel"`` → the embedded default (``generator/weights/pixel_reference``); a directory
+    → that checkpoint (``pixel`` if it holds ``generator_config.json``, ``sd-inpaint`` if it holds
+    ``model_index.json``); any other string → a hub id for ``sd-inpaint``, from the local cache only.
+    """
+    if path_or_name is None or str(path_or_name) == "pixel":
+        path_or_name = DEFAULT_CHECKPOINT
+    path = Path(path_or_name)
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        backend, digest = load_pixel(path, device=device)
+    elif path.is_dir() and (path / "model_index.json").is_file():
+        backend, digest = load_sd_inpaint(path, device=device)
+    elif path.exists():
+        raise ValueError(
+            f"{path}: neither a pixel checkpoint ({CONFIG_NAME}) nor a diffusers pipeline "
+            "(model_index.json)"
+        )
+    else:
+        backend, digest = load_sd_inpaint(str(path_or_name), device=device)
+    return NegativeGenerator(backend, checkpoint_hash=digest, batch_size=batch_size)

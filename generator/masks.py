@@ -1,0 +1,123 @@
+"""Mask geometry for the generator: dilation, exact paste-back, coarse fills, self-supervised masks.
+
+All functions take numpy arrays (HxW bool masks, HxW or HxWxC float images) or torch batches
+(B,1,H,W) where stated; nothing here holds state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+
+def disk(radius_px: int) -> np.ndarray:
+    """Boolean disk footprint of the given radius: (2r+1, 2r+1), True where x² + y² ≤ r²."""
+    if radius_px < 0:
+        raise ValueError(f"dilation radius must be >= 0 pixels, got {radius_px}")
+    r = int(radius_px)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (xx * xx + yy * yy) <= r * r
+
+
+def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    """Dilate a bool HxW mask by a disk of ``radius_px`` pixels (0 returns a copy)."""
+    mask = np.asarray(mask, dtype=bool)
+    if radius_px < 0:
+        raise ValueError(f"dilation radius must be >= 0 pixels, got {radius_px}")
+    if radius_px == 0 or not mask.any():
+        return mask.copy()
+    return ndimage.binary_dilation(mask, structure=disk(radius_px))
+
+
+def paste_back(original: np.ndarray, generated: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Take ``generated`` inside ``region`` and ``original`` (bit-exact) everywhere else.
+
+    original, generated: float32 HxW or HxWxC of the same shape; region: bool HxW.
+    """
+    if original.shape != generated.shape:
+        raise ValueError(f"generated is {generated.shape} but original is {original.shape}")
+    if region.shape != original.shape[:2]:
+        raise ValueError(f"region is {region.shape} but image is {original.shape[:2]}")
+    sel = region if original.ndim == 2 else region[..., None]
+    return np.where(sel, generated.astype(original.dtype), original)
+
+
+def coarse_fill(image: torch.Tensor, mask: torch.Tensor, *, levels: int = 6) -> torch.Tensor:
+    """Smooth fill of the masked pixels by multi-scale normalised convolution (push-pull).
+
+    image, mask: (B, C, H, W) and (B, 1, H, W), mask 1 = unknown. Known pixels are returned
+    unchanged; unknown ones get the value of a coarse, mask-weighted image pyramid, upsampled
+    bilinearly level by level (a cheap, batched stand-in for harmonic inpainting; our own code:
+    no library does push-pull on torch batches). Returns (B, C, H, W).
+    """
+    known = 1.0 - mask
+    if levels <= 0 or image.shape[-1] < 2 or image.shape[-2] < 2:
+        mean = (image * known).sum((2, 3), keepdim=True) / known.sum((2, 3), keepdim=True).clamp_min(1e-6)
+        return image * known + mean * mask
+    num = F.avg_pool2d(image * known, 2, ceil_mode=True)
+    den = F.avg_pool2d(known, 2, ceil_mode=True)
+    low = num / den.clamp_min(1e-6)
+    low_mask = (den < 1e-6).to(image.dtype)
+    low = coarse_fill(low, low_mask, levels=levels - 1)
+    up = F.interpolate(low, size=image.shape[-2:], mode="bilinear", align_corners=False)
+    return image * known + up * mask
+
+
+def random_lesion_mask(
+    shape: tuple[int, int], rng: np.random.Generator, *, min_radius: float, max_radius: float
+) -> np.ndarray:
+    """An irregular blob (a radius perturbed by low-order harmonics) centred at the origin.
+
+    Returns a bool mask of ``shape`` centred in the frame; callers shift it with ``place_mask``.
+    """
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy -= h / 2
+    xx -= w / 2
+    theta = np.arctan2(yy, xx)
+    base = rng.uniform(min_radius, max_radius)
+    radius = np.full_like(theta, base)
+    for k in range(2, 5):
+        radius += base * rng.uniform(0.0, 0.18) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    aspect = rng.uniform(0.7, 1.3)
+    rho = np.sqrt((xx * aspect) ** 2 + (yy / aspect) ** 2)
+    return rho <= radius
+
+
+def place_mask(
+    template: np.ndarray,
+    avoid: np.ndarray,
+    tissue: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    tries: int = 20,
+) -> np.ndarray | None:
+    """Shift a lesion-shaped ``template`` so that it lies on ``tissue`` and does not touch ``avoid``.
+
+    Self-supervised inpainting masks (Durrer et al., "Denoising Diffusion Models for Inpainting of
+    Healthy Brain Tissue"): a lesion-shaped hole placed on healthy tissue away from the lesion.
+    All arrays bool HxW. Returns the placed mask, or None when no placement was found.
+    """
+    ys, xs = np.nonzero(template)
+    if ys.size == 0:
+        return None
+    h, w = template.shape
+    cy, cx = int(ys.mean()), int(xs.mean())
+    cand_y, cand_x = np.nonzero(tissue & ~avoid)
+    if cand_y.size == 0:
+        return None
+    for _ in range(tries):
+        j = rng.integers(cand_y.size)
+        dy, dx = int(cand_y[j]) - cy, int(cand_x[j]) - cx
+        ny, nx = ys + dy, xs + dx
+        keep = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+        if keep.mean() < 0.9:
+            continue
+        placed = np.zeros_like(template)
+        placed[ny[keep], nx[keep]] = True
+        if (placed & avoid).any() or (placed & tissue).mean() < 0.8 * placed.mean():
+            continue
+        return placed
+    return None

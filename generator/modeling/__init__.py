@@ -1,0 +1,1 @@
+"""Network wrappers for the generator backends (pixel-space UNet, diffusers inpainting pipeline)."""

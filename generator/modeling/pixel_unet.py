@@ -1,0 +1,147 @@
+"""Pixel-space conditional diffusion for inpainting healthy tissue (the embedded default).
+
+The UNet sees ``[x_t, masked image, mask, coarse fill]`` (B, 4, H, W) and predicts the diffusion
+target (ε, v or x0, per the scheduler's ``prediction_type``) of the *texture residual*
+``r0 = scale · (x0 − coarse_fill) · hole``: the smooth part of the fill is given, the network
+learns what a smooth fill lacks. Reusable by the DPO stage: ``model_input`` builds the
+conditioning, ``residual_target`` the clean sample, ``sample`` runs the reverse process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+from generator.masks import coarse_fill
+
+
+@dataclass(frozen=True)
+class PixelUNetConfig:
+    resolution: int = 64  # square side the UNet runs at; inputs are resized to it and back
+    block_out_channels: tuple[int, ...] = (32, 64, 128, 128)  # widths; 4 levels → 8×8 bottleneck
+    layers_per_block: int = 1  # resnets per level (1 keeps a CPU step ≈0.2 s at batch 8)
+    attention_levels: tuple[int, ...] = (3,)  # levels with self-attention (the 8×8 one only)
+    norm_num_groups: int = 8  # GroupNorm groups; must divide every width
+    prediction_type: str = "v_prediction"  # "epsilon" | "v_prediction" | "sample"
+    num_train_timesteps: int = 1000  # DDPM training steps
+    beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule: more steps at mid noise
+    residual_scale: float = 4.0  # r0 = scale·(x0 − coarse): texture residuals have std ≈ 0.05–0.1
+    coarse_levels: int = 6  # pyramid depth of the push-pull coarse fill
+    eta: float = 1.0  # DDIM η at sampling: 1 = ancestral (stochastic, keeps texture), 0 = deterministic
+
+
+def build_unet(cfg: PixelUNetConfig) -> UNet2DModel:
+    """A ``UNet2DModel`` with 4 input channels and 1 output channel, sized by ``cfg``."""
+    n = len(cfg.block_out_channels)
+    down = tuple(
+        "AttnDownBlock2D" if i in cfg.attention_levels else "DownBlock2D" for i in range(n)
+    )
+    up = tuple(
+        "AttnUpBlock2D" if (n - 1 - i) in cfg.attention_levels else "UpBlock2D" for i in range(n)
+    )
+    return UNet2DModel(
+        sample_size=cfg.resolution,
+        in_channels=4,
+        out_channels=1,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=cfg.norm_num_groups,
+        attention_head_dim=None,
+    )
+
+
+def build_scheduler(cfg: PixelUNetConfig, *, kind: str = "ddim") -> DDIMScheduler | DDPMScheduler:
+    """Training (``ddpm``) or sampling (``ddim``) scheduler sharing the same β schedule."""
+    common = dict(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type=cfg.prediction_type,
+        clip_sample=False,
+    )
+    if kind == "ddpm":
+        return DDPMScheduler(**common)
+    if kind == "ddim":
+        return DDIMScheduler(**common, set_alpha_to_one=True, timestep_spacing="trailing")
+    raise ValueError(f"unknown scheduler kind {kind!r}; expected 'ddpm' or 'ddim'")
+
+
+def config_dict(cfg: PixelUNetConfig) -> dict:
+    """JSON-friendly dict of the config (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+def condition(image: torch.Tensor, hole: torch.Tensor, cfg: PixelUNetConfig) -> torch.Tensor:
+    """Conditioning channels ``[masked image, hole, coarse fill]``: (B,1,H,W)×2 → (B,3,H,W)."""
+    coarse = coarse_fill(image, hole, levels=cfg.coarse_levels)
+    return torch.cat([image * (1 - hole), hole, coarse], dim=1)
+
+
+def residual_target(
+    target: torch.Tensor, cond: torch.Tensor, cfg: PixelUNetConfig
+) -> torch.Tensor:
+    """Clean diffusion sample r0 = scale·(target − coarse)·hole, (B,1,H,W)."""
+    hole, coarse = cond[:, 1:2], cond[:, 2:3]
+    return cfg.residual_scale * (target - coarse) * hole
+
+
+def compose(r0: torch.Tensor, cond: torch.Tensor, cfg: PixelUNetConfig) -> torch.Tensor:
+    """Image from a residual: coarse + r0/scale inside the hole, the input outside; clamped [0,1]."""
+    masked, hole, coarse = cond[:, 0:1], cond[:, 1:2], cond[:, 2:3]
+    fill = (coarse + r0 / cfg.residual_scale).clamp(0.0, 1.0)
+    return masked * (1 - hole) + fill * hole
+
+
+def model_input(x_t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """(B,1,H,W) noisy residual + (B,3,H,W) conditioning → (B,4,H,W) UNet input."""
+    return torch.cat([x_t, cond], dim=1)
+
+
+@torch.no_grad()
+def sample(
+    unet: UNet2DModel,
+    scheduler: DDIMScheduler,
+    cond: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    *,
+    cfg: PixelUNetConfig,
+    steps: int,
+    strength: float = 1.0,
+    init: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reverse diffusion of the residual; returns composed images (B,1,H,W) in [0,1].
+
+    One ``torch.Generator`` per batch row, so a row's result does not depend on its batch
+    neighbours. ``strength`` < 1 starts from ``init`` (the input image) noised to that fraction
+    of the schedule (SDEdit); 1 starts from pure noise.
+    """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    b = cond.shape[0]
+    assert len(generators) == b, "one generator per batch row"
+    shape = (1, 1, *cond.shape[-2:])
+    dtype, device = cond.dtype, cond.device
+
+    def noise() -> torch.Tensor:
+        return torch.cat([torch.randn(shape, generator=g, dtype=dtype) for g in generators]).to(device)
+
+    scheduler.set_timesteps(steps)
+    timesteps = scheduler.timesteps
+    x = noise()
+    if strength < 1.0:
+        assert init is not None, "strength < 1 needs the init image"
+        n_keep = max(1, int(round(steps * strength)))
+        timesteps = timesteps[-n_keep:]
+        r_init = residual_target(init, cond, cfg)
+        x = scheduler.add_noise(r_init, x, timesteps[:1].repeat(b))
+    for t in timesteps:
+        out = unet(model_input(x, cond), t).sample
+        step_noise = noise() if cfg.eta > 0 else None
+        x = scheduler.step(out, t, x, eta=cfg.eta, variance_noise=step_noise).prev_sample
+    return compose(x, cond, cfg)

@@ -1,0 +1,215 @@
+"""The generator's inference API: positive image + tumor mask → tumor-free negatives.
+
+``NegativeGenerator.generate`` is the one entry point the API service and the trainer use. A
+backend only fills holes at its own resolution; this class owns everything around it: input
+checks, dilation (a radius in pixels), grayscale/RGB and size handling, per-sample seeds, and the
+exact paste-back outside the dilated mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.restoration import inpaint_biharmonic
+
+from generator.masks import coarse_fill, dilate, paste_back
+from shared.io import InputError
+
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 weights for RGB → gray
+METHODS = ("diffusion", "biharmonic")  # biharmonic: scikit-image's classical fill, the baseline
+
+
+class GenerationInputError(InputError):
+    """A request the generator cannot serve (shapes, ranges, parameters); the message says why."""
+
+
+@dataclass(frozen=True)
+class NegativeResult:
+    image: np.ndarray  # float32 [0,1], same shape as the input image (HxW or HxWx3)
+    seed: int  # the seed that produced this sample
+    method: str  # "diffusion" | "biharmonic" | ...
+    scores: dict[str, float] = field(default_factory=dict)  # optional quality scores
+
+
+class FillBackend(Protocol):
+    """Fills holes at a fixed square resolution. Rows are independent (one generator each)."""
+
+    name: str  # registry name: "pixel" | "sd-inpaint"
+    resolution: int  # square side the backend runs at
+    channels: int  # 1 (grayscale model) or 3 (RGB model)
+
+    def fill(
+        self,
+        images: torch.Tensor,  # (B, channels, R, R) in [0,1]
+        holes: torch.Tensor,  # (B, 1, R, R) 1 = fill
+        generators: Sequence[torch.Generator],
+        *,
+        steps: int,
+        strength: float,
+    ) -> np.ndarray: ...  # (B, R, R, channels) float32 in [0,1]
+
+
+def _check_pair(i: int, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    image = np.asarray(image)
+    mask = np.asarray(mask)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise GenerationInputError(f"image {i} has shape {image.shape}; expected HxW or HxWx3")
+    if not np.issubdtype(image.dtype, np.floating):
+        raise GenerationInputError(f"image {i} has dtype {image.dtype}; expected float in [0,1]")
+    if not np.isfinite(image).all() or image.min() < 0.0 or image.max() > 1.0:
+        raise GenerationInputError(f"image {i} has values outside [0,1] (or NaN)")
+    if mask.shape != image.shape[:2]:
+        raise GenerationInputError(
+            f"mask {i} is {mask.shape[0]}x{mask.shape[1]} but image is "
+            f"{image.shape[0]}x{image.shape[1]}"
+        )
+    if mask.dtype != bool:
+        if not np.isin(mask, (0, 1)).all():
+            raise GenerationInputError(f"mask {i} is not binary (expected bool or 0/1 values)")
+        mask = mask.astype(bool)
+    return image.astype(np.float32, copy=False), mask
+
+
+def _resize(x: np.ndarray, side: int) -> torch.Tensor:
+    """HxW or HxWxC float → (C, side, side), antialiased bilinear."""
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+    if t.shape[-2:] == (side, side):
+        return t
+    return F.interpolate(t[None], size=(side, side), mode="bilinear", antialias=True)[0]
+
+
+def _resize_hole(region: np.ndarray, side: int) -> torch.Tensor:
+    """Bool HxW → (1, side, side) float; any overlap with the region makes a hole pixel."""
+    t = torch.from_numpy(region.astype(np.float32))[None, None]
+    if t.shape[-2:] != (side, side):
+        t = F.adaptive_max_pool2d(t, side) if min(region.shape) >= side else F.interpolate(
+            t, size=(side, side), mode="nearest"
+        )
+    return (t[0] > 0).float()
+
+
+def _upsample(fill: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(R,R,C) → (H,W,C) bilinear."""
+    if fill.shape[:2] == shape:
+        return fill
+    t = torch.from_numpy(np.ascontiguousarray(fill)).permute(2, 0, 1)[None]
+    t = F.interpolate(t, size=shape, mode="bilinear", align_corners=False)
+    return t[0].permute(1, 2, 0).numpy()
+
+
+class NegativeGenerator:
+    """Batched pos→neg generation over a hole-filling backend.
+
+    checkpoint_hash: sha256 over the backend's weights and config (provenance, cache keys).
+    """
+
+    def __init__(self, backend: FillBackend, *, checkpoint_hash: str, batch_size: int = 1):
+        self.backend = backend
+        self.checkpoint_hash = checkpoint_hash
+        # Rows (image × sample) per backend call. 1 makes every result independent of what it was
+        # batched with (bit-exact; content-addressed stores rely on it); >1 is faster on a GPU but
+        # convolution numerics then vary ~1e-6 with the batch composition.
+        self.batch_size = batch_size
+
+    def generate(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        *,
+        num_samples: int = 1,
+        seed: int = 0,
+        steps: int = 20,
+        strength: float = 1.0,
+        dilation_px: int = 2,
+        method: str = "diffusion",
+    ) -> list[list[NegativeResult]]:
+        """Remove the masked lesion from each image; returns results indexed [image][sample].
+
+        images: float32 HxW or HxWx3 in [0,1], any size; masks: bool HxW (lesion = True).
+        Sample k of every image uses seed ``seed + k`` whatever the batch, so results are
+        reproducible per (image, mask, seed). Outside ``dilate(mask, dilation_px)`` every output
+        pixel equals the input exactly.
+        """
+        if len(images) != len(masks):
+            raise GenerationInputError(f"{len(images)} images but {len(masks)} masks")
+        if num_samples < 1:
+            raise GenerationInputError(f"num_samples must be >= 1, got {num_samples}")
+        if steps < 1:
+            raise GenerationInputError(f"steps must be >= 1, got {steps}")
+        if not 0.0 < strength <= 1.0:
+            raise GenerationInputError(f"strength must be in (0, 1], got {strength}")
+        if dilation_px < 0:
+            raise GenerationInputError(f"dilation_px must be >= 0, got {dilation_px}")
+        if method not in METHODS:
+            raise GenerationInputError(f"unknown method {method!r}; expected one of {METHODS}")
+        pairs = [_check_pair(i, im, m) for i, (im, m) in enumerate(zip(images, masks, strict=True))]
+        regions = [dilate(m, dilation_px) for _, m in pairs]
+        fills: list[list[np.ndarray | None]] = [[None] * num_samples for _ in pairs]
+        if method == "biharmonic":
+            for i, ((image, _), region) in enumerate(zip(pairs, regions, strict=True)):
+                fill = _biharmonic(image, region)
+                fills[i] = [fill] * num_samples
+        else:
+            rows = [(i, k) for i in range(len(pairs)) for k in range(num_samples)]
+            rows = [(i, k) for i, k in rows if regions[i].any()]
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start : start + self.batch_size]
+                out = self._fill_rows(pairs, regions, chunk, seed=seed, steps=steps, strength=strength)
+                for (i, k), fill in zip(chunk, out, strict=True):
+                    fills[i][k] = fill
+        results = []
+        for i, ((image, _), region) in enumerate(zip(pairs, regions, strict=True)):
+            per_image = []
+            for k in range(num_samples):
+                fill = fills[i][k]
+                out = image.copy() if fill is None else paste_back(image, fill, region)
+                per_image.append(NegativeResult(image=out, seed=seed + k, method=method))
+            results.append(per_image)
+        return results
+
+    def _fill_rows(self, pairs, regions, rows, *, seed, steps, strength) -> list[np.ndarray]:
+        side, channels = self.backend.resolution, self.backend.channels
+        batch_img, batch_hole, gens = [], [], []
+        for i, k in rows:
+            image = pairs[i][0]
+            if channels == 1:
+                model_in = image if image.ndim == 2 else image @ LUMA
+            else:
+                model_in = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+            batch_img.append(_resize(model_in, side))
+            batch_hole.append(_resize_hole(regions[i], side))
+            gens.append(torch.Generator().manual_seed(seed + k))
+        filled = self.backend.fill(
+            torch.stack(batch_img), torch.stack(batch_hole), gens, steps=steps, strength=strength
+        )
+        return [
+            self._to_input_space(pairs[i][0], regions[i], f)
+            for (i, _), f in zip(rows, filled, strict=True)
+        ]
+
+    def _to_input_space(self, image: np.ndarray, region: np.ndarray, fill: np.ndarray) -> np.ndarray:
+        """Backend output (R,R,C) → the input's size and channel layout."""
+        up = _upsample(fill, image.shape[:2])
+        if image.ndim == 2:
+            return up.mean(axis=2) if up.shape[2] == 3 else up[..., 0]
+        if up.shape[2] == 3:
+            return up
+        # Grayscale model on an RGB input: the model fills luminance; each channel's offset from
+        # luminance is filled smoothly from the surroundings (tissue colour varies slowly).
+        chroma = torch.from_numpy(image - (image @ LUMA)[..., None]).permute(2, 0, 1)[None]
+        hole = torch.from_numpy(region.astype(np.float32))[None, None]
+        chroma = coarse_fill(chroma, hole)[0].permute(1, 2, 0).numpy()
+        return np.clip(up + chroma, 0.0, 1.0).astype(np.float32)
+
+
+def _biharmonic(image: np.ndarray, region: np.ndarray) -> np.ndarray:
+    if not region.any():
+        return image.copy()
+    axis = None if image.ndim == 2 else -1
+    return np.clip(inpaint_biharmonic(image, region, channel_axis=axis), 0, 1).astype(np.float32)

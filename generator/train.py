@@ -1,0 +1,220 @@
+"""Train the generator: ``accelerate launch generator/train.py --config FILE --stage reference``.
+
+Stages (a registry, so the DPO stage plugs in beside ``reference``):
+- ``reference``: the pixel UNet learns to fill holes with healthy tissue (``generator.data``),
+  region-weighted diffusion loss (``generator.losses.reference_loss``), EMA weights exported with
+  ``save_pretrained`` at the end. accelerate ``save_state`` checkpoints every
+  ``optim.checkpoint_every`` steps; ``--resume latest`` continues from the newest one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # `accelerate launch generator/train.py` runs this as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from generator.build import save_pixel_checkpoint
+from generator.data import DataConfig, ReferenceDataset, RegionWeights, load_records
+from generator.losses import reference_loss
+from generator.modeling import pixel_unet
+from shared.config import load_config, to_dict
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    steps: int = 6000  # optimiser steps in total
+    batch_size: int = 16  # per process
+    lr: float = 3e-4  # AdamW peak learning rate
+    warmup_steps: int = 200  # linear warm-up, then cosine decay to 10% of lr
+    weight_decay: float = 0.0  # AdamW; diffusion UNets usually train without it
+    grad_clip: float = 1.0  # max global grad norm
+    ema_decay: float = 0.999  # EMA of weights; the exported model is the EMA
+    mixed_precision: str = "bf16"  # "no" | "bf16" (halves CPU step time here)
+    seed: int = 0  # seeds init, data draws and noise
+    num_threads: int = 1  # torch intra-op threads per process (the CPUs are shared)
+    checkpoint_every: int = 1000  # accelerate save_state period (steps)
+    log_every: int = 50  # TensorBoard scalar period (steps)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output_dir: str = "runs/generator/reference"  # checkpoints, logs, final/ export
+    model: pixel_unet.PixelUNetConfig = field(default_factory=pixel_unet.PixelUNetConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # benchmark root, held-out domain
+    weights: RegionWeights = field(default_factory=RegionWeights)  # hole/context/tumor loss weights
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", type=Path, default=None, help="YAML file for TrainConfig")
+    p.add_argument("--stage", choices=sorted(STAGES), default="reference")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the config")
+    return p.parse_args(argv)
+
+
+def lr_lambda(cfg: OptimConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def training_loss(unet, scheduler, batch: dict, cfg: pixel_unet.PixelUNetConfig) -> torch.Tensor:
+    """One reference-model loss on a batch: noise the residual, predict the scheduler's target."""
+    cond = pixel_unet.condition(batch["image"], batch["hole"], cfg)
+    r0 = pixel_unet.residual_target(batch["target"], cond, cfg)
+    noise = torch.randn_like(r0)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (r0.shape[0],), device=r0.device)
+    x_t = scheduler.add_noise(r0, noise, t)
+    if cfg.prediction_type == "epsilon":
+        target = noise
+    elif cfg.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(r0, noise, t)
+    else:
+        target = r0
+    pred = unet(pixel_unet.model_input(x_t, cond), t).sample
+    return reference_loss(pred, target, batch["weight"])
+
+
+def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
+    torch.set_num_threads(cfg.optim.num_threads)
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=cfg.optim.mixed_precision,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(
+            project_dir=str(out), logging_dir=str(out / "logs"), automatic_checkpoint_naming=True,
+            total_limit=2,
+        ),
+    )
+    set_seed(cfg.optim.seed)
+    data = cfg.data
+    domains = data.train_domains or _all_domains_but(data.root, data.held_out_domain)
+    if data.held_out_domain in domains:
+        raise ValueError(f"held-out domain {data.held_out_domain!r} is also a training domain")
+    records = load_records(data.root, domains=domains, split=data.split)
+    dataset = ReferenceDataset(
+        records, data, cfg.weights, seed=cfg.optim.seed + accelerator.process_index
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True, num_workers=0
+    )
+    unet = pixel_unet.build_unet(cfg.model)
+    scheduler = pixel_unet.build_scheduler(cfg.model, kind="ddpm")
+    ema = EMAModel(unet.parameters(), decay=cfg.optim.ema_decay)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.optim))
+    unet, opt, loader, sched = accelerator.prepare(unet, opt, loader, sched)
+    accelerator.register_for_checkpointing(ema)
+    step = 0
+    if args.resume:
+        ckpt = _resolve_checkpoint(out, args.resume)
+        accelerator.load_state(str(ckpt))
+        step = json.loads((ckpt / "step.json").read_text())["step"]
+        accelerator.project_configuration.iteration = int(ckpt.name.split("_")[-1]) + 1
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    accelerator.init_trackers("reference", config=_flat(to_dict(cfg)))
+    bar = tqdm(total=cfg.optim.steps, initial=step, disable=not accelerator.is_local_main_process)
+    t0, running = time.time(), 0.0
+    while step < cfg.optim.steps:
+        for batch in loader:
+            with accelerator.autocast():
+                loss = training_loss(unet, scheduler, batch, cfg.model)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(unet.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            ema.step(accelerator.unwrap_model(unet).parameters())
+            step += 1
+            running += loss.item()
+            bar.update(1)
+            if step % cfg.optim.log_every == 0:
+                accelerator.log({"loss": running / cfg.optim.log_every, "lr": sched.get_last_lr()[0],
+                                 "sec_per_step": (time.time() - t0) / step}, step=step)
+                bar.set_postfix(loss=f"{running / cfg.optim.log_every:.4f}")
+                running = 0.0
+            if step % cfg.optim.checkpoint_every == 0 or step == cfg.optim.steps:
+                _checkpoint(accelerator, step)
+            if step >= cfg.optim.steps:
+                break
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(unet)
+        ema.copy_to(final.parameters())
+        extra = {"train": to_dict(cfg), "train_seconds": round(time.time() - t0, 1),
+                 "steps": step, "command": " ".join(sys.argv)}
+        save_pixel_checkpoint(out / "final", final, cfg.model, extra=extra)
+    accelerator.end_training()
+
+
+STAGES: dict[str, Callable[[TrainConfig, argparse.Namespace], None]] = {"reference": run_reference}
+
+
+def _checkpoint(accelerator: Accelerator, step: int) -> None:
+    accelerator.wait_for_everyone()
+    path = Path(accelerator.save_state())
+    if accelerator.is_main_process:
+        (path / "step.json").write_text(json.dumps({"step": step}) + "\n")
+
+
+def _resolve_checkpoint(out: Path, resume: str) -> Path:
+    if resume != "latest":
+        return Path(resume)
+    ckpts = sorted((out / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1]))
+    if not ckpts:
+        raise ValueError(f"--resume latest: no checkpoints under {out / 'checkpoints'}")
+    return ckpts[-1]
+
+
+def _all_domains_but(root: str, held_out: str) -> tuple[str, ...]:
+    from shared.benchmark import load_manifest
+
+    return tuple(sorted({it.domain for it in load_manifest(root)} - {held_out}))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flat(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return flat
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    STAGES[args.stage](cfg, args)
+
+
+if __name__ == "__main__":
+    main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # design §7: avoids the occasional gloo teardown abort after a finished run
