@@ -76,21 +76,71 @@ def compute_objective(
 ) -> dict[str, torch.Tensor]:
     """Loss parts of objective ``name`` for one micro-batch's features ``out``.
 
-    ``batch`` holds the local ``soft_mask`` (B, N); ``ref_out`` the frozen reference's features
-    (DPO). Returns ``{"loss": total, "<part>_loss": ..., ...}`` (scalars).
+    - ``clip``: symmetric InfoNCE (:func:`clip_infonce`);
+    - ``dhn``: ``losses.dhn_nce``; ``dhn+entropy``: + ``entropy_weight · attention_entropy`` of
+      the captured blocks (local shard);
+    - ``dpo``: ``losses.clip_dpo`` (positive image + caption vs negative image + negative caption,
+      frozen reference ``ref_out``) + ``clip_weight ·`` InfoNCE anchor;
+    - ``stage1``: ``losses.stage1`` between each positive and the next one in the global batch
+      (roll by one) + anchor; ``stage2``: ``losses.stage2`` (positive vs its negative) + anchor;
+    - ``stage1+2``: both, Stage 2 scaled by the curriculum :func:`stage2_weight`.
+
+    ``batch["soft_mask"]`` is the local (B, N) patch mask fraction. Returns ``{"loss": total,
+    parts..., "monitor/...": anti-collapse statistics}`` (scalars; monitors detached).
     """
+    from finetune import losses  # the seed's losses (fine-tuning core)
+
     image_emb, text_emb = _global(out, "image_emb"), _global(out, "text_emb")
     scale = out["logit_scale"]
     parts: dict[str, torch.Tensor] = {}
-    if name == "clip":
+    if name in ("clip", "dpo", "stage1", "stage2", "stage1+2"):
         parts["clip_loss"] = clip_infonce(image_emb, text_emb, scale)
+    if name == "clip":
         parts["loss"] = parts["clip_loss"]
-        return parts
-    from finetune import losses  # the seed's losses (fine-tuning core)
-
-    return losses_objective(losses, name, cfg, out, batch, image_emb, text_emb, scale,
-                            step=step, max_steps=max_steps, ref_out=ref_out)
-
-
-def losses_objective(*args, **kwargs) -> dict[str, torch.Tensor]:  # replaced below when wired
-    raise NotImplementedError
+    elif name in ("dhn", "dhn+entropy"):
+        dhn = losses.dhn_nce(image_emb, text_emb, temperature=cfg.tau, beta1=cfg.beta1,
+                             beta2=cfg.beta2)
+        parts["dhn_loss"] = dhn["loss"]
+        parts["loss"] = dhn["loss"]
+        if name == "dhn+entropy":
+            mode = {"min": "minimize", "max": "maximize", "hinge": "hinge"}[cfg.entropy_mode]
+            ent = losses.attention_entropy(out["attn"], mode=mode, h_min=cfg.entropy_min)
+            parts["entropy_loss"], parts["monitor/attention_entropy"] = ent["loss"], ent["entropy"]
+            parts["loss"] = parts["loss"] + cfg.entropy_weight * ent["loss"]
+    elif name == "dpo":
+        assert ref_out is not None, "dpo needs the reference model's features"
+        dpo = losses.clip_dpo(
+            image_emb, text_emb, _global(out, "neg_image_emb"), _global(out, "text_neg_emb"),
+            gather(ref_out["image_emb"]), gather(ref_out["text_emb"]),
+            gather(ref_out["neg_image_emb"]), gather(ref_out["text_neg_emb"]),
+            beta=cfg.dpo_beta, kl_weight=cfg.dpo_kl_weight,
+        )
+        parts.update({"dpo_loss": dpo["dpo_loss"], "kl_loss": dpo["kl_loss"],
+                      "monitor/reward_margin": dpo["reward_margin"],
+                      "monitor/dpo_accuracy": dpo["accuracy"]})
+        parts["loss"] = dpo["loss"] + cfg.clip_weight * parts["clip_loss"]
+    else:
+        tokens, soft = _global(out, "patch_tokens"), gather(batch["soft_mask"])
+        total = cfg.clip_weight * parts["clip_loss"]
+        if name in ("stage1", "stage1+2"):
+            s1 = losses.stage1(tokens, tokens.roll(1, dims=0), soft, soft.roll(1, dims=0),
+                               eps=cfg.ot_epsilon, n_iter=cfg.ot_iters, temperature=cfg.proto_tau,
+                               ot_weight=cfg.ot_weight, contrastive_weight=cfg.contrastive_weight)
+            parts.update({"stage1_loss": s1["loss"], "ot_loss": s1["ot_loss"],
+                          "contrastive_loss": s1["contrastive_loss"]})
+            total = total + s1["loss"]
+        if name in ("stage2", "stage1+2"):
+            w = cfg.stage2_weight if name == "stage2" else stage2_weight(cfg, step, max_steps)
+            s2 = losses.stage2(tokens, soft, _global(out, "neg_patch_tokens"), image_emb,
+                               _global(out, "neg_image_emb"), temperature=cfg.proto_tau,
+                               margin=cfg.stage2_margin)
+            parts.update({"stage2_loss": s2["loss"], "stage2_patch_loss": s2["patch_loss"],
+                          "stage2_global_loss": s2["global_loss"],
+                          "stage2_weight": torch.tensor(float(w))})
+            total = total + w * s2["loss"]
+        parts["loss"] = total
+        mon = losses.collapse_monitors(tokens, soft)
+        parts.update({f"monitor/tumor_{k}": v for k, v in mon.items() if k != "n_tokens"})
+    emb_mon = losses.collapse_monitors(image_emb[None])
+    parts.update({f"monitor/image_{k}": v for k, v in emb_mon.items() if k != "n_tokens"})
+    return parts

@@ -1,0 +1,86 @@
+"""Config validation, batch schedule, LR schedule, soft masks, data loading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from finetune.config import TrainConfig, load_train_config, validate
+from finetune.data import load_samples, normalise, soft_mask
+from finetune.objectives import stage2_weight
+from finetune.train_loop import batch_indices, lr_lambda
+from shared.config import ConfigError
+
+
+def test_warmup_longer_than_run_is_refused():
+    cfg = load_train_config({"optim": {"warmup_steps": 10000, "max_steps": 140}})
+    with pytest.raises(ConfigError, match="warmup_steps=10000 is not shorter than .*max_steps=140"):
+        validate(cfg)
+
+
+def test_other_refusals_name_the_field():
+    with pytest.raises(ConfigError, match="objective.name"):
+        validate(load_train_config({"objective": {"name": "nope"}}))
+    with pytest.raises(ConfigError, match="needs negatives"):
+        validate(load_train_config({"objective": {"name": "stage2"}, "negatives": {"source": "none"}}))
+    with pytest.raises(ConfigError, match="batch_size=6"):
+        validate(load_train_config({"batch_size": 6, "grad_accum": 4}))
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_train_config({"optim": {"warmup": 3}})
+    validate(TrainConfig())  # defaults are valid
+
+
+def test_overrides_reach_nested_fields():
+    cfg = load_train_config(None, ["optim.lr=0.01", "objective.name=stage1+2", "trainable=[image,text]"])
+    assert cfg.optim.lr == 0.01 and cfg.objective.name == "stage1+2"
+    assert cfg.trainable == ("image", "text")
+
+
+def test_batch_indices_cover_each_epoch_once_and_are_deterministic():
+    n, b = 10, 4
+    stream = np.concatenate([batch_indices(s, n=n, batch_size=b, seed=3) for s in range(5)])
+    assert sorted(stream[:10]) == list(range(10))  # epoch 0 is a permutation
+    assert sorted(stream[10:20]) == list(range(10))  # epoch 1 too (step 2 straddles both)
+    assert not np.array_equal(stream[:10], stream[10:20])
+    np.testing.assert_array_equal(batch_indices(2, n=n, batch_size=b, seed=3), stream[8:12])
+
+
+def test_lr_schedule_warmup_then_cosine():
+    f = [lr_lambda(s, warmup=4, total=14, min_ratio=0.1) for s in range(16)]
+    assert f[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert f[4] == pytest.approx(1.0)
+    assert f[9] == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the cosine
+    assert f[14] == pytest.approx(0.1) and f[15] == pytest.approx(0.1)
+
+
+def test_stage2_curriculum():
+    cfg = load_train_config({"objective": {"stage2_weight": 2.0, "stage2_start_frac": 0.2,
+                                           "stage2_end_frac": 0.6}}).objective
+    w = [stage2_weight(cfg, s, 10) for s in range(11)]
+    assert w[:2] == [0.0, 0.0]
+    assert w[2] == 0.0 and w[4] == pytest.approx(1.0) and w[6] == 2.0 and w[10] == 2.0
+
+
+def test_soft_mask_is_patch_area_fraction():
+    mask = np.zeros((32, 32), bool)
+    mask[0:16, 0:16] = True  # exactly patch (0, 0) of a 2x2 grid
+    mask[16:24, 16:32] = True  # half of patch (1, 1)
+    torch.testing.assert_close(soft_mask(mask, (2, 2)), torch.tensor([1.0, 0.0, 0.0, 0.5]))
+
+
+def test_normalise_matches_manual():
+    u8 = torch.tensor([[[0, 255], [51, 102]]], dtype=torch.uint8)
+    out = normalise(u8, mean=(0.5, 0.4, 0.3), std=(0.5, 0.25, 0.1), channels=3)
+    assert out.shape == (1, 3, 2, 2)
+    torch.testing.assert_close(out[0, 1], (u8[0].float() / 255 - 0.4) / 0.25)
+
+
+def test_benchmark_samples_skip_held_out_and_other_splits(tiny_bench):
+    cfg = load_train_config({"data": {"root": str(tiny_bench)}}).data
+    samples = load_samples(cfg)
+    assert samples and {s.domain for s in samples} == {"brain_mri", "breast_us"}
+    assert all(s.image.shape == (64, 64) and s.mask.dtype == bool for s in samples)
+    assert any(not s.is_tumor for s in samples)
+    tumors = load_samples(cfg, tumors_only=True)
+    assert all(s.is_tumor and s.mask.any() for s in tumors)

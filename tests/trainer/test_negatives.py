@@ -1,0 +1,106 @@
+"""Negatives: live service once then cache (POSTs counted), unreachable service, in-process cache."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+
+from api.main import create_app
+from api.service import build_generator
+from api.settings import Settings
+from finetune.config import load_train_config
+from finetune.data import load_samples
+from finetune.negatives import (
+    NegativesUnavailableError,
+    fetch_from_service,
+    fetch_in_process,
+    resolve_negatives,
+)
+from shared.io import decode_image, encode_png
+from tests.api.conftest import live_server
+from tests.api.fakes import FakeGenerator, fake_fill
+
+
+def _cfg(bench, tmp_path, **neg):
+    return load_train_config({
+        "data": {"root": str(bench)},
+        "negatives": {"source": "service", "cache_dir": str(tmp_path / "cache"), "seed": 3,
+                      "dilation_px": 1, **neg},
+    })
+
+
+def test_service_once_then_cache(tiny_bench, tmp_path):
+    gen = FakeGenerator()
+    app = create_app(Settings(store_dir=tmp_path / "store", max_wait_ms=5.0))
+    app.dependency_overrides[build_generator] = lambda s: gen
+    cfg = _cfg(tiny_bench, tmp_path)
+    positives = load_samples(cfg.data, tumors_only=True)
+    with live_server(app) as url:
+        first, sent_first = fetch_from_service(cfg, url, positives)
+        second, sent_second = fetch_from_service(cfg, url, positives)
+    assert sent_first == len(positives) and gen.generated_images == len(positives)
+    assert sent_second == 0 and gen.generated_images == len(positives)  # all from the cache
+    for s in positives:
+        image = decode_image(encode_png(s.image))  # what went over the wire (8-bit)
+        want = fake_fill(image, s.mask, seed=3, dilation_px=1)
+        np.testing.assert_allclose(first[s.id], want, atol=0.5 / 255)
+        np.testing.assert_array_equal(first[s.id], second[s.id])
+
+
+def test_in_process_shares_the_service_cache(tiny_bench, tmp_path):
+    """Same keys as the HTTP path: after a service run, the in-process path generates nothing."""
+    gen = FakeGenerator()
+    app = create_app(Settings(store_dir=tmp_path / "store", max_wait_ms=5.0))
+    app.dependency_overrides[build_generator] = lambda s: gen
+    cfg = _cfg(tiny_bench, tmp_path)
+    positives = load_samples(cfg.data, tumors_only=True)
+    with live_server(app) as url:
+        served, _ = fetch_from_service(cfg, url, positives)
+    local_gen = FakeGenerator()
+    local, generated = fetch_in_process(cfg, positives, local_gen)
+    assert generated == 0 and local_gen.calls == []
+    for s in positives:
+        np.testing.assert_array_equal(local[s.id], served[s.id])
+
+
+def test_in_process_generates_once(tiny_bench, tmp_path):
+    cfg = _cfg(tiny_bench, tmp_path, source="inprocess")
+    positives = load_samples(cfg.data, tumors_only=True)
+    gen = FakeGenerator()
+    first = resolve_negatives(cfg, positives, generator=gen)
+    assert gen.generated_images == len(positives)
+    second = resolve_negatives(cfg, positives, generator=gen)
+    assert gen.generated_images == len(positives)
+    assert set(first) == {s.id for s in positives}
+    for s in positives:
+        np.testing.assert_array_equal(first[s.id], second[s.id])
+        want = fake_fill(decode_image(encode_png(s.image)), s.mask, seed=3, dilation_px=1)
+        np.testing.assert_allclose(first[s.id], want, atol=0.5 / 255)
+
+
+def test_unreachable_service_fails_before_training(tiny_bench, tmp_path):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = _cfg(tiny_bench, tmp_path, url=f"http://127.0.0.1:{port}")
+    positives = load_samples(cfg.data, tumors_only=True)
+    with pytest.raises(NegativesUnavailableError, match=f"127.0.0.1:{port}.*not usable"):
+        resolve_negatives(cfg, positives)
+
+
+def test_real_sources(tiny_bench, tmp_path):
+    cfg = _cfg(tiny_bench, tmp_path, source="gt")
+    samples = load_samples(cfg.data)
+    gt = resolve_negatives(cfg, samples)
+    tumors = [s for s in samples if s.is_tumor]
+    assert set(gt) == {s.id for s in tumors}
+    for s in tumors:  # the GT negative differs from the positive only inside the mask
+        np.testing.assert_array_equal(gt[s.id][~s.mask], s.image[~s.mask])
+        assert not np.array_equal(gt[s.id][s.mask], s.image[s.mask])
+    normal = resolve_negatives(_cfg(tiny_bench, tmp_path, source="normal"), samples)
+    normals = {s.id: s for s in samples if not s.is_tumor}
+    for s in tumors:
+        match = [n for n in normals.values() if np.array_equal(n.image, normal[s.id])]
+        assert match and match[0].domain == s.domain

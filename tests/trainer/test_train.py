@@ -1,0 +1,70 @@
+"""Tiny runs of every objective through train(); what trains, what stays locked, export load-back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from finetune.build import build_clip
+from finetune.config import OBJECTIVES, load_train_config
+from finetune.objectives import clip_infonce
+from finetune.train_loop import train
+from tests.trainer.conftest import tiny_overrides
+
+
+def _initial_state(seed: int = 0) -> dict:
+    torch.manual_seed(seed)  # train() seeds the same way before building the model
+    return {k: v.clone() for k, v in build_clip("embedded").model.state_dict().items()}
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_tiny_run_of_every_objective(objective, tiny_bench, tmp_path):
+    extra = {"objective": {"name": objective, "stage2_end_frac": 0.5}}
+    if objective == "dhn+entropy":
+        extra["objective"].update(entropy_blocks=[-2, -1], entropy_weight=0.5)
+    cfg = load_train_config(tiny_overrides(tiny_bench, tmp_path / "run", **extra))
+    out = train(cfg)
+    before = _initial_state()
+    after = build_clip(f"local-dir:{out / 'model'}").model.state_dict()
+    assert set(after) == set(before)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # default trainable = image tower only: every text weight and the logit scale are untouched
+    assert not any(k.startswith("text.") for k in changed) and "logit_scale" not in changed
+    assert any(k.startswith("visual.trunk.blocks.5.") for k in changed)
+    assert any(k.startswith("visual.head.") for k in changed)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["objective"]["name"] == objective
+    assert list((out / "finetune").glob("**/events.out.tfevents*")), "no TensorBoard log"
+
+
+def test_trainable_text_and_fp16_export(tiny_bench, tmp_path):
+    cfg = load_train_config(tiny_overrides(
+        tiny_bench, tmp_path / "run", trainable=["image", "text", "logit_scale"], export_fp16=True))
+    out = train(cfg)
+    weights = out / "model" / "open_clip_model.safetensors"
+    from safetensors.torch import load_file
+
+    stored = load_file(str(weights))
+    assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
+    model = build_clip(f"local-dir:{out / 'model'}").model
+    before = _initial_state()
+    state = model.state_dict()
+    assert not torch.equal(state["logit_scale"], before["logit_scale"])
+    assert any(not torch.equal(state[k], before[k]) for k in state if k.startswith("text."))
+    # load-back: the fp32 model holds exactly the fp16 values
+    for k, v in stored.items():
+        torch.testing.assert_close(state[k], v.float(), rtol=0, atol=0)
+
+
+def test_clip_infonce_matches_open_clip():
+    from open_clip.loss import ClipLoss
+
+    torch.manual_seed(0)
+    img, txt = torch.randn(6, 8), torch.randn(6, 8)
+    scale = torch.tensor(7.5)
+    ours = clip_infonce(img, txt, scale)
+    ref = ClipLoss()(torch.nn.functional.normalize(img, dim=-1),
+                     torch.nn.functional.normalize(txt, dim=-1), scale)
+    torch.testing.assert_close(ours, ref)
