@@ -1,0 +1,248 @@
+"""Benchmark: Stage 1 step (DHN-NCE + OT + prototype InfoNCE + attention entropy on the last 4
+blocks) vs a plain DHN-NCE step, same model and batch; and our batched OT vs a per-pair POT loop.
+
+Step times: both variants alternate step by step in one process (fair under a shared, busy
+CPU). Memory: each variant runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its
+own; reported as the increase over a process that only builds model and batch.
+
+    python bench/bench_stage1.py --out bench/results/stage1.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _batch(n: int, size: int, grid: tuple[int, int], seed: int):
+    from finetune.losses import patch_soft_mask
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, size, size, generator=g)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    cy, cx = torch.randint(size // 4, 3 * size // 4, (2, n), generator=g)
+    r = torch.randint(size // 10, size // 5, (n,), generator=g)
+    masks = ((yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2
+             <= r[:, None, None] ** 2)
+    return images, patch_soft_mask(masks, grid)
+
+
+def _make_step(variant: str, batch: int):
+    """A model (seeded, identical for both variants) and a closure doing one optimiser step."""
+    from finetune.attention import capture_attention
+    from finetune.build import build_clip, encode_image_tokens, patch_grid
+    from finetune.losses import attention_entropy, dhn_nce, stage1
+
+    torch.manual_seed(0)
+    model, _, tokenizer = build_clip("embedded")
+    model.train()
+    size = model.visual.image_size[0]
+    images, soft = _batch(batch, size, patch_grid(model), seed=0)
+    text = tokenizer(["A brain MRI showing a small, round hypointense brain tumor."] * batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    half = batch // 2
+    last4 = [-4, -3, -2, -1]
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        if variant == "dhn":
+            loss = dhn_nce(model.encode_image(images), model.encode_text(text))["loss"]
+        else:
+            with capture_attention(model, last4) as maps:
+                image_emb, patches = encode_image_tokens(model, images)
+            loss = dhn_nce(image_emb, model.encode_text(text))["loss"]
+            loss = loss + stage1(patches[:half], patches[half:2 * half], soft[:half],
+                                 soft[half:2 * half], eps=0.1, n_iter=30)["loss"]
+            loss = loss + 0.1 * attention_entropy(maps.probs, mode="hinge", h_min=0.3)["loss"]
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def run_variant(variant: str, batch: int, steps: int, threads: int) -> dict:
+    """Peak RSS of ``steps`` optimiser steps of one variant (own process)."""
+    torch.set_num_threads(threads)
+    step = _make_step(variant, batch)
+    step()  # warm-up (allocator, lazy init)
+    for _ in range(steps):
+        step()
+    return {"variant": variant, "peak_rss_mib": _rss_mib()}
+
+
+def time_interleaved(batch: int, steps: int, threads: int) -> dict:
+    """Median step time of both variants, alternating steps so both see the same machine load."""
+    torch.set_num_threads(threads)
+    steps_by = {v: _make_step(v, batch) for v in ("dhn", "stage1")}
+    times: dict[str, list[float]] = {v: [] for v in steps_by}
+    for v in steps_by:
+        steps_by[v]()  # warm-up
+    for _ in range(steps):
+        for v, step in steps_by.items():
+            t0 = time.perf_counter()
+            step()
+            times[v].append(time.perf_counter() - t0)
+    return {v: {"median_s": statistics.median(t), "min_s": min(t)} for v, t in times.items()}
+
+
+def _baseline_rss(threads: int) -> float:
+    """Peak RSS of building model and batch without any step (subtracted from both variants)."""
+    code = (f"import torch,sys,resource; sys.path.insert(0, {str(ROOT)!r});"
+            f"torch.set_num_threads({threads});"
+            "from finetune.build import build_clip; torch.manual_seed(0);"
+            "m,_,t=build_clip('embedded'); x=torch.randn(16,3,128,128);"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024.0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_ot(pairs: int, tokens: int, width: int, iters: int, repeats: int) -> dict:
+    """Forward+backward of the debiased divergence: ours, POT batched, per-pair ot.sinkhorn2."""
+    import ot
+
+    from finetune.ot import pairwise_cost, sinkhorn_divergence
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(pairs, tokens, width, generator=g)
+    y = torch.randn(pairs, tokens, width, generator=g)
+    a = torch.rand(pairs, tokens, generator=g) + 0.01
+    b = torch.rand(pairs, tokens, generator=g) + 0.01
+
+    def timed(fn) -> float:
+        fn()
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+    def ours(solver: str):
+        def fn():
+            xg = x.clone().requires_grad_(True)
+            sinkhorn_divergence(xg, y, a, b, eps=0.1, n_iter=iters, solver=solver).sum().backward()
+        return fn
+
+    def pot_loop(**kw):
+        def fn():
+            xg = x.clone().requires_grad_(True)
+            an, bn = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+            total = 0.0
+            for i in range(pairs):  # the same three problems per pair, one call each
+                for u, v, p, q, w in ((xg[i], y[i], an[i], bn[i], 1.0),
+                                      (xg[i], xg[i], an[i], an[i], -0.5),
+                                      (y[i], y[i], bn[i], bn[i], -0.5)):
+                    c = pairwise_cost(u[None], v[None])[0]
+                    total = total + w * ot.sinkhorn2(p, q, c, 0.1, **kw)
+            total.backward()
+        return fn
+
+    return {
+        "shape": f"{pairs} pairs x {tokens}x{tokens} tokens, width {width}",
+        "ours_batched_s": timed(ours("ours")),
+        "pot_batched_s": timed(ours("pot")),
+        "pot_loop_same_iters_s": timed(pot_loop(method="sinkhorn_log", numItermax=iters,
+                                                stopThr=0.0)),
+        "pot_loop_defaults_s": timed(pot_loop()),
+        "iters": iters,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stage1.md")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--variant", choices=["dhn", "stage1"], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.variant:  # child process
+        print(json.dumps(run_variant(args.variant, args.batch, args.steps, args.threads)))
+        return
+    torch.set_num_threads(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    results = {}
+    for variant in ("dhn", "stage1"):
+        cmd = [sys.executable, __file__, "--variant", variant, "--batch", str(args.batch),
+               "--steps", "3", "--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    for variant, timing in time_interleaved(args.batch, args.steps, args.threads).items():
+        results[variant].update(timing)
+    base = _baseline_rss(args.threads)
+    ot_small = bench_ot(8, 64, 128, iters=30, repeats=5)
+    ot_vitb = bench_ot(8, 196, 768, iters=30, repeats=3)
+    write_report(args, results, base, [ot_small, ot_vitb])
+
+
+def write_report(args, results: dict, base_rss: float, ot_rows: list[dict]) -> None:
+    dhn, st1 = results["dhn"], results["stage1"]
+    t_ratio = st1["median_s"] / dhn["median_s"]
+    m_dhn, m_st1 = dhn["peak_rss_mib"] - base_rss, st1["peak_rss_mib"] - base_rss
+    m_ratio = m_st1 / m_dhn
+    lines = [
+        "## Stage 1 fine-tuning cost (issue 6)",
+        "",
+        f"Machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} logical CPUs "
+        f"(shared with other jobs), torch {torch.__version__}, {args.threads} thread(s), CPU only. "
+        f"Command: `python bench/bench_stage1.py --batch {args.batch} --steps {args.steps} "
+        f"--threads {args.threads}`.",
+        "",
+        f"Model: embedded BiomedCLIP-family CLIP (ViT 128²/16, width 128, depth 6; BERT 3 layers), "
+        f"random init, AdamW step, batch {args.batch} images + captions. Stage 1 step = DHN-NCE "
+        f"(image–text term kept) + debiased Sinkhorn (ε 0.1, 30 it, our batched solver) + "
+        f"prototype InfoNCE on {args.batch // 2} positive pairs + hinge attention entropy on the "
+        f"last 4 blocks (captured, non-fused attention). Time: median of {args.steps} steps after a "
+        "warm-up, the two variants alternating step by step in one process (the machine is "
+        "shared, so both see the same load). Memory: each variant in its own process, 4 steps; "
+        "peak RSS minus the peak RSS of a process that only builds model and batch "
+        f"({base_rss:.0f} MiB).",
+        "",
+        "| step | median s | min s | peak RSS MiB | step memory MiB |",
+        "|---|---|---|---|---|",
+        f"| DHN-NCE | {dhn['median_s']:.3f} | {dhn['min_s']:.3f} | {dhn['peak_rss_mib']:.0f} | "
+        f"{m_dhn:.0f} |",
+        f"| Stage 1 (DHN + OT + InfoNCE + entropy ×4 blocks) | {st1['median_s']:.3f} | "
+        f"{st1['min_s']:.3f} | {st1['peak_rss_mib']:.0f} | {m_st1:.0f} |",
+        f"| **ratio** | **{t_ratio:.2f}×** | | | **{m_ratio:.2f}×** |",
+        "",
+        f"Goal ≤ 1.3× time and ≤ 1.3× memory: time {'met' if t_ratio <= 1.3 else 'MISSED'}, "
+        f"memory {'met' if m_ratio <= 1.3 else 'MISSED'}.",
+        "",
+        "### OT solver: debiased divergence forward + backward (3 OT problems per pair)",
+        "",
+        "| problem | ours (batched log-Sinkhorn) s | POT ot.batch s | POT ot.sinkhorn2 loop, same "
+        "iterations s | POT ot.sinkhorn2 loop, defaults s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in ot_rows:
+        lines.append(f"| {r['shape']}, {r['iters']} it | {r['ours_batched_s']:.4f} | "
+                     f"{r['pot_batched_s']:.4f} | {r['pot_loop_same_iters_s']:.4f} | "
+                     f"{r['pot_loop_defaults_s']:.4f} |")
+    lines += ["", "POT loop with defaults = `ot.sinkhorn2(a, b, M, reg)` (method 'sinkhorn', up to "
+              "1000 iterations, stopThr 1e-9), gradient by autograd through POT's torch backend.", ""]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
