@@ -7,14 +7,21 @@ everything one ``NegativeGenerator.generate`` call shares) and runs one predicto
 in a single dedicated thread, so the predictor (and its diffusers scheduler state) is never used
 by two calls at once. A request whose caller went away (disconnect, timeout) has its future
 cancelled; the worker drops it before the batch runs.
+
+Closed-loop clients (each sends its next request when the last one returns) arrive spread out
+by the time the server needs to read and decode their uploads; a fixed ``max_wait`` then splits
+them into small batches. Handlers therefore announce a request while they read it
+(:meth:`MicroBatcher.arriving`), and the worker keeps gathering, up to ``_ARRIVAL_PATIENCE`` x
+``max_wait``, while announced requests are still on their way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +35,7 @@ RunBatch = Callable[[list[np.ndarray], list[np.ndarray], dict[str, Any]], list[l
 
 
 _GATHER_FACTOR = 4  # gather at most this many batches' worth of requests per round
+_ARRIVAL_PATIENCE = 10  # while requests are still being received, wait up to this x max_wait
 
 
 class QueueFullError(RuntimeError):
@@ -82,11 +90,21 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predictor")
         self._worker: asyncio.Task | None = None
         self._carry: list[_Work] = []  # gathered but incompatible with the group that ran
+        self._arriving = 0  # requests being received and decoded, not yet submitted
 
     @property
     def depth(self) -> int:
         """Requests waiting (queued or gathered but not yet running)."""
         return self._queue.qsize() + len(self._carry)
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Wrap the reading of a request that will probably be submitted (see module doc)."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
 
     def start(self) -> None:
         if self._worker is None:
@@ -106,21 +124,29 @@ class MicroBatcher:
         self._carry = []
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(
-        self, image: np.ndarray, mask: np.ndarray, kwargs: dict[str, Any]
-    ) -> tuple[list[Any], BatchTiming]:
-        """Queue one image; returns its samples and timing. Cancelling the caller cancels it."""
+    def enqueue(self, image: np.ndarray, mask: np.ndarray, kwargs: dict[str, Any]) -> asyncio.Future:
+        """Queue one image now (no await); the future gives (samples, BatchTiming).
+
+        Raises QueueFullError when ``queue_size`` requests wait. Cancel the future to drop it.
+        """
         loop = asyncio.get_running_loop()
         work = _Work(image, mask, dict(kwargs), compatibility_key(image, kwargs), loop.create_future())
         try:
             self._queue.put_nowait(work)
         except asyncio.QueueFull:
             raise QueueFullError(f"{self._queue.maxsize} requests are already waiting") from None
+        return work.future
+
+    async def submit(
+        self, image: np.ndarray, mask: np.ndarray, kwargs: dict[str, Any]
+    ) -> tuple[list[Any], BatchTiming]:
+        """Queue one image and wait; returns its samples and timing. Cancelling cancels it."""
+        future = self.enqueue(image, mask, kwargs)
         try:
-            return await work.future
+            return await future
         finally:
-            if not work.future.done():
-                work.future.cancel()  # the worker skips it
+            if not future.done():
+                future.cancel()  # the worker skips it
 
     # -- worker ----------------------------------------------------------------------------------
     async def _gather(self) -> list[_Work]:
@@ -129,7 +155,9 @@ class MicroBatcher:
         self._carry = []
         if not pending:
             pending.append(await self._queue.get())
-        deadline = time.perf_counter() + self.max_wait_s
+        begin = time.perf_counter()
+        soft, hard = begin + self.max_wait_s, begin + _ARRIVAL_PATIENCE * self.max_wait_s
+        slice_s = max(self.max_wait_s / 4, 0.001)
         while True:
             live = [w for w in pending if not w.future.cancelled()]
             # full batch for the oldest request's group, or enough gathered for several groups
@@ -137,14 +165,19 @@ class MicroBatcher:
                 break
             if len(live) >= _GATHER_FACTOR * self.max_batch:
                 break
-            remaining = deadline - time.perf_counter()
-            try:
-                if remaining <= 0:
+            now = time.perf_counter()
+            deadline = hard if self._arriving > 0 else soft
+            if now >= deadline:
+                try:  # take whatever is already queued, without waiting
                     pending.append(self._queue.get_nowait())
-                else:
-                    pending.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except (asyncio.QueueEmpty, TimeoutError):
-                break
+                    continue
+                except asyncio.QueueEmpty:
+                    break
+            try:
+                timeout = min(deadline - now, slice_s)
+                pending.append(await asyncio.wait_for(self._queue.get(), timeout))
+            except TimeoutError:
+                continue
         live = [w for w in pending if not w.future.cancelled()]
         self._on_cancelled(len(pending) - len(live))
         return live

@@ -132,7 +132,7 @@ class ServiceState:
             found.append(Served(entry.id, entry.png, entry.meta, cached=True))
         return found
 
-    async def generate(
+    def enqueue(
         self,
         image: np.ndarray,
         mask: np.ndarray,
@@ -142,22 +142,13 @@ class ServiceState:
         params: dict[str, Any],
         seed: int,
         ids: list[str],
-    ) -> list[Served]:
-        """Queue the pair for the batcher, then encode and store each sample."""
-        assert self.batcher is not None, "generate() before the generator was loaded"
+    ) -> PendingNegatives:
+        """Queue the pair for the batcher now (QueueFullError if full); await ``.finish()``."""
+        assert self.batcher is not None, "enqueue() before the generator was loaded"
         norm = negative_params(**params)
         kwargs = {**norm, "seed": int(seed), "num_samples": len(ids)}
-        samples, timing = await self.batcher.submit(image, mask, kwargs)
-        if len(samples) != len(ids):
-            raise RuntimeError(f"generator gave {len(samples)} samples, asked {len(ids)}")
-        created = datetime.now(UTC).isoformat()
-        # PNG encoding and file writes run in a thread: the event loop keeps taking requests.
-        served = await asyncio.to_thread(
-            self._store_samples, samples, ids, image_sha=image_sha, mask_sha=mask_sha,
-            norm=norm, seed=int(seed), timing=timing, created=created,
-        )
-        self.metrics.generated.inc(len(served))
-        return served
+        future = self.batcher.enqueue(image, mask, kwargs)
+        return PendingNegatives(self, future, image_sha, mask_sha, norm, int(seed), ids)
 
     def _store_samples(
         self, samples, ids, *, image_sha, mask_sha, norm, seed, timing, created
@@ -186,4 +177,36 @@ class ServiceState:
                 "created": created,
             }
             served.append(Served(negative_id, png, self.store.put(negative_id, png, meta), False))
+        return served
+
+
+@dataclass
+class PendingNegatives:
+    """Queued work of one request: ``future`` (cancel to drop it) and ``finish()``."""
+
+    state: ServiceState
+    future: asyncio.Future
+    image_sha: str
+    mask_sha: str
+    norm: dict[str, Any]
+    seed: int
+    ids: list[str]
+
+    async def finish(self) -> list[Served]:
+        """Wait for the batch, then encode and store each sample (in a thread)."""
+        try:
+            samples, timing = await self.future
+        finally:
+            if not self.future.done():
+                self.future.cancel()
+        if len(samples) != len(self.ids):
+            raise RuntimeError(f"generator gave {len(samples)} samples, asked {len(self.ids)}")
+        created = datetime.now(UTC).isoformat()
+        # PNG encoding and file writes run in a thread: the event loop keeps taking requests.
+        served = await asyncio.to_thread(
+            self.state._store_samples, samples, self.ids, image_sha=self.image_sha,
+            mask_sha=self.mask_sha, norm=self.norm, seed=self.seed, timing=timing,
+            created=created,
+        )
+        self.state.metrics.generated.inc(len(served))
         return served

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     # Port `python -m api` listens on.
     port: int = Field(default=8000, ge=0, le=65535)
+    # Log one line per request (uvicorn's access log) when serving with `python -m api`.
+    access_log: bool = True
     # Torch intra-op threads for the worker (None leaves torch's default).
     torch_threads: int | None = Field(default=None, ge=1)
 

@@ -6,7 +6,7 @@
 Reports negatives/s, (b)/(c), (b)/(a), p50/p99 latency. The service runs as a separate
 process (``python -m api``) on 127.0.0.1 with a fresh store, so nothing is served from cache.
 
-    python bench/bench_service.py --requests 48 --steps 20 --out bench/results/service.md
+    python bench/bench_service.py --rounds 3 --requests 16 --out bench/results/service.md
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ from shared.io import decode_image, decode_mask, encode_png  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--generator", default=None, help="checkpoint dir (default: embedded)")
-    p.add_argument("--requests", type=int, default=48, help="requests in (b) and images in (c)")
-    p.add_argument("--sequential", type=int, default=16, help="requests in (a)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of (a), (b), (c)")
+    p.add_argument("--requests", type=int, default=16, help="per round: requests in (b), images in (c)")
+    p.add_argument("--sequential", type=int, default=4, help="per round: requests in (a)")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--batch", type=int, default=8, help="service max_batch and (c) batch size")
-    p.add_argument("--max-wait-ms", type=float, default=10.0)
+    p.add_argument("--max-wait-ms", type=float, default=20.0)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="torch threads, server and in-process")
@@ -101,7 +102,7 @@ def start_server(args, store: str) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     env = {**os.environ, "NEG_API_HOST": "127.0.0.1", "NEG_API_PORT": str(port),
            "NEG_API_STORE_DIR": store, "NEG_API_MAX_BATCH": str(args.batch),
-           "NEG_API_MAX_WAIT_MS": str(args.max_wait_ms), "NEG_API_TORCH_THREADS": str(args.threads),
+           "NEG_API_MAX_WAIT_MS": str(args.max_wait_ms), "NEG_API_TORCH_THREADS": str(args.threads), "NEG_API_ACCESS_LOG": "false",
            "OMP_NUM_THREADS": str(args.threads)}
     if args.generator:
         env["NEG_API_GENERATOR"] = str(args.generator)
@@ -120,15 +121,17 @@ def start_server(args, store: str) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("service did not become ready")
 
 
-def in_process(args, pairs) -> float:
+def load_in_process(args):
     import torch
 
     from generator.build import load_generator
 
     torch.set_num_threads(args.threads)
-    generator = load_generator(args.generator, batch_size=args.batch)
+    return load_generator(args.generator, batch_size=args.batch)
+
+
+def in_process(args, generator, pairs) -> float:
     decoded = [(decode_image(i), decode_mask(m)) for i, m in pairs]
-    generator.generate([decoded[0][0]], [decoded[0][1]], steps=args.steps)  # warm-up
     t0 = time.perf_counter()
     for start in range(0, len(decoded), args.batch):
         chunk = decoded[start : start + args.batch]
@@ -137,46 +140,71 @@ def in_process(args, pairs) -> float:
 
 
 def main(args: argparse.Namespace) -> str:
-    pairs = make_pairs(args.requests + args.sequential + 1, args.size)
-    warm, seq_pairs, conc_pairs = pairs[0], pairs[1 : 1 + args.sequential], pairs[1 + args.sequential :]
+    """Rounds interleave (a), (b) and (c) so that a shared machine's load hits all three alike."""
+    per_round = args.requests + args.sequential
+    pairs = make_pairs(args.rounds * per_round + 1, args.size)
+    generator = load_in_process(args)
+    rows = {"a": [], "b": [], "c": []}  # per round: (count, seconds, latencies)
     with tempfile.TemporaryDirectory() as store:
         proc, base = start_server(args, store)
         try:
-            asyncio.run(run_clients(base, [warm], 1, args.steps))  # warm-up
-            t_a, lat_a = asyncio.run(run_clients(base, seq_pairs, 1, args.steps))
-            t_b, lat_b = asyncio.run(run_clients(base, conc_pairs, args.clients, args.steps))
+            asyncio.run(run_clients(base, [pairs[0]], 1, args.steps))  # warm-up
+            in_process(args, generator, [pairs[0]])
+            for r in range(args.rounds):
+                chunk = pairs[1 + r * per_round : 1 + (r + 1) * per_round]
+                seq, conc = chunk[: args.sequential], chunk[args.sequential :]
+                t_a, lat_a = asyncio.run(run_clients(base, seq, 1, args.steps))
+                t_b, lat_b = asyncio.run(run_clients(base, conc, args.clients, args.steps))
+                # the same images as (b): the store is not involved in (c)
+                t_c = in_process(args, generator, conc)
+                rows["a"].append((len(seq), t_a, lat_a))
+                rows["b"].append((len(conc), t_b, lat_b))
+                rows["c"].append((len(conc), t_c, []))
+                print(f"round {r}: a {len(seq) / t_a:.2f}/s  b {len(conc) / t_b:.2f}/s  "
+                      f"c {len(conc) / t_c:.2f}/s", flush=True)
             metrics = httpx.get(f"{base}/metrics").text
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    t_c = in_process(args, conc_pairs)
-    rate_a, rate_b = len(seq_pairs) / t_a, len(conc_pairs) / t_b
-    rate_c = len(conc_pairs) / t_c
-    batch_line = next((ln for ln in metrics.splitlines() if ln.startswith("neg_api_batch_size_sum")), "")
-    count_line = next((ln for ln in metrics.splitlines() if ln.startswith("neg_api_batch_size_count")), "")
-    mean_batch = float(batch_line.split()[-1]) / max(float(count_line.split()[-1]), 1.0)
+    rate = {k: [n / t for n, t, _ in v] for k, v in rows.items()}
+    lat = {k: [x for _, _, ls in v for x in ls] for k, v in rows.items()}
+    total = {k: (sum(n for n, _, _ in v), sum(t for _, t, _ in v)) for k, v in rows.items()}
+    ratio_bc = float(np.median([b / c for b, c in zip(rate["b"], rate["c"], strict=True)]))
+    ratio_ba = float(np.median([b / a for b, a in zip(rate["b"], rate["a"], strict=True)]))
+    batch_sum = _metric(metrics, "neg_api_batch_size_sum")
+    batch_count = max(_metric(metrics, "neg_api_batch_size_count"), 1.0)
     load = os.getloadavg()
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
-        f"(shared; load average {load[0]:.1f} at the end), no GPU; torch threads {args.threads} "
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs "
+        f"(load average {load[0]:.1f} at the end), no GPU; torch threads {args.threads} "
         f"(server and in-process). Generator: {args.generator or 'embedded default'}, "
         f"{args.steps} DDIM steps, {args.size}x{args.size} inputs, 1 sample per request, "
-        f"max_batch {args.batch}, max_wait {args.max_wait_ms:g} ms.",
+        f"max_batch {args.batch}, max_wait {args.max_wait_ms:g} ms; {args.rounds} interleaved "
+        "rounds of (a), (b), (c).",
         "",
-        f"Command: `python bench/bench_service.py --requests {args.requests} "
+        f"Command: `python bench/bench_service.py --rounds {args.rounds} --requests {args.requests} "
         f"--sequential {args.sequential} --clients {args.clients} --batch {args.batch} "
-        f"--steps {args.steps} --size {args.size} --threads {args.threads}`",
+        f"--max-wait-ms {args.max_wait_ms:g} --steps {args.steps} --size {args.size} "
+        f"--threads {args.threads}" + (f" --generator {args.generator}" if args.generator else "")
+        + "`",
         "",
-        "| mode | negatives | seconds | negatives/s | p50 latency s | p99 latency s |",
-        "|---|---|---|---|---|---|",
-        f"| (a) sequential, 1 client | {len(seq_pairs)} | {t_a:.2f} | {rate_a:.2f} | "
-        f"{percentile(lat_a, 50):.3f} | {percentile(lat_a, 99):.3f} |",
-        f"| (b) {args.clients} concurrent clients | {len(conc_pairs)} | {t_b:.2f} | {rate_b:.2f} | "
-        f"{percentile(lat_b, 50):.3f} | {percentile(lat_b, 99):.3f} |",
-        f"| (c) in-process, batch {args.batch} | {len(conc_pairs)} | {t_c:.2f} | {rate_c:.2f} | - | - |",
+        "| mode | negatives | seconds | negatives/s (all rounds) | per-round negatives/s | "
+        "p50 latency s | p99 latency s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {"a": "(a) sequential, 1 client", "b": f"(b) {args.clients} concurrent clients",
+             "c": f"(c) in-process, batch {args.batch}"}
+    for k in "abc":
+        n, t = total[k]
+        p50 = f"{percentile(lat[k], 50):.3f}" if lat[k] else "-"
+        p99 = f"{percentile(lat[k], 99):.3f}" if lat[k] else "-"
+        per = ", ".join(f"{x:.2f}" for x in rate[k])
+        lines.append(f"| {names[k]} | {n} | {t:.2f} | {n / t:.2f} | {per} | {p50} | {p99} |")
+    lines += [
         "",
-        f"(b)/(c) = **{rate_b / rate_c:.2f}** (goal >= 0.9); (b)/(a) = **{rate_b / rate_a:.2f}**; "
-        f"mean service batch in (b) and warm-up: {mean_batch:.2f} images.",
+        f"(b)/(c) = **{ratio_bc:.2f}** (median of per-round ratios; goal >= 0.9); "
+        f"(b)/(a) = **{ratio_ba:.2f}**; mean images per predictor call in the service: "
+        f"{batch_sum / batch_count:.2f}.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
@@ -184,6 +212,13 @@ def main(args: argparse.Namespace) -> str:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("## Generator service throughput\n\n" + text)
     return text
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 if __name__ == "__main__":

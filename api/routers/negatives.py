@@ -19,7 +19,7 @@ from api.schemas import (
     Provenance,
     negatives_request_body,
 )
-from api.service import ServiceState
+from api.service import PendingNegatives, ServiceState
 from api.store import ID_PATTERN
 from api.uploads import parse_upload
 
@@ -41,9 +41,9 @@ async def _wait_for_disconnect(request: Request) -> None:
             return
 
 
-async def _generate_or_cancel(request: Request, state: ServiceState, coro) -> list:
-    """Run ``coro`` until done, the client disconnects (cancel) or the timeout passes (504)."""
-    work = asyncio.ensure_future(coro)
+async def _finish_or_cancel(request: Request, state: ServiceState, pending: PendingNegatives):
+    """Wait for ``pending`` until done, the client disconnects (cancel) or the timeout (504)."""
+    work = asyncio.ensure_future(pending.finish())
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         done, _ = await asyncio.wait(
@@ -54,7 +54,8 @@ async def _generate_or_cancel(request: Request, state: ServiceState, coro) -> li
         watcher.cancel()
     if work in done:
         return work.result()
-    work.cancel()  # cancels the queued request; the batcher skips it
+    pending.future.cancel()  # the batcher skips it if it has not started
+    work.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await work
     if watcher in done:
@@ -87,34 +88,37 @@ async def _generate_or_cancel(request: Request, state: ServiceState, coro) -> li
     },
 )
 async def create_negatives(request: Request, state: ReadyStateDep) -> Response:
-    upload = await parse_upload(request, state.settings)
-    fmt = choose_format(request.headers.get("accept"), upload.form.format)
-    form = upload.form
-    params = {
-        "steps": form.steps, "strength": form.strength, "dilation_px": form.dilation_px,
-        "method": form.method,
-    }
-    ids = state.ids_for(
-        image_sha=upload.image_sha, mask_sha=upload.mask_sha, params=params, seed=form.seed,
-        num_samples=form.num_samples,
-    )
-    served = state.lookup(ids)
-    if served is not None:
+    assert state.batcher is not None
+    with state.batcher.arriving():  # lets the batcher wait for this request (batching.py)
+        upload = await parse_upload(request, state.settings)
+        fmt = choose_format(request.headers.get("accept"), upload.form.format)
+        form = upload.form
+        params = {
+            "steps": form.steps, "strength": form.strength, "dilation_px": form.dilation_px,
+            "method": form.method,
+        }
+        ids = state.ids_for(
+            image_sha=upload.image_sha, mask_sha=upload.mask_sha, params=params, seed=form.seed,
+            num_samples=form.num_samples,
+        )
+        served = state.lookup(ids)
+        pending = None
+        if served is None:
+            try:  # queued before leaving arriving(): the batcher never sees a gap
+                pending = state.enqueue(
+                    upload.image, upload.mask, image_sha=upload.image_sha,
+                    mask_sha=upload.mask_sha, params=params, seed=form.seed, ids=ids,
+                )
+            except QueueFullError as exc:
+                raise ApiError(
+                    503, "queue_full", f"{exc}; retry later",
+                    headers={"Retry-After": str(state.settings.retry_after_s)},
+                ) from None
+    if pending is None:
         state.metrics.store_hits.inc()
     else:
         try:
-            served = await _generate_or_cancel(
-                request, state,
-                state.generate(
-                    upload.image, upload.mask, image_sha=upload.image_sha,
-                    mask_sha=upload.mask_sha, params=params, seed=form.seed, ids=ids,
-                ),
-            )
-        except QueueFullError as exc:
-            raise ApiError(
-                503, "queue_full", f"{exc}; retry later",
-                headers={"Retry-After": str(state.settings.retry_after_s)},
-            ) from None
+            served = await _finish_or_cancel(request, state, pending)
         except ValueError as exc:  # the generator refuses the parameters (e.g. unknown method)
             raise ApiError(422, "invalid_field", str(exc)) from None
     provenance = Provenance(

@@ -105,3 +105,30 @@ def test_predictor_failure_reaches_every_caller_of_the_batch():
 
     out = asyncio.run(main())
     assert all(isinstance(o, ValueError) and "unknown method" in str(o) for o in out)
+
+
+def test_announced_arrivals_extend_the_wait():
+    """A request still being read keeps the worker gathering past max_wait (up to 10x)."""
+    calls = []
+
+    async def main():
+        batcher = MicroBatcher(echo_batch(calls), max_batch=2, max_wait_s=0.02, queue_size=4)
+        batcher.start()
+        image, mask = np.zeros((4, 4), np.float32), np.ones((4, 4), bool)
+
+        async def late_request():
+            with batcher.arriving():
+                await asyncio.sleep(0.08)  # 4x max_wait spent "reading the upload"
+                future = batcher.enqueue(image, mask, {"seed": 0})
+            return await future
+
+        late = asyncio.ensure_future(late_request())
+        await asyncio.sleep(0)  # the late request announces itself first
+        first = await batcher.submit(image, mask, {"seed": 0})
+        second = await late
+        await batcher.stop()
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert [n for n, _ in calls] == [2]  # one call for both, despite the 80 ms gap
+    assert first[1].batch_size == second[1].batch_size == 2

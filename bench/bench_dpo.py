@@ -1,0 +1,236 @@
+"""Acceptance table of the generator's DPO stage (issue 4): one row per variant, held-out domain.
+
+    OMP_NUM_THREADS=1 python bench/bench_dpo.py --root data/tiny --work runs/bench_dpo \
+        --out bench/results/dpo.md [--reference DIR] [--scorers DIR] [--steps 60]
+
+Steps (each cached under --work, so a rerun resumes):
+1. scorers: --scorers, else the embedded ``generator/weights/scorers``, else three small scorers
+   trained here (lesion and audit: tumor vs GT-negative/normal; fill: GT negative vs the same
+   image with the hole replaced by the smooth push-pull fill). The audit scorer never ranks pairs.
+2. reference: --reference, else the embedded default, else a small pixel reference trained with
+   ``generator/train.py --stage reference`` (sizes in ``SMALL_REFERENCE``).
+3. pairs from the reference (``generator.pairs``), train split, held-out domain excluded.
+4. every variant: ``generator.dpo.train_dpo`` with the same seeds, steps and pairs; its final
+   policy (and the validation-selected step) evaluated on every tumor item of the held-out domain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from generator.build import DEFAULT_CHECKPOINT, load_generator
+from generator.dpo import DpoConfig, evaluate, train_dpo
+from generator.masks import coarse_fill, dilate
+from generator.modeling.scorers import build_scorer
+from generator.pairs import PairsConfig, build_pairs
+from generator.scoring import SCORERS_DIR, load_scorers, prepare, save_scorers
+from shared.config import load_config
+
+SMALL_REFERENCE = {  # overrides of generator.train.TrainConfig for the fallback reference
+    "model": {"block_out_channels": [16, 32, 64, 64], "norm_num_groups": 8},
+    "optim": {"steps": 500, "batch_size": 8, "lr": 5e-4, "warmup_steps": 50,
+              "checkpoint_every": 10000, "log_every": 50, "mixed_precision": "no"},
+}
+
+
+def variants(steps: int) -> dict[str, dict]:
+    """Same β, lr, steps and seeds; each guard alone on top of plain DPO, then all together."""
+    stage = max(1, steps // 3)
+    plain = {"loss": {"beta": 2500.0, "region": "all"}, "pair_kinds": ["sample"]}
+    return {
+        "plain DPO": plain,
+        "+ SDPO": {**plain, "loss": {**plain["loss"], "sdpo": True, "mu": 0.9}},
+        "+ MI regularizer": {**plain, "loss": {**plain["loss"], "mi_weight": 0.1,
+                                               "copy_weight": 0.1}},
+        "+ GT winners": {**plain, "pair_kinds": ["sample", "gt"]},
+        "+ curriculum": {**plain, "curriculum": {"enabled": True, "stages": 3,
+                                                  "steps_per_stage": stage}},
+        "all guards": {
+            "loss": {"beta": 2500.0, "region": "hole", "sdpo": True, "mu": 0.9,
+                     "mi_weight": 0.1, "copy_weight": 0.1, "sft_weight": 625.0},
+            "pair_kinds": ["sample", "gt", "positive"],
+            "curriculum": {"enabled": True, "stages": 3, "steps_per_stage": stage},
+        },
+    }
+
+
+def _items(root: str, *, domains: set[str] | None, split: str | None, max_items: int = 0):
+    from shared.benchmark import load_manifest
+    from shared.io import read_image, read_mask
+
+    def gray(x: np.ndarray) -> np.ndarray:
+        return (x if x.ndim == 2 else x.mean(axis=2)).astype(np.float32)
+
+    out = []
+    for it in load_manifest(root):
+        if (domains is not None and it.domain not in domains) or (split and it.split != split):
+            continue
+        mask = read_mask(it.mask)
+        out.append({"image": gray(read_image(it.image)), "mask": mask, "label": it.label,
+                    "gt": gray(read_image(it.gt_negative)) if it.gt_negative else None,
+                    "region": dilate(mask, 2), "domain": it.domain})
+    return out[:max_items] if max_items else out
+
+
+def train_quick_scorers(root: str, held_out: str, out: Path, *, steps: int = 200) -> Path:
+    """Small lesion/audit/fill scorers on the training domains (see module docstring)."""
+    from shared.benchmark import load_manifest
+
+    domains = {it.domain for it in load_manifest(root)} - {held_out}
+    items = _items(root, domains=domains, split="train")
+    imgs, labels, holes = [], [], []
+    for it in items:
+        imgs.append(it["image"])
+        labels.append(1.0 if it["label"] == "tumor" else 0.0)
+        holes.append(it["region"] if it["mask"].any() else None)
+        if it["gt"] is not None:
+            imgs.append(it["gt"])
+            labels.append(0.0)
+            holes.append(it["region"])
+    g = torch.Generator().manual_seed(0)
+    models = {}
+    for name in ("lesion", "audit"):
+        torch.manual_seed({"lesion": 1, "audit": 2}[name])
+        model = build_scorer(name)
+        x = prepare(imgs, None, model.cfg.resolution)
+        models[name] = _fit(model, x, torch.tensor(labels), steps, g)
+    real = [(im, h) for im, h, y in zip(imgs, holes, labels, strict=True) if y == 0 and h is not None]
+    x_real = prepare([im for im, _ in real], [h for _, h in real], 64)
+    smooth = coarse_fill(x_real[:, :1], x_real[:, 1:])  # (N,1,R,R) the hole filled smoothly
+    x_fake = torch.cat([smooth, x_real[:, 1:]], 1)
+    torch.manual_seed(3)
+    models["fill"] = _fit(build_scorer("fill"), torch.cat([x_real, x_fake]),
+                          torch.cat([torch.zeros(len(x_real)), torch.ones(len(x_fake))]), steps, g)
+    save_scorers(out, models, {"trained_by": "bench/bench_dpo.py", "root": root,
+                               "held_out": held_out, "steps": steps})
+    return out
+
+
+def _fit(model, x, y, steps, g):
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (32,), generator=g)
+        k = int(torch.randint(0, 4, (1,), generator=g))
+        xb = torch.rot90(x[idx], k, dims=(-2, -1))
+        loss = F.binary_cross_entropy_with_logits(model(xb), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def ensure_reference(args, work: Path) -> Path:
+    if args.reference:
+        return Path(args.reference)
+    if (DEFAULT_CHECKPOINT / "generator_config.json").is_file():
+        return DEFAULT_CHECKPOINT
+    final = work / "reference" / "final"
+    if not (final / "generator_config.json").is_file():
+        from generator.train import TrainConfig, run_reference
+
+        over = {**SMALL_REFERENCE, "output_dir": str(work / "reference"),
+                "data": {"root": args.root, "held_out_domain": args.held_out}}
+        over["optim"] = {**over["optim"], "steps": args.reference_steps}
+        cfg = load_config(TrainConfig, over)
+        run_reference(cfg, argparse.Namespace(resume=None))
+    return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--root", default="data/tiny")
+    p.add_argument("--work", default="runs/bench_dpo")
+    p.add_argument("--out", default="bench/results/dpo.md")
+    p.add_argument("--reference", default="")
+    p.add_argument("--scorers", default="")
+    p.add_argument("--held-out", default="retina")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--samples", type=int, default=4, help="K reference samples per positive")
+    p.add_argument("--sample-steps", type=int, default=10, help="DDIM steps everywhere")
+    p.add_argument("--reference-steps", type=int, default=500, help="fallback reference only")
+    p.add_argument("--scorer-steps", type=int, default=200, help="fallback scorers only")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    scorers_dir = Path(args.scorers) if args.scorers else (
+        SCORERS_DIR if (SCORERS_DIR / "scorers.json").is_file() else work / "scorers")
+    if not (scorers_dir / "scorers.json").is_file():
+        train_quick_scorers(args.root, args.held_out, scorers_dir, steps=args.scorer_steps)
+    scorers = load_scorers(scorers_dir)
+    ref_dir = ensure_reference(args, work)
+    pairs_dir = work / "pairs"
+    if not (pairs_dir / "pairs.jsonl").is_file():
+        build_pairs(PairsConfig(root=args.root, out=str(pairs_dir), held_out_domain=args.held_out,
+                                samples_per_positive=args.samples, steps=args.sample_steps,
+                                checkpoint=str(ref_dir)), load_generator(ref_dir), scorers)
+    test_items = [it for it in _items(args.root, domains={args.held_out}, split=None)
+                  if it["label"] == "tumor" and it["gt"] is not None]
+    rows = {"reference": {**evaluate(load_generator(ref_dir), scorers, test_items,
+                                     steps=args.sample_steps, seed=777),
+                          "winner_err_drift": 0.0, "best_step": 0, "seconds": 0.0}}
+    for name, over in variants(args.steps).items():
+        run_dir = work / name.replace(" ", "_").replace("+", "plus")
+        summary_file = run_dir / "summary.json"
+        if not summary_file.is_file():
+            cfg = load_config(DpoConfig, {
+                **over, "output_dir": str(run_dir), "reference": str(ref_dir),
+                "pairs": str(pairs_dir), "held_out_domain": args.held_out,
+                "optim": {"steps": args.steps, "batch_size": 8, "lr": args.lr,
+                          "val_every": max(1, args.steps // 3), "seed": 0},
+                "val": {"root": args.root, "max_items": 12, "steps": args.sample_steps},
+            })
+            train_dpo(cfg, scorers=scorers)
+        summary = json.loads(summary_file.read_text())
+        m = evaluate(load_generator(run_dir / "final"), scorers, test_items,
+                     steps=args.sample_steps, seed=777)
+        rows[name] = {**m, "winner_err_drift": summary["winner_err_drift"],
+                      "best_step": summary["best_step"], "seconds": summary["train_seconds"]}
+        print(name, json.dumps(rows[name]), flush=True)
+    (work / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_table(Path(args.out), rows, args, len(test_items), time.time() - t_start, ref_dir,
+                scorers_dir)
+
+
+def write_table(path: Path, rows: dict, args, n_test: int, seconds: float, ref_dir: Path,
+                scorers_dir: Path) -> None:
+    ref = rows["reference"]
+    lines = [
+        "# Generator DPO stage: acceptance table", "",
+        f"Command: `OMP_NUM_THREADS=1 python bench/bench_dpo.py --root {args.root} "
+        f"--steps {args.steps} --lr {args.lr}` ({seconds / 60:.1f} min on the shared CPU).",
+        f"Held-out domain `{args.held_out}`: {n_test} tumor items with GT negatives, one sample "
+        f"each (seed 777, DDIM {args.sample_steps}). Reference: `{ref_dir}`; scorers: "
+        f"`{scorers_dir}` (ranking = lesion + fill + texture; audit never ranks).",
+        "Same pairs, seeds, β=2500, lr and step budget for every variant; rows show the final "
+        "policy; `val step` is the checkpoint validation kept (0 = the reference stayed best).", "",
+        "| variant | PSNR in mask | ΔPSNR | SSIM in mask | texture ratio | flip (ranking) "
+        "| flip (audit) | fill prob | winner-err drift | outside diff | val step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['psnr']:.2f} | {r['psnr'] - ref['psnr']:+.2f} | {r['ssim']:.3f} "
+            f"| {r['texture_ratio_gt']:.3f} | {100 * r['flip_lesion']:.0f}% "
+            f"| {100 * r['flip_audit']:.0f}% | {r['fill_prob']:.3f} "
+            f"| {r['winner_err_drift']:+.2e} | {r['outside_max_abs_diff']:.1g} | {r['best_step']} |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
