@@ -31,7 +31,8 @@ hook), kept for the parity test and the benchmark.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -192,6 +193,19 @@ def _m2ib_batch(bundle, images, prompts, cfg: M2IBConfig, seeds) -> list[np.ndar
         return _kl_to_maps(kl, bundle, placements)
 
 
+@contextmanager
+def _upstream_eval(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode, weights left trainable (as upstream); weight gradients dropped on exit."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        for p in model.parameters():
+            p.grad = None
+        model.train(was_training)
+
+
 def m2ib_saliency_loop(
     bundle: ClipBundle,
     images: Sequence[np.ndarray],
@@ -199,13 +213,16 @@ def m2ib_saliency_loop(
     cfg: M2IBConfig = M2IBConfig(),
     *,
     seed: int | Sequence[int] = 0,
+    param_grads: bool = True,
 ) -> list[np.ndarray]:
     """Per-image M2IB in the upstream manner (reference for tests and the benchmark).
 
     For each image, each step runs the whole vision tower on S copies with the bottleneck
     inserted by a forward hook on block L, and re-encodes S copies of the prompt, as
-    MedCLIP-SAMv2's ``IBAInterpreter`` does. Same maths, noise and seeds as
-    :func:`m2ib_saliency`, so the maps must agree.
+    MedCLIP-SAMv2's ``IBAInterpreter`` does. With ``param_grads`` (upstream never freezes the
+    model) the backward pass also computes every weight gradient of both towers; they are
+    discarded afterwards. Same maths, noise and seeds as :func:`m2ib_saliency`, so the maps
+    must agree.
     """
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images but {len(prompts)} prompt lists")
@@ -213,7 +230,7 @@ def m2ib_saliency_loop(
     model = bundle.model
     s = cfg.num_samples
     out = []
-    with frozen_eval(model):
+    with _upstream_eval(model) if param_grads else frozen_eval(model):
         for image, prompt, sd in zip(images, prompts, _seeds(seed, len(images)), strict=True):
             pixels, placements = preprocess(bundle, [image], resize_mode=cfg.resize_mode)
             batch = pixels.expand(s, -1, -1, -1)

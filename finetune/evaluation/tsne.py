@@ -81,7 +81,7 @@ def _subsample(x: np.ndarray, y: np.ndarray, per_class: int, rng: np.random.Gene
 
 def tsne_silhouette(
     features: np.ndarray, labels: np.ndarray, *, path: str | Path | None = None, title: str = "",
-    class_names: Sequence[str] = ("background", "tumor"), seed: int = 0,
+    class_names: Sequence[str] = ("background", "tumor"), seed: int = 0, max_iter: int = 500,
 ) -> dict[str, float]:
     """t-SNE to 2-D, silhouettes (feature space, cosine; t-SNE space, euclidean), optional PNG."""
     labels = np.asarray(labels)
@@ -89,7 +89,9 @@ def tsne_silhouette(
         raise ValueError("t-SNE / silhouette need features from two classes")
     n = len(features)
     perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
-    emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
+    emb = TSNE(
+        n_components=2, perplexity=perplexity, init="pca", random_state=seed, max_iter=max_iter, n_jobs=1
+    ).fit_transform(features)
     result = {
         "n": int(n),
         "silhouette_features": float(silhouette_score(features, labels, metric="cosine")),
@@ -123,6 +125,7 @@ def feature_analysis(
     *,
     max_patches_per_class: int = 500,
     seed: int = 0,
+    max_iter: int = 500,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """For each named model: patch t-SNE (tumor vs background on the positives) and image
     t-SNE (positives vs negatives). Writes ``tsne_<model>_{patches,images}.png`` into
@@ -135,11 +138,11 @@ def feature_analysis(
         x, y = patch_features(bundle, pos_images, pos_masks)
         x, y = _subsample(x, y, max_patches_per_class, rng)
         patches = tsne_silhouette(x, y, path=out_dir / f"tsne_{name}_patches.png",
-                                  title=f"{name}: patch tokens", seed=seed)
+                                  title=f"{name}: patch tokens", seed=seed, max_iter=max_iter)
         emb = image_features(bundle, list(pos_images) + list(neg_images))
         lab = np.array([1] * len(pos_images) + [0] * len(neg_images))
         images = tsne_silhouette(emb, lab, path=out_dir / f"tsne_{name}_images.png",
                                  title=f"{name}: image embeddings", class_names=("negative", "positive"),
-                                 seed=seed)
+                                 seed=seed, max_iter=max_iter)
         report[name] = {"patches": patches, "images": images}
     return report

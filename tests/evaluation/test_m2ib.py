@@ -5,7 +5,12 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from finetune.evaluation.clip_bundle import preprocess, token_map_to_image, vision_prefix, vision_suffix
+from finetune.evaluation.clip_bundle import (
+    preprocess,
+    token_map_to_image,
+    vision_prefix,
+    vision_suffix,
+)
 from finetune.evaluation.m2ib import M2IBConfig, _bottleneck, m2ib_saliency, m2ib_saliency_loop
 from tests.evaluation.conftest import blob_image
 
@@ -47,10 +52,10 @@ def test_batched_equals_upstream_manner_per_image_loop(tiny_clip):
     images = _images()
     batched = m2ib_saliency(tiny_clip, images, PROMPTS, CFG, seed=7)
     looped = m2ib_saliency_loop(tiny_clip, images, PROMPTS, CFG, seed=7)
-    for b, l, img in zip(batched, looped, images, strict=True):
+    for b, lp, img in zip(batched, looped, images, strict=True):
         assert b.shape == img.shape[:2] and b.dtype == np.float32
         assert b.min() == 0.0 and b.max() == pytest.approx(1.0)
-        torch.testing.assert_close(torch.from_numpy(b), torch.from_numpy(l), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(torch.from_numpy(b), torch.from_numpy(lp), atol=1e-4, rtol=1e-4)
 
 
 def test_batched_equals_single_image_runs(tiny_clip):
