@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--samples", type=int, default=4, help="K reference samples per positive")
     p.add_argument("--sample-steps", type=int, default=10, help="DDIM steps everywhere")
+    p.add_argument("--val-every", type=int, default=0, help="0 = validate at the end only")
+    p.add_argument("--val-items", type=int, default=8)
     p.add_argument("--reference-steps", type=int, default=500, help="fallback reference only")
     p.add_argument("--scorer-steps", type=int, default=200, help="fallback scorers only")
     args = p.parse_args(argv)
@@ -190,8 +192,9 @@ def main(argv: list[str] | None = None) -> None:
                 **over, "output_dir": str(run_dir), "reference": str(ref_dir),
                 "pairs": str(pairs_dir), "held_out_domain": args.held_out,
                 "optim": {"steps": args.steps, "batch_size": 8, "lr": args.lr,
-                          "val_every": max(1, args.steps // 3), "seed": 0},
-                "val": {"root": args.root, "max_items": 12, "steps": args.sample_steps},
+                          "val_every": args.val_every or args.steps, "seed": 0},
+                "val": {"root": args.root, "max_items": args.val_items,
+                        "steps": args.sample_steps},
             })
             train_dpo(cfg, scorers=scorers)
         summary = json.loads(summary_file.read_text())
@@ -210,8 +213,8 @@ def write_table(path: Path, rows: dict, args, n_test: int, seconds: float, ref_d
     ref = rows["reference"]
     lines = [
         "# Generator DPO stage: acceptance table", "",
-        f"Command: `OMP_NUM_THREADS=1 python bench/bench_dpo.py --root {args.root} "
-        f"--steps {args.steps} --lr {args.lr}` ({seconds / 60:.1f} min on the shared CPU).",
+        f"Command: `OMP_NUM_THREADS=1 python bench/bench_dpo.py {' '.join(sys.argv[1:])}` "
+        f"({seconds / 60:.1f} min on the shared CPU).",
         f"Held-out domain `{args.held_out}`: {n_test} tumor items with GT negatives, one sample "
         f"each (seed 777, DDIM {args.sample_steps}). Reference: `{ref_dir}`; scorers: "
         f"`{scorers_dir}` (ranking = lesion + fill + texture; audit never ranks).",

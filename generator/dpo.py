@@ -7,7 +7,9 @@ per-sample errors of policy and reference → ``diffusion_dpo_loss`` (+ SDPO los
 + supervised winner anchor, + mask-aware MI, + no-copy). Every term and the raw winner/loser
 errors are logged each step (``OUT/log.jsonl`` and TensorBoard); a held-out validation set is
 sampled every ``optim.val_every`` steps; the best validation checkpoint is kept in ``OUT/best``
-(the predictor's ``pixel`` layout) and marked ``beats_reference`` only if it beats the reference.
+(the predictor's ``pixel`` layout) and marked ``beats_reference`` only if it beats the reference;
+the last policy goes to ``OUT/final``. ``summary.json`` holds the winner/loser error drift (policy −
+reference, mean of the last 10 steps).
 """
 
 from __future__ import annotations
@@ -281,7 +283,13 @@ def train_dpo(cfg: DpoConfig, *, scorers=None) -> dict:
                                       extra={"dpo": to_dict(cfg), "reference": ref_hash,
                                              "step": step, "val": m})
     log.close()
+    save_pixel_checkpoint(out / "final", accelerator.unwrap_model(policy), mcfg,
+                          extra={"dpo": to_dict(cfg), "reference": ref_hash, "step": step})
+    tail = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    tail = [r for r in tail if "model_w_err" in r][-10:]
     summary = {"reference_val": ref_val, "best_step": best["step"], "best_val": best["val"],
+               "winner_err_drift": float(np.mean([r["model_w_err"] - r["ref_w_err"] for r in tail])),
+               "loser_err_drift": float(np.mean([r["model_l_err"] - r["ref_l_err"] for r in tail])),
                "beats_reference": best["step"] > 0, "train_seconds": round(time.time() - t0, 1),
                "best_checkpoint": str(out / "best") if best["step"] > 0 else None,
                "rule": "best = highest val ranking score with PSNR >= reference - tolerance"}
