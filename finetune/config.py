@@ -50,7 +50,9 @@ class NegativesConfig:
     source: str = "service"
     url: str = ""  # generator service base URL; empty -> env NEGATIVES_URL -> in-process
     api_key: str = ""  # bearer token for the service (empty -> env NEGATIVES_API_KEY)
-    generator: str = ""  # in-process: load_generator(path_or_name); empty = embedded default
+    # in-process: load_generator(path_or_name); empty = embedded default; "biharmonic" = no
+    # learned backend, classical inpainting through the predictor (with method=biharmonic)
+    generator: str = ""
     cache_dir: str = "runs/negatives_cache"  # content-addressed PNG cache shared across runs
     steps: int = 20  # sampler steps asked of the generator
     strength: float = 1.0  # generation strength (1 = full re-synthesis inside the mask)

@@ -100,6 +100,28 @@ def _cache_path(cache_dir: Path, negative_id: str) -> Path:
     return cache_dir / negative_id[:2] / f"{negative_id}.png"
 
 
+BIHARMONIC = "biharmonic"
+
+
+def load_in_process_generator(name: str, method: str):
+    """``load_generator(name or None)``; ``name == "biharmonic"`` is the predictor without a learned
+    backend (scikit-image biharmonic inpainting through the same contract; method must match)."""
+    from generator.predictor import NegativeGenerator
+
+    if name == BIHARMONIC:
+        if method != BIHARMONIC:
+            raise NegativesUnavailableError(
+                f"negatives.generator=biharmonic needs negatives.method=biharmonic, got {method!r}")
+        return NegativeGenerator(None, checkpoint_hash=sha256_bytes(b"biharmonic-inpainting"))
+    from generator.build import load_generator
+
+    try:
+        return load_generator(name or None)
+    except (OSError, ValueError) as err:
+        raise NegativesUnavailableError(
+            f"cannot load the generator {name or '(embedded default)'}: {err}") from err
+
+
 def fetch_in_process(cfg: TrainConfig, positives: Sequence[Sample], generator=None) -> tuple[dict, int]:
     """Negatives from the generator's predictor in this process, through the same cache.
 
@@ -108,9 +130,7 @@ def fetch_in_process(cfg: TrainConfig, positives: Sequence[Sample], generator=No
     """
     n = cfg.negatives
     if generator is None:
-        from generator.build import load_generator
-
-        generator = load_generator(n.generator or None)
+        generator = load_in_process_generator(n.generator, n.method)
     cache = Path(n.cache_dir)
     params = _params(cfg)
     out, todo = {}, []

@@ -104,3 +104,19 @@ def test_real_sources(tiny_bench, tmp_path):
     for s in tumors:
         match = [n for n in normals.values() if np.array_equal(n.image, normal[s.id])]
         assert match and match[0].domain == s.domain
+
+
+def test_biharmonic_through_the_predictor(tiny_bench, tmp_path):
+    from scipy import ndimage
+
+    cfg = _cfg(tiny_bench, tmp_path, source="inprocess", generator="biharmonic",
+               method="biharmonic", dilation_px=2)
+    positives = load_samples(cfg.data, tumors_only=True)[:3]
+    negatives = resolve_negatives(cfg, positives)
+    for s in positives:
+        region = ndimage.binary_dilation(s.mask, iterations=3)  # covers the 2 px disc dilation
+        np.testing.assert_array_equal(negatives[s.id][~region], s.image[~region])
+        assert np.abs(negatives[s.id][s.mask] - s.image[s.mask]).mean() > 0.01
+    with pytest.raises(NegativesUnavailableError, match="method=biharmonic"):
+        resolve_negatives(_cfg(tiny_bench, tmp_path, source="inprocess", generator="biharmonic"),
+                          positives)

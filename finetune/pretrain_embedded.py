@@ -1,0 +1,49 @@
+"""Pre-train the embedded CLIP and install it as ``finetune/weights/embedded`` (fp16 safetensors).
+
+1. ``python -m shared.benchmark --out data/bench128 --n-per-domain 300 --size 128 --seed 0``
+2. ``python -m finetune.pretrain_embedded`` (trains configs/embedded/pretrain_clip.yaml from the
+   random-init ``embedded`` architecture, then installs the export), or
+   ``python -m finetune.pretrain_embedded --install-from runs/pretrain_embedded`` to install a
+   finished run. Extra ``key=value`` arguments override the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+
+from finetune.build import build_clip, export_local_dir
+from finetune.config import load_train_config
+from finetune.train_loop import EMBEDDED_PRETRAINED, EXPORT, train
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "embedded" / "pretrain_clip.yaml"
+
+
+def install(run_dir: str | Path, dest: str | Path = EMBEDDED_PRETRAINED) -> Path:
+    """Copy the run's exported model to ``dest`` with fp16 weights; returns ``dest``."""
+    bundle = build_clip(f"local-dir:{Path(run_dir) / EXPORT}")
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    export_local_dir(bundle.model.half(), bundle.tokenizer, bundle.model_cfg, dest)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m finetune.pretrain_embedded", description=__doc__)
+    p.add_argument("--install-from", default=None, help="install a finished run, do not train")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    run_dir = args.install_from
+    if run_dir is None:
+        run_dir = train(load_train_config(CONFIG, args.overrides))
+    print(f"installed: {install(run_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
