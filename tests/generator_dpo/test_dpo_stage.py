@@ -68,3 +68,17 @@ def test_dpo_stage_runs_end_to_end_and_keeps_a_loadable_checkpoint(
     if summary["beats_reference"]:
         gen = load_generator(summary["best_checkpoint"])
         assert gen.checkpoint_hash != tiny_generator.checkpoint_hash
+
+
+def test_committed_configs_load():
+    from pathlib import Path
+
+    from generator.latent_boundary import LatentConfig
+    from generator.pairs import PairsConfig
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "generator"
+    cfg = load_config(DpoConfig, root / "dpo.yaml")
+    assert cfg.loss.sdpo and cfg.curriculum.enabled and "gt" in cfg.pair_kinds
+    assert load_config(DpoConfig, root / "dpo_plain.yaml").loss.sdpo is False
+    assert load_config(PairsConfig, root / "dpo_pairs.yaml").samples_per_positive == 4
+    assert load_config(LatentConfig, root / "vae_latent.yaml") == LatentConfig()
