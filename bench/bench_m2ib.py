@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-images", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--steps", type=int, default=None, help="override the preset's 10 Adam steps")
     p.add_argument("--skip-upstream", action="store_true", help="skip the (slow) upstream-grad loop")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     bundle = biomedclip_architecture(work) if args.model == "biomedclip-arch" else load_clip_bundle(args.model)
     preset = args.preset or ("embedded" if args.model == "embedded" else "breast")
     cfg = dataclasses.replace(PRESETS[preset], batch_size=args.batch_size)
+    if args.steps is not None:
+        cfg = dataclasses.replace(cfg, steps=args.steps)
     n_dom = -(-args.n_images // len(DOMAINS))
     items = [it for it in load_manifest(build_benchmark(work / "bench", domains=DOMAINS, n_per_domain=n_dom,
                                                         size=224, seed=0)) if it.label == "tumor"]

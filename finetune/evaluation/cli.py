@@ -17,7 +17,13 @@ from pathlib import Path
 
 import torch
 
-from finetune.evaluation.evaluate import MODES, SALIENCY_METHODS, EvalConfig, evaluate_dataset
+from finetune.evaluation.evaluate import (
+    MODES,
+    SALIENCY_METHODS,
+    EvalConfig,
+    evaluate_classification,
+    evaluate_dataset,
+)
 from finetune.evaluation.loading import load_clip_bundle
 from finetune.evaluation.m2ib import PRESETS, M2IBConfig
 from finetune.evaluation.outputs import (
@@ -64,6 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--classification-csv", type=Path, default=None,
+                   help="also run zero-shot classification on image_path,class_label,caption")
+    p.add_argument("--tsne", action="store_true", help="t-SNE + silhouettes of the model's features")
+    p.add_argument("--tsne-baseline", default=None, help="a second model (e.g. before fine-tuning) for t-SNE")
     p.add_argument("--out", required=True, type=Path)
     return p.parse_args(argv)
 
@@ -95,6 +105,27 @@ def _m2ib_config(args: argparse.Namespace) -> M2IBConfig:
         "num_samples": args.samples, "batch_size": args.batch_size, "resize_mode": args.resize_mode,
     }
     return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _feature_analysis(args, bundle, pairs, out: Path) -> dict:
+    """t-SNE of the split: positives = images whose mask has foreground, negatives = the rest."""
+    from finetune.evaluation.tsne import feature_analysis
+    from shared.io import read_image, read_mask
+
+    models = {"model": bundle}
+    if args.tsne_baseline:
+        models = {"baseline": load_clip_bundle(args.tsne_baseline, device=args.device), "model": bundle}
+    pos_img, pos_mask, neg_img = [], [], []
+    for p in pairs:
+        image, mask = read_image(p.image_path), read_mask(p.mask_path)
+        if mask.any():
+            pos_img.append(image)
+            pos_mask.append(mask)
+        else:
+            neg_img.append(image)
+    if not pos_img or not neg_img:
+        return {"skipped": f"needs positives and negatives; got {len(pos_img)} and {len(neg_img)}"}
+    return feature_analysis(models, pos_img, pos_mask, neg_img, out / "tsne", seed=args.seed)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -132,9 +163,16 @@ def main(argv: list[str] | None = None) -> dict:
         "segmenter": None if segmenter is None else segmenter.name,
         "seconds": round(time.perf_counter() - t0, 2),
     })
+    extra = {}
+    if args.classification_csv is not None:
+        extra["classification"] = evaluate_classification(bundle or load_clip_bundle(args.model), args.classification_csv)
+    if args.tsne or args.tsne_baseline:
+        extra["tsne"] = _feature_analysis(args, bundle or load_clip_bundle(args.model), pairs, out)
+    results.summary.update(extra)
     write_per_image_csv(out / "per_image.csv", results.images)
     write_summary_json(out / "summary.json", results.summary)
-    write_markdown_report(out / "report.md", results, title=f"Zero-shot segmentation: {task} ({args.split})")
+    write_markdown_report(out / "report.md", results, title=f"Zero-shot segmentation: {task} ({args.split})",
+                          extra=extra or None)
     m = results.summary["metrics"]
     print(f"{task}/{args.split}: n={results.summary['n_images']} Dice {m['dice']['mean']:.3f} "
           f"IoU {m['iou']['mean']:.3f} NSD {m['nsd']['mean']:.3f} "

@@ -192,3 +192,20 @@ def _summary(results: Sequence[ImageResult], cfg: EvalConfig) -> dict:
     summary["n_empty_prediction"] = int(sum(r.pred_empty for r in results))
     summary["config"] = asdict(cfg)
     return summary
+
+
+def evaluate_classification(bundle: ClipBundle, csv_path, *, class_prompts=None) -> dict:
+    """Zero-shot classification on the researcher's CSV (``image_path,class_label,caption``):
+    one-vs-rest AUROC and FPR@TPR95 per class, macro means. Class prompts default to each
+    class's captions in the CSV."""
+    from finetune.evaluation.metrics_report import (
+        class_prompts_from_rows,
+        classification_metrics,
+        read_classification_csv,
+    )
+    from finetune.evaluation.zero_shot import zero_shot_probs
+
+    rows = read_classification_csv(csv_path)
+    prompts = class_prompts or class_prompts_from_rows(rows)
+    probs, classes = zero_shot_probs(bundle, [read_image(r.image_path) for r in rows], prompts)
+    return classification_metrics([r.class_label for r in rows], probs, classes)

@@ -73,19 +73,30 @@ def test_empty_saliency_gives_empty_prediction_counted(dataset, monkeypatch):
 
 
 def test_cli_end_to_end_saliency_mode(dataset, tmp_path):
+    # one lesion-free image (empty mask) so that t-SNE has negatives
+    write_png(dataset / "test_images" / "normal 3.png", np.full((40, 40), 0.3, np.float32))
+    write_png(dataset / "test_masks" / "normal 3.png", np.zeros((40, 40), bool))
+    csv_path = tmp_path / "cls.csv"
+    csv_path.write_text("image_path,class_label,caption\n" + "".join(
+        f"{dataset / 'test_images' / n},{lab},{cap}\n" for n, lab, cap in [
+            ("case 0.png", "tumor", "a tumor"), ("normal 3.png", "normal", "normal tissue"),
+            ("case 2.png", "tumor", "a tumor")]))
     out = tmp_path / "out"
     summary = cli.main([
         "--model", "embedded", "--data", str(dataset), "--mode", "saliency", "--preset", "embedded",
         "--steps", "2", "--samples", "2", "--prompt", "A scan showing a bright tumor.",
-        "--out", str(out), "--threads", "1",
+        "--out", str(out), "--threads", "1", "--classification-csv", str(csv_path), "--tsne",
     ])
+    assert summary["classification"]["n"] == 3 and "tumor" in summary["classification"]["per_class"]
+    assert set(summary["tsne"]["model"]) == {"patches", "images"}
+    assert (out / "tsne" / "tsne_model_patches.png").is_file()
     rows = list(csv.DictReader((out / "per_image.csv").open()))
-    assert [r["name"] for r in rows] == ["case 0.png", "case 1.png", "case 2.png"]
+    assert [r["name"] for r in rows] == ["case 0.png", "case 1.png", "case 2.png", "normal 3.png"]
     saved = json.loads((out / "summary.json").read_text())
-    assert saved["n_images"] == 3 and saved["task"] == "toy"
+    assert saved["n_images"] == 4 and saved["task"] == "toy"
     assert saved["metrics"]["dice"]["mean"] == pytest.approx(np.mean([float(r["dice"]) for r in rows]), abs=1e-6)
     assert saved["config"]["m2ib"]["layer"] == 3 and summary["metrics"] == saved["metrics"]
-    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["case 0.png", "case 1.png", "case 2.png"]
+    assert len(list((out / "overlays").iterdir())) == 4
     assert "| dice |" in (out / "report.md").read_text()
 
 
