@@ -68,3 +68,23 @@ def test_clip_infonce_matches_open_clip():
     ref = ClipLoss()(torch.nn.functional.normalize(img, dim=-1),
                      torch.nn.functional.normalize(txt, dim=-1), scale)
     torch.testing.assert_close(ours, ref)
+
+
+def test_committed_embedded_weights_load_back_from_fp16():
+    from safetensors.torch import load_file
+
+    from finetune.train_loop import EMBEDDED_PRETRAINED, resolve_model_source
+
+    files = list(EMBEDDED_PRETRAINED.rglob("*"))
+    assert sum(f.stat().st_size for f in files if f.is_file()) <= 8 * 1024**2  # weight budget
+    stored = load_file(str(EMBEDDED_PRETRAINED / "open_clip_model.safetensors"))
+    model = build_clip(resolve_model_source("embedded-pretrained")).model
+    state = model.state_dict()
+    assert set(stored) <= set(state)
+    for k, v in stored.items():
+        assert v.dtype == torch.float16 or not v.is_floating_point()
+        torch.testing.assert_close(state[k], v.to(state[k].dtype), rtol=0, atol=0)
+    # pre-trained, not the random init of the same architecture
+    init = _initial_state()
+    assert not torch.equal(init["visual.trunk.blocks.0.attn.qkv.weight"],
+                           state["visual.trunk.blocks.0.attn.qkv.weight"])
