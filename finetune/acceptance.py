@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -73,12 +74,35 @@ def evaluate_model(source: str, data: dict, *, max_patches: int = 1500, seed: in
             "n_patches": int(len(keep))}
 
 
+def render_report(payload: dict, command: str) -> str:
+    """Markdown table of ``acceptance.json``'s results."""
+    lines = ["## Trainer acceptance (issue 7)", "",
+             f"Command: `{command}`", "",
+             "Models: **before** = committed embedded CLIP (`finetune/weights/embedded`); "
+             "**control** = same steps, plain CLIP loss; **stage12** = Stage 1+2 with generated "
+             "negatives. Silhouette: tumor vs background last-block patch tokens of the positives "
+             "(cosine). AUROC: zero-shot p(tumor) of positives vs GT negatives + normal images; "
+             "`AUROC gt` = positives vs their exact lesion-free versions only.", "",
+             "| eval set | model | patch silhouette | AUROC | AUROC gt | n pos / neg |",
+             "|---|---|---|---|---|---|"]
+    for split, models in payload["results"].items():
+        for name, r in models.items():
+            lines.append(f"| {split} | {name} | {r['patch_silhouette']:.3f} | {r['auroc']:.3f} | "
+                         f"{r['auroc_vs_gt_negatives']:.3f} | {r['n_pos']} / {r['n_neg']} |")
+    lines += ["", "Run configs: " + "; ".join(f"{k}: `{v}`" for k, v in payload["configs"].items()),
+              "", "Training wall time (s, shared 2-core CPU, one thread): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in payload.get("timings_s", {}).items()), ""]
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m finetune.acceptance", description=__doc__)
     p.add_argument("--bench", default="data/bench128", help="benchmark folder (manifest.jsonl)")
     p.add_argument("--out", default="runs/acceptance", help="run outputs")
     p.add_argument("--report", default="bench/results/trainer.md")
     p.add_argument("--skip-train", action="store_true", help="reuse finished runs under --out")
+    p.add_argument("--report-only", action="store_true",
+                   help="render --report from OUT/acceptance.json without training or evaluating")
     p.add_argument("overrides", nargs="*", help="key=value overrides for both runs")
     return p.parse_args(argv)
 
@@ -87,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
     bench, out = Path(args.bench), Path(args.out)
+    command = "python -m finetune.acceptance " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.report_only:
+        payload = json.loads((out / "acceptance.json").read_text())
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(render_report(payload, command))
+        return 0
     models = {"before": resolve_model_source("embedded-pretrained")}
     timings, configs = {}, {}
     for name, path in RUNS.items():
@@ -111,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / "acceptance.json").write_text(json.dumps(
         {"results": results, "timings_s": timings, "configs": configs}, indent=2) + "\n")
     print(json.dumps({"results": results, "timings_s": timings}, indent=2))
+    payload = {"results": results, "timings_s": timings, "configs": configs}
+    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.report).write_text(render_report(payload, command))
     return 0
 
 

@@ -39,9 +39,10 @@ def test_tiny_run_of_every_objective(objective, tiny_bench, tmp_path):
     assert list((out / "finetune").glob("**/events.out.tfevents*")), "no TensorBoard log"
 
 
-def test_trainable_text_and_fp16_export(tiny_bench, tmp_path):
+def test_trainable_text_fp16_and_hf_port_export(tiny_bench, tmp_path):
     cfg = load_train_config(tiny_overrides(
-        tiny_bench, tmp_path / "run", trainable=["image", "text", "logit_scale"], export_fp16=True))
+        tiny_bench, tmp_path / "run", trainable=["image", "text", "logit_scale"], export_fp16=True,
+        export_hf_port=True))
     out = train(cfg)
     weights = out / "model" / "open_clip_model.safetensors"
     from safetensors.torch import load_file
@@ -56,6 +57,10 @@ def test_trainable_text_and_fp16_export(tiny_bench, tmp_path):
     # load-back: the fp32 model holds exactly the fp16 values
     for k, v in stored.items():
         torch.testing.assert_close(state[k], v.float(), rtol=0, atol=0)
+    # the HF-port export (MedCLIP-SAMv2's layout) holds the same weights
+    port = build_clip(f"hf-port:{out / 'hf_port'}").model.state_dict()
+    for k, v in state.items():
+        torch.testing.assert_close(port[k], v, rtol=0, atol=0, msg=k)
 
 
 def test_clip_infonce_matches_open_clip():
