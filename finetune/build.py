@@ -213,12 +213,17 @@ def _build_hf_port(port_dir: Path, device: str, source: str) -> ClipBundle:
         text_dir = write_text_config(Path(tmp) / TEXT_CONFIG_SUBDIR, config["text_config"])
         model = _instantiate(model_cfg, str(text_dir), {})
     _load_into(model, port_to_open_clip(load_state_dict_file(weights)), source)
-    tok_src = port_dir if (port_dir / "tokenizer_config.json").is_file() else None
-    if tok_src is None:
-        raise ModelSourceError(f"{port_dir} has no tokenizer files (tokenizer_config.json)")
-    tokenizer = open_clip.tokenizer.HFTokenizer(
-        str(tok_src), context_length=model_cfg["text_cfg"]["context_length"]
-    )
+    # Our exports carry tokenizer files; MedCLIP-SAMv2's own port dir does not (their processor
+    # comes from the hub), so fall back to the model_cfg's tokenizer name (hub or HF cache).
+    has_tok = (port_dir / "tokenizer_config.json").is_file()
+    tok_src = str(port_dir) if has_tok else model_cfg["text_cfg"]["hf_tokenizer_name"]
+    try:
+        tokenizer = open_clip.tokenizer.HFTokenizer(
+            tok_src, context_length=model_cfg["text_cfg"]["context_length"]
+        )
+    except Exception as err:
+        raise ModelSourceError(f"{port_dir} has no tokenizer files and {tok_src!r} cannot be "
+                               f"loaded: {err}") from err
     model = model.to(device)
     return ClipBundle(model.eval(), _preprocess_for(model), tokenizer, model_cfg, source)
 

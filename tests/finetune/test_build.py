@@ -138,6 +138,15 @@ def test_port_mapping_is_invertible(embedded):
         torch.testing.assert_close(back[k], v, rtol=0, atol=0)
 
 
+def test_hf_port_without_open_clip_cfg_needs_biomedclip_sizes(embedded, tmp_path):
+    out = export_hf_port(embedded.model, tmp_path / "port", tokenizer=embedded.tokenizer)
+    config = json.loads((out / "config.json").read_text())
+    del config["open_clip_model_cfg"]
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelSourceError, match="no known timm architecture"):
+        build_clip(out)
+
+
 def test_bad_sources_raise(embedded, tmp_path):
     with pytest.raises(ModelSourceError, match="unknown CLIP source"):
         build_clip(str(tmp_path / "nowhere"))
@@ -165,8 +174,11 @@ def test_full_size_biomedclip_architecture_round_trip_and_backward(tmp_path):
 
     export_local_dir(ref.model, ref.tokenizer, ref.model_cfg, tmp_path / "oc")
     _assert_same_model(ref, build_clip(f"local-dir:{tmp_path / 'oc'}"), images)
-    export_hf_port(ref.model, tmp_path / "port", tokenizer=ref.tokenizer)
-    _assert_same_model(ref, build_clip(f"hf-port:{tmp_path / 'port'}"), images)
+    port = export_hf_port(ref.model, tmp_path / "port", tokenizer=ref.tokenizer)
+    config = json.loads((port / "config.json").read_text())
+    del config["open_clip_model_cfg"]  # as in MedCLIP-SAMv2's own config.json
+    (port / "config.json").write_text(json.dumps(config))
+    _assert_same_model(ref, build_clip(f"hf-port:{port}"), images)
 
     model = ref.model.train()
     img = model.encode_image(images, normalize=True)
