@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--box-dilation", type=int, default=0, help="grow box prompts by this many px")
     p.add_argument("--num-points", type=int, default=10)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--positives-only", action="store_true",
+                   help="skip images whose ground-truth mask is empty (lesion-free images)")
     p.add_argument("--no-overlays", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -133,7 +135,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     root, task = _resolve_task(args.data, args.task, args.split)
-    pairs = list_pairs(root, task, args.split)[: args.limit]
+    pairs = list_pairs(root, task, args.split)
+    if args.positives_only:
+        from shared.io import read_mask
+
+        pairs = [p for p in pairs if read_mask(p.mask_path).any()]
+    pairs = pairs[: args.limit]
     cfg = EvalConfig(
         mode=args.mode, saliency=args.saliency, m2ib=_m2ib_config(args), binarize=args.binarize,
         threshold=args.threshold, num_components=args.num_components, prompt=args.prompt_kind,

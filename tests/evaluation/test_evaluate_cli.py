@@ -132,3 +132,15 @@ def test_m2ib_through_evaluate_dataset_matches_direct_call(dataset, tiny_clip):
     direct = m2ib_saliency(tiny_clip, [read_image(p.image_path) for p in pairs], [["a tumor"]] * 3, cfg.m2ib)
     for r, d in zip(res.images, direct, strict=True):
         np.testing.assert_allclose(r.saliency, d, atol=1e-5)
+
+
+def test_cli_positives_only_skips_lesion_free_images(dataset, tmp_path, monkeypatch):
+    write_png(dataset / "test_images" / "normal 3.png", np.full((40, 40), 0.3, np.float32))
+    write_png(dataset / "test_masks" / "normal 3.png", np.zeros((40, 40), bool))
+    monkeypatch.setattr(cli, "build_segmenter", lambda name, ckpt, device="cpu": BoxFill())
+    common = ["--data", str(dataset), "--mode", "oracle", "--no-overlays"]
+    every = cli.main([*common, "--out", str(tmp_path / "a")])
+    positives = cli.main([*common, "--positives-only", "--out", str(tmp_path / "b")])
+    assert every["n_images"] == 4 and positives["n_images"] == 3
+    # the lesion-free image has an empty GT box -> no prompt -> empty prediction -> Dice 1 (both empty)
+    assert every["n_empty_prediction"] == 1
