@@ -1,0 +1,1 @@
+"""Model pieces of the fine-tuning package: registered timm ViTs, CLIP configs, HF-port key mapping."""
