@@ -13,7 +13,8 @@ the closed-form Gaussian KL per token and channel
 
 α is fitted with Adam (lr 1, 10 steps) on  β · mean(KL) − mean_s cos(text_emb, img_emb(z_s)),
 over S noise samples (10). The saliency map is Σ_D KL per patch token (prefix tokens dropped),
-bilinear to image size and min-max normalised.
+bilinear to image size and min-max normalised. It is taken from α after all steps (upstream
+reads the KL buffer of the last forward, i.e. α before the final update).
 
 Noise statistics: ``noise_stats="prior"`` uses μ = 0, σ² = ``var`` — the estimator MedCLIP-SAMv2
 builds from ``--vvar`` but then never uses (their bottleneck always samples N(0, 1)); with
