@@ -3,7 +3,9 @@
 Sources understood by :func:`build_clip`:
 
 - ``"embedded"``: our small CLIP of the BiomedCLIP family, the open_clip local dir committed in
-  ``finetune/modeling/embedded/`` (random init until pre-trained weights are committed there);
+  ``finetune/modeling/embedded/`` (architecture + tokenizer, no weights: random init);
+- ``"embedded-pretrained"``: the same architecture with the pre-trained weights committed in
+  ``finetune/weights/embedded/`` (written by the trainer through :func:`export_local_dir`);
 - ``"hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"`` (or any open_clip hub id):
   open_clip's own loader, needs the hub or a populated HF cache;
 - ``"local-dir:DIR"`` (or a directory holding ``open_clip_config.json``): open_clip local dir with
@@ -42,6 +44,7 @@ from finetune.modeling.clip_configs import (
 from finetune.modeling.hf_port import open_clip_to_port, port_config, port_to_open_clip
 
 EMBEDDED_DIR = Path(__file__).parent / "modeling" / "embedded"
+EMBEDDED_PRETRAINED_DIR = Path(__file__).parent / "weights" / "embedded"
 LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"
 HF_PORT_WEIGHTS = "model.safetensors"
 
@@ -239,6 +242,10 @@ def build_clip(
     name = str(name_or_path)
     if name == "embedded":
         return _build_local_dir(EMBEDDED_DIR, device, name)
+    if name == "embedded-pretrained":
+        if not (EMBEDDED_PRETRAINED_DIR / LOCAL_DIR_WEIGHTS).is_file():
+            raise ModelSourceError(f"no pre-trained embedded weights in {EMBEDDED_PRETRAINED_DIR}")
+        return _build_local_dir(EMBEDDED_PRETRAINED_DIR, device, name)
     if name.startswith("hf-hub:"):
         return _build_hub(name, device)
     if name.startswith("local-dir:"):
@@ -261,7 +268,8 @@ def build_clip(
         if "BiomedCLIPModel" in arch:
             return _build_hf_port(path, device, name)
     raise ModelSourceError(
-        f"unknown CLIP source {name!r}: expected 'embedded', 'hf-hub:ID', 'local-dir:DIR', "
+        f"unknown CLIP source {name!r}: expected 'embedded', 'embedded-pretrained', 'hf-hub:ID', "
+        "'local-dir:DIR', "
         "'hf-port:DIR', 'ckpt:FILE', or an existing directory/file"
     )
 

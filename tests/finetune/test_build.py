@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from finetune.build import (
     EMBEDDED_DIR,
+    EMBEDDED_PRETRAINED_DIR,
     ModelSourceError,
     build_clip,
     encode_image_tokens,
@@ -193,3 +194,13 @@ def test_full_size_biomedclip_architecture_round_trip_and_backward(tmp_path):
 
 def test_embedded_dir_path_exists():
     assert Path(EMBEDDED_DIR, "open_clip_config.json").is_file()
+
+
+def test_embedded_pretrained_loads_committed_weights(embedded):
+    if not (EMBEDDED_PRETRAINED_DIR / "open_clip_model.safetensors").is_file():
+        pytest.skip("no pre-trained embedded weights committed")
+    stored = load_file(str(EMBEDDED_PRETRAINED_DIR / "open_clip_model.safetensors"))
+    state = build_clip("embedded-pretrained").model.state_dict()
+    key = "visual.trunk.blocks.0.attn.qkv.weight"
+    torch.testing.assert_close(state[key], stored[key].to(state[key].dtype), rtol=0, atol=0)
+    assert not torch.equal(state[key], embedded.model.state_dict()[key])
