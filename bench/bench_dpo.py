@@ -7,8 +7,8 @@ Steps (each cached under --work, so a rerun resumes):
 1. scorers: --scorers, else the embedded ``generator/weights/scorers``, else three small scorers
    trained here (lesion and audit: tumor vs GT-negative/normal; fill: GT negative vs the same
    image with the hole replaced by the smooth push-pull fill). The audit scorer never ranks pairs.
-2. reference: --reference, else the embedded default, else a small pixel reference trained with
-   ``generator/train.py --stage reference`` (sizes in ``SMALL_REFERENCE``).
+2. reference: --reference DIR, or ``--reference embedded`` (the committed default), else a small
+   pixel reference trained with ``generator/train.py --stage reference`` (``SMALL_REFERENCE``).
 3. pairs from the reference (``generator.pairs``), train split, held-out domain excluded.
 4. every variant: ``generator.dpo.train_dpo`` with the same seeds, steps and pairs; its final
    policy (and the validation-selected step) evaluated on every tumor item of the held-out domain.
@@ -131,10 +131,11 @@ def _fit(model, x, y, steps, g):
 
 
 def ensure_reference(args, work: Path) -> Path:
+    """--reference DIR, ``embedded`` (the committed default), or "" → train the small one here."""
+    if args.reference == "embedded":
+        return DEFAULT_CHECKPOINT
     if args.reference:
         return Path(args.reference)
-    if (DEFAULT_CHECKPOINT / "generator_config.json").is_file():
-        return DEFAULT_CHECKPOINT
     final = work / "reference" / "final"
     if not (final / "generator_config.json").is_file():
         from generator.train import TrainConfig, run_reference

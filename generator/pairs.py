@@ -61,6 +61,7 @@ class PairRow:
 def rank_samples(scores: list[dict[str, float]]) -> tuple[int, int, list[float]]:
     """Indices of the best and worst sample by ``ranking_score`` and all scores."""
     values = [ranking_score(s) for s in scores]
+    values = [v if np.isfinite(v) else float("-inf") for v in values]  # NaN fills rank last
     return int(np.argmax(values)), int(np.argmin(values)), values
 
 
@@ -98,6 +99,8 @@ def build_pairs(cfg: PairsConfig, generator, scorers: Scorers) -> Path:
                                  [region] * (len(samples) + len(extra)))
         best, worst, values = rank_samples(scores[: len(samples)])
         pos_score = ranking_score(scores[len(samples)])
+        if not np.isfinite(values[best]):
+            raise ValueError(f"{item.id}: no reference sample has a finite score (NaN output?)")
         stem = item.id.replace("/", "_")
         paths = {"pos": f"images/{stem}_pos.png", "hole": f"images/{stem}_hole.png"}
         write_png(out / paths["pos"], image)

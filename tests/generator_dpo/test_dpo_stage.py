@@ -82,3 +82,15 @@ def test_committed_configs_load():
     assert load_config(DpoConfig, root / "dpo_plain.yaml").loss.sdpo is False
     assert load_config(PairsConfig, root / "dpo_pairs.yaml").samples_per_positive == 4
     assert load_config(LatentConfig, root / "vae_latent.yaml") == LatentConfig()
+
+
+def test_rank_samples_puts_nan_and_altered_background_last():
+    from generator.pairs import rank_samples
+
+    base = {"lesion_prob": 0.2, "fill_prob": 0.5, "texture_ratio_ring": 1.0,
+            "outside_max_abs_diff": 0.0}
+    scores = [dict(base, lesion_prob=float("nan")), dict(base), dict(base, lesion_prob=0.9),
+              dict(base, lesion_prob=0.0, outside_max_abs_diff=0.1)]
+    best, worst, values = rank_samples(scores)
+    assert best == 1 and values[best] == 0.8 + 0.5
+    assert values[0] == float("-inf") and values[3] == float("-inf") and worst in (0, 3)
