@@ -59,10 +59,16 @@ class PairRow:
 
 
 def rank_samples(scores: list[dict[str, float]]) -> tuple[int, int, list[float]]:
-    """Indices of the best and worst sample by ``ranking_score`` and all scores."""
+    """Indices of the best and worst sample by ``ranking_score`` and all scores.
+
+    Non-finite scores (NaN images, an altered background) become −inf: never a winner, and never
+    a loser either while a finite sample exists (a broken image teaches nothing about quality).
+    """
     values = [ranking_score(s) for s in scores]
     values = [v if np.isfinite(v) else float("-inf") for v in values]  # NaN fills rank last
-    return int(np.argmax(values)), int(np.argmin(values)), values
+    finite = [i for i, v in enumerate(values) if np.isfinite(v)]
+    worst = min(finite, key=lambda i: values[i]) if finite else int(np.argmin(values))
+    return int(np.argmax(values)), worst, values
 
 
 def build_pairs(cfg: PairsConfig, generator, scorers: Scorers) -> Path:
