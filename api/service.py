@@ -45,7 +45,8 @@ def build_generator(settings: Settings) -> Any:
         torch.set_num_threads(settings.torch_threads)
     from generator.build import load_generator
 
-    return load_generator(settings.generator, device=settings.device)
+    rows = settings.predictor_batch_rows or settings.max_batch
+    return load_generator(settings.generator, device=settings.device, batch_size=rows)
 
 
 @dataclass(frozen=True)

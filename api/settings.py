@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     generator: str | None = None
     # torch device the generator runs on ("cpu", "cuda", "cuda:1"); one batching worker per device.
     device: str = "cpu"
+    # Rows (image x sample) per backend call inside the predictor; None = max_batch. The
+    # predictor's own default is 1 row, which would undo the service's batching.
+    predictor_batch_rows: int | None = Field(default=None, ge=1)
     # Content-addressed store of generated negatives (PNG + metadata JSON per id).
     store_dir: Path = Path("runs/negatives_store")
     # Size cap of the store in bytes; least recently used entries are evicted beyond it.

@@ -75,6 +75,7 @@ def test_service_loads_a_pixel_checkpoint_directory(tiny_checkpoint, tmp_path, m
         assert r.headers["x-cache"] == "miss" and r.content == stored
 
 
+@pytest.mark.slow  # ~30 s: a fresh process imports torch and loads the model
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_dir(),
                     reason="the embedded default generator/weights/pixel_reference is not committed yet")
 def test_python_m_api_serves_the_embedded_default(tmp_path):

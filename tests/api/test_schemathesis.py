@@ -33,6 +33,7 @@ def base_url(tmp_path_factory):
         yield url
 
 
+@pytest.mark.slow  # 15-30 s on 2 shared cores; `make test` (CI) runs it, `make test-fast` skips
 def test_openapi_fuzzing_has_no_server_errors(base_url):
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json", wait_for_schema=10)
     operations = [result.ok() for result in schema.get_all_operations()]
