@@ -128,7 +128,7 @@ def read_pixel_config(path: str | Path) -> pixel_unet.PixelUNetConfig:
 def load_pixel(path: str | Path, *, device: str = "cpu") -> tuple[PixelBackend, str]:
     path = Path(path)
     cfg = read_pixel_config(path)
-    unet = UNet2DModel.from_pretrained(path / "unet", torch_dtype=torch.float32).to(device)
+    unet = UNet2DModel.from_pretrained(path / "unet", dtype=torch.float32).to(device)
     scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
     return PixelBackend(unet, scheduler, cfg), hash_directory(path)
 

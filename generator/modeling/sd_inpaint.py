@@ -19,7 +19,7 @@ def load_pipeline(
     pipe = StableDiffusionInpaintPipeline.from_pretrained(
         str(path_or_id),
         local_files_only=True,
-        torch_dtype=dtype,
+        dtype=dtype,
         safety_checker=None,
         requires_safety_checker=False,
     )

@@ -1,0 +1,195 @@
+"""Batch generation of negatives for a dataset, sharded over processes and resumable.
+
+``accelerate launch generator/generate.py --data DIR --out OUT [--generator CKPT] ...``
+
+``--data`` is a lesion-injection benchmark (``manifest.jsonl``; tumor items only, GT negatives
+scored) or a MedCLIP-SAMv2 folder (``DIR/<task>/<split>_images|<split>_masks``). Process ``r`` of
+``n`` takes items ``r, r+n, …`` of the sorted list; every item is generated one image at a time
+(results never depend on the sharding). Writes
+- ``OUT/negatives/<id>_s<seed>.png`` (8-bit), one per sample;
+- ``OUT/records/<id>.json`` per finished item (written last, atomically: its presence means done,
+  so a rerun skips it);
+- after all processes finish: ``OUT/manifest.jsonl`` (sorted by id; scores and provenance) and
+  ``OUT/dpo_pairs.csv`` (``filename,filename_neg,Caption,Caption_neg``; positives relative to
+  ``--data``, negatives relative to ``OUT``; the best-ranked sample of each item).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # `accelerate launch generator/generate.py` runs this as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from generator.masks import dilate
+from generator.scoring import load_scorers, ranking_score, score_negatives
+from shared.datasets import DpoRow, list_pairs, list_tasks, write_dpo_csv
+from shared.io import read_image, read_mask, write_png
+from shared.provenance import content_key, sha256_bytes
+
+DEFAULT_CAPTION_NEG = "A medical image showing healthy tissue with no signs of pathology."
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str  # unique, file-system safe
+    image: Path
+    mask: Path
+    gt_negative: Path | None
+    caption: str
+    caption_neg: str
+
+
+def list_items(data: Path, *, split: str | None, domains: list[str] | None) -> list[Item]:
+    """Tumor items of a benchmark (manifest.jsonl) or a MedCLIP-SAMv2 folder, sorted by id."""
+    items = []
+    if (data / "manifest.jsonl").is_file():
+        from shared.benchmark import load_manifest
+
+        for it in load_manifest(data):
+            if it.label != "tumor" or (split and it.split != split):
+                continue
+            if domains and it.domain not in domains:
+                continue
+            items.append(Item(it.id, it.image, it.mask, it.gt_negative, it.caption, it.caption_neg))
+    else:
+        for task in list_tasks(data):
+            if domains and task not in domains:
+                continue
+            for s in [split] if split else ["train", "val", "test"]:
+                try:
+                    pairs = list_pairs(data, task, s)
+                except (FileNotFoundError, ValueError):
+                    continue
+                for p in pairs:
+                    stem = Path(p.name).stem.replace(" ", "_")
+                    items.append(Item(f"{task}_{s}_{stem}", p.image_path, p.mask_path, None,
+                                      f"A medical image showing a {task} lesion.",
+                                      DEFAULT_CAPTION_NEG))
+    if not items:
+        raise ValueError(f"{data}: no tumor items found (split={split}, domains={domains})")
+    return sorted(items, key=lambda it: it.id)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--generator", default=None, help="checkpoint dir or hub id (default: embedded)")
+    p.add_argument("--scorers", default="embedded", help="scorer dir, 'embedded', or 'none'")
+    p.add_argument("--split", default=None, help="only this split (default: all)")
+    p.add_argument("--domains", nargs="*", default=None, help="only these domains/tasks")
+    p.add_argument("--num-samples", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--dilation-px", type=int, default=2)
+    p.add_argument("--method", default="diffusion")
+    p.add_argument("--limit", type=int, default=0, help="stop after this many items (0 = all)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    return p.parse_args(argv)
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def process_item(item: Item, args, generator, scorers, out: Path) -> dict:
+    image, mask = read_image(item.image), read_mask(item.mask)
+    region = dilate(mask, args.dilation_px)
+    params = {"steps": args.steps, "strength": float(args.strength),
+              "dilation_px": args.dilation_px, "method": args.method}
+    results = generator.generate([image], [mask], num_samples=args.num_samples, seed=args.seed,
+                                 steps=args.steps, strength=args.strength,
+                                 dilation_px=args.dilation_px, method=args.method)[0]
+    gt = read_image(item.gt_negative) if item.gt_negative is not None else None
+    scores = score_negatives(scorers, [r.image for r in results], [image] * len(results),
+                             [region] * len(results), [gt] * len(results))
+    image_sha = sha256_bytes(Path(item.image).read_bytes())
+    mask_sha = sha256_bytes(Path(item.mask).read_bytes())
+    negatives = []
+    for r, s in zip(results, scores, strict=True):
+        rel = Path("negatives") / f"{item.id}_s{r.seed}.png"
+        write_png(out / rel, r.image)
+        key = content_key(image_sha=image_sha, mask_sha=mask_sha, params=params, seed=r.seed,
+                          checkpoint=generator.checkpoint_hash)
+        negatives.append({"path": str(rel), "seed": r.seed, "scores": s, "content_key": key})
+    ranked = [ranking_score(s) if scorers is not None else 0.0 for s in scores]
+    return {
+        "id": item.id, "image": str(item.image), "mask": str(item.mask),
+        "gt_negative": None if item.gt_negative is None else str(item.gt_negative),
+        "caption": item.caption, "caption_neg": item.caption_neg,
+        "negatives": negatives, "best": int(np.argmax(ranked)), "params": params,
+        "image_sha256": image_sha, "mask_sha256": mask_sha,
+        "checkpoint": generator.checkpoint_hash,
+        "scorers": scorers.checkpoint_hash if scorers is not None else None,
+    }
+
+
+def finalize(items: list[Item], data: Path, out: Path) -> None:
+    """Merge per-item records into manifest.jsonl and dpo_pairs.csv (main process only)."""
+    rows, lines = [], []
+    for it in items:
+        rec_path = out / "records" / f"{it.id}.json"
+        if not rec_path.is_file():
+            continue
+        rec = json.loads(rec_path.read_text())
+        lines.append(json.dumps(rec, sort_keys=True))
+        best = rec["negatives"][rec["best"]]
+        try:
+            pos = str(Path(rec["image"]).resolve().relative_to(data.resolve()))
+        except ValueError:
+            pos = rec["image"]
+        rows.append(DpoRow(pos, best["path"], rec["caption"], rec["caption_neg"]))
+    (out / "manifest.jsonl").write_text("".join(line + "\n" for line in lines))
+    write_dpo_csv(out / "dpo_pairs.csv", rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    from generator.build import load_generator
+
+    state = PartialState()
+    out: Path = args.out
+    (out / "negatives").mkdir(parents=True, exist_ok=True)
+    (out / "records").mkdir(parents=True, exist_ok=True)
+    items = list_items(args.data, split=args.split, domains=args.domains)
+    if args.limit:
+        items = items[: args.limit]
+    mine = items[state.process_index :: state.num_processes]
+    todo = [it for it in mine if not (out / "records" / f"{it.id}.json").is_file()]
+    generator = load_generator(args.generator)
+    scorers = None
+    if args.scorers != "none":
+        scorers = load_scorers(None if args.scorers == "embedded" else args.scorers)
+    for it in tqdm(todo, disable=not state.is_local_main_process, desc="negatives"):
+        record = process_item(it, args, generator, scorers, out)
+        _write_json_atomic(out / "records" / f"{it.id}.json", record)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        finalize(items, args.data, out)
+        print(f"{len(todo)} generated, {len(mine) - len(todo)} skipped on rank 0; "
+              f"{len(items)} items in {out / 'manifest.jsonl'}")
+    state.wait_for_everyone()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # design §7: avoids the occasional gloo teardown abort after the work is done

@@ -1,0 +1,162 @@
+"""Train the frozen scorers on the benchmark's training domains and save them (fp16 safetensors).
+
+``python -m generator.train_scorers --config configs/generator/scorers.yaml``
+
+- ``lesion`` (ranking) and ``audit`` (never used for ranking): tumor (1) vs lesion-free (0),
+  where lesion-free = normals + GT negatives, so the lesion itself is the only cue.
+- ``fill``: input [image, hole]; real tissue in the hole (GT negative / normal, 0) vs a fill (1)
+  from classical fills (biharmonic, push-pull coarse fill, coarse fill + ring-matched noise) and,
+  when ``generator`` is set, samples of that generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from generator.masks import coarse_fill, dilate, place_mask, random_lesion_mask
+from generator.modeling.scorers import build_scorer
+from generator.predictor import _biharmonic
+from generator.scoring import SCORERS_DIR, prepare, save_scorers
+from shared.config import load_config, to_dict
+
+
+@dataclass(frozen=True)
+class ScorerTrainConfig:
+    root: str = "data/bench64"  # benchmark output with manifest.jsonl
+    held_out_domain: str = "chest_xray"  # excluded from training (acceptance numbers)
+    split: str = "train"  # manifest split used
+    steps: int = 300  # optimiser steps per scorer
+    batch_size: int = 32  # images per step
+    lr: float = 2e-3  # AdamW learning rate
+    dilation_px: int = 2  # hole = lesion dilated by this radius (as at inference)
+    n_biharmonic: int = 300  # biharmonic fills to precompute (slow on CPU)
+    generator: str = ""  # optional generator checkpoint whose fills are also "fake" examples
+    n_generator: int = 200  # generator fills to add when `generator` is set
+    seed: int = 0  # data order and init; the audit scorer uses seed + 1
+    out_dir: str = str(SCORERS_DIR)  # where the safetensors go
+
+
+def _items(cfg: ScorerTrainConfig):
+    from shared.benchmark import load_manifest
+    from shared.io import read_image, read_mask
+
+    pos, neg_free, holes = [], [], []
+    for it in load_manifest(cfg.root):
+        if it.domain == cfg.held_out_domain or it.split != cfg.split:
+            continue
+        image = read_image(it.image)
+        image = image if image.ndim == 2 else image.mean(axis=2)
+        if it.label == "tumor":
+            mask = read_mask(it.mask)
+            pos.append(image)
+            gt = read_image(it.gt_negative)
+            neg_free.append(gt if gt.ndim == 2 else gt.mean(axis=2))
+            holes.append(dilate(mask, cfg.dilation_px))
+        else:
+            neg_free.append(image)
+            holes.append(None)
+    return pos, neg_free, holes
+
+
+def _train(model, xs: torch.Tensor, ys: torch.Tensor, cfg: ScorerTrainConfig, seed: int) -> float:
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps)
+    model.train()
+    for _ in range(cfg.steps):
+        idx = torch.randint(0, xs.shape[0], (cfg.batch_size,), generator=g)
+        x = xs[idx]
+        if torch.rand((), generator=g) < 0.5:
+            x = x.flip(-1)
+        k = int(torch.randint(0, 4, (), generator=g))
+        x = torch.rot90(x, k, dims=(-2, -1))
+        loss = F.binary_cross_entropy_with_logits(model(x), ys[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    with torch.no_grad():
+        acc = ((model(xs) > 0).float() == ys).float().mean().item()
+    return acc
+
+
+def fill_examples(cfg: ScorerTrainConfig, neg_free, holes, rng: np.random.Generator):
+    """(real, fake) lists of (image, hole): real tissue vs several kinds of fill in the same holes."""
+    real, fake = [], []
+    templates = [h for h in holes if h is not None]
+    for image, hole in zip(neg_free, holes, strict=True):
+        if hole is None:
+            t = templates[int(rng.integers(len(templates)))] if templates else random_lesion_mask(
+                image.shape, rng, min_radius=3, max_radius=image.shape[0] / 6)
+            placed = place_mask(t, np.zeros_like(t), image > 0.05, rng)
+            hole = t if placed is None else placed
+        real.append((image, hole))
+    order = rng.permutation(len(real))
+    for n, j in enumerate(order):
+        image, hole = real[j]
+        x = torch.from_numpy(image.astype(np.float32))[None, None]
+        h = torch.from_numpy(hole.astype(np.float32))[None, None]
+        coarse = coarse_fill(x, h)[0, 0].numpy()
+        ring = dilate(hole, 4) & ~hole
+        std = float((image - coarse)[ring].std()) if ring.any() else 0.05
+        kind = n % 3
+        if kind == 0 and n // 3 < cfg.n_biharmonic:
+            fill = _biharmonic(image, hole)
+        elif kind == 1:
+            fill = coarse
+        else:
+            fill = np.clip(coarse + rng.normal(0, std, image.shape), 0, 1)
+        fake.append((np.where(hole, fill, image).astype(np.float32), hole))
+    if cfg.generator:
+        from generator.build import load_generator
+
+        gen = load_generator(cfg.generator)
+        for j in order[: cfg.n_generator]:
+            image, hole = real[j]
+            out = gen.generate([image], [hole], seed=int(j), dilation_px=0)[0][0].image
+            fake.append((out, hole))
+    return real, fake
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", type=Path, default=None)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    cfg = load_config(ScorerTrainConfig, args.config, args.overrides)
+    torch.set_num_threads(1)
+    t0 = time.time()
+    pos, neg_free, holes = _items(cfg)
+    models, meta = {}, {"config": to_dict(cfg), "train_accuracy": {}}
+    cls_images = pos + neg_free
+    cls_labels = torch.tensor([1.0] * len(pos) + [0.0] * len(neg_free))
+    for name, seed in (("lesion", cfg.seed), ("audit", cfg.seed + 1)):
+        torch.manual_seed(seed)
+        model = build_scorer(name)
+        xs = prepare(cls_images, None, model.cfg.resolution)
+        meta["train_accuracy"][name] = _train(model, xs, cls_labels, cfg, seed)
+        models[name] = model
+        print(name, meta["train_accuracy"][name], f"{time.time() - t0:.0f}s", flush=True)
+    rng = np.random.default_rng(cfg.seed)
+    real, fake = fill_examples(cfg, neg_free, holes, rng)
+    torch.manual_seed(cfg.seed + 2)
+    model = build_scorer("fill")
+    xs = prepare([r[0] for r in real + fake], [r[1] for r in real + fake], model.cfg.resolution)
+    ys = torch.tensor([0.0] * len(real) + [1.0] * len(fake))
+    meta["train_accuracy"]["fill"] = _train(model, xs, ys, cfg, cfg.seed + 2)
+    models["fill"] = model
+    meta["train_seconds"] = round(time.time() - t0, 1)
+    print("fill", meta["train_accuracy"]["fill"], f"{time.time() - t0:.0f}s", flush=True)
+    save_scorers(cfg.out_dir, models, meta)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+
+from generator.masks import coarse_fill, dilate, disk, paste_back, place_mask, random_lesion_mask
+
+
+def test_disk_is_euclidean_ball():
+    d = disk(2)
+    assert d.shape == (5, 5)
+    assert d.sum() == 13  # lattice points with x²+y² ≤ 4
+    assert not d[0, 0] and d[0, 2] and d[2, 2]
+
+
+def test_dilate_radius_in_pixels():
+    m = np.zeros((21, 21), bool)
+    m[10, 10] = True
+    for r in (0, 1, 3, 5):
+        out = dilate(m, r)
+        ys, xs = np.nonzero(out)
+        assert ys.max() - 10 == r and 10 - xs.min() == r
+        np.testing.assert_array_equal(out[10 - r : 11 + r, 10 - r : 11 + r], disk(r))
+    with pytest.raises(ValueError, match="radius"):
+        dilate(m, -1)
+
+
+def test_paste_back_exact_outside_region():
+    rng = np.random.default_rng(0)
+    orig = rng.random((16, 12, 3)).astype(np.float32)
+    gen = rng.random((16, 12, 3)).astype(np.float32)
+    region = rng.random((16, 12)) > 0.7
+    out = paste_back(orig, gen, region)
+    assert np.array_equal(out[~region], orig[~region])
+    assert np.array_equal(out[region], gen[region])
+    with pytest.raises(ValueError, match="region"):
+        paste_back(orig, gen, region[:-1])
+
+
+def test_coarse_fill_keeps_known_pixels_and_reproduces_planes():
+    torch.manual_seed(0)
+    image = torch.rand(2, 1, 32, 32)
+    hole = torch.zeros(2, 1, 32, 32)
+    hole[:, :, 10:20, 8:22] = 1
+    out = coarse_fill(image, hole)
+    torch.testing.assert_close(out[hole == 0], image[hole == 0], rtol=0, atol=0)
+    const = torch.full((1, 1, 32, 32), 0.3)
+    torch.testing.assert_close(coarse_fill(const * (1 - hole[:1]), hole[:1]), const)
+    # the fill lies within the range of the known values
+    assert out[hole == 1].min() >= image.min() and out[hole == 1].max() <= image.max()
+
+
+def test_place_mask_avoids_lesion_and_stays_on_tissue():
+    rng = np.random.default_rng(0)
+    template = random_lesion_mask((48, 48), rng, min_radius=4, max_radius=6)
+    avoid = np.zeros((48, 48), bool)
+    avoid[:, :24] = True
+    tissue = np.ones((48, 48), bool)
+    for _ in range(5):
+        placed = place_mask(template, avoid, tissue, rng)
+        assert placed is not None
+        assert not (placed & avoid).any()
+        assert abs(int(placed.sum()) - int(template.sum())) <= 0.1 * template.sum()
+    assert place_mask(template, np.ones((48, 48), bool), tissue, rng) is None

@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+
+from generator.build import load_generator
+from generator.masks import dilate
+from generator.predictor import GenerationInputError
+from shared.io import InputError
+
+from .conftest import toy_pair
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_pixel_dir):
+    return load_generator(tiny_pixel_dir)
+
+
+@pytest.mark.parametrize("rgb", [False, True])
+@pytest.mark.parametrize("dilation_px", [0, 3])
+def test_outside_dilated_mask_is_exact(gen, rgb, dilation_px):
+    image, mask = toy_pair(45, 38, rgb=rgb)
+    res = gen.generate([image], [mask], num_samples=2, steps=3, dilation_px=dilation_px)
+    region = dilate(mask, dilation_px)
+    for r in res[0]:
+        assert r.image.shape == image.shape and r.image.dtype == np.float32
+        assert np.array_equal(r.image[~region], image[~region])
+        assert not np.array_equal(r.image[region], image[region])  # the lesion was replaced
+        assert 0.0 <= r.image.min() and r.image.max() <= 1.0
+
+
+def test_deterministic_per_seed_and_independent_of_batch(gen):
+    a, ma = toy_pair(40, 36, seed=0)
+    b, mb = toy_pair(33, 50, seed=1)
+    both = gen.generate([a, b], [ma, mb], num_samples=2, seed=7, steps=3)
+    alone = gen.generate([b], [mb], num_samples=2, seed=7, steps=3)
+    assert [r.seed for r in both[1]] == [7, 8]
+    for k in range(2):
+        assert np.array_equal(both[1][k].image, alone[0][k].image)
+    assert not np.array_equal(both[1][0].image, both[1][1].image)  # samples differ
+    other = gen.generate([b], [mb], num_samples=1, seed=9, steps=3)
+    assert not np.array_equal(other[0][0].image, alone[0][0].image)
+
+
+def test_empty_mask_returns_input_unchanged(gen):
+    image, _ = toy_pair()
+    res = gen.generate([image], [np.zeros(image.shape, bool)], num_samples=1, steps=2)
+    assert np.array_equal(res[0][0].image, image)
+
+
+def test_biharmonic_method_fills_smoothly(gen):
+    image, mask = toy_pair()
+    res = gen.generate([image], [mask], method="biharmonic", dilation_px=1)[0][0]
+    region = dilate(mask, 1)
+    assert res.method == "biharmonic"
+    assert np.array_equal(res.image[~region], image[~region])
+    assert res.image[region].mean() < 0.8  # the 0.9 blob is gone
+
+
+def test_strength_below_one_stays_closer_to_input(gen):
+    image, mask = toy_pair()
+    full = gen.generate([image], [mask], steps=10, strength=1.0)[0][0].image
+    weak = gen.generate([image], [mask], steps=10, strength=0.2)[0][0].image
+    assert np.abs(weak - image)[mask].mean() < np.abs(full - image)[mask].mean()
+
+
+@pytest.mark.parametrize(
+    "kwargs, images, masks, match",
+    [
+        ({}, [np.zeros((8, 8), np.float32)], [np.zeros((8, 9), bool)], "mask 0 is 8x9"),
+        ({}, [np.full((8, 8), 2.0, np.float32)], [np.zeros((8, 8), bool)], "outside"),
+        ({}, [np.zeros((8, 8), np.uint8)], [np.zeros((8, 8), bool)], "dtype"),
+        ({}, [np.zeros((8, 8), np.float32)], [np.full((8, 8), 3)], "not binary"),
+        ({"strength": 0.0}, [np.zeros((8, 8), np.float32)], [np.zeros((8, 8), bool)], "strength"),
+        ({"method": "x"}, [np.zeros((8, 8), np.float32)], [np.zeros((8, 8), bool)], "method"),
+        ({"dilation_px": -1}, [np.zeros((8, 8), np.float32)], [np.zeros((8, 8), bool)], "dilation"),
+        ({}, [np.zeros((8, 8), np.float32)], [], "1 images but 0 masks"),
+    ],
+)
+def test_bad_input_raises_named_value_error(gen, kwargs, images, masks, match):
+    with pytest.raises(GenerationInputError, match=match) as err:
+        gen.generate(images, masks, **kwargs)
+    assert isinstance(err.value, InputError) and isinstance(err.value, ValueError)
+
+
+def test_checkpoint_hash_tracks_weights(tiny_pixel_dir, tmp_path):
+    import shutil
+
+    g1 = load_generator(tiny_pixel_dir)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_pixel_dir, copy)
+    assert load_generator(copy).checkpoint_hash == g1.checkpoint_hash
+    cfg = copy / "generator_config.json"
+    cfg.write_text(cfg.read_text().replace('"eta": 1.0', '"eta": 0.5'))
+    assert load_generator(copy).checkpoint_hash != g1.checkpoint_hash
+
+
+def test_embedded_default_loads():
+    gen = load_generator()
+    assert gen.backend.name == "pixel" and len(gen.checkpoint_hash) == 64
