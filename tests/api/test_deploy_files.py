@@ -125,3 +125,14 @@ def test_settings_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("NEG_API_MAX_BATCH", "0")
     with pytest.raises(ValueError, match="max_batch"):
         Settings()
+
+
+def test_uvicorn_import_string_builds_the_app(monkeypatch, tmp_path):
+    """`uvicorn api.main:app` resolves to an app configured from the environment."""
+    from fastapi import FastAPI
+    from uvicorn.importer import import_from_string
+
+    monkeypatch.setenv("NEG_API_STORE_DIR", str(tmp_path))
+    monkeypatch.setenv("NEG_API_MAX_BATCH", "5")
+    app = import_from_string("api.main:app")
+    assert isinstance(app, FastAPI) and app.state.settings.max_batch == 5
