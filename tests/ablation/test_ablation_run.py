@@ -1,0 +1,86 @@
+"""Tiny end-to-end run of the ablation runner: 2 variants, 1 seed, 3 images, 2 training steps."""
+
+import json
+
+import pytest
+
+from finetune.ablation import (
+    CachedEncoder,
+    cached_segmenter,
+    load_ablation_config,
+    run_ablation,
+)
+from shared.benchmark import build_benchmark
+from shared.config import ConfigError
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    build_benchmark(out, domains=("breast_us", "chest_xray"), n_per_domain=8, size=64, seed=0)
+    return out
+
+
+def test_config_rejects_unknown_variant():
+    with pytest.raises(ConfigError, match="unknown"):
+        load_ablation_config({"variants": ["none", "stage3"]})
+
+
+def test_presets_load():
+    full = load_ablation_config("configs/ablation/full.yaml")
+    assert len(full.variants) == 8 and len(full.seeds) >= 3 and full.n_positives >= 150
+    small = load_ablation_config("configs/ablation/small.yaml")
+    assert len(small.seeds) <= 2 and small.n_positives <= 50
+
+
+def test_cached_encoder_runs_once_per_input():
+    import torch
+
+    enc = CachedEncoder(torch.nn.Conv2d(3, 2, 1))
+    x = torch.rand(1, 3, 4, 4)
+    y1, y2 = enc(x), enc(x.clone())
+    assert enc.calls == 1 and y1 is y2
+    enc(x + 1)
+    assert enc.calls == 2
+
+
+@pytest.mark.slow  # ~60 s on the shared 2-core machine (LiteMedSAM load, 2 M2IB passes, training)
+def test_tiny_end_to_end(tiny_bench, tmp_path, monkeypatch):
+    import finetune.ablation as ablation
+
+    segmenters = []
+
+    def counting_segmenter(checkpoint=""):
+        segmenters.append(cached_segmenter(checkpoint))
+        return segmenters[-1]
+
+    monkeypatch.setattr(ablation, "cached_segmenter", counting_segmenter)
+    cfg = load_ablation_config({
+        "bench": str(tiny_bench), "output_dir": str(tmp_path / "abl"),
+        "table_path": str(tmp_path / "table.md"), "variants": ["none", "control"],
+        "seeds": [0], "n_positives": 3, "steps": 2, "batch_size": 4, "warmup_steps": 1,
+        "train_max_items": 8, "n_resamples": 100,
+        "negatives_cache_dir": str(tmp_path / "neg"),
+        "m2ib": {"layer": 3, "beta": 0.1, "steps": 2, "num_samples": 2, "batch_size": 4},
+    })
+    report = run_ablation(cfg)
+    text = report.read_text()
+    assert (tmp_path / "table.md").read_text() == text
+    rows = json.loads((tmp_path / "abl" / "rows.json").read_text())
+    got = {(r["variant"], r["metric"]) for r in rows}
+    metrics = {"dice", "iou", "nsd", "pointing", "silhouette", "auroc"}
+    assert got == ({("oracle box (GT)", m) for m in ("dice", "iou", "nsd")}
+                   | {(v, m) for v in ("none", "control") for m in metrics})
+    for r in rows:
+        if r["variant"] == "control":
+            assert r["delta"]["control"] == [0.0, 0.0, 0.0]  # a variant against itself
+            assert set(r["delta"]) == {"none", "control"}
+        if r["variant"] == "none":
+            assert r["delta"]["none"] == [0.0, 0.0, 0.0]
+    assert "| control | dice |" in text and "| oracle box (GT) | dice |" in text
+    # each image encoded once by LiteMedSAM across the oracle pass and both models
+    assert segmenters[0].model.image_encoder.calls == 3
+    assert (tmp_path / "abl" / "train" / "control" / "seed0" / "model").is_dir()
+    # a rerun finds every result done and only re-renders
+    assert run_ablation(cfg) == report
+    assert segmenters[1].model.image_encoder.calls == 0  # nothing recomputed

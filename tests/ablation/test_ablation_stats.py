@@ -1,0 +1,72 @@
+"""Statistics of the ablation table: AUROC closed form, paired CIs, table rows."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from finetune.ablation_report import auroc, build_rows, paired_auroc_ci, render_table
+
+
+def _run(rng, n_pos=20, n_neg=30, shift=0.0):
+    return {"dice": rng.uniform(size=n_pos).tolist(), "iou": rng.uniform(size=n_pos).tolist(),
+            "nsd": rng.uniform(size=n_pos).tolist(),
+            "pointing": rng.integers(0, 2, n_pos).astype(float).tolist(),
+            "silhouette": rng.uniform(-1, 1, n_pos).tolist(),
+            "p_pos": (rng.uniform(size=n_pos) + shift).tolist(),
+            "p_neg": rng.uniform(size=n_neg).tolist()}
+
+
+def test_auroc_matches_sklearn_with_ties():
+    rng = np.random.default_rng(0)
+    pos, neg = rng.integers(0, 5, 40) / 4, rng.integers(0, 5, 60) / 4  # many ties
+    want = roc_auc_score(np.r_[np.ones(40), np.zeros(60)], np.r_[pos, neg])
+    assert auroc(pos, neg) == pytest.approx(want, abs=1e-12)
+
+
+def test_paired_auroc_self_is_exactly_zero_and_point_is_difference():
+    rng = np.random.default_rng(1)
+    a = [(rng.uniform(size=15) + 0.3, rng.uniform(size=25)) for _ in range(2)]
+    b = [(rng.uniform(size=15), rng.uniform(size=25))]
+    assert paired_auroc_ci(a, a, n_resamples=200) == (0.0, 0.0, 0.0)
+    diff, lo, hi = paired_auroc_ci(a, b, n_resamples=500)
+    want = np.mean([auroc(*s) for s in a]) - auroc(*b[0])
+    assert diff == pytest.approx(want, abs=1e-12)
+    assert lo <= diff <= hi
+
+
+def test_paired_auroc_bootstrap_resample_equals_direct_auroc():
+    # a single resample's weighted kernel mean must equal the AUROC of the resampled scores
+    rng = np.random.default_rng(2)
+    pos, neg = rng.uniform(size=12), rng.uniform(size=9)
+    ip, jn = rng.integers(0, 12, 12), rng.integers(0, 9, 9)
+    wp, wn = np.bincount(ip, minlength=12), np.bincount(jn, minlength=9)
+    k = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    assert wp @ k @ wn / (12 * 9) == pytest.approx(auroc(pos[ip], neg[jn]), abs=1e-12)
+
+
+def test_paired_auroc_rejects_unpaired_inputs():
+    a = [(np.zeros(3), np.zeros(4))]
+    with pytest.raises(ValueError, match="same positives"):
+        paired_auroc_ci(a, [(np.zeros(3), np.zeros(5))])
+
+
+def test_rows_self_delta_zero_and_seed_averaging():
+    rng = np.random.default_rng(3)
+    results = {"none": {0: _run(rng)}, "control": {0: _run(rng), 1: _run(rng)},
+               "stage1+2": {0: _run(rng, shift=0.5)}}
+    oracle = {"dice": [0.9, 0.8], "iou": [0.8, 0.7], "nsd": [1.0, 0.9]}
+    rows = build_rows(results, oracle, n_resamples=200)
+    by = {(r["variant"], r["metric"]): r for r in rows}
+    assert by[("oracle box (GT)", "dice")]["mean"] == pytest.approx(0.85)
+    for m in ("dice", "iou", "nsd", "pointing", "silhouette", "auroc"):
+        assert by[("none", m)]["delta"]["none"] == (0.0, 0.0, 0.0)
+        assert by[("control", m)]["delta"]["control"] == (0.0, 0.0, 0.0)
+    # control vs none on Dice: per-image mean over the two seeds, minus none's
+    ctrl = (np.asarray(results["control"][0]["dice"]) + results["control"][1]["dice"]) / 2
+    want = float(np.mean(ctrl - np.asarray(results["none"][0]["dice"])))
+    assert by[("control", "dice")]["delta"]["none"][0] == pytest.approx(want, abs=1e-12)
+    assert len(by[("control", "auroc")]["seeds"]) == 2
+    assert by[("stage1+2", "auroc")]["delta"]["none"][0] > 0  # shifted positive scores
+    table = render_table(rows)
+    assert table.count("\n") == len(rows) + 1
+    assert "| control | dice |" in table
