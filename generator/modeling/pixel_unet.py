@@ -17,6 +17,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from generator.masks import coarse_fill
 
+ETA_MAX = 0.999  # see sample(): η = 1 exactly can produce NaN in diffusers' DDIM step
+
 
 @dataclass(frozen=True)
 class PixelUNetConfig:
@@ -140,8 +142,11 @@ def sample(
         timesteps = timesteps[-n_keep:]
         r_init = residual_target(init, cond, cfg)
         x = scheduler.add_noise(r_init, x, timesteps[:1].repeat(b))
+    # At η = 1 diffusers' DDIM direction term sqrt(1 − ᾱ_prev − σ²) is 0 in exact arithmetic and
+    # can round to −1e-8 in float32 (NaN on the first step from t = 999); cap η just below 1.
+    eta = min(cfg.eta, ETA_MAX)
     for t in timesteps:
         out = unet(model_input(x, cond), t).sample
-        step_noise = noise() if cfg.eta > 0 else None
-        x = scheduler.step(out, t, x, eta=cfg.eta, variance_noise=step_noise).prev_sample
+        step_noise = noise() if eta > 0 else None
+        x = scheduler.step(out, t, x, eta=eta, variance_noise=step_noise).prev_sample
     return compose(x, cond, cfg)
