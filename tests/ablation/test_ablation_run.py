@@ -33,15 +33,19 @@ def test_presets_load():
     assert len(small.seeds) <= 2 and small.n_positives <= 50
 
 
-def test_cached_encoder_runs_once_per_input():
+def test_cached_encoder_runs_once_per_input(tmp_path):
     import torch
 
-    enc = CachedEncoder(torch.nn.Conv2d(3, 2, 1))
+    conv = torch.nn.Conv2d(3, 2, 1)
+    enc = CachedEncoder(conv, tmp_path)
     x = torch.rand(1, 3, 4, 4)
     y1, y2 = enc(x), enc(x.clone())
     assert enc.calls == 1 and y1 is y2
     enc(x + 1)
     assert enc.calls == 2
+    fresh = CachedEncoder(conv, tmp_path)  # another process: read from disk, no forward
+    torch.testing.assert_close(fresh(x), y1, rtol=0, atol=0)
+    assert fresh.calls == 0
 
 
 @pytest.mark.slow  # ~60 s on the shared 2-core machine (LiteMedSAM load, 2 M2IB passes, training)
@@ -50,8 +54,8 @@ def test_tiny_end_to_end(tiny_bench, tmp_path, monkeypatch):
 
     segmenters = []
 
-    def counting_segmenter(checkpoint=""):
-        segmenters.append(cached_segmenter(checkpoint))
+    def counting_segmenter(checkpoint="", cache_dir=""):
+        segmenters.append(cached_segmenter(checkpoint, cache_dir))
         return segmenters[-1]
 
     monkeypatch.setattr(ablation, "cached_segmenter", counting_segmenter)
