@@ -38,7 +38,8 @@ from generator.scoring import SCORERS_DIR, load_scorers, prepare, save_scorers
 from shared.config import load_config
 
 SMALL_REFERENCE = {  # overrides of generator.train.TrainConfig for the fallback reference
-    "model": {"block_out_channels": [16, 32, 64, 64], "norm_num_groups": 8},
+    # eta 0.99: DDIM at η=1 gives NaN at t=999 (√ of a rounding-negative term, cosine schedule)
+    "model": {"block_out_channels": [16, 32, 64, 64], "norm_num_groups": 8, "eta": 0.99},
     "optim": {"steps": 500, "batch_size": 8, "lr": 5e-4, "warmup_steps": 50,
               "checkpoint_every": 10000, "log_every": 50, "mixed_precision": "no"},
 }
