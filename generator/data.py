@@ -22,7 +22,7 @@ from generator.masks import dilate, place_mask, random_lesion_mask
 @dataclass(frozen=True)
 class DataConfig:
     root: str = "data/bench64"  # benchmark output (manifest.jsonl), made by python -m shared.benchmark
-    held_out_domain: str = "retina"  # never trained on; the acceptance numbers use it
+    held_out_domain: str = "chest_xray"  # never trained on; the acceptance numbers use it
     train_domains: tuple[str, ...] = ()  # empty → every manifest domain except held_out_domain
     split: str = "train"  # manifest split to train on
     p_self_supervised: float = 0.3  # share of tumor items used self-supervised (normals always are)
@@ -86,13 +86,15 @@ class ReferenceDataset(torch.utils.data.Dataset):
         supervised = rec.gt_negative is not None and rec.mask.any()
         if supervised and rng.random() < self.cfg.p_self_supervised:
             supervised = False
-        hole = None
+        hole = None if supervised else self._self_supervised_hole(rec)
+        if hole is None and rec.gt_negative is not None and rec.mask.any():
+            supervised = True  # no healthy spot for a self-supervised hole: use the GT instead
         if supervised:
             hole = dilate(rec.mask, int(rng.integers(0, self.cfg.max_dilation_px + 1)))
             target = rec.gt_negative
             tumor = np.zeros_like(hole)
         else:
-            hole = self._self_supervised_hole(rec)
+            hole = hole if hole is not None else rec.mask.copy()
             target = rec.image
             tumor = rec.mask & ~hole
         w = self.weights
@@ -105,7 +107,7 @@ class ReferenceDataset(torch.utils.data.Dataset):
         t = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None] for a in arrays]
         return {"image": t[0], "hole": t[1], "target": t[2], "weight": t[3]}
 
-    def _self_supervised_hole(self, rec: Record) -> np.ndarray:
+    def _self_supervised_hole(self, rec: Record) -> np.ndarray | None:
         rng = self.rng
         shape = rec.image.shape
         if self.templates and rng.random() < 0.7:
@@ -120,6 +122,6 @@ class ReferenceDataset(torch.utils.data.Dataset):
         placed = place_mask(template, avoid, tissue, rng)
         if placed is None:
             placed = place_mask(template, avoid, np.ones_like(tissue), rng)
-        if placed is None:  # a lesion covering the frame: fall back to the lesion itself
-            placed = rec.mask.copy() if rec.mask.any() else template
-        return placed
+        if placed is None and not rec.mask.any():
+            placed = template
+        return placed  # None: no lesion-free placement (the caller falls back to supervision)
