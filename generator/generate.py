@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from generator.masks import dilate
-from generator.scoring import load_scorers, ranking_score, score_negatives
+from generator.scoring import SCORERS_DIR, load_scorers, ranking_score, score_negatives
 from shared.datasets import DpoRow, list_pairs, list_tasks, write_dpo_csv
 from shared.io import read_image, read_mask, write_png
 from shared.provenance import content_key, sha256_bytes
@@ -174,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     todo = [it for it in mine if not (out / "records" / f"{it.id}.json").is_file()]
     generator = load_generator(args.generator)
     scorers = None
-    if args.scorers != "none":
+    if args.scorers == "embedded" and not (SCORERS_DIR / "lesion.safetensors").is_file():
+        print(f"warning: no embedded scorers in {SCORERS_DIR}; negatives are not ranked",
+              file=sys.stderr)
+    elif args.scorers != "none":
         scorers = load_scorers(None if args.scorers == "embedded" else args.scorers)
     for it in tqdm(todo, disable=not state.is_local_main_process, desc="negatives"):
         record = process_item(it, args, generator, scorers, out)
