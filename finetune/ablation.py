@@ -226,23 +226,32 @@ def evaluate_model(cfg: AblationConfig, bundle: ClipBundle, data: EvalSet, segme
     return out
 
 
-def train_variant(cfg: AblationConfig, variant: str, seed: int) -> str:
-    """Train one variant with one seed (reusing a finished export); returns its model source."""
+def variant_run(cfg: AblationConfig, variant: str, seed: int) -> tuple[Path, list[str], Path]:
+    """``(training config, overrides, output dir)`` of one trained variant and seed: the exact
+    run :func:`train_variant` makes (the demo launches the same run through accelerate)."""
     spec = VARIANTS[variant]
     if spec is None:
-        return resolve_model_source(cfg.base_model)
+        raise ValueError(f"variant {variant!r} is not trained")
     name, extra = spec
     out = Path(cfg.output_dir) / "train" / variant / f"seed{seed}"
+    overrides = [
+        f"model={cfg.base_model}", f"data.root={cfg.bench}", f"output_dir={out}",
+        f"seed={seed}", f"batch_size={cfg.batch_size}", f"optim.max_steps={cfg.steps}",
+        f"optim.warmup_steps={cfg.warmup_steps}", "data.include_normals=false",
+        f"data.held_out_domains=[{cfg.domain}]", f"data.max_items={cfg.train_max_items}",
+        f"negatives.cache_dir={cfg.negatives_cache_dir}", "resume=auto",
+        "checkpoint_every=0", "num_threads=1", *cfg.train_overrides, *extra,
+    ]
+    return REPO / "configs" / "embedded" / name, overrides, out
+
+
+def train_variant(cfg: AblationConfig, variant: str, seed: int) -> str:
+    """Train one variant with one seed (reusing a finished export); returns its model source."""
+    if VARIANTS[variant] is None:
+        return resolve_model_source(cfg.base_model)
+    config_path, overrides, out = variant_run(cfg, variant, seed)
     if not (out / EXPORT).is_dir():
-        overrides = [
-            f"model={cfg.base_model}", f"data.root={cfg.bench}", f"output_dir={out}",
-            f"seed={seed}", f"batch_size={cfg.batch_size}", f"optim.max_steps={cfg.steps}",
-            f"optim.warmup_steps={cfg.warmup_steps}", "data.include_normals=false",
-            f"data.held_out_domains=[{cfg.domain}]", f"data.max_items={cfg.train_max_items}",
-            f"negatives.cache_dir={cfg.negatives_cache_dir}", "resume=auto",
-            "checkpoint_every=0", "num_threads=1", *cfg.train_overrides, *extra,
-        ]
-        train(load_train_config(REPO / "configs" / "embedded" / name, overrides))
+        train(load_train_config(config_path, overrides))
         shutil.rmtree(out / "checkpoints", ignore_errors=True)  # keep only the export
     return f"local-dir:{out / EXPORT}"
 
@@ -281,6 +290,23 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
     return report
 
 
+# fields that may change between runs sharing an output_dir (the rest define the results)
+_RESUMABLE = ("variants", "seeds", "table_path", "n_resamples", "embedding_cache_dir")
+
+
+def _check_same_setup(cfg: AblationConfig, path: Path) -> None:
+    """Refuse to mix results of different setups in one output_dir; record the setup."""
+    new = json.loads(json.dumps(to_dict(cfg)))
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(new)
+                      if k not in _RESUMABLE and old.get(k) != new.get(k))
+        if diff:
+            raise ConfigError(f"{path.parent} holds results of another setup (differs in {diff}); "
+                              "use another output_dir")
+    path.write_text(json.dumps(new, indent=2) + "\n")
+
+
 def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
                  oracle_only: bool = False) -> Path:
     """Train and evaluate every (variant, seed) not yet done; returns the report path.
@@ -289,7 +315,7 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
     out = Path(cfg.output_dir)
     results_dir = out / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
-    (out / "ablation_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    _check_same_setup(cfg, out / "ablation_config.json")
     timings_path = out / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     data = load_eval_set(cfg)
