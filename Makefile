@@ -29,7 +29,7 @@ test-fast: install
 	$(BIN)/pytest -m "not slow"
 
 demo: install
-	$(BIN)/python -m shared.benchmark --out data/benchmark --n-per-domain 20 --size 224 --seed 0 --preview
+	$(BIN)/python -m demo
 
 lint: install
 	$(BIN)/ruff check .

@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,6 +167,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # timm/MONAI deprecation notices
     base = SMOKE if args.smoke else DemoConfig()
     cfg = load_config(DemoConfig, to_dict(base), args.overrides)
     report = run(cfg)

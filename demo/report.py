@@ -43,6 +43,7 @@ def _overlays_and_tsne(cfg, out: Path, ablation_dir: Path, items: list[Benchmark
     pairs = [Pair(f"{it.id}.png", it.image, it.mask) for it in shown]
     prompts = PromptSet((), {f"{it.id}.png": (it.caption,) for it in shown})
     overlays = []
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
     for name, bundle in bundles.items():
         tag = name.replace(" ", "_").replace("+", "")
 

@@ -23,6 +23,8 @@ version resamples image indices, as one must when two methods are scored on the 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from monai.metrics import compute_surface_dice
@@ -69,7 +71,11 @@ def nsd(pred: np.ndarray, gt: np.ndarray, tolerance_px: float = 2.0) -> float:
         return 0.0
     p = torch.from_numpy(pred)[None, None].float()
     g = torch.from_numpy(gt)[None, None].float()
-    value = compute_surface_dice(p, g, class_thresholds=[float(tolerance_px)], include_background=True)
+    with warnings.catch_warnings():  # MONAI 1.6 warns about its own deprecated internal argument
+        warnings.simplefilter("ignore", FutureWarning)
+        value = compute_surface_dice(
+            p, g, class_thresholds=[float(tolerance_px)], include_background=True
+        )
     return float(value.item())
 
 
