@@ -141,6 +141,7 @@ def run(cfg: DemoConfig) -> Path:
         sheet, sheet_stats = negatives_sheet(
             url, sheet_items, out / "negatives_sheet.png", cache_dir=out / "negatives_cache",
             seed=cfg.seed)
+        (out / "negatives_sheet.json").write_text(json.dumps(sheet_stats, indent=1) + "\n")
         _log("service: stopping")
     timings["service + stage1+2 training"] = time.perf_counter() - t
 

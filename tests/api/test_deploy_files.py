@@ -14,9 +14,6 @@ from api.settings import ENV_PREFIX, Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
-# Paths the compose file uses that other issues have not delivered yet. When one lands, its
-# xfail below starts to XPASS: delete it from this list and it becomes a hard check.
-PENDING_PATHS: set[str] = set()  # configs/gpu/finetune_biomedclip.yaml landed: now a hard check
 
 
 def _interpolate(value: str) -> str:
@@ -88,17 +85,22 @@ def test_trainer_waits_for_a_healthy_generator_and_uses_its_url():
     assert _gpu_reserved(svc)
 
 
-def test_trainer_paths_that_exist_now():
-    for path in _repo_paths_in_command(COMPOSE["services"]["trainer"]["command"]):
-        if path not in PENDING_PATHS:
-            assert (ROOT / path).is_file(), f"docker-compose.yml uses {path}, which is missing"
+def test_trainer_config_exists():
+    paths = _repo_paths_in_command(COMPOSE["services"]["trainer"]["command"])
+    assert paths == ["finetune/run.py", "configs/gpu/finetune_biomedclip.yaml"]
+    for path in paths:
+        assert (ROOT / path).is_file(), f"docker-compose.yml uses {path}, which is missing"
 
 
-@pytest.mark.parametrize("path", sorted(PENDING_PATHS))
-def test_trainer_paths_not_yet_delivered(path):
-    if not (ROOT / path).is_file():
-        pytest.xfail(f"{path} is written by another issue later; then drop it from PENDING_PATHS")
-    assert path in _repo_paths_in_command(COMPOSE["services"]["trainer"]["command"])
+def test_evaluator_runs_the_evaluation_cli_with_options_it_has():
+    from finetune.evaluation.cli import parse_args
+
+    svc = COMPOSE["services"]["evaluator"]
+    assert svc["profiles"] == ["eval"] and _gpu_reserved(svc)
+    command = [_interpolate(a) for a in svc["command"]]
+    assert command[:3] == ["python", "-m", "finetune.evaluate"]
+    args = parse_args(command[3:])  # every option exists and parses
+    assert args.segmenter == "sam_vit_h" and args.device == "cuda" and args.preset == "breast"
 
 
 def test_dockerfile_copies_existing_paths_and_sets_known_settings():

@@ -1,0 +1,32 @@
+"""The main job end to end at smoke size: benchmark, live service, accelerate-launched Stage 1+2
+over HTTP, small ablation, report (CI runs this; the full-size demo is `make demo`)."""
+
+import json
+
+import pytest
+
+from demo.__main__ import main
+
+
+@pytest.mark.slow
+def test_demo_smoke_end_to_end(tmp_path, capsys):
+    out, bench = tmp_path / "demo", tmp_path / "bench"
+    assert main(["--smoke", f"out={out}", f"bench={bench}"]) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.md'}" in printed
+    report = (out / "report.md").read_text()
+    for section in ("Negatives from the generator service", "Small ablation", "overlays", "t-SNE"):
+        assert section in report
+    summary = (out / "summary.txt").read_text()
+    for row in ("oracle box (GT)", "none", "control", "stage1+2"):
+        assert row in summary
+    # negatives came over HTTP and are exact outside the dilated mask
+    stats = json.loads((out / "negatives_sheet.json").read_text())
+    assert stats and all(s["outside_mask_max_diff"] == 0 for s in stats)
+    assert list((out / "negatives_cache").rglob("*.png"))
+    figures = json.loads((out / "figures.json").read_text())
+    assert all((out / p).is_file() for p in figures["overlays"] + figures["tsne_pngs"])
+    # the stage1+2 model was trained by the accelerate-launched run and reused by the ablation
+    assert (out / "ablation" / "train" / "stage1+2" / "seed0" / "model").is_dir()
+    rows = json.loads((out / "ablation" / "rows.json").read_text())
+    assert {r["variant"] for r in rows} == {"oracle box (GT)", "none", "control", "stage1+2"}
