@@ -21,7 +21,9 @@ from generator.masks import coarse_fill, dilate, paste_back
 from shared.io import InputError
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 weights for RGB → gray
-METHODS = ("diffusion", "biharmonic")  # biharmonic: scikit-image's classical fill, the baseline
+# biharmonic: scikit-image's classical fill, the baseline; latent-boundary: a classifier-boundary
+# step in a small VAE's latent (generator.latent_boundary), needs its weights
+METHODS = ("diffusion", "biharmonic", "latent-boundary")
 
 
 class GenerationInputError(InputError):
@@ -155,6 +157,8 @@ class NegativeGenerator:
             for i, ((image, _), region) in enumerate(zip(pairs, regions, strict=True)):
                 fill = _biharmonic(image, region)
                 fills[i] = [fill] * num_samples
+        elif method == "latent-boundary":
+            fills = _latent_boundary_fills(pairs, num_samples, seed=seed, dilation_px=dilation_px)
         else:
             rows = [(i, k) for i in range(len(pairs)) for k in range(num_samples)]
             rows = [(i, k) for i, k in rows if regions[i].any()]
@@ -213,3 +217,33 @@ def _biharmonic(image: np.ndarray, region: np.ndarray) -> np.ndarray:
         return image.copy()
     axis = None if image.ndim == 2 else -1
     return np.clip(inpaint_biharmonic(image, region, channel_axis=axis), 0, 1).astype(np.float32)
+
+
+def _latent_boundary_fills(
+    pairs: list[tuple[np.ndarray, np.ndarray]], num_samples: int, *, seed: int, dilation_px: int
+) -> list[list[np.ndarray]]:
+    """Latent-boundary fills [image][sample]; grayscale via LUMA, RGB gets the gray change added.
+
+    Sample k uses seed ``seed + k``. Raises GenerationInputError when no latent weights exist.
+    """
+    from generator.latent_boundary import LATENT_DIR, generate_latent_boundary, load_latent
+
+    try:
+        models = load_latent(LATENT_DIR)
+    except FileNotFoundError as e:
+        raise GenerationInputError(
+            f"method 'latent-boundary' needs the latent VAE + classifier weights under "
+            f"{LATENT_DIR} (missing: {e}); train them with python -m generator.latent_boundary"
+        ) from e
+    grays = [image if image.ndim == 2 else image @ LUMA for image, _ in pairs]
+    masks = [m for _, m in pairs]
+    fills: list[list[np.ndarray]] = [[] for _ in pairs]
+    for k in range(num_samples):
+        outs = generate_latent_boundary(grays, masks, seed=seed + k, dilation_px=dilation_px,
+                                        models=models)
+        for i, ((image, _), gray, out) in enumerate(zip(pairs, grays, outs, strict=True)):
+            if image.ndim == 2:
+                fills[i].append(out)
+            else:
+                fills[i].append(np.clip(image + (out - gray)[..., None], 0.0, 1.0).astype(np.float32))
+    return fills

@@ -1,6 +1,6 @@
 """Train the generator: ``accelerate launch generator/train.py --config FILE --stage reference``.
 
-Stages (a registry, so the DPO stage plugs in beside ``reference``):
+Stages (a registry; ``--stage dpo`` dispatches to ``generator.dpo.main`` with its own config):
 - ``reference``: the pixel UNet learns to fill holes with healthy tissue (``generator.data``),
   region-weighted diffusion loss (``generator.losses.reference_loss``), EMA weights exported with
   ``save_pretrained`` at the end. accelerate ``save_state`` checkpoints every
@@ -66,7 +66,7 @@ class TrainConfig:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", type=Path, default=None, help="YAML file for TrainConfig")
-    p.add_argument("--stage", choices=sorted(STAGES), default="reference")
+    p.add_argument("--stage", choices=sorted([*STAGES, "dpo"]), default="reference")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the config")
     return p.parse_args(argv)
@@ -244,10 +244,17 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return flat
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
+    if args.stage == "dpo":  # its own config type (generator.dpo.DpoConfig) and loop
+        from generator.dpo import main as dpo_main
+
+        return dpo_main(
+            (["--config", str(args.config)] if args.config else []) + list(args.overrides)
+        )
     cfg = load_config(TrainConfig, args.config, args.overrides)
     STAGES[args.stage](cfg, args)
+    return None
 
 
 if __name__ == "__main__":
