@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from generator.masks import coarse_fill, dilate, disk, paste_back, place_mask, random_lesion_mask
+from generator.masks import (
+    coarse_fill,
+    dilate,
+    disk,
+    harmonic_fill,
+    paste_back,
+    place_mask,
+    random_lesion_mask,
+)
 
 
 def test_disk_is_euclidean_ball():
@@ -61,3 +69,19 @@ def test_place_mask_avoids_lesion_and_stays_on_tissue():
         assert not (placed & avoid).any()
         assert abs(int(placed.sum()) - int(template.sum())) <= 0.1 * template.sum()
     assert place_mask(template, np.ones((48, 48), bool), tissue, rng) is None
+
+
+def test_harmonic_fill_reproduces_planes_and_keeps_known_pixels():
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    plane = (0.1 + 0.02 * xx + 0.01 * yy)[None, None]  # discrete-harmonic: the exact solution
+    hole = torch.zeros(1, 1, 32, 32)
+    hole[:, :, 10:18, 9:17] = 1
+    out = harmonic_fill(plane * (1 - hole), hole, iters=400)
+    torch.testing.assert_close(out, plane, rtol=0, atol=1e-4)
+    coarse_err = (coarse_fill(plane * (1 - hole), hole) - plane).abs().max()
+    assert coarse_err > 1e-2  # push-pull alone is not exact: the sweeps do the work
+    torch.testing.assert_close(harmonic_fill(plane, hole, iters=0), coarse_fill(plane, hole))
+    image = torch.rand(2, 3, 32, 32)
+    out = harmonic_fill(image, hole.expand(2, 1, 32, 32), iters=5)
+    known = hole.expand(2, 3, 32, 32) == 0
+    torch.testing.assert_close(out[known], image[known], rtol=0, atol=0)
