@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["generator", "dpo", "service", "stage1", "m2ib", "trainer", "demo"]
+ORDER = ["demo", "generator", "dpo", "service", "stage1", "m2ib", "trainer", "ablation"]
 
 
 def collect(results_dir: Path = HERE / "results", out: Path = HERE / "RESULTS.md") -> Path:
