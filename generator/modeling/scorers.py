@@ -29,7 +29,13 @@ SCORER_CONFIGS = {
 
 
 class ConvScorer(nn.Module):
-    """Conv(k)-GroupNorm-SiLU stages with stride 2, global average + max pool, linear → logit (B,)."""
+    """Conv(k)-GroupNorm-SiLU stages with stride 2, a 1×1 conv to a coarse logit map, max → logit.
+
+    The map (one logit per output cell, side R / 2^stages) can be trained densely against the
+    lesion / hole mask pooled to that grid (generator.train_scorers): image-level labels alone
+    made these small nets collapse to the majority class within a CPU budget. The image logit is
+    the map's maximum (multiple-instance pooling: an image is positive if any cell is).
+    """
 
     def __init__(self, cfg: ScorerConfig):
         super().__init__()
@@ -44,14 +50,16 @@ class ConvScorer(nn.Module):
             ]
             c = w
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(2 * c, 1)
+        self.head = nn.Conv2d(c, 1, 1)
         self.cfg = cfg
 
+    def logit_map(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, in_channels, R, R) in [0,1] → per-cell logits (B, R/2^n, R/2^n)."""
+        return self.head(self.features(x * 2 - 1))[:, 0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, in_channels, R, R) in [0,1] → logits (B,)."""
-        f = self.features(x * 2 - 1)
-        pooled = torch.cat([f.mean((2, 3)), f.amax((2, 3))], dim=1)
-        return self.head(pooled)[:, 0]
+        """x: (B, in_channels, R, R) in [0,1] → image logits (B,) = max over the logit map."""
+        return self.logit_map(x).amax((1, 2))
 
 
 def build_scorer(kind: str) -> ConvScorer:
