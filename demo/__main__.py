@@ -74,9 +74,13 @@ def build_bench(cfg: DemoConfig) -> Path:
 def ablation_config(cfg: DemoConfig, out: Path):
     """The small ablation the demo runs (configs/ablation/small.yaml, resized to the demo)."""
     from finetune.ablation import load_ablation_config
+    from generator.build import DEFAULT_CHECKPOINT, hash_directory
 
+    # Trained models are reused by path: keying the folder by the generator checkpoint makes a
+    # new generator (new negatives) retrain instead of silently reusing old results.
+    ablation_dir = out / f"ablation-gen{hash_directory(DEFAULT_CHECKPOINT)[:10]}"
     return load_ablation_config(REPO / "configs" / "ablation" / "small.yaml", [
-        f"bench={REPO / cfg.bench}", f"output_dir={out / 'ablation'}", f"steps={cfg.steps}",
+        f"bench={REPO / cfg.bench}", f"output_dir={ablation_dir}", f"steps={cfg.steps}",
         f"batch_size={cfg.batch_size}", f"warmup_steps={max(1, cfg.steps // 10)}",
         f"n_positives={cfg.n_eval}", f"seeds=[{cfg.seed}]",
         f"negatives_cache_dir={out / 'negatives_cache'}",

@@ -84,7 +84,7 @@ def write_demo_report(cfg, out: Path, *, bench: Path, ablation_dir: Path, sheet:
                       sheet_stats: list[dict], items: list[BenchmarkItem], timings: dict,
                       ablation_report: Path) -> Path:
     """Write ``out/report.md`` and ``out/summary.txt``; returns the report path."""
-    extras_path = out / "figures.json"
+    extras_path = ablation_dir / "figures.json"  # figures belong to one set of trained models
     if extras_path.is_file():
         extras = json.loads(extras_path.read_text())
     else:
