@@ -47,6 +47,12 @@ def _check_prompts(boxes, points) -> tuple[np.ndarray, np.ndarray]:
     return boxes, points
 
 
+def _prepare(image, boxes, points) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked (RGB float image, XYXY boxes (K, 4), points (P, 2)) shared by every backend."""
+    boxes, points = _check_prompts(boxes, points)
+    return _rgb(image), boxes, points
+
+
 class LiteMedSAMSegmenter:
     """LiteMedSAM (TinyViT encoder, SAM decoder; 256² input), MedSAM-Lite's own preprocessing:
     longest side -> 256, min-max to [0, 1], zero padding bottom/right; logits cropped back and
@@ -74,10 +80,9 @@ class LiteMedSAMSegmenter:
     def segment(
         self, image: np.ndarray, *, boxes: np.ndarray | None = None, points: np.ndarray | None = None
     ) -> np.ndarray:
-        boxes, points = _check_prompts(boxes, points)
-        rgb = _rgb(image)
+        rgb, boxes, points = _prepare(image, boxes, points)
         h, w = rgb.shape[:2]
-        if len(boxes) == 0 and len(points) == 0:
+        if len(boxes) == 0 and len(points) == 0:  # nothing to prompt with: empty prediction
             return np.zeros((h, w), dtype=bool)
         s = self.image_size
         scale = s / max(h, w)
@@ -133,10 +138,9 @@ class SamSegmenter:
     def segment(
         self, image: np.ndarray, *, boxes: np.ndarray | None = None, points: np.ndarray | None = None
     ) -> np.ndarray:
-        boxes, points = _check_prompts(boxes, points)
-        rgb = _rgb(image)
+        rgb, boxes, points = _prepare(image, boxes, points)
         h, w = rgb.shape[:2]
-        if len(boxes) == 0 and len(points) == 0:
+        if len(boxes) == 0 and len(points) == 0:  # nothing to prompt with: empty prediction
             return np.zeros((h, w), dtype=bool)
         self.predictor.set_image((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8))
         out = np.zeros((h, w), dtype=bool)
