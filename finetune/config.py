@@ -34,6 +34,9 @@ class DataConfig:
     tasks: tuple[str, ...] = ()  # medclip: task folders to use (empty = all)
     csv: str = ""  # dpo_csv: the CSV path
     include_normals: bool = True  # clip objective: also train on lesion-free images (their captions)
+    # benchmark: also train on each positive's exact GT negative, captioned with caption_neg
+    # (pre-training the embedded CLIP: pairs that differ only by the lesion)
+    include_gt_negatives: bool = False
     max_items: int = 0  # 0 = all; else the first N after sorting (tiny tests, quick demos)
     # Caption used for MedCLIP-SAMv2 data, which has none ({task} is replaced by the task name).
     default_caption: str = "a medical image of {task} showing a tumor"

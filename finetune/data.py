@@ -83,6 +83,11 @@ def _benchmark_samples(cfg: DataConfig) -> list[Sample]:
         check_pair(image, mask, it.id)
         out.append(Sample(it.id, image, mask, it.caption, it.caption_neg, it.domain,
                           it.label == "tumor", it.image, it.gt_negative))
+        if cfg.include_gt_negatives and it.gt_negative is not None:
+            negative = _gray(read_image(it.gt_negative))
+            check_pair(negative, mask, f"{it.id} (GT negative)")
+            out.append(Sample(f"{it.id}#gt_negative", negative, np.zeros_like(mask),
+                              it.caption_neg, it.caption_neg, it.domain, False, it.gt_negative))
     return out
 
 

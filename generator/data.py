@@ -29,6 +29,7 @@ class DataConfig:
     max_dilation_px: int = 3  # supervised holes are the lesion dilated by 0..max px (inference: 2)
     tissue_threshold: float = 0.05  # intensity above which a pixel counts as tissue for placement
     augment: bool = True  # random flips and 90° rotations
+    gt_negatives_as_normals: bool = False  # also self-supervise on each positive's GT negative
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,14 @@ class Record:
     gt_negative: np.ndarray | None  # float32 HxW, the image without the lesion, if known
 
 
-def load_records(root: str | Path, *, domains: tuple[str, ...], split: str) -> list[Record]:
-    """Read the benchmark items of ``domains`` and ``split`` into memory (grayscale)."""
+def load_records(
+    root: str | Path, *, domains: tuple[str, ...], split: str, gt_negatives_as_normals: bool = False
+) -> list[Record]:
+    """Read the benchmark items of ``domains`` and ``split`` into memory (grayscale).
+
+    ``gt_negatives_as_normals`` adds every positive's GT negative as one more lesion-free record
+    (more healthy tissue for self-supervised holes; the supervised record stays as well).
+    """
     from shared.benchmark import load_manifest
     from shared.io import read_image, read_mask
 
@@ -58,6 +65,8 @@ def load_records(root: str | Path, *, domains: tuple[str, ...], split: str) -> l
         mask = read_mask(item.mask)
         gt = _gray(read_image(item.gt_negative)) if item.gt_negative is not None else None
         out.append(Record(image=image, mask=mask, gt_negative=gt))
+        if gt_negatives_as_normals and gt is not None:
+            out.append(Record(image=gt, mask=np.zeros_like(mask), gt_negative=None))
     if not out:
         raise ValueError(f"{root}: no {split} items in domains {domains}")
     return out

@@ -22,6 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `accelerate launch generator/train.py` runs this as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
@@ -50,6 +51,7 @@ class OptimConfig:
     seed: int = 0  # seeds init, data draws and noise
     num_threads: int = 1  # torch intra-op threads per process (the CPUs are shared)
     crop: int = 0  # train on crop² windows around the hole (0 = full image); needs a conv-only UNet
+    num_workers: int = 0  # DataLoader worker processes (0 = in the training process; GPU: 4)
     checkpoint_every: int = 1000  # accelerate save_state period (steps)
     log_every: int = 50  # TensorBoard scalar period (steps)
 
@@ -144,12 +146,15 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
     domains = data.train_domains or _all_domains_but(data.root, data.held_out_domain)
     if data.held_out_domain in domains:
         raise ValueError(f"held-out domain {data.held_out_domain!r} is also a training domain")
-    records = load_records(data.root, domains=domains, split=data.split)
+    records = load_records(data.root, domains=domains, split=data.split,
+                           gt_negatives_as_normals=data.gt_negatives_as_normals)
     dataset = ReferenceDataset(
         records, data, cfg.weights, seed=cfg.optim.seed + accelerator.process_index
     )
+    workers = cfg.optim.num_workers
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True, num_workers=0
+        dataset, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
+        num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_reseed_worker,
     )
     unet = pixel_unet.build_unet(cfg.model)
     scheduler = pixel_unet.build_scheduler(cfg.model, kind="ddpm")
@@ -157,6 +162,7 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.optim))
     unet, opt, loader, sched = accelerator.prepare(unet, opt, loader, sched)
+    ema.to(accelerator.device)  # the shadow weights live beside the model (GPU runs)
     accelerator.register_for_checkpointing(ema)
     step = 0
     if args.resume:
@@ -210,6 +216,14 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
 
 
 STAGES: dict[str, Callable[[TrainConfig, argparse.Namespace], None]] = {"reference": run_reference}
+
+
+def _reseed_worker(worker_id: int) -> None:
+    """Give each DataLoader worker its own hole/augmentation stream: a forked worker would
+    otherwise repeat the parent's numpy generator draw for draw. torch seeds every worker
+    differently (base seed + id), and the base seed follows ``set_seed``."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.rng = np.random.default_rng(torch.initial_seed() % 2**63)
 
 
 def _checkpoint(accelerator: Accelerator, step: int) -> None:

@@ -40,6 +40,12 @@ class ScorerTrainConfig:
     generator: str = ""  # optional generator checkpoint whose fills are also "fake" examples
     n_generator: int = 200  # generator fills to add when `generator` is set
     seed: int = 0  # data order and init; the audit scorer uses seed + 1
+    # lesion scorers: a positive is shown as gt + α·(positive − gt), α ~ U[lesion_scale_min, 1]
+    # (1 = off). Teaches subtle lesions: the held-out chest lesions change the image ~4× less
+    # than the training domains' do.
+    lesion_scale_min: float = 1.0
+    device: str = "cpu"  # "cpu" | "cuda" | "auto" (cuda when available)
+    num_threads: int = 1  # torch CPU threads
     out_dir: str = str(SCORERS_DIR)  # where the safetensors go
 
 
@@ -47,7 +53,7 @@ def _items(cfg: ScorerTrainConfig):
     from shared.benchmark import load_manifest
     from shared.io import read_image, read_mask
 
-    pos, pos_masks, neg_free, holes = [], [], [], []
+    pos, pos_masks, pos_gt, neg_free, holes = [], [], [], [], []
     for it in load_manifest(cfg.root):
         if it.domain == cfg.held_out_domain or it.split != cfg.split:
             continue
@@ -59,11 +65,12 @@ def _items(cfg: ScorerTrainConfig):
             pos_masks.append(mask)
             gt = read_image(it.gt_negative)
             neg_free.append(gt if gt.ndim == 2 else gt.mean(axis=2))
+            pos_gt.append(neg_free[-1])
             holes.append(dilate(mask, cfg.dilation_px))
         else:
             neg_free.append(image)
             holes.append(None)
-    return pos, pos_masks, neg_free, holes
+    return pos, pos_masks, pos_gt, neg_free, holes
 
 
 def scorer_loss(
@@ -84,9 +91,17 @@ def scorer_loss(
 
 def _train(
     model, xs: torch.Tensor, masks: torch.Tensor, ys: torch.Tensor, cfg: ScorerTrainConfig,
-    seed: int,
+    seed: int, base: torch.Tensor | None = None,
 ) -> float:
-    """Balanced batches (half positives), warm-up + cosine LR, dense supervision; train accuracy."""
+    """Balanced batches (half positives), warm-up + cosine LR, dense supervision; train accuracy.
+
+    ``base`` (same shape as ``xs``): each row's lesion-free twin (itself for negatives); with
+    ``cfg.lesion_scale_min`` < 1 a drawn row becomes base + α·(x − base), α ~ U[min, 1].
+    """
+    device = _device(cfg.device)
+    model.to(device)
+    xs, masks, ys = xs.to(device), masks.to(device), ys.to(device)
+    base = base.to(device) if base is not None else None
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     warm = max(1, cfg.steps // 10)
@@ -100,7 +115,12 @@ def _train(
     for _ in range(cfg.steps):
         idx = torch.cat([pos_idx[torch.randint(0, len(pos_idx), (half,), generator=g)],
                          neg_idx[torch.randint(0, len(neg_idx), (half,), generator=g)]])
-        x = torch.cat([xs[idx], masks[idx]], dim=1)
+        x = xs[idx]
+        if base is not None and cfg.lesion_scale_min < 1.0:
+            alpha = cfg.lesion_scale_min + (1 - cfg.lesion_scale_min) * torch.rand(
+                (len(idx), 1, 1, 1), generator=g).to(device)
+            x = base[idx] + alpha * (x - base[idx])
+        x = torch.cat([x, masks[idx]], dim=1)
         if torch.rand((), generator=g) < 0.5:
             x = x.flip(-1)
         x = torch.rot90(x, int(torch.randint(0, 4, (), generator=g)), dims=(-2, -1))
@@ -114,7 +134,14 @@ def _train(
     model.eval()
     with torch.no_grad():
         acc = ((model(xs) > 0).float() == ys).float().mean().item()
+    model.cpu()
     return acc
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def fill_examples(cfg: ScorerTrainConfig, neg_free, holes, rng: np.random.Generator):
@@ -161,9 +188,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     cfg = load_config(ScorerTrainConfig, args.config, args.overrides)
-    torch.set_num_threads(1)
+    torch.set_num_threads(cfg.num_threads)
     t0 = time.time()
-    pos, pos_masks, neg_free, holes = _items(cfg)
+    pos, pos_masks, pos_gt, neg_free, holes = _items(cfg)
     models, meta = {}, {"config": to_dict(cfg), "train_accuracy": {}}
     cls_images = pos + neg_free
     cls_labels = torch.tensor([1.0] * len(pos) + [0.0] * len(neg_free))
@@ -173,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         model = build_scorer(name)
         xs = prepare(cls_images, None, model.cfg.resolution)
         ms = prepare([m.astype(np.float32) for m in cls_masks], None, model.cfg.resolution) > 0
-        meta["train_accuracy"][name] = _train(model, xs, ms.float(), cls_labels, cfg, seed)
+        base = prepare(pos_gt + neg_free, None, model.cfg.resolution)
+        meta["train_accuracy"][name] = _train(model, xs, ms.float(), cls_labels, cfg, seed, base)
         models[name] = model
         print(name, meta["train_accuracy"][name], f"{time.time() - t0:.0f}s", flush=True)
     rng = np.random.default_rng(cfg.seed)

@@ -84,3 +84,20 @@ def test_benchmark_samples_skip_held_out_and_other_splits(tiny_bench):
     assert any(not s.is_tumor for s in samples)
     tumors = load_samples(cfg, tumors_only=True)
     assert all(s.is_tumor and s.mask.any() for s in tumors)
+
+
+def test_gt_negatives_as_samples(tiny_bench):
+    from shared.io import read_image
+
+    cfg = load_train_config({"data": {"root": str(tiny_bench), "include_gt_negatives": True}}).data
+    samples = {s.id: s for s in load_samples(cfg)}
+    extra = [s for s in samples.values() if s.id.endswith("#gt_negative")]
+    tumors = [s for s in samples.values() if s.is_tumor]
+    assert len(extra) == len(tumors) > 0
+    for s in extra:
+        pos = samples[s.id.removesuffix("#gt_negative")]
+        assert not s.is_tumor and not s.mask.any() and s.caption == pos.caption_neg
+        np.testing.assert_array_equal(s.image, read_image(pos.gt_negative))
+        inside = pos.mask
+        assert np.abs(s.image[inside] - pos.image[inside]).mean() > 0  # the lesion is gone
+        np.testing.assert_array_equal(s.image[~inside], pos.image[~inside])
