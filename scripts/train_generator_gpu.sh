@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Train the embedded generator (two widths) and the frozen scorers side by side on one GPU.
+# Train the embedded generator (two widths) side by side on one GPU, then the frozen scorers
+# (whose fill detector also sees the narrow model's fills as "fake").
+# What is committed (2026-11-26, one H200, 8 min each): generator/weights/pixel_reference =
+# runs/gpu/reference_wide/final (6107 steps x 128), generator/weights/scorers = runs/gpu/scorers.
 #
 #   scripts/train_generator_gpu.sh [DEST] [MINUTES]
 #
@@ -24,12 +27,12 @@ $PY generator/train.py --config configs/generator/pixel_reference_gpu.yaml --sta
   output_dir=runs/gpu/reference_wide "model.block_out_channels=[32,64,128,128]" \
   optim.max_minutes="$MINUTES" $EXTRA > runs/gpu/reference_wide.log 2>&1 &
 p2=$!
-$PY -m generator.train_scorers --config configs/generator/scorers_gpu.yaml \
-  out_dir=runs/gpu/scorers ${SCORER_EXTRA:-} > runs/gpu/scorers.log 2>&1 &
-p3=$!
-wait $p3; echo "scorers exit $?"
 wait $p1; echo "reference exit $?"
 wait $p2; echo "reference_wide exit $?"
+$PY -m generator.train_scorers --config configs/generator/scorers_gpu.yaml \
+  out_dir=runs/gpu/scorers generator=runs/gpu/reference/final ${SCORER_EXTRA:-} \
+  > runs/gpu/scorers.log 2>&1
+echo "scorers exit $?"
 for name in reference reference_wide; do
   tail -c 400 runs/gpu/$name.log | tr '\r' '\n' | tail -2
 done
