@@ -34,7 +34,7 @@ class PairsConfig:
     out: str = "runs/generator/dpo_pairs"  # where pairs.jsonl and the PNGs go
     held_out_domain: str = "retina"  # never used for pairs (acceptance is measured on it)
     split: str = "train"  # manifest split the positives come from
-    max_items: int = 0  # 0 = every positive of the split; >0 = the first N (quick runs)
+    max_items: int = 0  # 0 = every positive of the split; >0 = N spread evenly over them (quick runs)
     samples_per_positive: int = 4  # K reference samples ranked per positive
     steps: int = 10  # DDIM steps per sample (the reference's sampler, η from its config)
     dilation_px: int = 2  # hole = lesion dilated by this radius (the predictor's default)
@@ -83,8 +83,8 @@ def build_pairs(cfg: PairsConfig, generator, scorers: Scorers) -> Path:
         it for it in load_manifest(cfg.root)
         if it.split == cfg.split and it.label == "tumor" and it.domain != cfg.held_out_domain
     ]
-    if cfg.max_items > 0:
-        items = items[: cfg.max_items]
+    if cfg.max_items > 0:  # evenly spaced: the manifest is grouped by domain
+        items = items[:: max(1, len(items) // cfg.max_items)][: cfg.max_items]
     if not items:
         raise ValueError(f"{cfg.root}: no tumor items in split {cfg.split!r} outside {cfg.held_out_domain!r}")
     rows: list[PairRow] = []
