@@ -164,14 +164,49 @@ def vision_prefix(bundle: ClipBundle, pixels: torch.Tensor, layer: int) -> torch
 
 
 def vision_suffix(bundle: ClipBundle, tokens: torch.Tensor, layer: int) -> torch.Tensor:
-    """Image embedding from tokens after block ``layer``: (B, N, D) -> (B, E) (unnormalised)."""
+    """Image embedding from tokens after block ``layer``: (B, N, D) -> (B, E) (unnormalised).
+
+    With token pooling (BiomedCLIP, the embedded model) only the class token leaves the last
+    block, so that block runs for the class token alone (:func:`_class_token_block`): the same
+    numbers as the full block, without the other N−1 tokens' attention rows, projection and MLP.
+    """
     trunk = bundle.trunk
     x = tokens
-    for blk in trunk.blocks[layer + 1 :]:
+    blocks = list(trunk.blocks[layer + 1 :])
+    shortcut = bool(blocks) and trunk.global_pool == "token" and _plain_timm_block(blocks[-1])
+    for blk in blocks[:-1] if shortcut else blocks:
         x = blk(x)
+    if shortcut:
+        x = _class_token_block(blocks[-1], x)
     x = trunk.norm(x)
     x = trunk.forward_head(x)
     return bundle.model.visual.head(x)
+
+
+def _plain_timm_block(blk: torch.nn.Module) -> bool:
+    from timm.models.vision_transformer import Attention, Block
+
+    return type(blk) is Block and type(blk.attn) is Attention and not blk.training
+
+
+def _class_token_block(blk: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm ``Block.forward`` evaluated for query token 0 only: (B, N, D) -> (B, 1, D).
+
+    Keys and values still come from all N tokens; the query, attention row, output projection,
+    residuals and MLP are those of token 0 (eval mode: no dropout or drop-path).
+    """
+    attn = blk.attn
+    h = blk.norm1(x)
+    b, n, _ = h.shape
+    qkv = attn.qkv(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q[:, :, :1]), attn.k_norm(k)
+    y = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)  # (B, heads, 1, head_dim)
+    y = attn.norm(y.transpose(1, 2).reshape(b, 1, attn.attn_dim))
+    if attn.gate is not None:
+        y = y * attn.gate(h[:, :1]).sigmoid()
+    x0 = x[:, :1] + blk.ls1(attn.proj(y))
+    return x0 + blk.ls2(blk.mlp(blk.norm2(x0)))
 
 
 def encode_prompts(bundle: ClipBundle, prompts: Sequence[Sequence[str]]) -> torch.Tensor:

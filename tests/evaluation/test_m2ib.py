@@ -37,6 +37,30 @@ def test_prefix_suffix_split_equals_full_forward(tiny_clip):
             torch.testing.assert_close(split, full)
 
 
+def test_class_token_shortcut_equals_full_last_block_with_gradients(tiny_clip):
+    from finetune.evaluation.clip_bundle import _plain_timm_block
+
+    trunk = tiny_clip.trunk
+    tiny_clip.model.eval()
+    assert trunk.global_pool == "token" and _plain_timm_block(trunk.blocks[-1])  # path exercised
+    pixels, _ = preprocess(tiny_clip, _images())
+    layer = 0
+    with torch.no_grad():
+        tokens = vision_prefix(tiny_clip, pixels, layer)
+    a = tokens.clone().requires_grad_(True)
+    fast = vision_suffix(tiny_clip, a, layer)
+    b = tokens.clone().requires_grad_(True)
+    x = b
+    for blk in trunk.blocks[layer + 1 :]:
+        x = blk(x)
+    slow = tiny_clip.model.visual.head(trunk.forward_head(trunk.norm(x)))
+    torch.testing.assert_close(fast, slow)
+    w = torch.randn_like(fast)
+    (fast * w).sum().backward()
+    (slow * w).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+
+
 def test_kl_matches_torch_distributions():
     torch.manual_seed(0)
     x = torch.randn(2, 5, 4)
