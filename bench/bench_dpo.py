@@ -57,6 +57,8 @@ def variants(steps: int) -> dict[str, dict]:
         "+ GT winners": {**plain, "pair_kinds": ["sample", "gt"]},
         "+ curriculum": {**plain, "curriculum": {"enabled": True, "stages": 3,
                                                   "steps_per_stage": stage}},
+        # design §8: a supervised anchor on the winner mattered only at weight ≈ β/4
+        "+ winner anchor": {**plain, "loss": {**plain["loss"], "sft_weight": 625.0}},
         "all guards": {
             "loss": {"beta": 2500.0, "region": "hole", "sdpo": True, "mu": 0.9,
                      "mi_weight": 0.1, "copy_weight": 0.1, "sft_weight": 625.0},
