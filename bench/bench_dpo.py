@@ -33,7 +33,7 @@ from generator.build import DEFAULT_CHECKPOINT, load_generator
 from generator.dpo import DpoConfig, evaluate, train_dpo
 from generator.masks import coarse_fill, dilate
 from generator.modeling.scorers import build_scorer
-from generator.pairs import PairsConfig, build_pairs
+from generator.pairs import PairsConfig, build_pairs, evenly_spaced
 from generator.scoring import SCORERS_DIR, load_scorers, prepare, save_scorers
 from shared.config import load_config
 
@@ -193,11 +193,11 @@ def main(argv: list[str] | None = None) -> None:
     test_items = [it for it in _items(args.root, domains={args.held_out}, split=None)
                   if it["label"] == "tumor" and it["gt"] is not None]
     if args.test_items:
-        test_items = test_items[:: max(1, len(test_items) // args.test_items)][: args.test_items]
+        test_items = evenly_spaced(test_items, args.test_items)
     flip_items = [it for it in _items(args.root, domains=set(args.flip_domains), split="test")
                   if it["label"] == "tumor" and it["gt"] is not None] if args.flip_domains else []
     if args.test_items and flip_items:
-        flip_items = flip_items[:: max(1, len(flip_items) // args.test_items)][: args.test_items]
+        flip_items = evenly_spaced(flip_items, args.test_items)
 
     def on_flip_set(gen) -> dict:
         if not flip_items:

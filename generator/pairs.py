@@ -28,6 +28,11 @@ from shared.config import load_config, to_dict
 from shared.io import read_image, read_mask, write_png
 
 
+def evenly_spaced(items: list, n: int) -> list:
+    """At most ``n`` items taken at a fixed stride, so every block of a grouped list is sampled."""
+    return items[:: max(1, len(items) // n)][:n]
+
+
 @dataclass(frozen=True)
 class PairsConfig:
     root: str = "data/bench64"  # benchmark root (manifest.jsonl)
@@ -84,7 +89,7 @@ def build_pairs(cfg: PairsConfig, generator, scorers: Scorers) -> Path:
         if it.split == cfg.split and it.label == "tumor" and it.domain != cfg.held_out_domain
     ]
     if cfg.max_items > 0:  # evenly spaced: the manifest is grouped by domain
-        items = items[:: max(1, len(items) // cfg.max_items)][: cfg.max_items]
+        items = evenly_spaced(items, cfg.max_items)
     if not items:
         raise ValueError(f"{cfg.root}: no tumor items in split {cfg.split!r} outside {cfg.held_out_domain!r}")
     rows: list[PairRow] = []

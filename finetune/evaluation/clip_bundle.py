@@ -163,17 +163,21 @@ def vision_prefix(bundle: ClipBundle, pixels: torch.Tensor, layer: int) -> torch
     return x
 
 
-def vision_suffix(bundle: ClipBundle, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+def vision_suffix(
+    bundle: ClipBundle, tokens: torch.Tensor, layer: int, *, class_token_only: bool = True
+) -> torch.Tensor:
     """Image embedding from tokens after block ``layer``: (B, N, D) -> (B, E) (unnormalised).
 
     With token pooling (BiomedCLIP, the embedded model) only the class token leaves the last
-    block, so that block runs for the class token alone (:func:`_class_token_block`): the same
-    numbers as the full block, without the other N−1 tokens' attention rows, projection and MLP.
+    block, so by default (``class_token_only``) that block runs for the class token alone
+    (:func:`_class_token_block`): the same numbers as the full block, without the other N−1
+    tokens' attention rows, projection and MLP.
     """
     trunk = bundle.trunk
     x = tokens
     blocks = list(trunk.blocks[layer + 1 :])
-    shortcut = bool(blocks) and trunk.global_pool == "token" and _plain_timm_block(blocks[-1])
+    shortcut = (class_token_only and bool(blocks) and trunk.global_pool == "token"
+                and _plain_timm_block(blocks[-1]))
     for blk in blocks[:-1] if shortcut else blocks:
         x = blk(x)
     if shortcut:

@@ -144,6 +144,7 @@ def m2ib_saliency(
     cfg: M2IBConfig = M2IBConfig(),
     *,
     seed: int | Sequence[int] = 0,
+    class_token_shortcut: bool = True,
 ) -> list[np.ndarray]:
     """Batched M2IB saliency.
 
@@ -153,6 +154,8 @@ def m2ib_saliency(
         prompts: B lists of captions (one caption, or several averaged as an ensemble).
         cfg: bottleneck settings.
         seed: int -> image i uses seed + i; or one seed per image.
+        class_token_shortcut: run the last block for the class token only (same maps, less
+            work; see ``clip_bundle.vision_suffix``). False only to measure what it saves.
     Returns:
         B float32 maps in [0, 1], each of its image's (H, W).
     """
@@ -163,11 +166,13 @@ def m2ib_saliency(
     out: list[np.ndarray] = []
     for start in range(0, len(images), cfg.batch_size):
         stop = start + cfg.batch_size
-        out += _m2ib_batch(bundle, images[start:stop], prompts[start:stop], cfg, seeds[start:stop])
+        out += _m2ib_batch(bundle, images[start:stop], prompts[start:stop], cfg, seeds[start:stop],
+                           class_token_shortcut)
     return out
 
 
-def _m2ib_batch(bundle, images, prompts, cfg: M2IBConfig, seeds) -> list[np.ndarray]:
+def _m2ib_batch(bundle, images, prompts, cfg: M2IBConfig, seeds,
+                class_token_shortcut: bool) -> list[np.ndarray]:
     with frozen_eval(bundle.model):
         pixels, placements = preprocess(bundle, images, resize_mode=cfg.resize_mode)
         with torch.no_grad():
@@ -184,7 +189,8 @@ def _m2ib_batch(bundle, images, prompts, cfg: M2IBConfig, seeds) -> list[np.ndar
                 optimizer.zero_grad()
                 eps = _draw(gens, (s, n, d))
                 z, kl = _bottleneck(tokens, alpha, eps, mu, sigma)
-                emb = vision_suffix(bundle, z.reshape(b * s, n, d), cfg.layer).reshape(b, s, -1)
+                emb = vision_suffix(bundle, z.reshape(b * s, n, d), cfg.layer,
+                                    class_token_only=class_token_shortcut).reshape(b, s, -1)
                 fit = F.cosine_similarity(emb, text[:, None], dim=-1, eps=1e-6).mean(1)  # (B,)
                 loss = (cfg.beta * kl.mean(dim=(1, 2)) - fit).sum()  # sum: images independent
                 loss.backward()

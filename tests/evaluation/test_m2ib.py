@@ -50,10 +50,7 @@ def test_class_token_shortcut_equals_full_last_block_with_gradients(tiny_clip):
     a = tokens.clone().requires_grad_(True)
     fast = vision_suffix(tiny_clip, a, layer)
     b = tokens.clone().requires_grad_(True)
-    x = b
-    for blk in trunk.blocks[layer + 1 :]:
-        x = blk(x)
-    slow = tiny_clip.model.visual.head(trunk.forward_head(trunk.norm(x)))
+    slow = vision_suffix(tiny_clip, b, layer, class_token_only=False)
     torch.testing.assert_close(fast, slow)
     w = torch.randn_like(fast)
     (fast * w).sum().backward()

@@ -20,12 +20,16 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="session")
-def tiny_pixel_dir(tmp_path_factory):
+def save_tiny_pixel(out):
+    """A seeded random-init TINY pixel checkpoint written by the real builder; returns ``out``."""
     torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("pixel") / "ckpt"
     save_pixel_checkpoint(out, pixel_unet.build_unet(TINY), TINY, fp16=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel_dir(tmp_path_factory):
+    return save_tiny_pixel(tmp_path_factory.mktemp("pixel") / "ckpt")
 
 
 @pytest.fixture(scope="session")

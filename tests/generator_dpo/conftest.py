@@ -5,20 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from generator.build import load_generator, save_pixel_checkpoint
-from generator.modeling import pixel_unet
+from generator.build import load_generator
 from generator.modeling.scorers import build_scorer
 from generator.scoring import Scorers
-
-TINY = pixel_unet.PixelUNetConfig(
-    resolution=32, block_out_channels=(8, 16), attention_levels=(), norm_num_groups=4,
-    num_train_timesteps=100,
-)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+from tests.generator.conftest import TINY, _one_thread, tiny_pixel_dir  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="session")
@@ -32,12 +22,8 @@ def bench_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_reference(tmp_path_factory):
-    torch.manual_seed(0)
-    unet = pixel_unet.build_unet(TINY)
-    out = tmp_path_factory.mktemp("ref") / "ref"
-    save_pixel_checkpoint(out, unet, TINY, fp16=False)
-    return out
+def tiny_reference(tiny_pixel_dir):  # noqa: F811 (the imported fixture, under the DPO name)
+    return tiny_pixel_dir
 
 
 @pytest.fixture(scope="session")
