@@ -6,6 +6,11 @@ Two kinds of sample, both ``{"image", "hole", "target", "weight"}`` tensors of s
 - self-supervised (Durrer et al. 2024): a lesion-shaped hole placed on healthy tissue away from
   any lesion, the image itself as the target; the lesion, if any, gets the ``tumor`` weight (0 by
   default) because the target there still shows tumor.
+
+Optional domain-generalisation aids, both off by default: extra lesion-free anatomy from
+``shared.benchmark.anatomy.AUX_SOURCES`` (self-supervised only) and a photometric augmentation
+(contrast, gamma, blur) applied alike to input and target, so that the texture amplitude the model
+puts into a hole follows its context instead of the training domains' typical amplitude.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from generator.masks import dilate, place_mask, random_lesion_mask
 
@@ -30,6 +36,13 @@ class DataConfig:
     tissue_threshold: float = 0.05  # intensity above which a pixel counts as tissue for placement
     augment: bool = True  # random flips and 90° rotations
     gt_negatives_as_normals: bool = False  # also self-supervise on each positive's GT negative
+    aux_healthy: tuple[str, ...] = ()  # extra lesion-free anatomy (AUX_SOURCES names), self-supervised
+    aux_per_source: int = 0  # crops drawn from each aux_healthy source
+    photometric_p: float = 0.0  # share of samples given the photometric augmentation below
+    contrast_range: tuple[float, float] = (0.3, 1.2)  # x → m + c·(x − m), m the image mean
+    gamma_range: tuple[float, float] = (0.7, 1.4)  # then x → x^γ
+    blur_p: float = 0.5  # of augmented samples, share also blurred by a Gaussian
+    blur_sigma: tuple[float, float] = (0.4, 1.2)  # its σ in pixels
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,52 @@ def load_records(
     return out
 
 
+def aux_records(cfg: DataConfig, size: int, *, seed: int = 0) -> list[Record]:
+    """``cfg.aux_per_source`` lesion-free crops of each ``cfg.aux_healthy`` source, as normals.
+
+    Cached beside the benchmark (``<root>/aux_healthy/<sources>_<n>_<size>_<seed>.npz``): the
+    DICOM decoding is done once, and a machine with the cache needs no pydicom-data.
+    """
+    if not cfg.aux_healthy or cfg.aux_per_source <= 0:
+        return []
+    names = tuple(cfg.aux_healthy)
+    cache = Path(cfg.root) / "aux_healthy" / f"{'+'.join(names)}_{cfg.aux_per_source}_{size}_{seed}.npz"
+    if cache.is_file():
+        images = np.load(cache)["images"]
+    else:
+        from shared.benchmark.anatomy import aux_healthy_images
+
+        images = np.stack([im for im, _ in aux_healthy_images(names, cfg.aux_per_source, size, seed=seed)])
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(cache, images=images.astype(np.float32))
+    return [Record(image=im.astype(np.float32), mask=np.zeros(im.shape, bool), gt_negative=None)
+            for im in images]
+
+
+def photometric(
+    image: np.ndarray, target: np.ndarray, hole: np.ndarray, cfg: DataConfig,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same random contrast, gamma and (sometimes) blur applied to ``image`` and ``target``.
+
+    Contrast x → clip(m + c·(x − m)) about the target's mean m, then gamma x^γ, then a Gaussian
+    blur of σ pixels with probability ``cfg.blur_p``. Outside ``hole`` the returned image is the
+    returned target (blurring would otherwise smear the lesion of a positive across the hole's
+    edge); inside it the image is never read by the model (masked out of the conditioning).
+    """
+    c = rng.uniform(*cfg.contrast_range)
+    gamma = rng.uniform(*cfg.gamma_range)
+    m = float(target.mean())
+    blur = rng.uniform(*cfg.blur_sigma) if rng.random() < cfg.blur_p else 0.0
+
+    def f(x: np.ndarray) -> np.ndarray:
+        x = np.clip(m + c * (x - m), 0.0, 1.0) ** gamma
+        return ndimage.gaussian_filter(x, blur) if blur > 0 else x
+
+    new_target = f(target).astype(np.float32)
+    return np.where(hole, f(image), new_target).astype(np.float32), new_target
+
+
 def _gray(x: np.ndarray) -> np.ndarray:
     return (x if x.ndim == 2 else x.mean(axis=2)).astype(np.float32)
 
@@ -108,7 +167,10 @@ class ReferenceDataset(torch.utils.data.Dataset):
             tumor = rec.mask & ~hole
         w = self.weights
         weight = np.where(hole, w.hole, np.where(tumor, w.tumor, w.context)).astype(np.float32)
-        arrays = [rec.image, hole.astype(np.float32), target, weight]
+        image = rec.image
+        if self.cfg.photometric_p > 0 and rng.random() < self.cfg.photometric_p:
+            image, target = photometric(image, target, hole, self.cfg, rng)
+        arrays = [image, hole.astype(np.float32), target, weight]
         if self.cfg.augment:
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
             arrays = [np.rot90(a, k) for a in arrays]

@@ -30,7 +30,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from generator.build import save_pixel_checkpoint
-from generator.data import DataConfig, ReferenceDataset, RegionWeights, load_records
+from generator.data import DataConfig, ReferenceDataset, RegionWeights, aux_records, load_records
 from generator.losses import reference_loss
 from generator.modeling import pixel_unet
 from shared.config import load_config, to_dict
@@ -148,6 +148,7 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
         raise ValueError(f"held-out domain {data.held_out_domain!r} is also a training domain")
     records = load_records(data.root, domains=domains, split=data.split,
                            gt_negatives_as_normals=data.gt_negatives_as_normals)
+    records += aux_records(data, records[0].image.shape[0], seed=cfg.optim.seed)
     dataset = ReferenceDataset(
         records, data, cfg.weights, seed=cfg.optim.seed + accelerator.process_index
     )

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from generator.masks import harmonic_fill
+from generator.masks import biharmonic_fill, harmonic_fill
 
 ETA_MAX = 0.999  # see sample(): η = 1 exactly can produce NaN in diffusers' DDIM step
 
@@ -33,6 +33,7 @@ class PixelUNetConfig:
     residual_scale: float = 4.0  # r0 = scale·(x0 − coarse): texture residuals have std ≈ 0.05–0.1
     coarse_levels: int = 6  # pyramid depth of the push-pull coarse fill
     harmonic_iters: int = 0  # Jacobi sweeps refining the coarse fill towards a harmonic one (0 = off)
+    biharmonic_iters: int = 0  # > 0: the coarse fill is biharmonic instead (CG steps; overrides the above)
     eta: float = 1.0  # DDIM η at sampling: 1 = ancestral (stochastic, keeps texture), 0 = deterministic
 
 
@@ -80,7 +81,10 @@ def config_dict(cfg: PixelUNetConfig) -> dict:
 
 def condition(image: torch.Tensor, hole: torch.Tensor, cfg: PixelUNetConfig) -> torch.Tensor:
     """Conditioning channels ``[masked image, hole, coarse fill]``: (B,1,H,W)×2 → (B,3,H,W)."""
-    coarse = harmonic_fill(image, hole, iters=cfg.harmonic_iters, levels=cfg.coarse_levels)
+    if cfg.biharmonic_iters > 0:
+        coarse = biharmonic_fill(image, hole, iters=cfg.biharmonic_iters, levels=cfg.coarse_levels)
+    else:
+        coarse = harmonic_fill(image, hole, iters=cfg.harmonic_iters, levels=cfg.coarse_levels)
     return torch.cat([image * (1 - hole), hole, coarse], dim=1)
 
 

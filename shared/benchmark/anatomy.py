@@ -204,3 +204,81 @@ class BreastUltrasound:
 
 
 SOURCES = {cls.name: cls for cls in (BrainMRI, ChestXray, Retina, BreastUltrasound)}
+
+
+# ----------------------------------------------------------------------------- auxiliary anatomy
+# Extra lesion-free tissue for self-supervised inpainting only: never a benchmark domain, never
+# the held-out chest radiograph (RG1). More kinds of healthy tissue — a projection radiograph
+# among them, whose smooth soft-tissue gradients none of the three training domains has — so a
+# model trained on them has seen more than three texture regimes.
+
+
+def _normalised_dicom(name: str) -> np.ndarray:
+    from shared.io import read_dicom
+
+    frame = read_dicom(_pydicom_data(name))[0].astype(np.float32)
+    lo, hi = np.percentile(frame, [1, 99.5])
+    return np.clip((frame - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _body_crop(img: np.ndarray, rng: np.random.Generator, size: int, *, side: tuple[int, int],
+               rows: tuple[float, float], cols: tuple[float, float], body: float):
+    """A random square crop centred in the given row/column bands, resized, with a tissue map."""
+    h, w = img.shape
+    s = int(rng.integers(*side))
+    cy, cx = int(rng.uniform(*rows) * h), int(rng.uniform(*cols) * w)
+    top = int(np.clip(cy - s // 2, 0, h - s))
+    left = int(np.clip(cx - s // 2, 0, w - s))
+    crop = _crop(img, top, left, s)
+    crop = np.rot90(crop, int(rng.integers(4)))
+    crop = _resize(np.ascontiguousarray(crop), size)
+    tissue = ndimage.gaussian_filter(crop, size / 40) > body
+    m = size // 8
+    tissue[:m], tissue[-m:], tissue[:, :m], tissue[:, -m:] = False, False, False, False
+    return crop, tissue
+
+
+class ExtremityXray:
+    """Crops of a real lower-leg radiograph (pydicom-data RG3_UNCR.dcm, CR): soft tissue and bone."""
+
+    name = "extremity_xray"
+
+    @cached_property
+    def radiograph(self) -> np.ndarray:
+        return _normalised_dicom("RG3_UNCR.dcm")  # (1760, 1760); the leg spans columns ~30–70%
+
+    def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        return _body_crop(self.radiograph, rng, size, side=(280, 520), rows=(0.12, 0.72),
+                          cols=(0.4, 0.6), body=0.2)
+
+
+class ShoulderMRI:
+    """Crops of a real shoulder MR image (pydicom-data MR2_UNCR.dcm, 1024²)."""
+
+    name = "shoulder_mri"
+
+    @cached_property
+    def slice(self) -> np.ndarray:
+        return _normalised_dicom("MR2_UNCR.dcm")
+
+    def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        return _body_crop(self.slice, rng, size, side=(220, 420), rows=(0.3, 0.8),
+                          cols=(0.3, 0.85), body=0.08)
+
+
+AUX_SOURCES = {cls.name: cls for cls in (ExtremityXray, ShoulderMRI)}
+
+
+def aux_healthy_images(
+    names: tuple[str, ...], n_per_source: int, size: int, *, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n_per_source`` (image, tissue) crops of each auxiliary source, deterministic per seed."""
+    unknown = set(names) - set(AUX_SOURCES)
+    if unknown:
+        raise ValueError(f"unknown auxiliary anatomy {sorted(unknown)}; choose from {sorted(AUX_SOURCES)}")
+    out = []
+    for k, name in enumerate(names):
+        rng = np.random.default_rng([seed, k])
+        source = AUX_SOURCES[name]()
+        out += [source.sample(rng, size) for _ in range(n_per_source)]
+    return out
