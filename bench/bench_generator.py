@@ -40,14 +40,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--dilation-px", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scorers", default="embedded",
+                   help="scorer directory, 'embedded' (default, when present) or 'none'")
     p.add_argument("--out", type=Path, default=Path("bench/results/generator.md"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     gen = load_generator(args.generator)
-    scorers = load_scorers() if (SCORERS_DIR / "lesion.safetensors").is_file() else None
+    if args.scorers == "none":
+        scorers = None
+    elif args.scorers == "embedded":
+        scorers = load_scorers() if (SCORERS_DIR / "lesion.safetensors").is_file() else None
+    else:
+        scorers = load_scorers(args.scorers)
     command = (f"Command: `python bench/bench_generator.py --data {args.data} --domain "
                f"{' '.join(args.domain)} --split {args.split} --n {args.n} --steps {args.steps} "
-               f"--dilation-px {args.dilation_px} --seed {args.seed}`")
+               f"--dilation-px {args.dilation_px} --seed {args.seed}"
+               + (f" --generator {args.generator}" if args.generator else "")
+               + (f" --scorers {args.scorers}" if args.scorers != "embedded" else "") + "`")
     lines = ["# Generator acceptance (held-out domain)", "", command, ""]
     for k, domain in enumerate(args.domain):
         if k:

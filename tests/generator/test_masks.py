@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from generator.masks import (
+    biharmonic_fill,
     coarse_fill,
     dilate,
     disk,
@@ -85,3 +86,34 @@ def test_harmonic_fill_reproduces_planes_and_keeps_known_pixels():
     out = harmonic_fill(image, hole.expand(2, 1, 32, 32), iters=5)
     known = hole.expand(2, 3, 32, 32) == 0
     torch.testing.assert_close(out[known], image[known], rtol=0, atol=0)
+
+
+def test_biharmonic_fill_reproduces_paraboloids_where_harmonic_fill_flattens():
+    """x² + y² is biharmonic (Δ² = 0) but not harmonic: only the biharmonic fill recovers it."""
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    bowl = (0.2 + 4e-4 * ((xx - 13) ** 2 + (yy - 15) ** 2))[None, None]
+    hole = torch.zeros(1, 1, 32, 32)
+    hole[:, :, 9:19, 8:18] = 1
+    known = bowl * (1 - hole)
+    torch.testing.assert_close(biharmonic_fill(known, hole, iters=300), bowl, rtol=0, atol=1e-5)
+    assert (harmonic_fill(known, hole, iters=2000) - bowl).abs().max() > 5e-3
+    torch.testing.assert_close(biharmonic_fill(known, hole, iters=0), coarse_fill(known, hole))
+
+
+def test_biharmonic_fill_matches_scikit_image_and_keeps_known_pixels():
+    from skimage.restoration import inpaint_biharmonic
+
+    rng = np.random.default_rng(0)
+    from scipy import ndimage
+
+    image = ndimage.gaussian_filter(rng.random((2, 40, 40)), (0, 3, 3))  # smooth, like anatomy
+    holes = np.zeros((2, 40, 40), bool)
+    holes[0, 12:22, 10:19] = True
+    holes[1] = random_lesion_mask((40, 40), rng, min_radius=5, max_radius=7)
+    x = torch.from_numpy(image.astype(np.float32))[:, None]
+    h = torch.from_numpy(holes.astype(np.float32))[:, None]
+    out = biharmonic_fill(x * (1 - h), h, iters=400)[:, 0].numpy()
+    for i in range(2):  # holes away from the frame: the same energy, so the same solution
+        expected = inpaint_biharmonic(image[i], holes[i])
+        np.testing.assert_allclose(out[i][holes[i]], expected[holes[i]], atol=2e-4)
+        np.testing.assert_array_equal(out[i][~holes[i]], image[i][~holes[i]].astype(np.float32))
