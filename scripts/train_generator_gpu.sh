@@ -4,16 +4,25 @@
 #   scripts/train_generator_gpu.sh [DEST] [MINUTES]
 #
 # Runs configs/generator/pixel_reference_gpu_dg.yaml three ways, MINUTES (default 6) each:
-#   reference_dg           biharmonic coarse fill + photometric augmentation + extra anatomy
-#   reference_dg_noaug     biharmonic coarse fill only (no augmentation, no extra anatomy)
-#   reference_dg_harmonic  harmonic coarse fill (the previous embedded model's) + augmentation
+#   reference_dg            photometric augmentation + extra anatomy, harmonic coarse fill
+#                           (-> generator/weights/pixel_reference)
+#   reference_dg_biharmonic the same with a biharmonic coarse fill
+#                           (-> generator/weights/pixel_reference_biharmonic)
+#   reference_dg_noaug      biharmonic coarse fill, no augmentation, no extra anatomy (ablation)
 # Needs data/bench64 (python -m shared.benchmark --out data/bench64 --n-per-domain 300 --size 64
 # --seed 0); the extra anatomy is cached under data/bench64/aux_healthy by the first CPU run of
 # the config (it needs pydicom-data; the GPU box then needs only the cache). Writes
-# runs/gpu/<name>/ and, when DEST is given, one tarball per run there. Install a result with
-# generator/weights/README. The scorers are trained separately (generator/train_scorers.py).
-# History: the committed weights before 2026-11-26 (session 3) came from the previous version
-# of this script: configs/generator/pixel_reference_gpu.yaml at block_out_channels [32,64,128,128].
+# runs/gpu/<name>/ and, when DEST is given, one tarball per run there. Install a result by
+# copying runs/gpu/<name>/final to the generator/weights/ directory named above. The scorers are trained separately (generator/train_scorers.py).
+# What the committed weights are (session 3, one H200, 15 min of device time in all): this script
+# ran once with the biharmonic CG syncing the host every step, which held the two biharmonic runs
+# to 2.5 steps/s (~900 steps, discarded); reference_dg made 4753 steps in 6 min. The biharmonic
+# variant was then rerun alone (sync every 25 steps): `python generator/train.py --config
+# configs/generator/pixel_reference_gpu_dg.yaml --stage reference optim.max_minutes=4.6
+# optim.num_workers=10 model.harmonic_iters=0 model.biharmonic_iters=100`, 3264 steps, 11.8/s.
+# Each checkpoint's generator_config.json records its exact command and step count.
+# Before session 3 the embedded model came from configs/generator/pixel_reference_gpu.yaml
+# (block_out_channels [32,64,128,128], 6107 steps; git history up to 1385485).
 # PY (default python3) and EXTRA (overrides for a quick CPU check) are read from the environment.
 set -uo pipefail
 DEST=${1:-}
@@ -27,8 +36,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || ec
 
 declare -A VARIANTS=(
   [reference_dg]=""
-  [reference_dg_noaug]="data.photometric_p=0 data.aux_per_source=0"
-  [reference_dg_harmonic]="model.biharmonic_iters=0 model.harmonic_iters=50"
+  [reference_dg_biharmonic]="model.harmonic_iters=0 model.biharmonic_iters=100"
+  [reference_dg_noaug]="model.harmonic_iters=0 model.biharmonic_iters=100 data.photometric_p=0 data.aux_per_source=0"
 )
 pids=()
 for name in "${!VARIANTS[@]}"; do
