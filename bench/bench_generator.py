@@ -29,6 +29,18 @@ from shared.io import read_image, read_mask  # noqa: E402
 from shared.metrics import bootstrap_ci, paired_bootstrap_ci  # noqa: E402
 
 
+READING_MARKER = "<!-- reading: written by hand, kept when this script rewrites the file -->"
+
+
+def _kept_reading(out: Path) -> str:
+    """The hand-written reading below ``READING_MARKER`` in an existing results file, or ''."""
+    if not out.is_file():
+        return ""
+    text = out.read_text()
+    at = text.find(READING_MARKER)
+    return "" if at < 0 else "\n" + text[at:]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=Path("data/bench64"))
@@ -64,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
                       ""]
         lines += _domain_section(args, domain, gen, scorers)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    reading = _kept_reading(args.out)
+    args.out.write_text("\n".join(lines) + "\n" + reading)
     print("\n".join(lines))
 
 

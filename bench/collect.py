@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["demo", "generator", "dpo", "service", "stage1", "m2ib", "trainer", "ablation"]
+ORDER = ["demo", "generator", "generator_biharmonic", "embedded_models", "dpo", "service", "stage1",
+         "m2ib", "trainer", "ablation"]
 
 
 def collect(results_dir: Path = HERE / "results", out: Path = HERE / "RESULTS.md") -> Path:
