@@ -106,8 +106,10 @@ def train_quick_scorers(root: str, held_out: str, out: Path, *, steps: int = 200
     for name in ("lesion", "audit"):
         torch.manual_seed({"lesion": 1, "audit": 2}[name])
         model = build_scorer(name)
-        x = prepare(imgs, None, model.cfg.resolution)
-        models[name] = _fit(model, x, torch.tensor(labels), steps, g)
+        # region-conditioned scorers: each positive and its GT twin, both with the lesion region
+        keep = [i for i, h in enumerate(holes) if h is not None]
+        x = prepare([imgs[i] for i in keep], [holes[i] for i in keep], model.cfg.resolution)
+        models[name] = _fit(model, x, torch.tensor([labels[i] for i in keep]), steps, g)
     real = [(im, h) for im, h, y in zip(imgs, holes, labels, strict=True) if y == 0 and h is not None]
     x_real = prepare([im for im, _ in real], [h for _, h in real], 64)
     smooth = coarse_fill(x_real[:, :1], x_real[:, 1:])  # (N,1,R,R) the hole filled smoothly

@@ -2,17 +2,18 @@
 
 With a ground-truth negative (benchmark): SSIM / PSNR / MSE inside the mask vs the GT negative
 (BraTS local-synthesis protocol, images in [0,1]), the texture ratio vs the GT, and exactness
-outside the mask. Without one: the frozen tumor-vs-normal scorer's lesion probability (``lesion``;
-used for ranking), the audit scorer's (``audit``; never used for ranking, for catching reward
-hacking), the fill detector's probability that the hole was synthesised (``fill``), background
-fidelity, and the texture ratio vs the surrounding tissue ring.
+outside the mask. Without one: the frozen region-conditioned lesion scorer's probability that
+the region still holds lesion tissue (``lesion``; used for ranking), the audit scorer's
+(``audit``; never used for ranking, for catching reward hacking), the fill detector's
+probability that the hole was synthesised (``fill``), background fidelity, and the texture ratio
+vs the surrounding tissue ring.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from generator.masks import dilate
-from generator.modeling.scorers import SCORER_CONFIGS, ConvScorer, build_scorer
+from generator.modeling.scorers import SCORER_CONFIGS, ConvScorer, ScorerConfig, build_scorer
 from shared.metrics import (
     high_frequency_energy,
     masked_mse,
@@ -77,8 +78,8 @@ def texture_ratio_ring(negative: np.ndarray, image: np.ndarray, region: np.ndarr
 class Scorers:
     """The three frozen classifiers, in eval mode."""
 
-    lesion: ConvScorer  # tumor-vs-normal, used to rank DPO pairs
-    audit: ConvScorer  # tumor-vs-normal, different architecture; never used for ranking
+    lesion: ConvScorer  # lesion in [image, region]?, used to rank DPO pairs
+    audit: ConvScorer  # the same question, different architecture; never used for ranking
     fill: ConvScorer  # filled-vs-real region, input [image, hole]
     checkpoint_hash: str = ""
 
@@ -119,8 +120,10 @@ def prepare(
 
 
 def save_scorers(out_dir: str | Path, models: dict[str, ConvScorer], meta: dict) -> Path:
-    """fp16 safetensors per scorer + ``scorers.json`` (configs and how they were trained)."""
+    """fp16 safetensors per scorer + ``scorers.json`` (``meta`` + each model's ScorerConfig under
+    "scorer_configs", so the weights load after SCORER_CONFIGS changes)."""
     out = Path(out_dir)
+    meta = {**meta, "scorer_configs": {name: asdict(m.cfg) for name, m in models.items()}}
     out.mkdir(parents=True, exist_ok=True)
     for name, model in models.items():
         state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
@@ -130,16 +133,24 @@ def save_scorers(out_dir: str | Path, models: dict[str, ConvScorer], meta: dict)
 
 
 def load_scorers(path: str | Path | None = None) -> Scorers:
-    """Load the embedded scorers (default) or those in ``path``; float32, eval mode."""
+    """Load the embedded scorers (default) or those in ``path``; float32, eval mode.
+
+    Each model is built from the ScorerConfig stored in ``scorers.json`` when there is one, else
+    from SCORER_CONFIGS.
+    """
     from generator.build import hash_directory
 
     path = Path(path) if path is not None else SCORERS_DIR
+    meta_file = path / "scorers.json"
+    stored = json.loads(meta_file.read_text()).get("scorer_configs", {}) if meta_file.is_file() else {}
     models = {}
     for name in SCORER_CONFIGS:
         file = path / f"{name}.safetensors"
         if not file.is_file():
             raise FileNotFoundError(f"{file} missing: train scorers with generator/train_scorers.py")
-        model = build_scorer(name)
+        cfg = stored.get(name)
+        model = ConvScorer(ScorerConfig(**{**cfg, "widths": tuple(cfg["widths"])})) if cfg else (
+            build_scorer(name))
         model.load_state_dict({k: v.float() for k, v in load_file(str(file)).items()})
         models[name] = model.eval()
     return Scorers(**models, checkpoint_hash=hash_directory(path))

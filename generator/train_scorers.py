@@ -2,8 +2,11 @@
 
 ``python -m generator.train_scorers --config configs/generator/scorers.yaml``
 
-- ``lesion`` (ranking) and ``audit`` (never used for ranking): tumor (1) vs lesion-free (0),
-  where lesion-free = normals + GT negatives, so the lesion itself is the only cue.
+- ``lesion`` (ranking) and ``audit`` (never used for ranking), region-conditioned (input [image,
+  region]): "does the region contain lesion tissue?" (``lesion_examples``). 1: a positive with its
+  lesion mask dilated by ``dilation_px``; 0: its GT negative with the same region, normals with
+  a lesion-shaped region placed on tissue, and (``displaced_negatives``) positives with a region
+  placed away from the lesion. The lesion in the region is the only cue.
 - ``fill``: input [image, hole]; real tissue in the hole (GT negative / normal, 0) vs a fill (1)
   from classical fills (biharmonic, push-pull coarse fill, coarse fill + ring-matched noise) and,
   when ``generator`` is set, samples of that generator.
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from generator.masks import coarse_fill, dilate, place_mask, random_lesion_mask
-from generator.modeling.scorers import build_scorer
+from generator.modeling.scorers import build_scorer, dilate_region
 from generator.predictor import _biharmonic
 from generator.scoring import SCORERS_DIR, prepare, save_scorers
 from shared.config import load_config, to_dict
@@ -44,12 +47,22 @@ class ScorerTrainConfig:
     # (1 = off). Teaches subtle lesions: the held-out chest lesions change the image ~4× less
     # than the training domains' do.
     lesion_scale_min: float = 1.0
+    # the lower bound of α falls linearly from 1 to lesion_scale_min over this share of the steps
+    # (a curriculum: with faint lesions from step 0 the region-conditioned scorers stayed at
+    # p = 0.5 for every input)
+    lesion_scale_ramp: float = 0.0
+    region_jitter_px: int = 0  # lesion scorers: regions dilated by U{0..this} px per batch
+    normal_regions: int = 2  # lesion scorers: placed regions per normal image
+    displaced_negatives: bool = True  # lesion scorers: positives with a region off the lesion → 0
     device: str = "cpu"  # "cpu" | "cuda" | "auto" (cuda when available)
     num_threads: int = 1  # torch CPU threads
     out_dir: str = str(SCORERS_DIR)  # where the safetensors go
 
 
 def _items(cfg: ScorerTrainConfig):
+    """Training-domain images of ``cfg.split``: (positives, their masks, their GT negatives,
+    lesion-free images = GT negatives + normals, holes = dilated mask per lesion-free image or
+    None for a normal)."""
     from shared.benchmark import load_manifest
     from shared.io import read_image, read_mask
 
@@ -73,30 +86,71 @@ def _items(cfg: ScorerTrainConfig):
     return pos, pos_masks, pos_gt, neg_free, holes
 
 
+def lesion_examples(cfg: ScorerTrainConfig, pos, pos_masks, pos_gt, neg_free, holes,
+                    rng: np.random.Generator):
+    """Region-conditioned lesion-scorer examples: (images, regions, lesion masks, labels, bases).
+
+    Per positive: (positive, dilate(mask, dilation_px), mask, 1, base GT negative), (GT negative,
+    same region, ∅, 0), and with ``displaced_negatives`` (positive, a region of the same shape
+    placed on tissue away from dilate(mask, 4), ∅, 0). Per normal, ``normal_regions`` times:
+    (normal, a positive's region placed on tissue (> 0.05), ∅, 0). ``bases``: the lesion-free
+    twin for the contrast augmentation (the image itself for a 0). ∅: None (no lesion).
+    """
+    images, regions, masks, labels, bases = [], [], [], [], []
+
+    def add(image, region, mask, label, base):
+        images.append(image)
+        regions.append(region)
+        masks.append(mask)
+        labels.append(label)
+        bases.append(base)
+
+    templates = [dilate(m, cfg.dilation_px) for m in pos_masks]
+    for image, mask, gt, region in zip(pos, pos_masks, pos_gt, templates, strict=True):
+        add(image, region, mask, 1.0, gt)
+        add(gt, region, None, 0.0, gt)
+        if cfg.displaced_negatives:
+            placed = place_mask(region, dilate(mask, 4), image > 0.05, rng)
+            if placed is not None:
+                add(image, placed, None, 0.0, image)
+    normals = [im for im, h in zip(neg_free, holes, strict=True) if h is None]
+    for image in normals:
+        for _ in range(cfg.normal_regions):
+            t = templates[int(rng.integers(len(templates)))]
+            placed = place_mask(t, np.zeros_like(t), image > 0.05, rng)
+            add(image, t if placed is None else placed, None, 0.0, image)
+    return images, regions, masks, labels, bases
+
+
 def scorer_loss(
-    logit_map: torch.Tensor, target_map: torch.Tensor, labels: torch.Tensor
+    logit_map: torch.Tensor, target_map: torch.Tensor, labels: torch.Tensor,
+    image_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dense + image-level BCE for a max-pooled scorer.
 
-    L = mean_{b,i,j} BCE(m_bij, t_bij) + mean_b BCE(max_ij m_bij, y_b), with m the logit map
+    L = mean_{b,i,j} BCE(m_bij, t_bij) + mean_b BCE(l_b, y_b), with m the logit map
     (B, h, w), t the mask max-pooled to (h, w) in {0,1} (all 0 for a negative) and y (B,) the
     image labels. The dense term gives every cell a target (multiple-instance learning with
     known instances), which trains these small nets in a few hundred CPU steps; the image term
-    calibrates the pooled logit that ranking uses. Reduction: means, summed.
+    calibrates the pooled logit that ranking uses. l = ``image_logits`` (the model's pooling,
+    e.g. over the region's cells), max_ij m_bij when None. Reduction: means, summed.
     """
     dense = F.binary_cross_entropy_with_logits(logit_map, target_map)
-    image = F.binary_cross_entropy_with_logits(logit_map.amax((1, 2)), labels)
+    pooled = logit_map.amax((1, 2)) if image_logits is None else image_logits
+    image = F.binary_cross_entropy_with_logits(pooled, labels)
     return dense + image
 
 
 def _train(
     model, xs: torch.Tensor, masks: torch.Tensor, ys: torch.Tensor, cfg: ScorerTrainConfig,
-    seed: int, base: torch.Tensor | None = None,
+    seed: int, base: torch.Tensor | None = None, region_jitter_px: int = 0,
 ) -> float:
     """Balanced batches (half positives), warm-up + cosine LR, dense supervision; train accuracy.
 
     ``base`` (same shape as ``xs``): each row's lesion-free twin (itself for negatives); with
-    ``cfg.lesion_scale_min`` < 1 a drawn row becomes base + α·(x − base), α ~ U[min, 1].
+    ``cfg.lesion_scale_min`` < 1 a drawn row becomes base + α·(x − base), α ~ U[lo, 1], lo
+    falling from 1 to the min over the first ``cfg.lesion_scale_ramp`` share of the steps.
+    ``region_jitter_px`` > 0: channel 1 (the region) is dilated by U{0..it} px per batch.
     """
     device = _device(cfg.device)
     model.to(device)
@@ -112,21 +166,26 @@ def _train(
     pos_idx, neg_idx = torch.nonzero(ys > 0.5)[:, 0], torch.nonzero(ys < 0.5)[:, 0]
     half = cfg.batch_size // 2
     model.train()
-    for _ in range(cfg.steps):
+    for step in range(cfg.steps):
         idx = torch.cat([pos_idx[torch.randint(0, len(pos_idx), (half,), generator=g)],
                          neg_idx[torch.randint(0, len(neg_idx), (half,), generator=g)]])
         x = xs[idx]
         if base is not None and cfg.lesion_scale_min < 1.0:
-            alpha = cfg.lesion_scale_min + (1 - cfg.lesion_scale_min) * torch.rand(
+            ramp = min(1.0, step / max(1.0, cfg.lesion_scale_ramp * cfg.steps))
+            lo = 1 - (1 - cfg.lesion_scale_min) * ramp
+            alpha = lo + (1 - lo) * torch.rand(
                 (len(idx), 1, 1, 1), generator=g).to(device)
             x = base[idx] + alpha * (x - base[idx])
+        if region_jitter_px > 0:
+            px = int(torch.randint(0, region_jitter_px + 1, (), generator=g))
+            x = torch.cat([x[:, :1], dilate_region(x[:, 1:2], px), x[:, 2:]], dim=1)
         x = torch.cat([x, masks[idx]], dim=1)
         if torch.rand((), generator=g) < 0.5:
             x = x.flip(-1)
         x = torch.rot90(x, int(torch.randint(0, 4, (), generator=g)), dims=(-2, -1))
         logit_map = model.logit_map(x[:, :-1])
         target = F.adaptive_max_pool2d(x[:, -1:], logit_map.shape[-2:])[:, 0]
-        loss = scorer_loss(logit_map, target, ys[idx])
+        loss = scorer_loss(logit_map, target, ys[idx], model.pool(logit_map, x[:, :-1]))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -139,6 +198,7 @@ def _train(
 
 
 def _device(name: str) -> torch.device:
+    """The torch device for ``name`` ("auto": cuda when available, else cpu)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -182,7 +242,36 @@ def fill_examples(cfg: ScorerTrainConfig, neg_free, holes, rng: np.random.Genera
     return real, fake
 
 
+def train_lesion_scorer(name: str, cfg: ScorerTrainConfig, seed: int, pos, pos_masks, pos_gt,
+                        neg_free, holes):
+    """Train lesion scorer ``name`` ("lesion" | "audit") → (model, train accuracy).
+
+    Region-conditioned configs (in_channels 2) on ``lesion_examples``; a whole-image one (1) on
+    positives (1) vs all lesion-free images (0).
+    """
+    torch.manual_seed(seed)
+    model = build_scorer(name)
+    side = model.cfg.resolution
+    if model.cfg.in_channels == 2:
+        images, regions, masks, labels, bases = lesion_examples(
+            cfg, pos, pos_masks, pos_gt, neg_free, holes, np.random.default_rng(seed))
+        jitter = cfg.region_jitter_px
+    else:
+        images, bases = pos + neg_free, pos_gt + neg_free
+        regions, jitter = None, 0
+        masks = pos_masks + [None] * len(neg_free)
+        labels = [1.0] * len(pos) + [0.0] * len(neg_free)
+    masks = [np.zeros(im.shape[:2], np.float32) if m is None else m.astype(np.float32)
+             for im, m in zip(images, masks, strict=True)]
+    xs = prepare(images, regions, side)
+    base = prepare(bases, regions, side)
+    ms = (prepare(masks, None, side) > 0).float()
+    acc = _train(model, xs, ms, torch.tensor(labels), cfg, seed, base, jitter)
+    return model, acc
+
+
 def main(argv: list[str] | None = None) -> None:
+    """CLI: train lesion, audit and fill scorers on ``cfg``'s data and save them to ``out_dir``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", type=Path, default=None)
     p.add_argument("overrides", nargs="*")
@@ -192,17 +281,9 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     pos, pos_masks, pos_gt, neg_free, holes = _items(cfg)
     models, meta = {}, {"config": to_dict(cfg), "train_accuracy": {}}
-    cls_images = pos + neg_free
-    cls_labels = torch.tensor([1.0] * len(pos) + [0.0] * len(neg_free))
-    cls_masks = pos_masks + [np.zeros(im.shape[:2], bool) for im in neg_free]
     for name, seed in (("lesion", cfg.seed), ("audit", cfg.seed + 1)):
-        torch.manual_seed(seed)
-        model = build_scorer(name)
-        xs = prepare(cls_images, None, model.cfg.resolution)
-        ms = prepare([m.astype(np.float32) for m in cls_masks], None, model.cfg.resolution) > 0
-        base = prepare(pos_gt + neg_free, None, model.cfg.resolution)
-        meta["train_accuracy"][name] = _train(model, xs, ms.float(), cls_labels, cfg, seed, base)
-        models[name] = model
+        models[name], meta["train_accuracy"][name] = train_lesion_scorer(
+            name, cfg, seed, pos, pos_masks, pos_gt, neg_free, holes)
         print(name, meta["train_accuracy"][name], f"{time.time() - t0:.0f}s", flush=True)
     rng = np.random.default_rng(cfg.seed)
     real, fake = fill_examples(cfg, neg_free, holes, rng)

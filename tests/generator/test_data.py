@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from generator.data import DataConfig, ReferenceDataset, RegionWeights, aux_records, load_records, photometric
+from generator.data import (
+    DataConfig,
+    ReferenceDataset,
+    RegionWeights,
+    aux_records,
+    load_records,
+    photometric,
+)
 
 from .conftest import toy_pair
 

@@ -67,9 +67,12 @@ def test_scorers_round_trip_and_ranking(tmp_path):
     region = dilate(mask, 2)
     probs = loaded.probabilities([image], [region])
     for k in ("lesion", "audit"):
-        x = prepare([image], None, models[k].cfg.resolution)
+        x = prepare([image], [region] if models[k].cfg.in_channels == 2 else None,
+                    models[k].cfg.resolution)
         ref = torch.sigmoid(models[k].half().float()(x)).item()
         assert probs[k][0] == pytest.approx(ref, abs=1e-5)
+    assert {k: m.cfg for k, m in loaded.__dict__.items() if k in models} == {
+        k: m.cfg for k, m in models.items()}  # configs stored in scorers.json and used to load
     s = score_negatives(loaded, [image], [image], [region], [image])[0]
     assert {"lesion_prob", "audit_prob", "fill_prob", "psnr"} <= set(s)
     assert ranking_score({**s, "outside_max_abs_diff": 0.1}) == float("-inf")
