@@ -28,7 +28,6 @@ from shared.benchmark import load_manifest  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
 from shared.metrics import bootstrap_ci, paired_bootstrap_ci  # noqa: E402
 
-
 READING_MARKER = "<!-- reading: written by hand, kept when this script rewrites the file -->"
 
 
