@@ -83,11 +83,7 @@ class ChestXray:
 
     @cached_property
     def radiograph(self) -> np.ndarray:
-        from shared.io import read_dicom
-
-        frame = read_dicom(_pydicom_data("RG1_UNCR.dcm"))[0]
-        lo, hi = np.percentile(frame, [1, 99.5])
-        return np.clip((frame - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+        return _normalised_dicom("RG1_UNCR.dcm")
 
     def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
         img = self.radiograph  # (1955, 1841); lungs are dark, bone and mediastinum bright
@@ -116,6 +112,15 @@ def _pydicom_data(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: install pydicom-data")
     return path
+
+
+def _normalised_dicom(name: str) -> np.ndarray:
+    """First frame of a pydicom-data file, windowed to its 1st–99.5th percentiles, float32 [0, 1]."""
+    from shared.io import read_dicom
+
+    frame = read_dicom(_pydicom_data(name))[0]
+    lo, hi = np.percentile(frame, [1, 99.5])
+    return np.clip((frame - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
 class Retina:
@@ -213,12 +218,6 @@ SOURCES = {cls.name: cls for cls in (BrainMRI, ChestXray, Retina, BreastUltrasou
 # model trained on them has seen more than three texture regimes.
 
 
-def _normalised_dicom(name: str) -> np.ndarray:
-    from shared.io import read_dicom
-
-    frame = read_dicom(_pydicom_data(name))[0].astype(np.float32)
-    lo, hi = np.percentile(frame, [1, 99.5])
-    return np.clip((frame - lo) / (hi - lo), 0.0, 1.0)
 
 
 def _body_crop(img: np.ndarray, rng: np.random.Generator, size: int, *, side: tuple[int, int],
