@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from generator.masks import coarse_fill, dilate, place_mask, random_lesion_mask
-from generator.modeling.scorers import build_scorer, dilate_region
+from generator.modeling.scorers import build_scorer
 from generator.predictor import _biharmonic
 from generator.scoring import SCORERS_DIR, prepare, save_scorers
 from shared.config import load_config, to_dict
@@ -51,7 +51,6 @@ class ScorerTrainConfig:
     # (a curriculum: with faint lesions from step 0 the region-conditioned scorers stayed at
     # p = 0.5 for every input)
     lesion_scale_ramp: float = 0.0
-    region_jitter_px: int = 0  # lesion scorers: regions dilated by U{0..this} px per batch
     normal_regions: int = 2  # lesion scorers: placed regions per normal image
     displaced_negatives: bool = True  # lesion scorers: positives with a region off the lesion → 0
     device: str = "cpu"  # "cpu" | "cuda" | "auto" (cuda when available)
@@ -143,14 +142,13 @@ def scorer_loss(
 
 def _train(
     model, xs: torch.Tensor, masks: torch.Tensor, ys: torch.Tensor, cfg: ScorerTrainConfig,
-    seed: int, base: torch.Tensor | None = None, region_jitter_px: int = 0,
+    seed: int, base: torch.Tensor | None = None,
 ) -> float:
     """Balanced batches (half positives), warm-up + cosine LR, dense supervision; train accuracy.
 
     ``base`` (same shape as ``xs``): each row's lesion-free twin (itself for negatives); with
     ``cfg.lesion_scale_min`` < 1 a drawn row becomes base + α·(x − base), α ~ U[lo, 1], lo
     falling from 1 to the min over the first ``cfg.lesion_scale_ramp`` share of the steps.
-    ``region_jitter_px`` > 0: channel 1 (the region) is dilated by U{0..it} px per batch.
     """
     device = _device(cfg.device)
     model.to(device)
@@ -176,9 +174,6 @@ def _train(
             alpha = lo + (1 - lo) * torch.rand(
                 (len(idx), 1, 1, 1), generator=g).to(device)
             x = base[idx] + alpha * (x - base[idx])
-        if region_jitter_px > 0:
-            px = int(torch.randint(0, region_jitter_px + 1, (), generator=g))
-            x = torch.cat([x[:, :1], dilate_region(x[:, 1:2], px), x[:, 2:]], dim=1)
         x = torch.cat([x, masks[idx]], dim=1)
         if torch.rand((), generator=g) < 0.5:
             x = x.flip(-1)
@@ -246,28 +241,19 @@ def train_lesion_scorer(name: str, cfg: ScorerTrainConfig, seed: int, pos, pos_m
                         neg_free, holes):
     """Train lesion scorer ``name`` ("lesion" | "audit") → (model, train accuracy).
 
-    Region-conditioned configs (in_channels 2) on ``lesion_examples``; a whole-image one (1) on
-    positives (1) vs all lesion-free images (0).
+    Region-conditioned (input [image, region]) on ``lesion_examples``.
     """
     torch.manual_seed(seed)
     model = build_scorer(name)
     side = model.cfg.resolution
-    if model.cfg.in_channels == 2:
-        images, regions, masks, labels, bases = lesion_examples(
-            cfg, pos, pos_masks, pos_gt, neg_free, holes, np.random.default_rng(seed))
-        jitter = cfg.region_jitter_px
-    else:
-        images, bases = pos + neg_free, pos_gt + neg_free
-        regions, jitter = None, 0
-        masks = pos_masks + [None] * len(neg_free)
-        labels = [1.0] * len(pos) + [0.0] * len(neg_free)
+    images, regions, masks, labels, bases = lesion_examples(
+        cfg, pos, pos_masks, pos_gt, neg_free, holes, np.random.default_rng(seed))
     masks = [np.zeros(im.shape[:2], np.float32) if m is None else m.astype(np.float32)
              for im, m in zip(images, masks, strict=True)]
     xs = prepare(images, regions, side)
     base = prepare(bases, regions, side)
     ms = (prepare(masks, None, side) > 0).float()
-    acc = _train(model, xs, ms, torch.tensor(labels), cfg, seed, base, jitter)
-    return model, acc
+    return model, _train(model, xs, ms, torch.tensor(labels), cfg, seed, base)
 
 
 def main(argv: list[str] | None = None) -> None:

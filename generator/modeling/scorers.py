@@ -32,7 +32,6 @@ class ScorerConfig:
     ring_px: int = 0
     std_floor: float = 0.02  # lower bound of σ_ring (flat surroundings)
     z_clip: float = 5.0  # |z| clip before rescaling to [-1, 1]
-    raw_channel: bool = False  # with ring_px: also feed the raw image (x·2 − 1)
     region_pool: bool = False  # image logit = max over the map cells the region touches
     # logit map = max(map of the input, map of the input with the image inverted): a lesion is
     # "the region differs from its ring" in either direction. The training domains' lesions are
@@ -40,11 +39,6 @@ class ScorerConfig:
     # without it ranked chest GT negatives above their positives; random inversion as an
     # augmentation instead kept it at p = 0.5 for every input within a CPU budget).
     polarity_invariant: bool = False
-
-    @property
-    def net_channels(self) -> int:
-        """Channels of the tensor the conv stack sees (after preprocessing)."""
-        return self.in_channels + int(self.ring_px > 0 and self.raw_channel)
 
 
 SCORER_CONFIGS = {
@@ -99,7 +93,7 @@ class ConvScorer(nn.Module):
         super().__init__()
         if cfg.ring_px > 0 and cfg.in_channels != 2:
             raise ValueError("ring standardisation needs a region channel (in_channels 2)")
-        layers, c = [], cfg.net_channels
+        layers, c = [], cfg.in_channels
         for w in cfg.widths:
             layers += [
                 nn.Conv2d(c, w, cfg.kernel, padding=cfg.kernel // 2),
@@ -114,20 +108,16 @@ class ConvScorer(nn.Module):
         self.cfg = cfg
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, in_channels, R, R) in [0,1] → (B, net_channels, R, R) roughly in [-1, 1].
+        """x: (B, in_channels, R, R) in [0,1] → the same shape, roughly in [-1, 1].
 
-        Without ring standardisation: x·2 − 1. With it: [ring-standardised image, region·2 − 1]
-        (+ raw image·2 − 1 when ``cfg.raw_channel``).
+        Without ring standardisation: x·2 − 1. With it: [ring-standardised image, region·2 − 1].
         """
         cfg = self.cfg
         if cfg.ring_px <= 0:
             return x * 2 - 1
         image, region = x[:, :1], x[:, 1:2]
-        parts = [ring_standardise(image, region, cfg.ring_px, cfg.std_floor, cfg.z_clip),
-                 region * 2 - 1]
-        if cfg.raw_channel:
-            parts.append(image * 2 - 1)
-        return torch.cat(parts, dim=1)
+        z = ring_standardise(image, region, cfg.ring_px, cfg.std_floor, cfg.z_clip)
+        return torch.cat([z, region * 2 - 1], dim=1)
 
     def logit_map(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, in_channels, R, R) in [0,1] → per-cell logits (B, R/2^n, R/2^n).
