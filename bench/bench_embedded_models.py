@@ -11,36 +11,29 @@
   give the positive the higher logit, and their mean probabilities, on the 64² benchmark (test
   split of every domain). Region-conditioned scorers get the lesion mask dilated by 2 px as the
   region of both images; whole-image ones (the scorers committed before region conditioning,
-  loaded with ``LEGACY_CONFIGS``) get the image alone.
+  which ``load_scorers`` builds with ``WHOLE_IMAGE_CONFIGS``) get the image alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 
 from finetune.acceptance import domain_eval_set, evaluate_model  # noqa: E402
 from finetune.train_loop import resolve_model_source  # noqa: E402
 from generator.masks import dilate  # noqa: E402
-from generator.modeling.scorers import ConvScorer, ScorerConfig  # noqa: E402
+from generator.modeling.scorers import ConvScorer  # noqa: E402
 from generator.scoring import SCORERS_DIR, load_scorers, prepare  # noqa: E402
 from shared.benchmark import HELD_OUT_DOMAIN, load_manifest  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
 
 DOMAINS = ("chest_xray", "brain_mri", "breast_us", "retina")
 REGION_DILATION_PX = 2  # region = lesion mask dilated by this (as the generator's default hole)
-# whole-image tumor-vs-lesion-free scorers (weights saved without "scorer_configs")
-LEGACY_CONFIGS = {
-    "lesion": ScorerConfig("lesion", 1, 64, (16, 32, 64, 64)),
-    "audit": ScorerConfig("audit", 1, 48, (24, 48, 96), kernel=5),
-}
 
 
 def _splits(domain: str) -> tuple[str, ...]:
@@ -60,22 +53,6 @@ def clip_rows(models: dict[str, str], bench: Path) -> list[str]:
     return lines
 
 
-def load_lesion_scorers(scorers_dir: Path) -> dict[str, ConvScorer]:
-    """{"lesion", "audit"} scorers of ``scorers_dir``: ``load_scorers``, or ``LEGACY_CONFIGS``
-    when the directory's scorers.json stores no configs (whole-image scorers)."""
-    meta = json.loads((scorers_dir / "scorers.json").read_text())
-    if "scorer_configs" in meta:
-        scorers = load_scorers(scorers_dir)
-        return {name: getattr(scorers, name) for name in LEGACY_CONFIGS}
-    models = {}
-    for name, cfg in LEGACY_CONFIGS.items():
-        model = ConvScorer(cfg)
-        state = load_file(str(scorers_dir / f"{name}.safetensors"))
-        model.load_state_dict({k: v.float() for k, v in state.items()})
-        models[name] = model.eval()
-    return models
-
-
 def pair_logits(model: ConvScorer, pos, neg, regions) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N,) of positives and of their GT negatives, both with ``regions`` when the
     scorer is region-conditioned (in_channels 2), else with the image alone."""
@@ -90,7 +67,7 @@ def scorer_rows(scorer_dirs: dict[str, Path], bench: Path, n: int) -> list[str]:
     for lesion and audit, and the lesion scorer's mean probabilities."""
     lines = ["| domain (test split) | scorers | pairs | lesion: pos > GT neg | audit: pos > GT neg "
              "| lesion p (pos / GT neg) |", "|---|---|---|---|---|---|"]
-    sets = {label: load_lesion_scorers(d) for label, d in scorer_dirs.items()}
+    sets = {label: load_scorers(d) for label, d in scorer_dirs.items()}
     manifest = load_manifest(bench)
     for domain in DOMAINS:
         items = [it for it in manifest if it.domain == domain and it.split == "test"
@@ -101,7 +78,7 @@ def scorer_rows(scorer_dirs: dict[str, Path], bench: Path, n: int) -> list[str]:
         for label, models in sets.items():
             cells = []
             for name in ("lesion", "audit"):
-                a, b = pair_logits(models[name], pos, neg, regions)
+                a, b = pair_logits(getattr(models, name), pos, neg, regions)
                 cells.append(float((a > b).float().mean()))
                 if name == "lesion":
                     probs = (float(torch.sigmoid(a).mean()), float(torch.sigmoid(b).mean()))

@@ -22,7 +22,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from generator.masks import dilate
-from generator.modeling.scorers import SCORER_CONFIGS, ConvScorer, ScorerConfig, build_scorer
+from generator.modeling.scorers import (
+    SCORER_CONFIGS,
+    WHOLE_IMAGE_CONFIGS,
+    ConvScorer,
+    ScorerConfig,
+)
 from shared.metrics import (
     high_frequency_energy,
     masked_mse,
@@ -135,8 +140,8 @@ def save_scorers(out_dir: str | Path, models: dict[str, ConvScorer], meta: dict)
 def load_scorers(path: str | Path | None = None) -> Scorers:
     """Load the embedded scorers (default) or those in ``path``; float32, eval mode.
 
-    Each model is built from the ScorerConfig stored in ``scorers.json`` when there is one, else
-    from SCORER_CONFIGS.
+    Each model is built from the ScorerConfig stored in ``scorers.json``; weights saved without
+    stored configs predate them and are the whole-image scorers (``WHOLE_IMAGE_CONFIGS``).
     """
     from generator.build import hash_directory
 
@@ -149,8 +154,8 @@ def load_scorers(path: str | Path | None = None) -> Scorers:
         if not file.is_file():
             raise FileNotFoundError(f"{file} missing: train scorers with generator/train_scorers.py")
         cfg = stored.get(name)
-        model = ConvScorer(ScorerConfig(**{**cfg, "widths": tuple(cfg["widths"])})) if cfg else (
-            build_scorer(name))
+        model = ConvScorer(ScorerConfig(**{**cfg, "widths": tuple(cfg["widths"])}) if cfg
+                           else WHOLE_IMAGE_CONFIGS[name])
         model.load_state_dict({k: v.float() for k, v in load_file(str(file)).items()})
         models[name] = model.eval()
     return Scorers(**models, checkpoint_hash=hash_directory(path))

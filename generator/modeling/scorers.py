@@ -50,6 +50,16 @@ SCORER_CONFIGS = {
 }
 
 
+# The whole-image scorers saved before region conditioning (scorers.json without
+# "scorer_configs", session 2): tumor-vs-lesion-free on the image alone. ``load_scorers`` builds
+# such weights with these, so old checkpoints stay comparable.
+WHOLE_IMAGE_CONFIGS = {
+    "lesion": ScorerConfig("lesion", 1, 64, (16, 32, 64, 64)),
+    "audit": ScorerConfig("audit", 1, 48, (24, 48, 96), kernel=5),
+    "fill": SCORER_CONFIGS["fill"],
+}
+
+
 def dilate_region(region: torch.Tensor, px: int) -> torch.Tensor:
     """Square (Chebyshev) dilation of a (B, 1, H, W) {0,1} mask by ``px`` pixels (max-pool)."""
     if px <= 0:

@@ -127,3 +127,22 @@ def test_load_scorers_builds_the_stored_configs(tmp_path):
     save_scorers(tmp_path, models, {})
     loaded = load_scorers(tmp_path)
     assert loaded.audit.cfg == models["audit"].cfg and loaded.lesion.cfg == SCORER_CONFIGS["lesion"]
+
+
+def test_load_scorers_reads_weights_saved_before_stored_configs_as_whole_image(tmp_path):
+    """scorers.json without "scorer_configs" (session-2 checkpoints): whole-image lesion/audit."""
+    import json
+
+    from generator.modeling.scorers import WHOLE_IMAGE_CONFIGS, ConvScorer
+    from generator.scoring import load_scorers, save_scorers
+
+    torch.manual_seed(0)
+    models = {k: ConvScorer(cfg) for k, cfg in WHOLE_IMAGE_CONFIGS.items()}
+    save_scorers(tmp_path, models, {})
+    meta = json.loads((tmp_path / "scorers.json").read_text())
+    del meta["scorer_configs"]
+    (tmp_path / "scorers.json").write_text(json.dumps(meta))
+    loaded = load_scorers(tmp_path)
+    assert loaded.lesion.cfg.in_channels == 1 and loaded.audit.cfg == WHOLE_IMAGE_CONFIGS["audit"]
+    x = torch.rand(2, 1, 64, 64)
+    assert_close(loaded.lesion(x), models["lesion"](x), rtol=0, atol=1e-2)  # fp16 round trip
