@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["demo", "generator", "generator_biharmonic", "embedded_models", "dpo", "service", "stage1",
+ORDER = ["demo", "generator", "generator_biharmonic", "generator_sampling",
+         "embedded_models", "dpo", "service", "stage1",
          "m2ib", "trainer", "ablation"]
 
 
