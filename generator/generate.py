@@ -163,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from generator.build import load_generator
 
-    state = PartialState()
+    # Without a GPU, accelerate only joins the launched processes into one (gloo) group when
+    # asked for the CPU; otherwise every rank sees num_processes == 1 and all of them would
+    # generate every item, racing on the same files.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if state.num_processes != launched:
+        raise RuntimeError(f"launched {launched} processes but accelerate joined "
+                           f"{state.num_processes}: refusing to run unsharded")
     out: Path = args.out
     (out / "negatives").mkdir(parents=True, exist_ok=True)
     (out / "records").mkdir(parents=True, exist_ok=True)
@@ -182,11 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     for it in tqdm(todo, disable=not state.is_local_main_process, desc="negatives"):
         record = process_item(it, args, generator, scorers, out)
         _write_json_atomic(out / "records" / f"{it.id}.json", record)
+    print(f"rank {state.process_index}/{state.num_processes}: {len(todo)} generated, "
+          f"{len(mine) - len(todo)} skipped", flush=True)
     state.wait_for_everyone()
     if state.is_main_process:
         finalize(items, args.data, out)
-        print(f"{len(todo)} generated, {len(mine) - len(todo)} skipped on rank 0; "
-              f"{len(items)} items in {out / 'manifest.jsonl'}")
+        print(f"{len(items)} items in {out / 'manifest.jsonl'}")
     state.wait_for_everyone()
     return 0
 

@@ -57,4 +57,6 @@ def test_two_process_launch_writes_the_same_files(small_bench, tiny_pixel_dir, t
            str(REPO / "generator" / "generate.py"), *_args(small_bench, two, tiny_pixel_dir, 5)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # each rank generated its own share (3 + 2 of 5), not all items twice
+    assert "rank 0/2: 3 generated" in proc.stdout and "rank 1/2: 2 generated" in proc.stdout
     assert _snapshot(one) == _snapshot(two)
