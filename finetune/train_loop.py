@@ -13,7 +13,6 @@ import contextlib
 import copy
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from finetune.features import ClipFeatures
 from finetune.negatives import resolve_negatives
 from finetune.objectives import NEEDS, compute_objective
 from shared.config import to_dict
+from shared.launch import check_joined, use_cpu
 
 EMBEDDED_PRETRAINED = Path(__file__).parent / "weights" / "embedded"
 CHECKPOINTS = "checkpoints"
@@ -130,7 +130,9 @@ def train(cfg: TrainConfig) -> Path:
         project_dir=cfg.output_dir,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        cpu=use_cpu(),
     )
+    check_joined(accelerator.num_processes)
     rank, world_size = accelerator.process_index, accelerator.num_processes
     validate(cfg, world_size=world_size)
     out = Path(cfg.output_dir)
@@ -242,8 +244,3 @@ def _flat(tree: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{k}"] = v if not isinstance(v, list) else str(v)
     return flat
-
-
-def env_world_size() -> int:
-    """WORLD_SIZE set by accelerate/torchrun (1 when run directly)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -44,6 +44,7 @@ from generator.preference import (
 from generator.scoring import ranking_score, score_negatives
 from shared.config import load_config, to_dict
 from shared.io import read_image, read_mask
+from shared.launch import check_joined, use_cpu
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,8 @@ def train_dpo(cfg: DpoConfig, *, scorers=None) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(mixed_precision="no", log_with="tensorboard",
-                              project_dir=str(out))
+                              project_dir=str(out), cpu=use_cpu())
+    check_joined(accelerator.num_processes)
     accelerator.init_trackers("dpo")
     ref_path = Path(cfg.reference) if cfg.reference else DEFAULT_CHECKPOINT
     backend, ref_hash = load_pixel(ref_path)

@@ -33,6 +33,7 @@ from generator.masks import dilate
 from generator.scoring import SCORERS_DIR, load_scorers, ranking_score, score_negatives
 from shared.datasets import DpoRow, list_pairs, list_tasks, write_dpo_csv
 from shared.io import read_image, read_mask, write_png
+from shared.launch import check_joined, use_cpu
 from shared.provenance import content_key, sha256_bytes
 
 DEFAULT_CAPTION_NEG = "A medical image showing healthy tissue with no signs of pathology."
@@ -163,14 +164,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from generator.build import load_generator
 
-    # Without a GPU, accelerate only joins the launched processes into one (gloo) group when
-    # asked for the CPU; otherwise every rank sees num_processes == 1 and all of them would
-    # generate every item, racing on the same files.
-    state = PartialState(cpu=not torch.cuda.is_available())
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if state.num_processes != launched:
-        raise RuntimeError(f"launched {launched} processes but accelerate joined "
-                           f"{state.num_processes}: refusing to run unsharded")
+    state = PartialState(cpu=use_cpu())
+    check_joined(state.num_processes)
     out: Path = args.out
     (out / "negatives").mkdir(parents=True, exist_ok=True)
     (out / "records").mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ from generator.data import DataConfig, ReferenceDataset, RegionWeights, aux_reco
 from generator.losses import reference_loss
 from generator.modeling import pixel_unet
 from shared.config import load_config, to_dict
+from shared.launch import check_joined, use_cpu
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,9 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
             project_dir=str(out), logging_dir=str(out / "logs"), automatic_checkpoint_naming=True,
             total_limit=2,
         ),
+        cpu=use_cpu(),
     )
+    check_joined(accelerator.num_processes)
     set_seed(cfg.optim.seed)
     data = cfg.data
     domains = data.train_domains or _all_domains_but(data.root, data.held_out_domain)
