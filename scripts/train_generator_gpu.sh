@@ -23,22 +23,34 @@
 # Each checkpoint's generator_config.json records its exact command and step count.
 # Before session 3 the embedded model came from configs/generator/pixel_reference_gpu.yaml
 # (block_out_channels [32,64,128,128], 6107 steps; git history up to 1385485).
+# RECIPE=dg2 runs configs/generator/pixel_reference_gpu_dg2.yaml (more kinds of self-supervised
+# tissue: + abdominal CT and natural photographs) two ways instead, reference_dg2 and
+# reference_dg2_biharmonic; session 4 ran it once, MINUTES=6.5, on one H100 (4236 and 2706 steps).
+# It did not help the held-out domain and cost the training domains (numbers in the config's
+# header and bench/results/generator_dg2.md); its weights were not kept.
 # PY (default python3) and EXTRA (overrides for a quick CPU check) are read from the environment.
 set -uo pipefail
 DEST=${1:-}
 MINUTES=${2:-6}
 PY=${PY:-python3}
 EXTRA=${EXTRA:-}
-CONFIG=configs/generator/pixel_reference_gpu_dg.yaml
+RECIPE=${RECIPE:-dg}
+CONFIG=configs/generator/pixel_reference_gpu_$RECIPE.yaml
 export PYTHONUNBUFFERED=1
 mkdir -p runs/gpu
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"
 
-declare -A VARIANTS=(
-  [reference_dg]=""
-  [reference_dg_biharmonic]="model.harmonic_iters=0 model.biharmonic_iters=100"
-  [reference_dg_noaug]="model.harmonic_iters=0 model.biharmonic_iters=100 data.photometric_p=0 data.aux_per_source=0"
-)
+BIHARMONIC="model.harmonic_iters=0 model.biharmonic_iters=100"
+declare -A VARIANTS
+case $RECIPE in
+  dg) VARIANTS=(
+        [reference_dg]=""
+        [reference_dg_biharmonic]="$BIHARMONIC"
+        [reference_dg_noaug]="$BIHARMONIC data.photometric_p=0 data.aux_per_source=0"
+      ) ;;
+  dg2) VARIANTS=([reference_dg2]="optim.num_workers=6" [reference_dg2_biharmonic]="optim.num_workers=6 $BIHARMONIC") ;;
+  *) echo "unknown RECIPE=$RECIPE (dg or dg2)"; exit 2 ;;
+esac
 pids=()
 for name in "${!VARIANTS[@]}"; do
   # shellcheck disable=SC2086

@@ -265,7 +265,57 @@ class ShoulderMRI:
                           cols=(0.3, 0.85), body=0.08)
 
 
-AUX_SOURCES = {cls.name: cls for cls in (ExtremityXray, ShoulderMRI)}
+class AbdomenCT:
+    """Crops of a real axial abdominal CT slice (pydicom-data explicit_VR-UN.dcm, 512²)."""
+
+    name = "abdomen_ct"
+
+    @cached_property
+    def slice(self) -> np.ndarray:
+        return _normalised_dicom("explicit_VR-UN.dcm")
+
+    def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        return _body_crop(self.slice, rng, size, side=(96, 200), rows=(0.35, 0.75),
+                          cols=(0.25, 0.75), body=0.2)
+
+
+class NaturalImages:
+    """Crops of scikit-image's bundled photographs (gray): edges, lines and textures of every kind.
+
+    Not anatomy: structure to continue across a hole (LaMa-style inpainting is trained on natural
+    scenes and transfers to other domains). One photograph per draw, a square crop of random side,
+    rotated by a multiple of 90°, resized.
+    """
+
+    name = "natural_images"
+    NAMES = ("camera", "astronaut", "brick", "grass", "gravel", "coins", "moon", "rocket",
+             "coffee", "chelsea", "immunohistochemistry", "clock", "cell", "hubble_deep_field")
+
+    @cached_property
+    def photos(self) -> list[np.ndarray]:
+        from skimage import data
+        from skimage.color import rgb2gray
+
+        out = []
+        for name in self.NAMES:
+            img = getattr(data, name)()
+            img = rgb2gray(img) if img.ndim == 3 else img.astype(np.float64) / 255.0
+            out.append(np.asarray(img, np.float32))
+        return out
+
+    def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        img = self.photos[int(rng.integers(len(self.photos)))]
+        h, w = img.shape
+        s = int(rng.integers(size, min(h, w, 4 * size) + 1))
+        crop = _crop(img, int(rng.integers(h - s + 1)), int(rng.integers(w - s + 1)), s)
+        crop = _resize(np.ascontiguousarray(np.rot90(crop, int(rng.integers(4)))), size)
+        tissue = np.zeros((size, size), bool)
+        m = size // 8
+        tissue[m:-m, m:-m] = True
+        return crop, tissue
+
+
+AUX_SOURCES = {cls.name: cls for cls in (ExtremityXray, ShoulderMRI, AbdomenCT, NaturalImages)}
 
 
 def aux_healthy_images(

@@ -79,6 +79,12 @@ def test_aux_sources_are_real_anatomy_and_reject_unknown_names():
 
     with pytest.raises(ValueError, match="unknown auxiliary anatomy"):
         aux_healthy_images(("chest_xray",), 1, 32, seed=0)
-    (img, tissue), = aux_healthy_images(("extremity_xray",), 1, 32, seed=0)
-    assert img.shape == (32, 32) and img.dtype == np.float32 and 0 <= img.min() and img.max() <= 1
-    assert tissue.any() and img.std() > 0.02  # a crop of the leg, not of the empty frame
+    names = ("extremity_xray", "abdomen_ct", "natural_images")
+    draws = aux_healthy_images(names, 2, 32, seed=0)
+    assert len(draws) == 6
+    for img, tissue in draws:
+        assert img.shape == (32, 32) and img.dtype == np.float32 and 0 <= img.min() and img.max() <= 1
+        assert tissue.any() and img.std() > 0.02  # a crop of the body / photo, not of empty frame
+    again = aux_healthy_images(names, 2, 32, seed=0)
+    for (a, _), (b, _) in zip(draws, again, strict=True):
+        np.testing.assert_array_equal(a, b)  # deterministic per seed
