@@ -40,6 +40,18 @@ def _kept_reading(out: Path) -> str:
     return "" if at < 0 else "\n" + text[at:]
 
 
+def tumor_items(data: Path, domain: str, split: str = "test", n: int = 0) -> list:
+    """The first ``n`` (0 = all) tumor items of ``domain``/``split`` in the benchmark manifest."""
+    items = [it for it in load_manifest(data)
+             if it.domain == domain and it.split == split and it.label == "tumor"]
+    return items[:n] if n else items
+
+
+def gray(x: np.ndarray) -> np.ndarray:
+    """A float64 single-channel view (channel mean of RGB), as the texture metrics see images."""
+    return np.asarray(x if x.ndim == 2 else x.mean(axis=2), np.float64)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=Path("data/bench64"))
@@ -81,9 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _domain_section(args, domain: str, gen, scorers) -> list[str]:
-    items = [it for it in load_manifest(args.data)
-             if it.domain == domain and it.split == args.split and it.label == "tumor"]
-    items = items[: args.n] if args.n else items
+    items = tumor_items(args.data, domain, args.split, args.n)
     rows: dict[str, list[dict]] = {"untouched positive": [], "biharmonic": [], "reference model": [],
                                    "GT negative (ceiling)": []}
     outputs: dict[str, list] = {k: [] for k in rows}

@@ -10,7 +10,7 @@ generators, oracle fills answer "what would a fill that got the shape right scor
 
 * ``GT low-pass σ``: the GT negative blurred by σ — the right shape, no texture;
 * ``... + foreign texture r``: plus the high-pass (x − G_1 * x, as in the texture ratio) of another
-  test image's GT negative at the same pixels, scaled so the texture ratio vs the GT is exactly r.
+  test image's GT negative (image i + n/2) at the same pixels, scaled so the texture ratio vs the GT is exactly r.
   That texture is real tissue of the domain but uncorrelated with the truth — what a generator
   that samples plausible texture adds at best;
 * ``biharmonic + foreign texture r``: biharmonic's shape with such texture.
@@ -32,18 +32,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from bench.bench_generator import _kept_reading  # noqa: E402
+from bench.bench_generator import _kept_reading, gray, tumor_items  # noqa: E402
 from generator.build import load_generator  # noqa: E402
 from generator.masks import dilate  # noqa: E402
-from shared.benchmark import load_manifest  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
 from shared.metrics import masked_psnr, masked_ssim, texture_ratio  # noqa: E402
 
 LOW_PASS_SIGMA = 2.0  # px: the split of the error into shape (below) and texture (above)
-
-
-def _gray(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x if x.ndim == 2 else x.mean(axis=2), np.float64)
 
 
 def with_texture(base: np.ndarray, texture: np.ndarray, gt: np.ndarray, region: np.ndarray,
@@ -87,25 +82,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("bench/results/generator_oracle.md"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    items = [it for it in load_manifest(args.data) if it.domain == args.domain
-             and it.split == "test" and it.label == "tumor"][: args.n]
+    items = tumor_items(args.data, args.domain, "test", args.n)
     if len(items) < 2:
         raise SystemExit(f"need at least 2 test tumor images of {args.domain!r}, found {len(items)}")
     images = [read_image(it.image) for it in items]
     masks = [read_mask(it.mask) for it in items]
-    gts = [_gray(read_image(it.gt_negative)) for it in items]
+    gts = [gray(read_image(it.gt_negative)) for it in items]
     regions = [dilate(m, args.dilation_px) for m in masks]
-    # foreign texture for image i: the high-pass of image i+7's GT negative (a different crop)
-    foreign = [g - ndimage.gaussian_filter(g, 1.0) for g in gts[7:] + gts[:7]]
+    # foreign texture for image i: the high-pass of image (i + n/2)'s GT negative, another crop
+    shift = len(gts) // 2
+    foreign = [g - ndimage.gaussian_filter(g, 1.0) for g in gts[shift:] + gts[:shift]]
 
     gens = {name: load_generator(None if name == "embedded" else name) for name in args.generator}
     first = next(iter(gens.values()))
-    biharmonic = [_gray(r[0].image) for r in first.generate(images, masks, method="biharmonic",
+    biharmonic = [gray(r[0].image) for r in first.generate(images, masks, method="biharmonic",
                                                            dilation_px=args.dilation_px)]
     fills: dict[str, list[np.ndarray]] = {"biharmonic": biharmonic}
     for name, gen in gens.items():
         out = gen.generate(images, masks, seed=args.seed, steps=args.steps, dilation_px=args.dilation_px)
-        fills[f"generator `{name}` (`{gen.checkpoint_hash[:12]}`)"] = [_gray(r[0].image) for r in out]
+        fills[f"generator `{name}` (`{gen.checkpoint_hash[:12]}`)"] = [gray(r[0].image) for r in out]
     for sigma in (1.0, 2.0):
         lows = [ndimage.gaussian_filter(g, sigma) for g in gts]
         fills[f"oracle: GT low-pass σ={sigma:g}"] = [np.where(r, lo, g) for lo, g, r in

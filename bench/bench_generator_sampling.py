@@ -21,15 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.bench_generator import gray, tumor_items  # noqa: E402
 from generator.build import load_generator  # noqa: E402
 from generator.masks import dilate  # noqa: E402
-from shared.benchmark import load_manifest  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
 from shared.metrics import masked_psnr, masked_ssim, texture_ratio  # noqa: E402
-
-
-def _gray(x: np.ndarray) -> np.ndarray:
-    return x if x.ndim == 2 else x.mean(axis=2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,10 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("bench/results/generator_sampling.md"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    items = [it for it in load_manifest(args.data) if it.domain == args.domain
-             and it.split == "test" and it.label == "tumor"][: args.n]
-    images = [_gray(read_image(it.image)) for it in items]
-    gts = [_gray(read_image(it.gt_negative)) for it in items]
+    items = tumor_items(args.data, args.domain, "test", args.n)
+    images = [gray(read_image(it.image)) for it in items]
+    gts = [gray(read_image(it.gt_negative)) for it in items]
     masks = [read_mask(it.mask) for it in items]
     regions = [dilate(m, args.dilation_px) for m in masks]
     gen = load_generator(None if args.generator == "embedded" else args.generator)
