@@ -6,4 +6,6 @@ See :mod:`finetune.evaluation.cli` for the options.
 from finetune.evaluation.cli import main
 
 if __name__ == "__main__":
-    main()
+    from shared.cli import run
+
+    run(main)

@@ -8,7 +8,6 @@ process. Two DDP processes on CPU (design §7): ``accelerate launch --multi_gpu 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -35,8 +34,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # gloo sometimes aborts at interpreter teardown after the work is done (design §7).
-    os._exit(code)
+    from shared.cli import run
+
+    run(main, hard_exit=True)  # design §7: avoids the occasional gloo teardown abort

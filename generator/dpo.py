@@ -319,4 +319,6 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from shared.cli import run
+
+    run(lambda: main(sys.argv[1:]))

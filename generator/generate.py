@@ -31,7 +31,7 @@ import torch
 
 from generator.masks import dilate
 from generator.scoring import SCORERS_DIR, load_scorers, ranking_score, score_negatives
-from shared.datasets import DpoRow, list_pairs, list_tasks, write_dpo_csv
+from shared.datasets import DatasetError, DpoRow, list_pairs, list_tasks, write_dpo_csv
 from shared.io import read_image, read_mask, write_png
 from shared.launch import check_joined, use_cpu
 from shared.provenance import content_key, sha256_bytes
@@ -76,7 +76,7 @@ def list_items(data: Path, *, split: str | None, domains: list[str] | None) -> l
                                       f"A medical image showing a {task} lesion.",
                                       DEFAULT_CAPTION_NEG))
     if not items:
-        raise ValueError(f"{data}: no tumor items found (split={split}, domains={domains})")
+        raise DatasetError(f"{data}: no tumor items found (split={split}, domains={domains})")
     return sorted(items, key=lambda it: it.id)
 
 
@@ -195,7 +195,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # design §7: avoids the occasional gloo teardown abort after the work is done
+    from shared.cli import run
+
+    run(main, hard_exit=True)  # design §7: avoids the occasional gloo teardown abort

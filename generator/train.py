@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -276,7 +275,6 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # design §7: avoids the occasional gloo teardown abort after a finished run
+    from shared.cli import run
+
+    run(main, hard_exit=True)  # design §7: avoids the occasional gloo teardown abort

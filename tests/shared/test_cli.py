@@ -1,0 +1,45 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.cli import run
+from shared.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _exit_code(main, **kw) -> int:
+    with pytest.raises(SystemExit) as exc:
+        run(main, **kw)
+    return exc.value.code
+
+
+def test_run_turns_user_errors_into_one_line_and_status_2(capsys):
+    def bad_config():
+        raise ConfigError("config file x.yaml does not exist")
+
+    assert _exit_code(bad_config) == 2
+    assert capsys.readouterr().err == "error: config file x.yaml does not exist\n"
+    assert _exit_code(lambda: 3) == 3
+    assert _exit_code(lambda: {"metrics": 1}) == 0  # a non-int result is not a status
+
+    def bug():
+        raise KeyError("internal")
+
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        run(bug)
+
+
+@pytest.mark.parametrize("cmd", [
+    ["generator/generate.py", "--data", "/nonexistent/data", "--out", "OUT"],
+    ["finetune/run.py", "--config", "/nonexistent/config.yaml"],
+])
+def test_cli_reports_bad_paths_without_a_traceback(cmd, tmp_path):
+    cmd = [c.replace("OUT", str(tmp_path / "out")) for c in cmd]
+    done = subprocess.run([sys.executable, str(REPO / cmd[0]), *cmd[1:]], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "error: " in done.stderr
+    assert "/nonexistent/" in done.stderr
