@@ -5,8 +5,10 @@
 Compares, on the same images and masks (dilated by ``--dilation-px``): the untouched positive,
 scikit-image's biharmonic inpainting, and the generator. Inside the dilated mask vs the GT
 negative: PSNR, SSIM, MSE (BraTS local-synthesis protocol); texture ratio vs the GT
-(``shared.metrics.texture_ratio``); outside-mask max |diff| vs the input; scorer flip rates and
-fill-detector accuracy when embedded scorers exist. Writes ``bench/results/generator.md``.
+(``shared.metrics.texture_ratio``); outside-mask max |diff| vs the input; when embedded scorers
+exist, flip rates, the fill detector's rate at p ≥ 0.5 and ``fill_above_gt``: how often it finds
+the region more fill-like than the GT negative's real tissue there (0.5 = indistinguishable from
+real tissue, independent of the detector's threshold). Writes ``bench/results/generator.md``.
 """
 
 from __future__ import annotations
@@ -112,15 +114,19 @@ def _domain_section(args, domain: str, gen, scorers) -> list[str]:
             rows[name].append(scores_with_gt(out, gt, image, region))
             outputs[name].append(out)
     if scorers is not None:
+        fill_gt = scorers.probabilities(outputs["GT negative (ceiling)"], regions)["fill"]
         for name in rows:
             probs = scorers.probabilities(outputs[name], regions)
-            for r, les, aud, fil in zip(rows[name], probs["lesion"], probs["audit"],
-                                        probs["fill"], strict=True):
+            for r, les, aud, fil, fgt in zip(rows[name], probs["lesion"], probs["audit"],
+                                             probs["fill"], fill_gt, strict=True):
+                # fill_above_gt: the detector finds this region more fill-like than the GT's real
+                # tissue in the same region (ties count half): 0.5 = indistinguishable from real
                 r.update(lesion_flip=float(les < 0.5), audit_flip=float(aud < 0.5),
-                         fill_detected=float(fil >= 0.5))
+                         fill_detected=float(fil >= 0.5),
+                         fill_above_gt=float(fil > fgt) + 0.5 * float(fil == fgt))
     metrics = ["psnr", "ssim", "mse", "texture_ratio_gt", "outside_max_abs_diff"]
     if scorers is not None:
-        metrics += ["lesion_flip", "audit_flip", "fill_detected"]
+        metrics += ["lesion_flip", "audit_flip", "fill_detected", "fill_above_gt"]
     lines = [
         f"{len(items)} tumor images of `{domain}` ({args.split} split, never trained on); "
         f"metrics inside the mask dilated by {args.dilation_px} px vs the GT negative; "

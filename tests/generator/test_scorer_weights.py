@@ -75,3 +75,27 @@ def test_scorers_rank_positives_above_gt_negatives_on_new_draws(tmp_path_factory
     # a scorer collapsed to a constant gives a == b (rate 0); chance is 0.5
     assert rate >= MIN_RATE[domain], f"{name} ranks {rate:.2f} of {domain} pairs right"
     assert a.mean() > b.mean()
+
+
+def _biharmonic(images, regions) -> list[np.ndarray]:
+    from skimage.restoration import inpaint_biharmonic
+
+    return [np.where(r, inpaint_biharmonic(im, r), im).astype(np.float32)
+            for im, r in zip(images, regions, strict=True)]
+
+
+# The fill detector on fresh draws: a biharmonic fill of the region should score above the GT
+# negative's real tissue in the same region. Measured 1.00 / 1.00 / 0.75 (brain / breast /
+# held-out chest, 24 pairs each). On chest the detector calls most real tissue a fill too (0.83
+# of GT negatives at p >= 0.5), but its ordering still separates the two. A ring-standardised,
+# region-pooled variant tried in session 4 flagged fewer GT negatives (0.37) but ranked only 0.54
+# of these chest pairs right, so it was not adopted.
+MIN_FILL_RATE = {"brain_mri": 0.9, "breast_us": 0.9, "chest_xray": 0.65}
+
+
+@pytest.mark.parametrize("domain", ["brain_mri", "breast_us", "chest_xray"])
+def test_fill_detector_scores_biharmonic_fills_above_real_tissue(tmp_path_factory, domain):
+    model = load_scorers(WEIGHTS).fill
+    _, real, regions = _fresh_pairs(tmp_path_factory, domain)
+    rate, a, b = _rate(model, _biharmonic(real, regions), real, regions)
+    assert rate >= MIN_FILL_RATE[domain], f"fill detector ranks {rate:.2f} of {domain} pairs right"
