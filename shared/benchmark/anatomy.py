@@ -41,6 +41,13 @@ def _crop(img: np.ndarray, top: int, left: int, side: int) -> np.ndarray:
     return img[top : top + side, left : left + side]
 
 
+def _clear_border(tissue: np.ndarray) -> np.ndarray:
+    """``tissue`` with a frame of 1/8 of its side set False: lesions are centred away from it."""
+    m = tissue.shape[0] // 8
+    tissue[:m], tissue[-m:], tissue[:, :m], tissue[:, -m:] = False, False, False, False
+    return tissue
+
+
 class BrainMRI:
     """Axial slices of nilearn's bundled MNI152 T1 template (1 mm, 197x233x189)."""
 
@@ -99,10 +106,7 @@ class ChestXray:
             crop = crop[:, ::-1]
         crop = _resize(np.ascontiguousarray(crop), size)
         smooth = ndimage.gaussian_filter(crop, size / 40)
-        tissue = smooth < np.percentile(smooth, 60)  # aerated lung, not rib or heart
-        m = size // 8
-        tissue[:m], tissue[-m:], tissue[:, :m], tissue[:, -m:] = False, False, False, False
-        return crop, tissue
+        return crop, _clear_border(smooth < np.percentile(smooth, 60))  # aerated lung, not rib or heart
 
 
 def _pydicom_data(name: str) -> Path:
@@ -218,8 +222,6 @@ SOURCES = {cls.name: cls for cls in (BrainMRI, ChestXray, Retina, BreastUltrasou
 # model trained on them has seen more than three texture regimes.
 
 
-
-
 def _body_crop(img: np.ndarray, rng: np.random.Generator, size: int, *, side: tuple[int, int],
                rows: tuple[float, float], cols: tuple[float, float], body: float):
     """A random square crop centred in the given row/column bands, resized, with a tissue map."""
@@ -231,52 +233,53 @@ def _body_crop(img: np.ndarray, rng: np.random.Generator, size: int, *, side: tu
     crop = _crop(img, top, left, s)
     crop = np.rot90(crop, int(rng.integers(4)))
     crop = _resize(np.ascontiguousarray(crop), size)
-    tissue = ndimage.gaussian_filter(crop, size / 40) > body
-    m = size // 8
-    tissue[:m], tissue[-m:], tissue[:, :m], tissue[:, -m:] = False, False, False, False
-    return crop, tissue
+    return crop, _clear_border(ndimage.gaussian_filter(crop, size / 40) > body)
 
 
-class ExtremityXray:
-    """Crops of a real lower-leg radiograph (pydicom-data RG3_UNCR.dcm, CR): soft tissue and bone."""
+class _DicomCrops:
+    """Random crops of one real pydicom-data image around the body in it (``_body_crop``).
 
-    name = "extremity_xray"
+    Subclasses name the file and the crop parameters: ``side`` (crop side range in source
+    pixels), ``rows`` / ``cols`` (bands, as fractions, where the crop centre falls) and ``body``
+    (the smoothed intensity above which a pixel is tissue).
+    """
 
-    @cached_property
-    def radiograph(self) -> np.ndarray:
-        return _normalised_dicom("RG3_UNCR.dcm")  # (1760, 1760); the leg spans columns ~30–70%
-
-    def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-        return _body_crop(self.radiograph, rng, size, side=(280, 520), rows=(0.12, 0.72),
-                          cols=(0.4, 0.6), body=0.2)
-
-
-class ShoulderMRI:
-    """Crops of a real shoulder MR image (pydicom-data MR2_UNCR.dcm, 1024²)."""
-
-    name = "shoulder_mri"
+    name: str
+    file: str
+    side: tuple[int, int]
+    rows: tuple[float, float]
+    cols: tuple[float, float]
+    body: float
 
     @cached_property
-    def slice(self) -> np.ndarray:
-        return _normalised_dicom("MR2_UNCR.dcm")
+    def image(self) -> np.ndarray:
+        return _normalised_dicom(self.file)
 
     def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-        return _body_crop(self.slice, rng, size, side=(220, 420), rows=(0.3, 0.8),
-                          cols=(0.3, 0.85), body=0.08)
+        return _body_crop(self.image, rng, size, side=self.side, rows=self.rows, cols=self.cols,
+                          body=self.body)
 
 
-class AbdomenCT:
-    """Crops of a real axial abdominal CT slice (pydicom-data explicit_VR-UN.dcm, 512²)."""
+class ExtremityXray(_DicomCrops):
+    """Crops of a real lower-leg radiograph (CR, 1760²; the leg spans columns ~30–70%): soft
+    tissue and bone."""
 
-    name = "abdomen_ct"
+    name, file = "extremity_xray", "RG3_UNCR.dcm"
+    side, rows, cols, body = (280, 520), (0.12, 0.72), (0.4, 0.6), 0.2
 
-    @cached_property
-    def slice(self) -> np.ndarray:
-        return _normalised_dicom("explicit_VR-UN.dcm")
 
-    def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-        return _body_crop(self.slice, rng, size, side=(96, 200), rows=(0.35, 0.75),
-                          cols=(0.25, 0.75), body=0.2)
+class ShoulderMRI(_DicomCrops):
+    """Crops of a real shoulder MR image (1024²)."""
+
+    name, file = "shoulder_mri", "MR2_UNCR.dcm"
+    side, rows, cols, body = (220, 420), (0.3, 0.8), (0.3, 0.85), 0.08
+
+
+class AbdomenCT(_DicomCrops):
+    """Crops of a real axial abdominal CT slice (512²)."""
+
+    name, file = "abdomen_ct", "explicit_VR-UN.dcm"
+    side, rows, cols, body = (96, 200), (0.35, 0.75), (0.25, 0.75), 0.2
 
 
 class NaturalImages:
@@ -309,10 +312,7 @@ class NaturalImages:
         s = int(rng.integers(size, min(h, w, 4 * size) + 1))
         crop = _crop(img, int(rng.integers(h - s + 1)), int(rng.integers(w - s + 1)), s)
         crop = _resize(np.ascontiguousarray(np.rot90(crop, int(rng.integers(4)))), size)
-        tissue = np.zeros((size, size), bool)
-        m = size // 8
-        tissue[m:-m, m:-m] = True
-        return crop, tissue
+        return crop, _clear_border(np.ones((size, size), bool))
 
 
 AUX_SOURCES = {cls.name: cls for cls in (ExtremityXray, ShoulderMRI, AbdomenCT, NaturalImages)}
