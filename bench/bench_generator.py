@@ -114,9 +114,9 @@ def _domain_section(args, domain: str, gen, scorers) -> list[str]:
             rows[name].append(scores_with_gt(out, gt, image, region))
             outputs[name].append(out)
     if scorers is not None:
-        fill_gt = scorers.probabilities(outputs["GT negative (ceiling)"], regions)["fill"]
-        for name in rows:
-            probs = scorers.probabilities(outputs[name], regions)
+        probs_of = {name: scorers.probabilities(outputs[name], regions) for name in rows}
+        fill_gt = probs_of["GT negative (ceiling)"]["fill"]
+        for name, probs in probs_of.items():
             for r, les, aud, fil, fgt in zip(rows[name], probs["lesion"], probs["audit"],
                                              probs["fill"], fill_gt, strict=True):
                 # fill_above_gt: the detector finds this region more fill-like than the GT's real
