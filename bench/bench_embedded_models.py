@@ -28,7 +28,7 @@ from finetune.acceptance import domain_eval_set, evaluate_model  # noqa: E402
 from finetune.train_loop import resolve_model_source  # noqa: E402
 from generator.masks import dilate  # noqa: E402
 from generator.modeling.scorers import ConvScorer  # noqa: E402
-from generator.scoring import SCORERS_DIR, load_scorers, prepare  # noqa: E402
+from generator.scoring import SCORERS_DIR, load_scorers, scorer_logits  # noqa: E402
 from shared.benchmark import HELD_OUT_DOMAIN, load_manifest  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
 
@@ -56,10 +56,7 @@ def clip_rows(models: dict[str, str], bench: Path) -> list[str]:
 def pair_logits(model: ConvScorer, pos, neg, regions) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N,) of positives and of their GT negatives, both with ``regions`` when the
     scorer is region-conditioned (in_channels 2), else with the image alone."""
-    r = regions if model.cfg.in_channels == 2 else None
-    with torch.no_grad():
-        return (model(prepare(pos, r, model.cfg.resolution)),
-                model(prepare(neg, r, model.cfg.resolution)))
+    return scorer_logits(model, pos, regions), scorer_logits(model, neg, regions)
 
 
 def scorer_rows(scorer_dirs: dict[str, Path], bench: Path, n: int) -> list[str]:

@@ -93,12 +93,18 @@ class Scorers:
         self, images: Sequence[np.ndarray], regions: Sequence[np.ndarray]
     ) -> dict[str, np.ndarray]:
         """{"lesion", "audit", "fill"} → (N,) probabilities for images (HxW[x3], [0,1]) and holes."""
-        out = {}
-        for name in ("lesion", "audit", "fill"):
-            model = getattr(self, name)
-            x = prepare(images, regions if model.cfg.in_channels == 2 else None, model.cfg.resolution)
-            out[name] = torch.sigmoid(model(x)).numpy().astype(np.float64)
-        return out
+        return {name: torch.sigmoid(scorer_logits(getattr(self, name), images, regions))
+                .numpy().astype(np.float64) for name in ("lesion", "audit", "fill")}
+
+
+@torch.no_grad()
+def scorer_logits(
+    model: ConvScorer, images: Sequence[np.ndarray], regions: Sequence[np.ndarray]
+) -> torch.Tensor:
+    """(N,) logits of one scorer for images with their regions; a whole-image scorer
+    (``in_channels`` 1, the pre-region checkpoints) gets the images alone."""
+    r = regions if model.cfg.in_channels == 2 else None
+    return model(prepare(images, r, model.cfg.resolution))
 
 
 def prepare(

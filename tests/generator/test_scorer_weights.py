@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from generator.masks import dilate
-from generator.scoring import SCORERS_DIR, load_scorers, prepare
+from generator.scoring import SCORERS_DIR, load_scorers, scorer_logits
 
 WEIGHTS = Path(os.environ.get("NEGCLIP_SCORERS_DIR", SCORERS_DIR))
 
@@ -53,9 +53,7 @@ def _fresh_pairs(tmp_path_factory, domain: str):
 
 
 def _rate(model, pos, neg, regions) -> tuple[float, torch.Tensor, torch.Tensor]:
-    with torch.no_grad():
-        a = model(prepare(pos, regions, model.cfg.resolution))
-        b = model(prepare(neg, regions, model.cfg.resolution))
+    a, b = scorer_logits(model, pos, regions), scorer_logits(model, neg, regions)
     assert np.isfinite(a.numpy()).all() and np.isfinite(b.numpy()).all()
     return (a > b).float().mean().item(), a, b
 
