@@ -85,9 +85,8 @@ def _biharmonic(images, regions) -> list[np.ndarray]:
 # The fill detector on fresh draws: a biharmonic fill of the region should score above the GT
 # negative's real tissue in the same region. Measured 1.00 / 1.00 / 0.75 (brain / breast /
 # held-out chest, 24 pairs each). On chest the detector calls most real tissue a fill too (0.83
-# of GT negatives at p >= 0.5), but its ordering still separates the two. A ring-standardised,
-# region-pooled variant tried in session 4 flagged fewer GT negatives (0.37) but ranked only 0.54
-# of these chest pairs right, so it was not adopted.
+# of GT negatives at p >= 0.5), but its ordering still separates the two (a ring-standardised,
+# region-pooled variant tried in session 4 ordered these chest pairs worse and was not adopted).
 MIN_FILL_RATE = {"brain_mri": 0.9, "breast_us": 0.9, "chest_xray": 0.65}
 
 
