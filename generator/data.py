@@ -1,6 +1,9 @@
 """Training samples for the reference (healthy-tissue inpainting) model.
 
-Two kinds of sample, both ``{"image", "hole", "target", "weight"}`` tensors of shape (1, H, W):
+Two kinds of sample, both ``{"image", "hole", "target", "weight"}`` tensors of shape (1, H, W)
+plus ``"visible"`` (1, 1, 1): 1 when the image's pixels inside the hole are the lesion-bearing
+input (supervised), 0 when they are the answer itself (self-supervised; a see-through model must
+not be shown them, ``generator.modeling.pixel_unet.condition``):
 - supervised: a positive, its lesion mask (randomly dilated) as the hole, the GT negative (the same
   image without the lesion) as the target;
 - self-supervised (Durrer et al. 2024): a lesion-shaped hole placed on healthy tissue away from
@@ -179,7 +182,8 @@ class ReferenceDataset(torch.utils.data.Dataset):
             arrays = [np.rot90(a, k) for a in arrays]
             arrays = [a[:, ::-1] for a in arrays] if flip else arrays
         t = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None] for a in arrays]
-        return {"image": t[0], "hole": t[1], "target": t[2], "weight": t[3]}
+        visible = torch.full((1, 1, 1), float(supervised))
+        return {"image": t[0], "hole": t[1], "target": t[2], "weight": t[3], "visible": visible}
 
     def _self_supervised_hole(self, rec: Record) -> np.ndarray | None:
         rng = self.rng

@@ -63,6 +63,10 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)  # benchmark root, held-out domain
     weights: RegionWeights = field(default_factory=RegionWeights)  # hole/context/tumor loss weights
     optim: OptimConfig = field(default_factory=OptimConfig)
+    # a pixel checkpoint directory to start from instead of random weights (fine-tuning); its
+    # model config must equal ``model`` except ``see_through``: a 4-channel checkpoint is widened
+    # with zero weights for the see-through channel (pixel_unet.widen_from)
+    init_from: str = ""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -114,7 +118,7 @@ def training_loss(
     unet, scheduler, batch: dict, cfg: pixel_unet.PixelUNetConfig, *, crop: int = 0
 ) -> torch.Tensor:
     """One reference-model loss on a batch: noise the residual, predict the scheduler's target."""
-    cond = pixel_unet.condition(batch["image"], batch["hole"], cfg)
+    cond = pixel_unet.condition(batch["image"], batch["hole"], cfg, batch.get("visible"))
     r0 = pixel_unet.residual_target(batch["target"], cond, cfg)
     cond, r0, weight = crop_around_holes([cond, r0, batch["weight"]], cond[:, 1:2], crop)
     noise = torch.randn_like(r0)
@@ -160,6 +164,8 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
         num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_reseed_worker,
     )
     unet = pixel_unet.build_unet(cfg.model)
+    if cfg.init_from:
+        unet = _init_from(unet, Path(cfg.init_from), cfg.model)
     scheduler = pixel_unet.build_scheduler(cfg.model, kind="ddpm")
     ema = EMAModel(unet.parameters(), decay=cfg.optim.ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -219,6 +225,24 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
 
 
 STAGES: dict[str, Callable[[TrainConfig, argparse.Namespace], None]] = {"reference": run_reference}
+
+
+def _init_from(unet, path: Path, model: pixel_unet.PixelUNetConfig):
+    """``unet`` with the weights of the pixel checkpoint at ``path`` (widened if need be)."""
+    from dataclasses import replace
+
+    from diffusers import UNet2DModel
+
+    from generator.build import read_pixel_config
+
+    src_cfg = read_pixel_config(path)
+    if replace(src_cfg, see_through=model.see_through) != model:
+        raise ValueError(f"init_from {path}: its model config {src_cfg} differs from the run's "
+                         f"{model} in more than see_through")
+    if src_cfg.see_through and not model.see_through:
+        raise ValueError(f"init_from {path}: a see-through checkpoint cannot start a model without it")
+    source = UNet2DModel.from_pretrained(path / "unet", dtype=torch.float32)
+    return pixel_unet.widen_from(unet, source)
 
 
 def _reseed_worker(worker_id: int) -> None:

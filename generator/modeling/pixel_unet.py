@@ -3,7 +3,16 @@
 The UNet sees ``[x_t, masked image, mask, coarse fill]`` (B, 4, H, W) and predicts the diffusion
 target (ε, v or x0, per the scheduler's ``prediction_type``) of the *texture residual*
 ``r0 = scale · (x0 − coarse_fill) · hole``: the smooth part of the fill is given, the network
-learns what a smooth fill lacks. Reusable by the DPO stage: ``model_input`` builds the
+learns what a smooth fill lacks.
+
+``see_through`` adds a fifth channel, the input's own pixels inside the hole, in the residual's
+coordinates: ``scale · (image − coarse_fill) · hole`` (for a healthy hole that is exactly ``r0``).
+In a projection image (radiograph) a lesion adds density on top of the anatomy, which stays
+visible through it; a model that sees those pixels can remove the lesion instead of guessing
+the anatomy from the context alone. Where the lesion replaces tissue (MRI, ultrasound) the
+channel carries no anatomy and the model must learn to ignore it. Training marks per sample
+whether the hole's pixels are the lesion-bearing input (``visible`` 1: supervised samples) or
+would give the answer away (0: self-supervised holes on healthy tissue, the channel is zeroed). Reusable by the DPO stage: ``model_input`` builds the
 conditioning, ``residual_target`` the clean sample, ``sample`` runs the reverse process.
 """
 
@@ -35,10 +44,16 @@ class PixelUNetConfig:
     harmonic_iters: int = 0  # Jacobi sweeps refining the coarse fill towards a harmonic one (0 = off)
     biharmonic_iters: int = 0  # > 0: the coarse fill is biharmonic instead (CG steps; overrides the above)
     eta: float = 1.0  # DDIM η at sampling: 1 = ancestral (stochastic, keeps texture), 0 = deterministic
+    see_through: bool = False  # 5th input channel: the input's pixels inside the hole (see above)
+
+
+def in_channels(cfg: PixelUNetConfig) -> int:
+    """UNet input channels: x_t + masked image + hole + coarse fill (+ see-through)."""
+    return 5 if cfg.see_through else 4
 
 
 def build_unet(cfg: PixelUNetConfig) -> UNet2DModel:
-    """A ``UNet2DModel`` with 4 input channels and 1 output channel, sized by ``cfg``."""
+    """A ``UNet2DModel`` with ``in_channels(cfg)`` inputs and 1 output channel, sized by ``cfg``."""
     n = len(cfg.block_out_channels)
     down = tuple(
         "AttnDownBlock2D" if i in cfg.attention_levels else "DownBlock2D" for i in range(n)
@@ -48,7 +63,7 @@ def build_unet(cfg: PixelUNetConfig) -> UNet2DModel:
     )
     return UNet2DModel(
         sample_size=cfg.resolution,
-        in_channels=4,
+        in_channels=in_channels(cfg),
         out_channels=1,
         block_out_channels=tuple(cfg.block_out_channels),
         layers_per_block=cfg.layers_per_block,
@@ -79,13 +94,36 @@ def config_dict(cfg: PixelUNetConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
 
 
-def condition(image: torch.Tensor, hole: torch.Tensor, cfg: PixelUNetConfig) -> torch.Tensor:
-    """Conditioning channels ``[masked image, hole, coarse fill]``: (B,1,H,W)×2 → (B,3,H,W)."""
+def condition(
+    image: torch.Tensor, hole: torch.Tensor, cfg: PixelUNetConfig, visible: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Conditioning channels ``[masked image, hole, coarse fill]`` (+ with ``cfg.see_through``
+    ``scale·(image − coarse)·hole·visible``): (B,1,H,W)×2 → (B,3 or 4,H,W). ``visible`` (B,1,1,1),
+    default 1: whether the hole's pixels may be shown (training zeroes it for self-supervised holes)."""
     if cfg.biharmonic_iters > 0:
         coarse = biharmonic_fill(image, hole, iters=cfg.biharmonic_iters, levels=cfg.coarse_levels)
     else:
         coarse = harmonic_fill(image, hole, iters=cfg.harmonic_iters, levels=cfg.coarse_levels)
-    return torch.cat([image * (1 - hole), hole, coarse], dim=1)
+    channels = [image * (1 - hole), hole, coarse]
+    if cfg.see_through:
+        seen = cfg.residual_scale * (image - coarse) * hole
+        channels.append(seen if visible is None else seen * visible)
+    return torch.cat(channels, dim=1)
+
+
+def widen_from(unet: UNet2DModel, source: UNet2DModel) -> UNet2DModel:
+    """Copy ``source``'s weights into ``unet``, which may have more input channels (a 4-channel
+    checkpoint into a see-through UNet): the extra input channels get zero weights, so the widened
+    model computes exactly what ``source`` does until training moves them."""
+    state = source.state_dict()
+    w_old = state["conv_in.weight"]
+    w_new = torch.zeros_like(unet.conv_in.weight)
+    if w_old.shape[1] > w_new.shape[1] or w_old.shape[0] != w_new.shape[0]:
+        raise ValueError(f"cannot widen conv_in {tuple(w_old.shape)} into {tuple(w_new.shape)}")
+    w_new[:, : w_old.shape[1]] = w_old
+    state["conv_in.weight"] = w_new
+    unet.load_state_dict(state)
+    return unet
 
 
 def residual_target(
@@ -104,7 +142,7 @@ def compose(r0: torch.Tensor, cond: torch.Tensor, cfg: PixelUNetConfig) -> torch
 
 
 def model_input(x_t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    """(B,1,H,W) noisy residual + (B,3,H,W) conditioning → (B,4,H,W) UNet input."""
+    """(B,1,H,W) noisy residual + (B,3 or 4,H,W) conditioning → the UNet input."""
     return torch.cat([x_t, cond], dim=1)
 
 

@@ -1,0 +1,95 @@
+"""See-through conditioning: the input's pixels inside the hole as a fifth UNet channel."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from generator import train
+from generator.build import load_generator, save_pixel_checkpoint
+from generator.data import DataConfig, ReferenceDataset, RegionWeights, load_records
+from generator.modeling import pixel_unet
+
+from .conftest import TINY, toy_pair
+
+SEE = dataclasses.replace(TINY, see_through=True)
+
+
+def _batch(b=3, side=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(b, 1, side, side, generator=g)
+    hole = torch.zeros(b, 1, side, side)
+    hole[:, :, 10:20, 12:22] = 1.0
+    return image, hole
+
+
+def test_see_through_channel_is_the_holes_residual_and_visible_hides_it():
+    image, hole = _batch()
+    cond = pixel_unet.condition(image, hole, SEE)
+    assert cond.shape[1] == 4 and pixel_unet.build_unet(SEE).config.in_channels == 5
+    plain = pixel_unet.condition(image, hole, TINY)
+    torch.testing.assert_close(cond[:, :3], plain)  # the first three channels are unchanged
+    # On a healthy hole (target = the image) the see-through channel is exactly r0, the target.
+    torch.testing.assert_close(cond[:, 3:4], pixel_unet.residual_target(image, cond, SEE))
+    assert (cond[:, 3][hole[:, 0] == 0] == 0).all()
+    visible = torch.tensor([1.0, 0.0, 1.0]).view(3, 1, 1, 1)
+    hidden = pixel_unet.condition(image, hole, SEE, visible)
+    assert (hidden[1, 3] == 0).all()
+    torch.testing.assert_close(hidden[[0, 2]], cond[[0, 2]])
+
+
+def test_widened_unet_computes_what_its_four_channel_source_does():
+    torch.manual_seed(0)
+    source = pixel_unet.build_unet(TINY).eval()
+    wide = pixel_unet.widen_from(pixel_unet.build_unet(SEE), source).eval()
+    image, hole = _batch()
+    x_t = torch.randn(3, 1, 32, 32)
+    t = torch.tensor([5, 50, 95])
+    cond = pixel_unet.condition(image, hole, SEE)
+    with torch.no_grad():
+        expected = source(pixel_unet.model_input(x_t, cond[:, :3]), t).sample
+        got = wide(pixel_unet.model_input(x_t, cond), t).sample
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot widen"):
+        pixel_unet.widen_from(pixel_unet.build_unet(TINY), wide)
+
+
+def test_dataset_marks_supervised_samples_visible_and_self_supervised_hidden(small_bench):
+    recs = load_records(small_bench, domains=("breast_us",), split="train")
+    tumor = [r for r in recs if r.mask.any()]
+    always_self = ReferenceDataset(tumor, DataConfig(p_self_supervised=1.0), RegionWeights(), seed=0)
+    never_self = ReferenceDataset(tumor, DataConfig(p_self_supervised=0.0), RegionWeights(), seed=0)
+    assert float(never_self[0]["visible"]) == 1.0
+    # a self-supervised sample's target is its own image: showing the hole would give it away
+    s = always_self[0]
+    if float(s["visible"]) == 0.0:
+        np.testing.assert_array_equal(s["image"].numpy(), s["target"].numpy())
+    normals = [r for r in recs if not r.mask.any()]
+    if normals:
+        assert float(ReferenceDataset(normals, DataConfig(), RegionWeights(), seed=0)[0]["visible"]) == 0.0
+
+
+def _cfg(tmp_path, small_bench, init_from, extra=()):
+    return [
+        "--stage", "reference", f"output_dir={tmp_path / 'run'}", f"data.root={small_bench}",
+        "data.held_out_domain=retina", "model.resolution=32", "model.block_out_channels=[8, 16]",
+        "model.attention_levels=[]", "model.norm_num_groups=4", "model.num_train_timesteps=100",
+        "model.see_through=true", f"init_from={init_from}", "optim.steps=1", "optim.batch_size=2",
+        "optim.checkpoint_every=5", "optim.warmup_steps=1", "optim.lr=0", *extra,
+    ]
+
+
+def test_fine_tune_from_a_four_channel_checkpoint_starts_where_it_was(tmp_path, small_bench):
+    torch.manual_seed(0)
+    src = save_pixel_checkpoint(tmp_path / "src", pixel_unet.build_unet(TINY), TINY, fp16=False)
+    train.main(_cfg(tmp_path, small_bench, src))  # lr 0: the export is the widened source
+    image, mask = toy_pair(32, 32)
+    before = load_generator(src).generate([image], [mask], seed=3, steps=4)[0][0].image
+    after_gen = load_generator(tmp_path / "run" / "final")
+    assert after_gen.backend.cfg.see_through
+    after = after_gen.generate([image], [mask], seed=3, steps=4)[0][0].image
+    # the training export stores float16 weights: equal up to that rounding
+    np.testing.assert_allclose(after, before, atol=2e-3)
+    with pytest.raises(ValueError, match="differs from the run's"):
+        train.main(_cfg(tmp_path, small_bench, src, ["model.residual_scale=2.0"]))
