@@ -13,7 +13,10 @@ generators, oracle fills answer "what would a fill that got the shape right scor
   test image's GT negative (image i + n/2) at the same pixels, scaled so the texture ratio vs the GT is exactly r.
   That texture is real tissue of the domain but uncorrelated with the truth — what a generator
   that samples plausible texture adds at best;
-* ``biharmonic + foreign texture r``: biharmonic's shape with such texture.
+* ``biharmonic + foreign texture r``: biharmonic's shape with such texture;
+* ``biharmonic + the input's own high-pass``: not an oracle but a classical see-through fill, the
+  positive's own x − G_1 * x inside the region added to biharmonic (lesion texture included) —
+  what a generator with ``model.see_through`` can get from the lesion-bearing pixels for free.
 
 If a right-shaped fill with foreign texture clears the goal (PSNR ≥ biharmonic + 1 dB, texture
 ≥ 0.7) while the generator does not, the generator's gap is its coarse prediction, not the price
@@ -107,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
                                                    zip(lows, gts, regions, strict=True)]
         fills[f"oracle: GT low-pass σ={sigma:g} + foreign texture {args.ratio:g}"] = [
             with_texture(lo, t, g, r, args.ratio) for lo, t, g, r in zip(lows, foreign, gts, regions, strict=True)]
+    own = [gray(x) - ndimage.gaussian_filter(gray(x), 1.0) for x in images]
+    fills["biharmonic + the input's own high-pass (see-through, no model)"] = [
+        np.where(r, b + hp, g) for b, hp, g, r in zip(biharmonic, own, gts, regions, strict=True)]
     fills[f"biharmonic + foreign texture {args.ratio:g}"] = [
         with_texture(b, t, g, r, args.ratio) for b, t, g, r in zip(biharmonic, foreign, gts, regions, strict=True)]
 

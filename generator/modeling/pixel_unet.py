@@ -6,18 +6,23 @@ target (ε, v or x0, per the scheduler's ``prediction_type``) of the *texture re
 learns what a smooth fill lacks.
 
 ``see_through`` adds a fifth channel, the input's own pixels inside the hole, in the residual's
-coordinates: ``scale · (image − coarse_fill) · hole`` (for a healthy hole that is exactly ``r0``).
+coordinates: ``scale · (image − coarse_fill) · hole`` (for a healthy hole that is exactly ``r0``);
+with ``see_through_sigma`` σ > 0 only their high-pass ``scale · (image − G_σ * image) · hole``.
 In a projection image (radiograph) a lesion adds density on top of the anatomy, which stays
 visible through it; a model that sees those pixels can remove the lesion instead of guessing
 the anatomy from the context alone. Where the lesion replaces tissue (MRI, ultrasound) the
 channel carries no anatomy and the model must learn to ignore it. Training marks per sample
 whether the hole's pixels are the lesion-bearing input (``visible`` 1: supervised samples) or
-would give the answer away (0: self-supervised holes on healthy tissue, the channel is zeroed). Reusable by the DPO stage: ``model_input`` builds the
+would give the answer away (0: self-supervised holes on healthy tissue, the channel is zeroed).
+The high-pass form shows only the fine structure: a lesion's density is mostly low-frequency, so
+the model cannot copy it back, while the low frequencies still come from the context (a model fed
+the full residual kept part of the chest opacities: bench/results/generator_see_through.md). Reusable by the DPO stage: ``model_input`` builds the
 conditioning, ``residual_target`` the clean sample, ``sample`` runs the reverse process.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -45,6 +50,7 @@ class PixelUNetConfig:
     biharmonic_iters: int = 0  # > 0: the coarse fill is biharmonic instead (CG steps; overrides the above)
     eta: float = 1.0  # DDIM η at sampling: 1 = ancestral (stochastic, keeps texture), 0 = deterministic
     see_through: bool = False  # 5th input channel: the input's pixels inside the hole (see above)
+    see_through_sigma: float = 0.0  # > 0: show only their high-pass, image − G_σ * image (σ in px)
 
 
 def in_channels(cfg: PixelUNetConfig) -> int:
@@ -106,9 +112,20 @@ def condition(
         coarse = harmonic_fill(image, hole, iters=cfg.harmonic_iters, levels=cfg.coarse_levels)
     channels = [image * (1 - hole), hole, coarse]
     if cfg.see_through:
-        seen = cfg.residual_scale * (image - coarse) * hole
+        if cfg.see_through_sigma > 0:
+            seen = cfg.residual_scale * (image - gaussian_blur(image, cfg.see_through_sigma)) * hole
+        else:
+            seen = cfg.residual_scale * (image - coarse) * hole
         channels.append(seen if visible is None else seen * visible)
     return torch.cat(channels, dim=1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B,C,H,W) Gaussian blur of std ``sigma`` px, kernel ±3σ, reflected borders (torchvision)."""
+    from torchvision.transforms.v2.functional import gaussian_blur as tv_blur
+
+    k = 2 * int(math.ceil(3 * sigma)) + 1
+    return tv_blur(x, kernel_size=[k, k], sigma=[sigma, sigma])
 
 
 def widen_from(unet: UNet2DModel, source: UNet2DModel) -> UNet2DModel:

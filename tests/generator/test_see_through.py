@@ -39,6 +39,23 @@ def test_see_through_channel_is_the_holes_residual_and_visible_hides_it():
     torch.testing.assert_close(hidden[[0, 2]], cond[[0, 2]])
 
 
+def test_high_pass_see_through_is_the_input_minus_its_gaussian_blur():
+    from scipy import ndimage
+
+    image, hole = _batch(b=2)
+    cfg = dataclasses.replace(SEE, see_through_sigma=1.0)
+    seen = pixel_unet.condition(image, hole, cfg)[:, 3].double().numpy()
+    x = image[:, 0].double().numpy()
+    # torchvision's reflect padding is scipy's "mirror" (edge not repeated); kernel ±3σ
+    low = np.stack([ndimage.gaussian_filter(xi, 1.0, mode="mirror", truncate=3.0) for xi in x])
+    expected = cfg.residual_scale * (x - low) * hole[:, 0].numpy()
+    np.testing.assert_allclose(seen, expected, atol=1e-5)
+    # a constant-plus-linear-ramp density (what a smooth lesion mostly is) leaves no high-pass
+    ramp = torch.linspace(0.2, 0.6, 32).view(1, 1, 1, 32).expand(2, 1, 32, 32).contiguous()
+    inner = pixel_unet.condition(ramp, hole, cfg)[:, 3, 4:-4, 4:-4]
+    torch.testing.assert_close(inner, torch.zeros_like(inner), atol=1e-5, rtol=0)
+
+
 def test_widened_unet_computes_what_its_four_channel_source_does():
     torch.manual_seed(0)
     source = pixel_unet.build_unet(TINY).eval()
