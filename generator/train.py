@@ -64,8 +64,8 @@ class TrainConfig:
     weights: RegionWeights = field(default_factory=RegionWeights)  # hole/context/tumor loss weights
     optim: OptimConfig = field(default_factory=OptimConfig)
     # a pixel checkpoint directory to start from instead of random weights (fine-tuning); its
-    # model config must equal ``model`` except ``see_through``: a 4-channel checkpoint is widened
-    # with zero weights for the see-through channel (pixel_unet.widen_from)
+    # model config must equal ``model`` except the see-through fields: a 4-channel checkpoint is
+    # widened with zero weights for the see-through channel (pixel_unet.widen_from)
     init_from: str = ""
 
 
@@ -236,9 +236,10 @@ def _init_from(unet, path: Path, model: pixel_unet.PixelUNetConfig):
     from generator.build import read_pixel_config
 
     src_cfg = read_pixel_config(path)
-    if replace(src_cfg, see_through=model.see_through) != model:
+    see = dict(see_through=model.see_through, see_through_sigma=model.see_through_sigma)
+    if replace(src_cfg, **see) != model:
         raise ValueError(f"init_from {path}: its model config {src_cfg} differs from the run's "
-                         f"{model} in more than see_through")
+                         f"{model} in more than the see-through fields")
     if src_cfg.see_through and not model.see_through:
         raise ValueError(f"init_from {path}: a see-through checkpoint cannot start a model without it")
     source = UNet2DModel.from_pretrained(path / "unet", dtype=torch.float32)
