@@ -15,8 +15,9 @@ channel carries no anatomy and the model must learn to ignore it. Training marks
 whether the hole's pixels are the lesion-bearing input (``visible`` 1: supervised samples) or
 would give the answer away (0: self-supervised holes on healthy tissue, the channel is zeroed).
 The high-pass form shows only the fine structure: a lesion's density is mostly low-frequency, so
-the model cannot copy it back, while the low frequencies still come from the context (a model fed
-the full residual kept part of the chest opacities: bench/results/generator_see_through.md). Reusable by the DPO stage: ``model_input`` builds the
+the model cannot copy it back, while the low frequencies still come from the context. Both forms
+are an ablation, not the embedded default: CPU fine-tunes of the committed model gained nothing on
+the held-out chest X-rays (bench/results/generator_see_through.md). Reusable by the DPO stage: ``model_input`` builds the
 conditioning, ``residual_target`` the clean sample, ``sample`` runs the reverse process.
 """
 
