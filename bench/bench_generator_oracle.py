@@ -39,7 +39,7 @@ from bench.bench_generator import _kept_reading, gray, tumor_items  # noqa: E402
 from generator.build import load_generator  # noqa: E402
 from generator.masks import dilate  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
-from shared.metrics import masked_psnr, masked_ssim, texture_ratio  # noqa: E402
+from shared.metrics import high_pass, masked_psnr, masked_ssim, texture_ratio  # noqa: E402
 
 LOW_PASS_SIGMA = 2.0  # px: the split of the error into shape (below) and texture (above)
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     regions = [dilate(m, args.dilation_px) for m in masks]
     # foreign texture for image i: the high-pass of image (i + n/2)'s GT negative, another crop
     shift = len(gts) // 2
-    foreign = [g - ndimage.gaussian_filter(g, 1.0) for g in gts[shift:] + gts[:shift]]
+    foreign = [high_pass(g) for g in gts[shift:] + gts[:shift]]
 
     gens = {name: load_generator(None if name == "embedded" else name) for name in args.generator}
     first = next(iter(gens.values()))
@@ -110,9 +110,8 @@ def main(argv: list[str] | None = None) -> None:
                                                    zip(lows, gts, regions, strict=True)]
         fills[f"oracle: GT low-pass σ={sigma:g} + foreign texture {args.ratio:g}"] = [
             with_texture(lo, t, g, r, args.ratio) for lo, t, g, r in zip(lows, foreign, gts, regions, strict=True)]
-    own = [gray(x) - ndimage.gaussian_filter(gray(x), 1.0) for x in images]
     fills["biharmonic + the input's own high-pass (see-through, no model)"] = [
-        np.where(r, b + hp, g) for b, hp, g, r in zip(biharmonic, own, gts, regions, strict=True)]
+        np.where(r, b + high_pass(x), g) for b, x, g, r in zip(biharmonic, images, gts, regions, strict=True)]
     fills[f"biharmonic + foreign texture {args.ratio:g}"] = [
         with_texture(b, t, g, r, args.ratio) for b, t, g, r in zip(biharmonic, foreign, gts, regions, strict=True)]
 

@@ -240,8 +240,6 @@ def _init_from(unet, path: Path, model: pixel_unet.PixelUNetConfig):
     if replace(src_cfg, **see) != model:
         raise ValueError(f"init_from {path}: its model config {src_cfg} differs from the run's "
                          f"{model} in more than the see-through fields")
-    if src_cfg.see_through and not model.see_through:
-        raise ValueError(f"init_from {path}: a see-through checkpoint cannot start a model without it")
     source = UNet2DModel.from_pretrained(path / "unet", dtype=torch.float32)
     return pixel_unet.widen_from(unet, source)
 

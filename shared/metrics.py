@@ -123,13 +123,18 @@ def masked_ssim(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
     return float(ssim_map[inside if inside.any() else mask].mean())
 
 
-def high_frequency_energy(image: np.ndarray, mask: np.ndarray, sigma: float = 1.0) -> float:
-    """Mean squared high-pass response ``(x − G_σ * x)²`` over the pixels inside ``mask``."""
+def high_pass(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """``x − G_σ * x`` of the grayscale image (channel mean of RGB), float64: what the texture
+    measures below call texture."""
     image = np.asarray(image, dtype=np.float64)
     if image.ndim == 3:
         image = image.mean(axis=-1)
-    highpass = image - ndimage.gaussian_filter(image, sigma)
-    return float(np.mean(highpass[np.asarray(mask, bool)] ** 2))
+    return image - ndimage.gaussian_filter(image, sigma)
+
+
+def high_frequency_energy(image: np.ndarray, mask: np.ndarray, sigma: float = 1.0) -> float:
+    """Mean squared high-pass response ``(x − G_σ * x)²`` over the pixels inside ``mask``."""
+    return float(np.mean(high_pass(image, sigma)[np.asarray(mask, bool)] ** 2))
 
 
 def texture_ratio(fill: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:

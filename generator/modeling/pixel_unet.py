@@ -17,8 +17,10 @@ would give the answer away (0: self-supervised holes on healthy tissue, the chan
 The high-pass form shows only the fine structure: a lesion's density is mostly low-frequency, so
 the model cannot copy it back, while the low frequencies still come from the context. Both forms
 are an ablation, not the embedded default: CPU fine-tunes of the committed model gained nothing on
-the held-out chest X-rays (bench/results/generator_see_through.md). Reusable by the DPO stage: ``model_input`` builds the
-conditioning, ``residual_target`` the clean sample, ``sample`` runs the reverse process.
+the held-out chest X-rays (bench/results/generator_see_through.md).
+
+Reusable by the DPO stage: ``model_input`` builds the conditioning, ``residual_target`` the clean
+sample, ``sample`` runs the reverse process.
 """
 
 from __future__ import annotations
@@ -54,13 +56,8 @@ class PixelUNetConfig:
     see_through_sigma: float = 0.0  # > 0: show only their high-pass, image − G_σ * image (σ in px)
 
 
-def in_channels(cfg: PixelUNetConfig) -> int:
-    """UNet input channels: x_t + masked image + hole + coarse fill (+ see-through)."""
-    return 5 if cfg.see_through else 4
-
-
 def build_unet(cfg: PixelUNetConfig) -> UNet2DModel:
-    """A ``UNet2DModel`` with ``in_channels(cfg)`` inputs and 1 output channel, sized by ``cfg``."""
+    """A ``UNet2DModel`` with 4 input channels (5 with ``see_through``) and 1 output, sized by ``cfg``."""
     n = len(cfg.block_out_channels)
     down = tuple(
         "AttnDownBlock2D" if i in cfg.attention_levels else "DownBlock2D" for i in range(n)
@@ -70,7 +67,7 @@ def build_unet(cfg: PixelUNetConfig) -> UNet2DModel:
     )
     return UNet2DModel(
         sample_size=cfg.resolution,
-        in_channels=in_channels(cfg),
+        in_channels=5 if cfg.see_through else 4,  # x_t, masked image, hole, coarse (+ see-through)
         out_channels=1,
         block_out_channels=tuple(cfg.block_out_channels),
         layers_per_block=cfg.layers_per_block,
