@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--dilation-px", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--see-through-px", type=float, default=0.0,
+                   help="σ > 0: the generator keeps the input's high-pass in the hole (projection "
+                        "radiographs only; NegativeGenerator.generate)")
     p.add_argument("--scorers", default="embedded",
                    help="scorer directory, 'embedded' (default, when present) or 'none'")
     p.add_argument("--out", type=Path, default=Path("bench/results/generator.md"))
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                f"{' '.join(args.domain)} --split {args.split} --n {args.n} --steps {args.steps} "
                f"--dilation-px {args.dilation_px} --seed {args.seed}"
                + (f" --generator {args.generator}" if args.generator else "")
+               + (f" --see-through-px {args.see_through_px:g}" if args.see_through_px else "")
                + (f" --scorers {args.scorers}" if args.scorers != "embedded" else "") + "`")
     lines = ["# Generator acceptance (held-out domain)", "", command, ""]
     for k, domain in enumerate(args.domain):
@@ -107,7 +111,7 @@ def _domain_section(args, domain: str, gen, scorers) -> list[str]:
         bh = gen.generate([image], [mask], method="biharmonic", dilation_px=args.dilation_px)[0][0]
         t = time.time()
         ours = gen.generate([image], [mask], seed=args.seed, steps=args.steps,
-                            dilation_px=args.dilation_px)[0][0]
+                            dilation_px=args.dilation_px, see_through_px=args.see_through_px)[0][0]
         t_model += time.time() - t
         for name, out in (("untouched positive", image), ("biharmonic", bh.image),
                           ("reference model", ours.image), ("GT negative (ceiling)", gt)):
@@ -131,7 +135,9 @@ def _domain_section(args, domain: str, gen, scorers) -> list[str]:
         f"{len(items)} tumor images of `{domain}` ({args.split} split, never trained on); "
         f"metrics inside the mask dilated by {args.dilation_px} px vs the GT negative; "
         f"mean [95% bootstrap CI]. Generator checkpoint `{gen.checkpoint_hash[:12]}`, "
-        f"{args.steps} DDIM steps (eta from its config), {t_model / max(1, len(items)):.2f} s/image "
+        f"{args.steps} DDIM steps (eta from its config)"
+        + (f", see-through σ = {args.see_through_px:g} px" if args.see_through_px else "")
+        + f", {t_model / max(1, len(items)):.2f} s/image "
         "on the shared CPU.",
         "",
         "| method | " + " | ".join(metrics) + " |",

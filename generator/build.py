@@ -64,13 +64,14 @@ class PixelBackend:
         *,
         steps: int,
         strength: float,
+        see_through_px: float = 0.0,
     ) -> np.ndarray:
         images = images.to(self.device)
         holes = holes.to(self.device)
         cond = pixel_unet.condition(images, holes, self.cfg)
         out = pixel_unet.sample(
             self.unet, self.scheduler, cond, generators,
-            cfg=self.cfg, steps=steps, strength=strength, init=images,
+            cfg=self.cfg, steps=steps, strength=strength, init=images, see_through_px=see_through_px,
         )
         return out.permute(0, 2, 3, 1).float().cpu().numpy()
 
@@ -86,7 +87,9 @@ class SDInpaintBackend:
         self.prompt_embeds = sd_inpaint.encode_prompt(pipe, prompt)
         self.resolution = sd_inpaint.resolution(pipe)
 
-    def fill(self, images, holes, generators, *, steps, strength) -> np.ndarray:
+    def fill(self, images, holes, generators, *, steps, strength, see_through_px=0.0) -> np.ndarray:
+        if see_through_px > 0:
+            raise ValueError("see_through_px is implemented by the pixel backend only")
         device = self.pipe.device
         return sd_inpaint.inpaint(
             self.pipe, self.prompt_embeds, images.to(device), holes.to(device), generators,

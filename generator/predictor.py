@@ -53,6 +53,7 @@ class FillBackend(Protocol):
         *,
         steps: int,
         strength: float,
+        see_through_px: float = 0.0,  # > 0: keep the input's high-pass in the hole (pixel only)
     ) -> np.ndarray: ...  # (B, R, R, channels) float32 in [0,1]
 
 
@@ -130,6 +131,7 @@ class NegativeGenerator:
         strength: float = 1.0,
         dilation_px: int = 2,
         method: str = "diffusion",
+        see_through_px: float = 0.0,
     ) -> list[list[NegativeResult]]:
         """Remove the masked lesion from each image; returns results indexed [image][sample].
 
@@ -137,6 +139,12 @@ class NegativeGenerator:
         Sample k of every image uses seed ``seed + k`` whatever the batch, so results are
         reproducible per (image, mask, seed). Outside ``dilate(mask, dilation_px)`` every output
         pixel equals the input exactly.
+
+        ``see_through_px`` σ > 0 (diffusion, pixel backend): for projection radiographs, where a
+        lesion adds density on top of anatomy that stays visible, the fill keeps the input's own
+        high-pass (σ in pixels at the backend's resolution) and the model supplies the low
+        frequencies (``generator.modeling.pixel_unet``). Leave 0 where lesions replace tissue (MRI,
+        ultrasound, fundus): there the high-pass is the lesion's texture.
         """
         if len(images) != len(masks):
             raise GenerationInputError(f"{len(images)} images but {len(masks)} masks")
@@ -150,6 +158,12 @@ class NegativeGenerator:
             raise GenerationInputError(f"dilation_px must be >= 0, got {dilation_px}")
         if method not in METHODS:
             raise GenerationInputError(f"unknown method {method!r}; expected one of {METHODS}")
+        if not (np.isfinite(see_through_px) and see_through_px >= 0):
+            raise GenerationInputError(f"see_through_px must be a finite number >= 0, got {see_through_px}")
+        if see_through_px > 0 and (method != "diffusion" or self.backend.name != "pixel"):
+            raise GenerationInputError(
+                f"see_through_px needs method 'diffusion' on the pixel backend "
+                f"(got method {method!r}, backend {self.backend.name!r})")
         pairs = [_check_pair(i, im, m) for i, (im, m) in enumerate(zip(images, masks, strict=True))]
         regions = [dilate(m, dilation_px) for _, m in pairs]
         fills: list[list[np.ndarray | None]] = [[None] * num_samples for _ in pairs]
@@ -164,7 +178,8 @@ class NegativeGenerator:
             rows = [(i, k) for i, k in rows if regions[i].any()]
             for start in range(0, len(rows), self.batch_size):
                 chunk = rows[start : start + self.batch_size]
-                out = self._fill_rows(pairs, regions, chunk, seed=seed, steps=steps, strength=strength)
+                out = self._fill_rows(pairs, regions, chunk, seed=seed, steps=steps, strength=strength,
+                                      see_through_px=see_through_px)
                 for (i, k), fill in zip(chunk, out, strict=True):
                     fills[i][k] = fill
         results = []
@@ -177,7 +192,7 @@ class NegativeGenerator:
             results.append(per_image)
         return results
 
-    def _fill_rows(self, pairs, regions, rows, *, seed, steps, strength) -> list[np.ndarray]:
+    def _fill_rows(self, pairs, regions, rows, *, seed, steps, strength, see_through_px) -> list[np.ndarray]:
         side, channels = self.backend.resolution, self.backend.channels
         batch_img, batch_hole, gens = [], [], []
         for i, k in rows:
@@ -190,7 +205,8 @@ class NegativeGenerator:
             batch_hole.append(_resize_hole(regions[i], side))
             gens.append(torch.Generator().manual_seed(seed + k))
         filled = self.backend.fill(
-            torch.stack(batch_img), torch.stack(batch_hole), gens, steps=steps, strength=strength
+            torch.stack(batch_img), torch.stack(batch_hole), gens, steps=steps, strength=strength,
+            see_through_px=see_through_px,
         )
         return [
             self._to_input_space(pairs[i][0], regions[i], f)

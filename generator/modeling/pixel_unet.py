@@ -19,6 +19,14 @@ the model cannot copy it back, while the low frequencies still come from the con
 are an ablation, not the embedded default: CPU fine-tunes of the committed model gained nothing on
 the held-out chest X-rays (bench/results/generator_see_through.md).
 
+``sample(..., see_through_px=σ)`` is the inference-time form of the same idea, with no change to
+the model: the lesion is treated as a smooth additive corruption, so the input's high-pass inside
+the hole is a measurement of the negative's. At every reverse step the predicted clean residual's
+high-pass (σ px) is replaced by the measured one (data consistency, as in ILVR, Choi et al. 2021,
+and DDNM, Wang et al. 2023, here with a high-pass instead of a low-pass or a masking operator), and
+the model supplies the low frequencies from the context. Only for projection radiographs: where a
+lesion replaces tissue, its high-pass is the lesion's own texture and would be kept.
+
 Reusable by the DPO stage: ``model_input`` builds the conditioning, ``residual_target`` the clean
 sample, ``sample`` runs the reverse process.
 """
@@ -161,6 +169,40 @@ def model_input(x_t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     return torch.cat([x_t, cond], dim=1)
 
 
+def keep_high_pass(r0: torch.Tensor, seen: torch.Tensor, hole: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Replace the high-pass of the residual ``r0`` inside the hole by that of ``seen``.
+
+    ``H(z) = hole·(z·hole − G_σ * (z·hole))``, and the result is ``r0 − H(r0) + H(seen)``: the
+    low frequencies stay the model's, the fine structure becomes the measured one. All (B,1,H,W).
+    """
+
+    def high(z: torch.Tensor) -> torch.Tensor:
+        z = z * hole
+        return hole * (z - gaussian_blur(z, sigma))
+
+    return r0 - high(r0) + high(seen)
+
+
+def _clean_from_output(out, x_t, alpha_bar, prediction_type):
+    """The model's clean-sample estimate x̂0 from its output (ε, v or x0) at ᾱ_t."""
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    if prediction_type == "epsilon":
+        return (x_t - s * out) / a
+    if prediction_type == "v_prediction":
+        return a * x_t - s * out
+    return out
+
+
+def _output_from_clean(x0, x_t, alpha_bar, prediction_type):
+    """Inverse of ``_clean_from_output``: the output that makes the scheduler step use ``x0``."""
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    if prediction_type == "epsilon":
+        return (x_t - a * x0) / s
+    if prediction_type == "v_prediction":
+        return (a * x_t - x0) / s
+    return x0
+
+
 @torch.no_grad()
 def sample(
     unet: UNet2DModel,
@@ -172,15 +214,19 @@ def sample(
     steps: int,
     strength: float = 1.0,
     init: torch.Tensor | None = None,
+    see_through_px: float = 0.0,
 ) -> torch.Tensor:
     """Reverse diffusion of the residual; returns composed images (B,1,H,W) in [0,1].
 
     One ``torch.Generator`` per batch row, so a row's result does not depend on its batch
     neighbours. ``strength`` < 1 starts from ``init`` (the input image) noised to that fraction
-    of the schedule (SDEdit); 1 starts from pure noise.
+    of the schedule (SDEdit); 1 starts from pure noise. ``see_through_px`` σ > 0 keeps the
+    high-pass of ``init`` inside the hole (module docstring; projection radiographs only).
     """
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if see_through_px < 0:
+        raise ValueError(f"see_through_px must be >= 0, got {see_through_px}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     b = cond.shape[0]
@@ -194,8 +240,11 @@ def sample(
     scheduler.set_timesteps(steps)
     timesteps = scheduler.timesteps
     x = noise()
+    if (strength < 1.0 or see_through_px > 0) and init is None:
+        raise ValueError("strength < 1 and see_through_px > 0 need the init image")
+    seen = residual_target(init, cond, cfg) if see_through_px > 0 else None
+    prediction_type = scheduler.config.prediction_type
     if strength < 1.0:
-        assert init is not None, "strength < 1 needs the init image"
         n_keep = max(1, int(round(steps * strength)))
         timesteps = timesteps[-n_keep:]
         r_init = residual_target(init, cond, cfg)
@@ -205,6 +254,11 @@ def sample(
     eta = min(cfg.eta, ETA_MAX)
     for t in timesteps:
         out = unet(model_input(x, cond), t).sample
+        if seen is not None:
+            alpha_bar = scheduler.alphas_cumprod[t].to(x)
+            x0 = _clean_from_output(out, x, alpha_bar, prediction_type)
+            x0 = keep_high_pass(x0, seen, cond[:, 1:2], see_through_px)
+            out = _output_from_clean(x0, x, alpha_bar, prediction_type)
         step_noise = noise() if eta > 0 else None
         x = scheduler.step(out, t, x, eta=eta, variance_noise=step_noise).prev_sample
     return compose(x, cond, cfg)

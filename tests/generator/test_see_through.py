@@ -110,3 +110,75 @@ def test_fine_tune_from_a_four_channel_checkpoint_starts_where_it_was(tmp_path, 
     np.testing.assert_allclose(after, before, atol=2e-3)
     with pytest.raises(ValueError, match="differs from the run's"):
         train.main(_cfg(tmp_path, small_bench, src, ["model.residual_scale=2.0"]))
+
+
+# --- see-through sampling: keep the input's high-pass in the hole (no model change) -------------
+
+
+def _checker(side: int) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    return ((yy + xx) % 2 * 2 - 1).float().view(1, 1, side, side)  # ±1 at the Nyquist frequency
+
+
+def test_keep_high_pass_takes_the_fine_structure_from_seen_and_the_rest_from_r0():
+    side, sigma = 32, 1.5
+    hole = torch.zeros(1, 1, side, side)
+    hole[..., 6:26, 6:26] = 1.0
+    torch.manual_seed(0)
+    r0 = pixel_unet.gaussian_blur(torch.randn(1, 1, side, side), 3.0) * hole  # the model's guess
+    # seen = r0 + a constant "lesion" density + Nyquist "anatomy" the model did not predict
+    anatomy = 0.3 * _checker(side)
+    out = pixel_unet.keep_high_pass(r0, (r0 + 0.8 + anatomy) * hole, hole, sigma)
+    inner = (..., slice(12, 20), slice(12, 20))  # ≥ 3σ from the hole's edge
+    # the constant density is low-frequency: dropped; the Nyquist pattern passes (G_σ kills it)
+    torch.testing.assert_close(out[inner], (r0 + anatomy)[inner], atol=1e-4, rtol=0)
+    assert (out[hole == 0] == 0).all()
+    # a prediction that already matches the measurement is left exactly as it is
+    torch.testing.assert_close(pixel_unet.keep_high_pass(r0, r0, hole, sigma), r0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_clean_estimate_matches_diffusers_ddim_and_inverts(prediction_type):
+    cfg = dataclasses.replace(TINY, prediction_type=prediction_type)
+    scheduler = pixel_unet.build_scheduler(cfg)
+    scheduler.set_timesteps(10)
+    t = scheduler.timesteps[3]
+    g = torch.Generator().manual_seed(1)
+    x_t, out = torch.randn(2, 1, 8, 8, generator=g), torch.randn(2, 1, 8, 8, generator=g)
+    a = scheduler.alphas_cumprod[t]
+    x0 = pixel_unet._clean_from_output(out, x_t, a, prediction_type)
+    ref = scheduler.step(out, t, x_t, eta=0.0).pred_original_sample
+    torch.testing.assert_close(x0, ref)
+    torch.testing.assert_close(pixel_unet._output_from_clean(x0, x_t, a, prediction_type), out)
+
+
+def test_generator_with_see_through_keeps_the_inputs_fine_structure(tiny_pixel_dir):
+    gen = load_generator(tiny_pixel_dir)
+    side = 32  # the tiny checkpoint's resolution: no resizing
+    mask = np.zeros((side, side), bool)
+    mask[6:26, 6:26] = True
+    checker = _checker(side)[0, 0].numpy()
+    image = (0.5 + 0.04 * checker + 0.15 * mask).astype(np.float32)  # anatomy under a density
+
+    def nyquist(x: np.ndarray) -> float:  # the checkerboard's amplitude deep inside the hole
+        return float((x * checker)[12:20, 12:20].mean())
+
+    kept = gen.generate([image], [mask], steps=5, dilation_px=0, see_through_px=1.5)[0][0].image
+    plain = gen.generate([image], [mask], steps=5, dilation_px=0)[0][0].image
+    assert nyquist(kept) == pytest.approx(0.04, abs=0.004)
+    assert abs(nyquist(plain) - 0.04) > 0.01  # the random model alone does not reproduce it
+    assert np.array_equal(kept[~mask], image[~mask])
+    again = gen.generate([image], [mask], steps=5, dilation_px=0, see_through_px=1.5)[0][0].image
+    assert np.array_equal(kept, again)
+
+
+def test_see_through_px_is_checked(tiny_pixel_dir):
+    from generator.predictor import GenerationInputError
+
+    gen = load_generator(tiny_pixel_dir)
+    image, mask = toy_pair(32, 32)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(GenerationInputError, match="see_through_px"):
+            gen.generate([image], [mask], steps=2, see_through_px=bad)
+    with pytest.raises(GenerationInputError, match="see_through_px needs method 'diffusion'"):
+        gen.generate([image], [mask], method="biharmonic", see_through_px=1.0)
