@@ -34,6 +34,7 @@ from generator.scoring import SCORERS_DIR, load_scorers, ranking_score, score_ne
 from shared.datasets import DatasetError, DpoRow, list_pairs, list_tasks, write_dpo_csv
 from shared.io import read_image, read_mask, write_png
 from shared.launch import check_joined, use_cpu
+from shared.negatives_client import negative_params
 from shared.provenance import content_key, sha256_bytes
 
 DEFAULT_CAPTION_NEG = "A medical image showing healthy tissue with no signs of pathology."
@@ -94,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--dilation-px", type=int, default=2)
     p.add_argument("--method", default="diffusion")
+    p.add_argument("--see-through-px", type=float, default=0.0,
+                   help="projection radiographs: keep the input's high-pass (σ px) in the hole")
     p.add_argument("--limit", type=int, default=0, help="stop after this many items (0 = all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     return p.parse_args(argv)
@@ -108,11 +111,11 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
 def process_item(item: Item, args, generator, scorers, out: Path) -> dict:
     image, mask = read_image(item.image), read_mask(item.mask)
     region = dilate(mask, args.dilation_px)
-    params = {"steps": args.steps, "strength": float(args.strength),
-              "dilation_px": args.dilation_px, "method": args.method}
+    params = negative_params(steps=args.steps, strength=args.strength,
+                             dilation_px=args.dilation_px, method=args.method,
+                             see_through_px=args.see_through_px)
     results = generator.generate([image], [mask], num_samples=args.num_samples, seed=args.seed,
-                                 steps=args.steps, strength=args.strength,
-                                 dilation_px=args.dilation_px, method=args.method)[0]
+                                 **params)[0]
     gt = read_image(item.gt_negative) if item.gt_negative is not None else None
     scores = score_negatives(scorers, [r.image for r in results], [image] * len(results),
                              [region] * len(results), [gt] * len(results))

@@ -33,18 +33,25 @@ from shared.provenance import content_key, sha256_bytes
 RETRY_STATUSES = (503, 504)
 
 
-def negative_params(*, steps: int, strength: float, dilation_px: int, method: str) -> dict[str, Any]:
+def negative_params(
+    *, steps: int, strength: float, dilation_px: int, method: str, see_through_px: float = 0.0
+) -> dict[str, Any]:
     """The generation parameters, with the types fixed, as they enter a content key.
 
     The only normalisation used by the service's store and this client's cache: ints stay ints,
-    ``strength`` is always a float (``1`` and ``1.0`` give the same key).
+    ``strength`` is always a float (``1`` and ``1.0`` give the same key). ``see_through_px``
+    (projection radiographs, ``NegativeGenerator.generate``) enters only when it is on, so keys
+    of requests without it are what they were before it existed.
     """
-    return {
+    params = {
         "steps": int(steps),
         "strength": float(strength),
         "dilation_px": int(dilation_px),
         "method": str(method),
     }
+    if see_through_px:
+        params["see_through_px"] = float(see_through_px)
+    return params
 
 
 def negative_ids(
@@ -228,11 +235,13 @@ class NegativesClient:
         strength: float = 1.0,
         dilation_px: int = 2,
         method: str = "diffusion",
+        see_through_px: float = 0.0,
     ) -> list[ClientNegative]:
         """Negatives for one image/mask pair (encoded bytes, or arrays encoded as 8-bit PNG)."""
         image_png, mask_png = _as_png(image), _as_png(mask)
         params = negative_params(
-            steps=steps, strength=strength, dilation_px=dilation_px, method=method
+            steps=steps, strength=strength, dilation_px=dilation_px, method=method,
+            see_through_px=see_through_px,
         )
         async with self._semaphore:
             ids = None

@@ -22,6 +22,7 @@ from api.schemas import (
 from api.service import PendingNegatives, ServiceState
 from api.store import ID_PATTERN
 from api.uploads import parse_upload
+from shared.negatives_client import negative_params
 
 router = APIRouter(prefix="/negatives", tags=["negatives"], dependencies=[Depends(require_api_key)])
 
@@ -93,10 +94,10 @@ async def create_negatives(request: Request, state: ReadyStateDep) -> Response:
         upload = await parse_upload(request, state.settings)
         fmt = choose_format(request.headers.get("accept"), upload.form.format)
         form = upload.form
-        params = {
-            "steps": form.steps, "strength": form.strength, "dilation_px": form.dilation_px,
-            "method": form.method,
-        }
+        params = negative_params(
+            steps=form.steps, strength=form.strength, dilation_px=form.dilation_px,
+            method=form.method, see_through_px=form.see_through_px,
+        )
         ids = state.ids_for(
             image_sha=upload.image_sha, mask_sha=upload.mask_sha, params=params, seed=form.seed,
             num_samples=form.num_samples,

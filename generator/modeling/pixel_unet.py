@@ -24,8 +24,11 @@ the model: the lesion is treated as a smooth additive corruption, so the input's
 the hole is a measurement of the negative's. At every reverse step the predicted clean residual's
 high-pass (σ px) is replaced by the measured one (data consistency, as in ILVR, Choi et al. 2021,
 and DDNM, Wang et al. 2023, here with a high-pass instead of a low-pass or a masking operator), and
-the model supplies the low frequencies from the context. Only for projection radiographs: where a
-lesion replaces tissue, its high-pass is the lesion's own texture and would be kept.
+the model supplies the low frequencies from the context. The same prior gives a second,
+convex constraint: an added absorber only adds density, so (dense = bright, as radiographs are
+displayed) the negative is nowhere brighter than the positive, and the estimate is clipped to
+``x̂0 ≤ input`` inside the hole at every step. Only for projection radiographs: where a lesion
+replaces tissue, its high-pass is the lesion's own texture and would be kept.
 
 Reusable by the DPO stage: ``model_input`` builds the conditioning, ``residual_target`` the clean
 sample, ``sample`` runs the reverse process.
@@ -221,7 +224,8 @@ def sample(
     One ``torch.Generator`` per batch row, so a row's result does not depend on its batch
     neighbours. ``strength`` < 1 starts from ``init`` (the input image) noised to that fraction
     of the schedule (SDEdit); 1 starts from pure noise. ``see_through_px`` σ > 0 keeps the
-    high-pass of ``init`` inside the hole (module docstring; projection radiographs only).
+    high-pass of ``init`` inside the hole and the fill at or below ``init`` (module docstring;
+    projection radiographs only).
     """
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
@@ -258,6 +262,7 @@ def sample(
             alpha_bar = scheduler.alphas_cumprod[t].to(x)
             x0 = _clean_from_output(out, x, alpha_bar, prediction_type)
             x0 = keep_high_pass(x0, seen, cond[:, 1:2], see_through_px)
+            x0 = torch.minimum(x0, seen)  # the lesion only added density: never above the input
             out = _output_from_clean(x0, x, alpha_bar, prediction_type)
         step_noise = noise() if eta > 0 else None
         x = scheduler.step(out, t, x, eta=eta, variance_noise=step_noise).prev_sample

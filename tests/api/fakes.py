@@ -49,7 +49,7 @@ class FakeGenerator:
     started: threading.Event = field(default_factory=threading.Event)  # set when a call begins
 
     def generate(self, images, masks, *, num_samples=1, seed=0, steps=20, strength=1.0,
-                 dilation_px=2, method="diffusion"):
+                 dilation_px=2, method="diffusion", see_through_px=0.0):
         self.started.set()
         if self.gate is not None:
             self.gate.wait(timeout=30)
@@ -62,6 +62,7 @@ class FakeGenerator:
             "image_hashes": [hashlib.sha256(np.ascontiguousarray(i).tobytes()).hexdigest()
                              for i in images],
             "num_samples": num_samples, "seed": seed, "steps": steps, "method": method,
+            "see_through_px": see_through_px,
         })
         return [
             [NegativeResult(fake_fill(im, m, seed=seed + k, dilation_px=dilation_px), seed + k,

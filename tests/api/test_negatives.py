@@ -149,3 +149,19 @@ def test_batches_group_compatible_requests(client_factory):
         # every answer matches its own input (no mix-up inside a batch)
         for (image, mask), r in zip(pairs, results, strict=True):
             assert r.json()["ids"] == expected_ids(image, mask)
+
+
+def test_see_through_px_reaches_the_generator_and_keys_the_negatives(client, fake):
+    image, mask = make_pair(5)
+    plain = post_pair(client, image, mask).json()
+    # 0 is "off": the same request, the same ids as before the field existed
+    assert post_pair(client, image, mask, see_through_px=0).json()["ids"] == plain["ids"]
+    assert plain["ids"] == expected_ids(image, mask)
+    r = post_pair(client, image, mask, see_through_px=1.25)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["ids"] != plain["ids"]
+    assert body["provenance"]["params"]["see_through_px"] == 1.25
+    assert fake.calls[-1]["see_through_px"] == 1.25
+    bad = post_pair(client, image, mask, see_through_px=-1)
+    assert bad.status_code == 422 and "see_through_px" in bad.text

@@ -152,7 +152,7 @@ def test_clean_estimate_matches_diffusers_ddim_and_inverts(prediction_type):
     torch.testing.assert_close(pixel_unet._output_from_clean(x0, x_t, a, prediction_type), out)
 
 
-def test_generator_with_see_through_keeps_the_inputs_fine_structure(tiny_pixel_dir):
+def test_generator_with_see_through_keeps_the_inputs_fine_structure_and_adds_no_density(tiny_pixel_dir):
     gen = load_generator(tiny_pixel_dir)
     side = 32  # the tiny checkpoint's resolution: no resizing
     mask = np.zeros((side, side), bool)
@@ -168,6 +168,13 @@ def test_generator_with_see_through_keeps_the_inputs_fine_structure(tiny_pixel_d
     assert nyquist(kept) == pytest.approx(0.04, abs=0.004)
     assert abs(nyquist(plain) - 0.04) > 0.01  # the random model alone does not reproduce it
     assert np.array_equal(kept[~mask], image[~mask])
+    # the lesion only added density: the see-through fill is nowhere brighter than the input,
+    # even where the context is brighter than the hole and a free fill goes above it
+    dark = (0.5 + 0.04 * checker - 0.15 * mask).astype(np.float32)
+    kept_dark = gen.generate([dark], [mask], steps=5, dilation_px=0, see_through_px=1.5)[0][0].image
+    plain_dark = gen.generate([dark], [mask], steps=5, dilation_px=0)[0][0].image
+    assert (kept[mask] <= image[mask] + 1e-6).all() and (kept_dark[mask] <= dark[mask] + 1e-6).all()
+    assert (plain_dark[mask] > dark[mask] + 0.05).mean() > 0.5
     again = gen.generate([image], [mask], steps=5, dilation_px=0, see_through_px=1.5)[0][0].image
     assert np.array_equal(kept, again)
 
