@@ -61,6 +61,9 @@ class NegativesConfig:
     strength: float = 1.0  # generation strength (1 = full re-synthesis inside the mask)
     dilation_px: int = 2  # mask dilation radius in pixels before filling
     method: str = "diffusion"  # generator method (diffusion | latent-boundary | biharmonic ...)
+    # projection radiographs only: σ px of the input's high-pass the fill keeps, and the fill stays
+    # at or below the input (the lesion only added density); 0 = off (MRI, ultrasound, fundus)
+    see_through_px: float = 0.0
     seed: int = 0  # sample seed (sample k uses seed + k on the generator side)
     max_concurrency: int = 8  # concurrent HTTP requests
     max_retries: int = 6  # retries on 503/504/connection errors
@@ -148,6 +151,8 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
         raise ConfigError(f"optim.lr must be > 0, got {o.lr}")
     if cfg.negatives.source not in NEGATIVE_SOURCES:
         raise ConfigError(f"negatives.source={cfg.negatives.source!r}; expected {NEGATIVE_SOURCES}")
+    if not cfg.negatives.see_through_px >= 0:
+        raise ConfigError(f"negatives.see_through_px must be >= 0, got {cfg.negatives.see_through_px}")
     if cfg.objective.name in NEEDS_NEGATIVES and cfg.negatives.source == "none":
         raise ConfigError(f"objective {cfg.objective.name!r} needs negatives; negatives.source=none")
     bad = [p for p in cfg.trainable if p not in TRAINABLE_PARTS]

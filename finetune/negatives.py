@@ -49,7 +49,7 @@ def _gray(image: np.ndarray) -> np.ndarray:
 def _params(cfg: TrainConfig) -> dict:
     n = cfg.negatives
     return negative_params(steps=n.steps, strength=n.strength, dilation_px=n.dilation_px,
-                           method=n.method)
+                           method=n.method, see_through_px=n.see_through_px)
 
 
 def service_url(cfg: TrainConfig) -> str:

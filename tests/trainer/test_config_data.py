@@ -26,6 +26,8 @@ def test_other_refusals_name_the_field():
         validate(load_train_config({"objective": {"name": "stage2"}, "negatives": {"source": "none"}}))
     with pytest.raises(ConfigError, match="batch_size=6"):
         validate(load_train_config({"batch_size": 6, "grad_accum": 4}))
+    with pytest.raises(ConfigError, match="negatives.see_through_px"):
+        validate(load_train_config({"negatives": {"see_through_px": -1.0}}))
     with pytest.raises(ConfigError, match="unknown config key"):
         load_train_config({"optim": {"warmup": 3}})
     validate(TrainConfig())  # defaults are valid

@@ -120,3 +120,14 @@ def test_biharmonic_through_the_predictor(tiny_bench, tmp_path):
     with pytest.raises(NegativesUnavailableError, match="method=biharmonic"):
         resolve_negatives(_cfg(tiny_bench, tmp_path, source="inprocess", generator="biharmonic"),
                           positives)
+
+
+def test_see_through_px_reaches_the_generator_and_its_own_cache_keys(tiny_bench, tmp_path):
+    plain = _cfg(tiny_bench, tmp_path, source="inprocess")
+    seen = _cfg(tiny_bench, tmp_path, source="inprocess", see_through_px=1.25)
+    positives = load_samples(plain.data, tumors_only=True)[:2]
+    gen = FakeGenerator()
+    resolve_negatives(plain, positives, generator=gen)
+    resolve_negatives(seen, positives, generator=gen)  # not served from the plain run's cache
+    assert gen.generated_images == 2 * len(positives)
+    assert [c["see_through_px"] for c in gen.calls] == [0.0, 1.25]  # one batched call per run
