@@ -209,13 +209,25 @@ class NegativeGenerator:
             see_through_px=see_through_px,
         )
         return [
-            self._to_input_space(pairs[i][0], regions[i], f)
+            self._to_input_space(pairs[i][0], regions[i], f, see_through=see_through_px > 0)
             for (i, _), f in zip(rows, filled, strict=True)
         ]
 
-    def _to_input_space(self, image: np.ndarray, region: np.ndarray, fill: np.ndarray) -> np.ndarray:
-        """Backend output (R,R,C) → the input's size and channel layout."""
+    def _to_input_space(
+        self, image: np.ndarray, region: np.ndarray, fill: np.ndarray, *, see_through: bool = False
+    ) -> np.ndarray:
+        """Backend output (R,R,C) → the input's size and channel layout.
+
+        ``see_through`` (grayscale backend): the input's structure finer than the backend's grid,
+        which the model never saw, is added back, so the fill keeps the anatomy at full resolution;
+        it stays at or below the input (``fill ≤ input`` at the model's grid carries over).
+        """
         up = _upsample(fill, image.shape[:2])
+        if see_through and up.shape[2] == 1 and fill.shape[:2] != image.shape[:2]:
+            gray = image if image.ndim == 2 else image @ LUMA
+            side = self.backend.resolution
+            seen = _upsample(_resize(gray, side).permute(1, 2, 0).numpy(), image.shape[:2])[..., 0]
+            up = np.minimum(up[..., 0] + (gray - seen), gray)[..., None]  # min: float round-off only
         if image.ndim == 2:
             return up.mean(axis=2) if up.shape[2] == 3 else up[..., 0]
         if up.shape[2] == 3:

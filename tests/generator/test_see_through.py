@@ -189,3 +189,23 @@ def test_see_through_px_is_checked(tiny_pixel_dir):
             gen.generate([image], [mask], steps=2, see_through_px=bad)
     with pytest.raises(GenerationInputError, match="see_through_px needs method 'diffusion'"):
         gen.generate([image], [mask], method="biharmonic", see_through_px=1.0)
+
+
+def test_see_through_keeps_fine_structure_finer_than_the_models_grid(tiny_pixel_dir):
+    gen = load_generator(tiny_pixel_dir)  # runs at 32 px; the input is 64 px
+    side = 64
+    mask = np.zeros((side, side), bool)
+    mask[12:52, 12:52] = True
+    checker = _checker(side)[0, 0].numpy()  # invisible at 32 px (antialiased downsizing)
+    image = (0.5 + 0.04 * checker + 0.15 * mask).astype(np.float32)
+
+    def nyquist(x: np.ndarray) -> float:
+        return float((x * checker)[24:40, 24:40].mean())
+
+    kept = gen.generate([image], [mask], steps=5, dilation_px=0, see_through_px=1.5)[0][0].image
+    plain = gen.generate([image], [mask], steps=5, dilation_px=0)[0][0].image
+    assert nyquist(kept) == pytest.approx(0.04, abs=0.004) and abs(nyquist(plain)) < 0.004
+    assert (kept[mask] <= image[mask] + 1e-6).all()
+    rgb = np.repeat(image[..., None], 3, axis=2)
+    kept_rgb = gen.generate([rgb], [mask], steps=5, dilation_px=0, see_through_px=1.5)[0][0].image
+    np.testing.assert_allclose(kept_rgb.mean(axis=2), kept, atol=1e-5)  # gray RGB = gray
