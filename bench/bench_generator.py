@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from generator.build import load_generator  # noqa: E402
 from generator.masks import dilate  # noqa: E402
@@ -47,6 +48,17 @@ def tumor_items(data: Path, domain: str, split: str = "test", n: int = 0) -> lis
     items = [it for it in load_manifest(data)
              if it.domain == domain and it.split == split and it.label == "tumor"]
     return items[:n] if n else items
+
+
+def see_through_biharmonic(image: np.ndarray, biharmonic: np.ndarray, region: np.ndarray,
+                           sigma: float) -> np.ndarray:
+    """The see-through priors without a model: biharmonic + the hole's own high-pass (σ px),
+    clipped to at most the input (grayscale). ``b + H(x − b)``, ``H(d) = r·(d·r − G_σ*(d·r))``
+    as in ``generator.modeling.pixel_unet.keep_high_pass``, then ``min(·, x)`` inside the region."""
+    x, b, r = gray(image), gray(biharmonic), np.asarray(region, np.float64)
+    d = (x - b) * r
+    fill = b + r * (d - ndimage.gaussian_filter(d, sigma, mode="mirror", truncate=3.0))
+    return np.where(region, np.minimum(np.clip(fill, 0.0, 1.0), x), x)
 
 
 def gray(x: np.ndarray) -> np.ndarray:
@@ -100,8 +112,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def _domain_section(args, domain: str, gen, scorers) -> list[str]:
     items = tumor_items(args.data, domain, args.split, args.n)
-    rows: dict[str, list[dict]] = {"untouched positive": [], "biharmonic": [], "reference model": [],
-                                   "GT negative (ceiling)": []}
+    classical = "biharmonic + see-through priors (no model)"
+    names = ["untouched positive", "biharmonic"] + ([classical] if args.see_through_px else []) + [
+        "reference model", "GT negative (ceiling)"]
+    rows: dict[str, list[dict]] = {name: [] for name in names}
     outputs: dict[str, list] = {k: [] for k in rows}
     regions, t_model = [], 0.0
     for it in items:
@@ -113,8 +127,12 @@ def _domain_section(args, domain: str, gen, scorers) -> list[str]:
         ours = gen.generate([image], [mask], seed=args.seed, steps=args.steps,
                             dilation_px=args.dilation_px, see_through_px=args.see_through_px)[0][0]
         t_model += time.time() - t
-        for name, out in (("untouched positive", image), ("biharmonic", bh.image),
-                          ("reference model", ours.image), ("GT negative (ceiling)", gt)):
+        outs = {"untouched positive": image, "biharmonic": bh.image, "reference model": ours.image,
+                "GT negative (ceiling)": gt}
+        if args.see_through_px:
+            outs[classical] = see_through_biharmonic(image, bh.image, region, args.see_through_px)
+        for name in rows:
+            out = outs[name]
             rows[name].append(scores_with_gt(out, gt, image, region))
             outputs[name].append(out)
     if scorers is not None:
@@ -160,6 +178,12 @@ def _domain_section(args, domain: str, gen, scorers) -> list[str]:
         b = np.array([r[m] for r in rows["biharmonic"]])
         d, lo, hi = paired_bootstrap_ci(a, b)
         lines.append(f"\nReference − biharmonic, {m}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired bootstrap)")
+    if classical in rows:
+        for m in ("psnr", "ssim"):
+            a = np.array([r[m] for r in rows["reference model"]])
+            b = np.array([r[m] for r in rows[classical]])
+            d, lo, hi = paired_bootstrap_ci(a, b)
+            lines.append(f"\nReference − {classical}, {m}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired bootstrap)")
     if scorers is None:
         lines.append("\nScorers: not available (generator/weights/scorers missing) — flip rates and "
                      "fill-detector accuracy not measured.")

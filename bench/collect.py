@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["demo", "generator", "generator_biharmonic", "generator_sampling",
+ORDER = ["demo", "generator", "generator_projection", "generator_projection_biharmonic",
+         "generator_biharmonic", "generator_sampling",
          "embedded_models", "dpo", "service", "stage1",
          "m2ib", "trainer", "ablation"]
 
