@@ -33,7 +33,7 @@ class NegativesForm(BaseModel):
         2, ge=0, le=64, description="Radius in pixels by which the mask is dilated before filling."
     )
     see_through_px: float = Field(
-        0.0, ge=0.0, le=16.0, allow_inf_nan=False,
+        0.0, ge=0.0, le=8.0, allow_inf_nan=False,
         description="Projection radiographs only: σ in pixels (at the model's resolution) of the "
                     "input's high-pass the fill keeps inside the mask (the anatomy seen through "
                     "the lesion); 0 = off. 1.25 for the embedded pixel_reference_biharmonic "

@@ -142,7 +142,8 @@ class NegativeGenerator:
 
         ``see_through_px`` σ > 0 (diffusion, pixel backend): for projection radiographs, where a
         lesion adds density on top of anatomy that stays visible, the fill keeps the input's own
-        high-pass (σ in pixels at the backend's resolution) and the model supplies the low
+        high-pass (σ in pixels at the backend's resolution; finer structure of a larger input is
+        kept as it is), is nowhere brighter than the input, and the model supplies the low
         frequencies (``generator.modeling.pixel_unet``). Leave 0 where lesions replace tissue (MRI,
         ultrasound, fundus): there the high-pass is the lesion's texture.
         """
@@ -160,10 +161,16 @@ class NegativeGenerator:
             raise GenerationInputError(f"unknown method {method!r}; expected one of {METHODS}")
         if not (np.isfinite(see_through_px) and see_through_px >= 0):
             raise GenerationInputError(f"see_through_px must be a finite number >= 0, got {see_through_px}")
-        if see_through_px > 0 and (method != "diffusion" or self.backend.name != "pixel"):
-            raise GenerationInputError(
-                f"see_through_px needs method 'diffusion' on the pixel backend "
-                f"(got method {method!r}, backend {self.backend.name!r})")
+        if see_through_px > 0:
+            backend = getattr(self.backend, "name", None)
+            if method != "diffusion" or backend != "pixel":
+                raise GenerationInputError(
+                    f"see_through_px needs method 'diffusion' on the pixel backend "
+                    f"(got method {method!r}, backend {backend!r})")
+            if 3 * see_through_px >= self.backend.resolution:
+                raise GenerationInputError(
+                    f"see_through_px={see_through_px} is too wide for the model's "
+                    f"{self.backend.resolution}-pixel grid (must be < {self.backend.resolution / 3:g})")
         pairs = [_check_pair(i, im, m) for i, (im, m) in enumerate(zip(images, masks, strict=True))]
         regions = [dilate(m, dilation_px) for _, m in pairs]
         fills: list[list[np.ndarray | None]] = [[None] * num_samples for _ in pairs]

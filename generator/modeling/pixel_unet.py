@@ -186,7 +186,9 @@ def keep_high_pass(r0: torch.Tensor, seen: torch.Tensor, hole: torch.Tensor, sig
     return r0 - high(r0) + high(seen)
 
 
-def _clean_from_output(out, x_t, alpha_bar, prediction_type):
+def _clean_from_output(
+    out: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
     """The model's clean-sample estimate x̂0 from its output (ε, v or x0) at ᾱ_t."""
     a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
     if prediction_type == "epsilon":
@@ -196,7 +198,9 @@ def _clean_from_output(out, x_t, alpha_bar, prediction_type):
     return out
 
 
-def _output_from_clean(x0, x_t, alpha_bar, prediction_type):
+def _output_from_clean(
+    x0: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
     """Inverse of ``_clean_from_output``: the output that makes the scheduler step use ``x0``."""
     a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
     if prediction_type == "epsilon":

@@ -189,6 +189,9 @@ def test_see_through_px_is_checked(tiny_pixel_dir):
             gen.generate([image], [mask], steps=2, see_through_px=bad)
     with pytest.raises(GenerationInputError, match="see_through_px needs method 'diffusion'"):
         gen.generate([image], [mask], method="biharmonic", see_through_px=1.0)
+    with pytest.raises(GenerationInputError, match="too wide for the model's 32-pixel grid"):
+        gen.generate([image], [mask], steps=2, see_through_px=11.0)
+    gen.generate([image], [mask], steps=2, see_through_px=10.0)  # the widest that fits 32 px
 
 
 def test_see_through_keeps_fine_structure_finer_than_the_models_grid(tiny_pixel_dir):
