@@ -36,8 +36,7 @@ class NegativesForm(BaseModel):
         0.0, ge=0.0, le=8.0, allow_inf_nan=False,
         description="Projection radiographs only: σ in pixels (at the model's resolution) of the "
                     "input's high-pass the fill keeps inside the mask (the anatomy seen through "
-                    "the lesion); 0 = off. 1.25 for the embedded pixel_reference_biharmonic "
-                    "generator on chest X-rays.",
+                    "the lesion); 0 = off. 1.25 for the embedded generators on chest X-rays.",
     )
     method: str = Field(
         "diffusion", pattern=METHOD_PATTERN,

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from scipy import ndimage  # noqa: E402
 
 from generator.build import load_generator  # noqa: E402
 from generator.masks import dilate  # noqa: E402
+from generator.modeling import pixel_unet  # noqa: E402
 from generator.scoring import SCORERS_DIR, load_scorers, scores_with_gt  # noqa: E402
 from shared.benchmark import load_manifest  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
@@ -53,11 +53,12 @@ def tumor_items(data: Path, domain: str, split: str = "test", n: int = 0) -> lis
 def see_through_biharmonic(image: np.ndarray, biharmonic: np.ndarray, region: np.ndarray,
                            sigma: float) -> np.ndarray:
     """The see-through priors without a model: biharmonic + the hole's own high-pass (σ px),
-    clipped to at most the input (grayscale). ``b + H(x − b)``, ``H(d) = r·(d·r − G_σ*(d·r))``
-    as in ``generator.modeling.pixel_unet.keep_high_pass``, then ``min(·, x)`` inside the region."""
-    x, b, r = gray(image), gray(biharmonic), np.asarray(region, np.float64)
-    d = (x - b) * r
-    fill = b + r * (d - ndimage.gaussian_filter(d, sigma, mode="mirror", truncate=3.0))
+    ``b + H(x − b)`` with the sampler's operator ``pixel_unet.hole_high_pass``, clipped to at
+    most the input inside the region (grayscale)."""
+    x, b = gray(image), gray(biharmonic)
+    as_t = lambda a: torch.from_numpy(a)[None, None]  # noqa: E731
+    high = pixel_unet.hole_high_pass(as_t(x - b), as_t(region.astype(np.float64)), sigma)[0, 0]
+    fill = b + high.numpy()
     return np.where(region, np.minimum(np.clip(fill, 0.0, 1.0), x), x)
 
 

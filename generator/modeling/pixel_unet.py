@@ -172,18 +172,22 @@ def model_input(x_t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     return torch.cat([x_t, cond], dim=1)
 
 
-def keep_high_pass(r0: torch.Tensor, seen: torch.Tensor, hole: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Replace the high-pass of the residual ``r0`` inside the hole by that of ``seen``.
+def hole_high_pass(z: torch.Tensor, hole: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``H(z) = hole·(z·hole − G_σ * (z·hole))``: the fine structure of ``z`` inside the hole, (B,1,H,W)."""
+    z = z * hole
+    return hole * (z - gaussian_blur(z, sigma))
 
-    ``H(z) = hole·(z·hole − G_σ * (z·hole))``, and the result is ``r0 − H(r0) + H(seen)``: the
-    low frequencies stay the model's, the fine structure becomes the measured one. All (B,1,H,W).
+
+def keep_high_pass(
+    r0: torch.Tensor, seen_high: torch.Tensor, hole: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """Replace the high-pass of the residual ``r0`` inside the hole by a measured one.
+
+    ``r0 − H(r0) + seen_high`` with ``seen_high = H(seen)`` (``hole_high_pass``, computed once per
+    sampling run): the low frequencies stay the model's, the fine structure becomes the measured
+    one. All (B,1,H,W).
     """
-
-    def high(z: torch.Tensor) -> torch.Tensor:
-        z = z * hole
-        return hole * (z - gaussian_blur(z, sigma))
-
-    return r0 - high(r0) + high(seen)
+    return r0 - hole_high_pass(r0, hole, sigma) + seen_high
 
 
 def _clean_from_output(
@@ -251,6 +255,7 @@ def sample(
     if (strength < 1.0 or see_through_px > 0) and init is None:
         raise ValueError("strength < 1 and see_through_px > 0 need the init image")
     seen = residual_target(init, cond, cfg) if see_through_px > 0 else None
+    seen_high = hole_high_pass(seen, cond[:, 1:2], see_through_px) if seen is not None else None
     prediction_type = scheduler.config.prediction_type
     if strength < 1.0:
         n_keep = max(1, int(round(steps * strength)))
@@ -265,7 +270,7 @@ def sample(
         if seen is not None:
             alpha_bar = scheduler.alphas_cumprod[t].to(x)
             x0 = _clean_from_output(out, x, alpha_bar, prediction_type)
-            x0 = keep_high_pass(x0, seen, cond[:, 1:2], see_through_px)
+            x0 = keep_high_pass(x0, seen_high, cond[:, 1:2], see_through_px)
             x0 = torch.minimum(x0, seen)  # the lesion only added density: never above the input
             out = _output_from_clean(x0, x, alpha_bar, prediction_type)
         step_noise = noise() if eta > 0 else None

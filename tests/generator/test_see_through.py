@@ -128,13 +128,15 @@ def test_keep_high_pass_takes_the_fine_structure_from_seen_and_the_rest_from_r0(
     r0 = pixel_unet.gaussian_blur(torch.randn(1, 1, side, side), 3.0) * hole  # the model's guess
     # seen = r0 + a constant "lesion" density + Nyquist "anatomy" the model did not predict
     anatomy = 0.3 * _checker(side)
-    out = pixel_unet.keep_high_pass(r0, (r0 + 0.8 + anatomy) * hole, hole, sigma)
+    seen = (r0 + 0.8 + anatomy) * hole
+    out = pixel_unet.keep_high_pass(r0, pixel_unet.hole_high_pass(seen, hole, sigma), hole, sigma)
     inner = (..., slice(12, 20), slice(12, 20))  # ≥ 3σ from the hole's edge
     # the constant density is low-frequency: dropped; the Nyquist pattern passes (G_σ kills it)
     torch.testing.assert_close(out[inner], (r0 + anatomy)[inner], atol=1e-4, rtol=0)
     assert (out[hole == 0] == 0).all()
     # a prediction that already matches the measurement is left exactly as it is
-    torch.testing.assert_close(pixel_unet.keep_high_pass(r0, r0, hole, sigma), r0)
+    same = pixel_unet.keep_high_pass(r0, pixel_unet.hole_high_pass(r0, hole, sigma), hole, sigma)
+    torch.testing.assert_close(same, r0)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
