@@ -34,7 +34,7 @@ from finetune.build import build_clip
 from finetune.config import load_train_config
 from finetune.evaluation.clip_bundle import ClipBundle, bundle_from_open_clip
 from finetune.evaluation.evaluate import EvalConfig, evaluate_dataset
-from finetune.evaluation.m2ib import PRESETS, M2IBConfig
+from finetune.evaluation.m2ib import PRESETS, M2IBConfig, m2ib_saliency
 from finetune.evaluation.prompts import PromptSet
 from finetune.evaluation.segmenters import LiteMedSAMSegmenter
 from finetune.evaluation.tsne import patch_features
@@ -65,6 +65,9 @@ class AblationConfig:
 
     bench: str = "data/bench128"  # benchmark folder (manifest.jsonl); train + evaluation data
     domain: str = HELD_OUT_DOMAIN  # evaluation domain, held out of every variant's training
+    # evaluation images from these splits only; empty = every split (a held-out domain has no
+    # training images). The researcher's protocol on a training domain: [test].
+    splits: tuple[str, ...] = ()
     output_dir: str = "runs/ablation"  # trained models, per-(variant, seed) results, report.md
     table_path: str = ""  # also write the report here (e.g. bench/results/ablation.md)
     variants: tuple[str, ...] = tuple(VARIANTS)  # which variants (keys of VARIANTS)
@@ -146,18 +149,20 @@ class EvalSet:
     pos: list[np.ndarray]  # positive images
     neg: list[np.ndarray]  # AUROC negatives: GT lesion-free versions + the domain's normals
     prompts: PromptSet  # each positive's own caption
+    captions_neg: list[str]  # each positive's lesion-free caption (prompt faithfulness)
     class_prompts: dict[str, list[str]]  # zero-shot classes: normal vs tumor captions
 
 
 def load_eval_set(cfg: AblationConfig) -> EvalSet:
-    """First ``n_positives`` tumor items of the domain (by id), all splits; their GT negatives
-    and the domain's normal images."""
-    items = sorted((it for it in load_manifest(cfg.bench) if it.domain == cfg.domain),
-                   key=lambda it: it.id)
+    """First ``n_positives`` tumor items of the domain (by id) in ``cfg.splits`` (all splits if
+    empty); their GT negatives and the domain's normal images of the same splits."""
+    items = sorted((it for it in load_manifest(cfg.bench) if it.domain == cfg.domain
+                    and (not cfg.splits or it.split in cfg.splits)), key=lambda it: it.id)
     tumors = [it for it in items if it.label == "tumor"]
     if len(tumors) < cfg.n_positives:
-        raise ValueError(f"domain {cfg.domain!r} of {cfg.bench} has {len(tumors)} tumor items, "
-                         f"n_positives={cfg.n_positives} asked")
+        where = f"splits {list(cfg.splits)}" if cfg.splits else "all splits"
+        raise ValueError(f"domain {cfg.domain!r} of {cfg.bench} has {len(tumors)} tumor items in "
+                         f"{where}, n_positives={cfg.n_positives} asked")
     tumors = tumors[: cfg.n_positives]
     normals = [it for it in items if it.label == "normal"]
     pairs = [Pair(f"{it.id}.png", Path(it.image), Path(it.mask)) for it in tumors]
@@ -167,6 +172,7 @@ def load_eval_set(cfg: AblationConfig) -> EvalSet:
         pos=[read_image(it.image) for it in tumors],
         neg=[read_image(it.gt_negative) for it in tumors] + [read_image(it.image) for it in normals],
         prompts=PromptSet((), {p.name: (it.caption,) for p, it in zip(pairs, tumors, strict=True)}),
+        captions_neg=[it.caption_neg for it in tumors],
         class_prompts={"normal": [tumors[0].caption_neg],
                        "tumor": sorted({it.caption for it in tumors})},
     )
@@ -182,6 +188,21 @@ def evaluate_oracle(cfg: AblationConfig, data: EvalSet, segmenter) -> dict:
     res = evaluate_dataset(None, data.pairs, segmenter=segmenter, prompts=None,
                            cfg=_eval_cfg(cfg, "oracle"))
     return {m: [getattr(r.score, m) for r in res.images] for m in ("dice", "iou", "nsd")}
+
+
+def evaluate_centre_box(cfg: AblationConfig, data: EvalSet, segmenter) -> dict:
+    """Dice/IoU/NSD per image with a fixed centre box as the "saliency" (the floor any saliency
+    must beat; model-independent)."""
+    ecfg = EvalConfig(mode="segmenter", saliency="centre_box", m2ib=cfg.m2ib, seed=cfg.eval_seed,
+                      box_dilation_px=cfg.box_dilation_px)
+    res = evaluate_dataset(None, data.pairs, segmenter=segmenter, prompts=None, cfg=ecfg)
+    return {m: [getattr(r.score, m) for r in res.images] for m in ("dice", "iou", "nsd")}
+
+
+def lesion_mass(saliency: np.ndarray, mask: np.ndarray) -> float:
+    """Share of a saliency map's mass inside the lesion mask: Σ s·m / Σ s (0 for an empty map)."""
+    total = float(saliency.sum())
+    return float(saliency[mask].sum()) / total if total > 0 else 0.0
 
 
 def patch_silhouette_per_image(bundle: ClipBundle, data: EvalSet, *, cap: int = 0,
@@ -206,12 +227,19 @@ def patch_silhouette_per_image(bundle: ClipBundle, data: EvalSet, *, cap: int = 
 
 
 def evaluate_model(cfg: AblationConfig, bundle: ClipBundle, data: EvalSet, segmenter) -> dict:
-    """Per-image Dice/IoU/NSD/pointing/silhouette and zero-shot p(tumor) of one CLIP."""
+    """Per-image Dice/IoU/NSD/pointing/silhouette/prompt faithfulness and zero-shot p(tumor).
+
+    Prompt faithfulness of a positive: the share of M2IB saliency mass inside its lesion with its
+    own caption minus that with its lesion-free caption (same noise seed): > 0 when the "normal"
+    prompt does not highlight the tumour as the tumour prompt does.
+    """
     pointing: list[float] = []
+    mass_pos: list[float] = []
 
     def on_image(result, image, gt):
         sal = result.saliency
         pointing.append(float(gt.flat[int(np.argmax(sal))]))
+        mass_pos.append(lesion_mass(sal, gt))
 
     res = evaluate_dataset(bundle, data.pairs, segmenter=segmenter, prompts=data.prompts,
                            cfg=_eval_cfg(cfg, "segmenter"), on_image=on_image)
@@ -219,7 +247,13 @@ def evaluate_model(cfg: AblationConfig, bundle: ClipBundle, data: EvalSet, segme
     p_tumor = probs[:, classes.index("tumor")]
     n = len(data.pos)
     out = {m: [getattr(r.score, m) for r in res.images] for m in ("dice", "iou", "nsd")}
+    seeds = [cfg.eval_seed + i for i in range(n)]  # the seeds evaluate_dataset gave each image
+    neg_maps = m2ib_saliency(bundle, data.pos, [[c] for c in data.captions_neg], cfg.m2ib,
+                             seed=seeds)
+    mass_neg = [lesion_mass(s, m) for s, m in zip(neg_maps, data.masks, strict=True)]
     out.update(pointing=pointing, coarse_dice=[r.coarse_dice for r in res.images],
+               lesion_mass=mass_pos, lesion_mass_neg_prompt=mass_neg,
+               faithfulness=[a - b for a, b in zip(mass_pos, mass_neg, strict=True)],
                silhouette=patch_silhouette_per_image(bundle, data, cap=cfg.max_patches_per_image,
                                                      seed=cfg.eval_seed),
                p_pos=p_tumor[:n].tolist(), p_neg=p_tumor[n:].tolist())
@@ -271,11 +305,14 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
     """Render the table from every finished (variant, seed) result; returns the report path."""
     out = Path(cfg.output_dir)
     results = _load_results(out / "results", cfg)
-    oracle_path = out / "results" / "oracle.json"
-    oracle = json.loads(oracle_path.read_text()) if oracle_path.is_file() else None
-    rows = build_rows(results, oracle, n_resamples=cfg.n_resamples, seed=cfg.eval_seed)
+    refs = {}
+    for name, label in (("oracle", "oracle box (GT)"), ("centre_box", "centre box")):
+        path = out / "results" / f"{name}.json"
+        if path.is_file():
+            refs[label] = json.loads(path.read_text())
+    rows = build_rows(results, refs, n_resamples=cfg.n_resamples, seed=cfg.eval_seed)
     any_run = next((r for runs in results.values() for r in runs.values()), None)
-    meta = {"domain": cfg.domain, "command": command, "steps": cfg.steps,
+    meta = {"domain": cfg.domain, "splits": list(cfg.splits), "command": command, "steps": cfg.steps,
             "batch_size": cfg.batch_size, "base_model": cfg.base_model, "seeds": list(cfg.seeds),
             "n_pos": cfg.n_positives, "n_neg": len(any_run["p_neg"]) if any_run else 0,
             "completed": {v: sorted(r) for v, r in results.items()},
@@ -322,6 +359,9 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
     segmenter = cached_segmenter(cfg.segmenter_checkpoint, cfg.embedding_cache_dir)
     if not (results_dir / "oracle.json").is_file():
         (results_dir / "oracle.json").write_text(json.dumps(evaluate_oracle(cfg, data, segmenter)))
+    if not (results_dir / "centre_box.json").is_file():
+        (results_dir / "centre_box.json").write_text(
+            json.dumps(evaluate_centre_box(cfg, data, segmenter)))
     if oracle_only:
         return write_report(cfg, command, timings)
     jobs = [(v, s) for s in cfg.seeds for v in cfg.variants

@@ -15,7 +15,7 @@ import numpy as np
 
 from shared.metrics import paired_bootstrap_ci
 
-PER_IMAGE = ("dice", "iou", "nsd", "pointing", "silhouette")
+PER_IMAGE = ("dice", "iou", "nsd", "pointing", "faithfulness", "silhouette")
 METRICS = (*PER_IMAGE, "auroc")
 SEG_METRICS = ("dice", "iou", "nsd")
 REFERENCES = ("none", "control")
@@ -96,19 +96,23 @@ def compare(a: Mapping[int, dict], b: Mapping[int, dict], metric: str, *,
                                n_resamples=n_resamples, seed=seed)
 
 
-def build_rows(results: Mapping[str, Mapping[int, dict]], oracle: dict | None, *,
+def build_rows(results: Mapping[str, Mapping[int, dict]], references: Mapping[str, dict], *,
                n_resamples: int = 2000, seed: int = 0) -> list[dict]:
     """Table rows (variant, metric, mean, per-seed spread, Δ vs none / control with CI).
 
-    ``results[variant][seed]`` holds per-image arrays (PER_IMAGE) and ``p_pos``/``p_neg``.
+    ``results[variant][seed]`` holds per-image arrays (PER_IMAGE) and ``p_pos``/``p_neg``;
+    ``references[label]`` model-independent per-image Dice/IoU/NSD (oracle box, centre box).
+    A metric a result does not hold (results written before it existed) is left out.
     """
     rows = []
-    if oracle is not None:
+    for label, ref in references.items():
         for m in SEG_METRICS:
-            rows.append({"variant": "oracle box (GT)", "metric": m,
-                         "mean": float(np.mean(oracle[m])), "seeds": [], "delta": {}})
+            rows.append({"variant": label, "metric": m,
+                         "mean": float(np.mean(ref[m])), "seeds": [], "delta": {}})
     for variant, runs in results.items():
         for m in METRICS:
+            if m != "auroc" and any(m not in r for r in runs.values()):
+                continue
             vals = seed_values(runs, m)
             delta = {}
             for ref in REFERENCES:
@@ -145,7 +149,9 @@ def render_report(rows: Sequence[dict], meta: dict) -> str:
     """Full markdown report: what was run, then the table."""
     done = ", ".join(f"{v}: seeds {s}" for v, s in meta["completed"].items())
     lines = [
-        f"## Ablation on the held-out domain `{meta['domain']}`", "",
+        f"## Ablation on `{meta['domain']}`"
+        + (f" ({', '.join(meta['splits'])} split)" if meta.get("splits") else " (all splits)"),
+        "",
         f"Command: `{meta['command']}`", "",
         f"Positives: {meta['n_pos']} (segmentation, pointing game, silhouette); AUROC negatives: "
         f"{meta['n_neg']} (the positives' exact lesion-free versions + the domain's normal "
@@ -153,8 +159,10 @@ def render_report(rows: Sequence[dict], meta: dict) -> str:
         f"variant, from `{meta['base_model']}`; seeds requested {meta['seeds']}.", "",
         f"Completed (variant: seeds): {done}.", "",
         "Pipeline: M2IB saliency → 2-means + largest component → one box → LiteMedSAM; the "
-        "oracle box is the GT mask's box (model-independent). Pointing game: the saliency "
-        "argmax lies in the GT mask. Silhouette: cosine silhouette of last-block patch tokens "
+        "oracle box is the GT mask's box, the centre box a fixed box in the middle (both "
+        "model-independent). Pointing game: the saliency argmax lies in the GT mask. Prompt "
+        "faithfulness: share of saliency mass inside the lesion with the positive caption minus "
+        "with the lesion-free caption. Silhouette: cosine silhouette of last-block patch tokens "
         "(tumor vs background patches of all positives), averaged per image. AUROC: zero-shot "
         "p(tumor) with the domain's negative caption vs its positive captions.", "",
         "Δ: variant minus reference, per-image values averaged over seeds first, paired "

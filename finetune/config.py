@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune.augment import AugmentConfig
 from shared.config import ConfigError, load_config
 
-OBJECTIVES = ("clip", "dhn", "dhn+entropy", "dpo", "stage1", "stage2", "stage1+2")
+OBJECTIVES = ("clip", "clip+dense", "dhn", "dhn+entropy", "dpo", "stage1", "stage2", "stage1+2")
 NEGATIVE_SOURCES = ("none", "service", "inprocess", "normal", "gt", "dpo_csv")
 TRAINABLE_PARTS = ("image", "text", "logit_scale")
 NEEDS_NEGATIVES = ("dpo", "stage2", "stage1+2")
@@ -95,6 +96,10 @@ class ObjectiveConfig:
     # Stage 2 curriculum: weight 0 until start_frac of the run, linear to stage2_weight at end_frac.
     stage2_start_frac: float = 0.0
     stage2_end_frac: float = 0.5
+    # clip+dense: weight and temperature of losses.patch_text_loss (patch embeddings scored
+    # between their image's lesion and lesion-free captions, target = patch lesion fraction)
+    dense_weight: float = 1.0
+    dense_tau: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,7 @@ class TrainConfig:
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # finetune.augment
 
 
 def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
@@ -171,6 +177,13 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
     ob = cfg.objective
     if not 0.0 <= ob.stage2_start_frac <= ob.stage2_end_frac <= 1.0:
         raise ConfigError("objective.stage2_start_frac <= stage2_end_frac must lie in [0, 1]")
+    if ob.dense_tau <= 0:
+        raise ConfigError(f"objective.dense_tau must be > 0, got {ob.dense_tau}")
+    a = cfg.augment
+    if not (1.0 <= a.zoom[0] <= a.zoom[1] and 0 < a.gamma[0] <= a.gamma[1]
+            and 0 <= a.contrast[0] <= a.contrast[1]):
+        raise ConfigError("augment: zoom needs 1 <= lo <= hi, gamma 0 < lo <= hi, contrast "
+                          f"0 <= lo <= hi; got zoom={a.zoom}, gamma={a.gamma}, contrast={a.contrast}")
     if ob.entropy_mode not in ("min", "max", "hinge"):
         raise ConfigError(f"objective.entropy_mode={ob.entropy_mode!r}; expected min | max | hinge")
 

@@ -24,7 +24,8 @@ class ClipFeatures(nn.Module):
 
     ``forward`` returns a dict; keys present depend on the inputs:
     ``image_emb`` (B, D), ``text_emb`` (B, D), ``logit_scale`` (scalar, exp applied),
-    ``patch_tokens`` (B, N, W) when ``with_tokens``, ``attn`` list of (B, H, T, T) when
+    ``patch_tokens`` (B, N, W) and ``patch_emb`` (B, N, D: the tokens through the image head, as
+    the CLS token goes) when ``with_tokens``, ``attn`` list of (B, H, T, T) when
     ``entropy_blocks``, ``neg_image_emb`` (B, D) / ``neg_patch_tokens`` (B, N, W) when
     ``neg_pixels`` is given, ``text_neg_emb`` (B, D) when ``text_neg`` is given.
     Embeddings are not normalised (losses normalise).
@@ -55,6 +56,7 @@ class ClipFeatures(nn.Module):
         out["image_emb"] = image_emb
         if tokens is not None:
             out["patch_tokens"] = tokens
+            out["patch_emb"] = self.clip.visual.head(tokens)
         if text is not None:
             out["text_emb"] = self.clip.encode_text(text)
         if neg_pixels is not None:

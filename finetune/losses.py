@@ -302,6 +302,49 @@ def stage2(
             "global_loss": glob}
 
 
+def patch_text_loss(
+    patch_emb: torch.Tensor, text_emb: torch.Tensor, text_neg_emb: torch.Tensor,
+    soft_mask: torch.Tensor, valid: torch.Tensor, *, temperature: float = 0.1,
+) -> dict[str, torch.Tensor]:
+    """Dense lesion/normal alignment of patch embeddings with the two captions of their image.
+
+    Each patch embedding p_bn (projected to the joint space by the CLIP image head, as MaskCLIP
+    reads dense CLIP features; Zhou et al., ECCV 2022) is scored between its image's lesion
+    caption T_b and lesion-free caption T⁻_b:
+    ``z_bn = (cos(p_bn, T_b) − cos(p_bn, T⁻_b)) / τ``, and ``y_bn`` = the patch's lesion-area
+    fraction is its target (binary cross-entropy ``ℓ(z, y) = −y log σ(z) − (1−y) log σ(−z)``).
+    Lesion and background are averaged separately (a lesion covers a few patches of many):
+    ``L = ½ [Σ y ℓ / Σ y + Σ (1−y) ℓ / Σ (1−y)]`` over the ``valid`` rows (images whose two
+    captions differ, i.e. positives). This is a text-driven segmentation loss: it teaches the
+    tokens M2IB reads that the lesion is what the lesion caption is about.
+
+    Shapes: patch_emb (B, N, D), text_emb / text_neg_emb (B, D), soft_mask (B, N) in [0, 1],
+    valid (B,) bool. Returns ``{"loss", "accuracy"}`` (accuracy: patches with y ≥ 0.5 scored
+    z > 0 and y < 0.5 scored z ≤ 0, balanced the same way; no gradient). No valid row: loss 0.
+    """
+    if patch_emb.dim() != 3 or soft_mask.shape != patch_emb.shape[:2]:
+        raise ValueError(f"patch_emb (B, N, D) and soft_mask (B, N) expected, got "
+                         f"{tuple(patch_emb.shape)} and {tuple(soft_mask.shape)}")
+    if not bool(valid.any()):
+        zero = patch_emb.sum() * 0.0
+        return {"loss": zero, "accuracy": zero.detach()}
+    p = F.normalize(patch_emb[valid], dim=-1)
+    t_pos = F.normalize(text_emb[valid], dim=-1)
+    t_neg = F.normalize(text_neg_emb[valid], dim=-1)
+    z = torch.einsum("bnd,bd->bn", p, t_pos - t_neg) / temperature  # (B', N)
+    y = soft_mask[valid].to(z.dtype)
+    per_patch = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+    lesion, background = y, 1 - y
+    loss = 0.5 * ((per_patch * lesion).sum() / lesion.sum().clamp_min(1e-6)
+                  + (per_patch * background).sum() / background.sum().clamp_min(1e-6))
+    with torch.no_grad():
+        hard = (y >= 0.5).to(z.dtype)
+        correct = ((z > 0).to(z.dtype) == hard).to(z.dtype)
+        acc = 0.5 * ((correct * hard).sum() / hard.sum().clamp_min(1)
+                     + (correct * (1 - hard)).sum() / (1 - hard).sum().clamp_min(1))
+    return {"loss": loss, "accuracy": acc}
+
+
 @torch.no_grad()
 def collapse_monitors(tokens: torch.Tensor, soft_mask: torch.Tensor | None = None,
                       *, threshold: float = 0.5) -> dict[str, torch.Tensor]:

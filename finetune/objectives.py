@@ -30,6 +30,7 @@ class Needs:
 
 NEEDS = {
     "clip": Needs(False, False, False, False, False),
+    "clip+dense": Needs(True, False, True, False, False),
     "dhn": Needs(False, False, False, False, False),
     "dhn+entropy": Needs(False, False, False, False, False),
     "dpo": Needs(False, True, True, True, True),
@@ -76,7 +77,9 @@ def compute_objective(
 ) -> dict[str, torch.Tensor]:
     """Loss parts of objective ``name`` for one micro-batch's features ``out``.
 
-    - ``clip``: symmetric InfoNCE (:func:`clip_infonce`);
+    - ``clip``: symmetric InfoNCE (:func:`clip_infonce`); ``clip+dense``: + ``dense_weight ·
+      losses.patch_text_loss`` (each positive's patch embeddings between its caption and its
+      lesion-free caption; pre-training the embedded CLIP);
     - ``dhn``: ``losses.dhn_nce``; ``dhn+entropy``: + ``entropy_weight · attention_entropy`` of
       the captured blocks (local shard);
     - ``dpo``: ``losses.clip_dpo`` (positive image + caption vs negative image + negative caption,
@@ -93,10 +96,17 @@ def compute_objective(
     image_emb, text_emb = _global(out, "image_emb"), _global(out, "text_emb")
     scale = out["logit_scale"]
     parts: dict[str, torch.Tensor] = {}
-    if name in ("clip", "dpo", "stage1", "stage2", "stage1+2"):
+    if name in ("clip", "clip+dense", "dpo", "stage1", "stage2", "stage1+2"):
         parts["clip_loss"] = clip_infonce(image_emb, text_emb, scale)
     if name == "clip":
         parts["loss"] = parts["clip_loss"]
+    elif name == "clip+dense":
+        dense = losses.patch_text_loss(
+            _global(out, "patch_emb"), text_emb, _global(out, "text_neg_emb"),
+            gather(batch["soft_mask"]), gather(batch["is_tumor"].float()) > 0.5,
+            temperature=cfg.dense_tau)
+        parts.update({"dense_loss": dense["loss"], "monitor/dense_accuracy": dense["accuracy"]})
+        parts["loss"] = parts["clip_loss"] + cfg.dense_weight * dense["loss"]
     elif name in ("dhn", "dhn+entropy"):
         dhn = losses.dhn_nce(image_emb, text_emb, temperature=cfg.tau, beta1=cfg.beta1,
                              beta2=cfg.beta2)

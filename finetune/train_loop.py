@@ -22,10 +22,12 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
+from finetune.augment import AugmentConfig, augment_batch
 from finetune.build import build_clip, export_hf_port, export_local_dir
 from finetune.config import TrainConfig, validate
 from finetune.data import TrainTensors, build_tensors, load_samples, normalise
 from finetune.features import ClipFeatures
+from finetune.losses import patch_soft_mask
 from finetune.negatives import resolve_negatives
 from finetune.objectives import NEEDS, compute_objective
 from shared.config import to_dict
@@ -92,15 +94,21 @@ def _prepare_data(cfg: TrainConfig, accelerator: Accelerator, grid, image_size) 
     return build_tensors(samples, image_size=image_size, grid=grid, negatives=negatives)
 
 
-def _micro_batch(data: TrainTensors, idx: np.ndarray, tokenizer, norm: dict, needs) -> dict:
+def _micro_batch(data: TrainTensors, idx: np.ndarray, tokenizer, norm: dict, needs,
+                 augment: AugmentConfig, grid: tuple[int, int]) -> dict:
+    """Tensors of one micro-batch; with ``augment`` on, one random draw per sample transforms its
+    image, mask and negative alike and the soft masks are recomputed from the warped masks."""
     t = torch.from_numpy(idx)
+    images, masks, negatives = augment_batch(
+        data.images[t], data.masks[t], data.negatives[t] if needs.negatives else None, augment)
     batch = {
-        "pixels": normalise(data.images[t], **norm),
+        "pixels": normalise(images, **norm),
         "text": tokenizer([data.captions[i] for i in idx]),
-        "soft_mask": data.soft_masks[t],
+        "soft_mask": patch_soft_mask(masks, grid) if augment.enabled else data.soft_masks[t],
+        "is_tumor": data.is_tumor[t],
     }
     if needs.negatives:
-        batch["neg_pixels"] = normalise(data.negatives[t], **norm)
+        batch["neg_pixels"] = normalise(negatives, **norm)
     if needs.text_neg:
         batch["text_neg"] = tokenizer([data.captions_neg[i] for i in idx])
     return batch
@@ -196,7 +204,7 @@ def train(cfg: TrainConfig) -> Path:
         for m in range(cfg.grad_accum):
             mine = idx[m * micro + rank * local: m * micro + (rank + 1) * local]
             torch.manual_seed(hash((cfg.seed, step, m, rank)) % 2**31)
-            batch = _micro_batch(data, mine, bundle.tokenizer, norm, needs)
+            batch = _micro_batch(data, mine, bundle.tokenizer, norm, needs, cfg.augment, grid)
             sync = m == cfg.grad_accum - 1
             ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             with ctx:

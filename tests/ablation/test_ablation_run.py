@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from finetune.ablation import (
@@ -72,9 +73,14 @@ def test_tiny_end_to_end(tiny_bench, tmp_path, monkeypatch):
     assert (tmp_path / "table.md").read_text() == text
     rows = json.loads((tmp_path / "abl" / "rows.json").read_text())
     got = {(r["variant"], r["metric"]) for r in rows}
-    metrics = {"dice", "iou", "nsd", "pointing", "silhouette", "auroc"}
-    assert got == ({("oracle box (GT)", m) for m in ("dice", "iou", "nsd")}
+    metrics = {"dice", "iou", "nsd", "pointing", "faithfulness", "silhouette", "auroc"}
+    assert got == ({(ref, m) for ref in ("oracle box (GT)", "centre box")
+                    for m in ("dice", "iou", "nsd")}
                    | {(v, m) for v in ("none", "control") for m in metrics})
+    res = json.loads((tmp_path / "abl" / "results" / "none__seed0.json").read_text())
+    assert res["faithfulness"] == [a - b for a, b in zip(res["lesion_mass"],
+                                                         res["lesion_mass_neg_prompt"], strict=True)]
+    assert all(0.0 <= v <= 1.0 for v in res["lesion_mass"] + res["lesion_mass_neg_prompt"])
     for r in rows:
         if r["variant"] == "control":
             assert r["delta"]["control"] == [0.0, 0.0, 0.0]  # a variant against itself
@@ -82,9 +88,21 @@ def test_tiny_end_to_end(tiny_bench, tmp_path, monkeypatch):
         if r["variant"] == "none":
             assert r["delta"]["none"] == [0.0, 0.0, 0.0]
     assert "| control | dice |" in text and "| oracle box (GT) | dice |" in text
+    assert "| centre box | dice |" in text
     # each image encoded once by LiteMedSAM across the oracle pass and both models
     assert segmenters[0].model.image_encoder.calls == 3
     assert (tmp_path / "abl" / "train" / "control" / "seed0" / "model").is_dir()
     # a rerun finds every result done and only re-renders
     assert run_ablation(cfg) == report
     assert segmenters[1].model.image_encoder.calls == 0  # nothing recomputed
+
+
+def test_lesion_mass_closed_form():
+    from finetune.ablation import lesion_mass
+
+    sal = np.zeros((4, 4))
+    sal[0, 0], sal[3, 3] = 3.0, 1.0
+    mask = np.zeros((4, 4), bool)
+    mask[0, 0] = True
+    assert lesion_mass(sal, mask) == pytest.approx(0.75)
+    assert lesion_mass(np.zeros((4, 4)), mask) == 0.0

@@ -55,7 +55,7 @@ def test_rows_self_delta_zero_and_seed_averaging():
     results = {"none": {0: _run(rng)}, "control": {0: _run(rng), 1: _run(rng)},
                "stage1+2": {0: _run(rng, shift=0.5)}}
     oracle = {"dice": [0.9, 0.8], "iou": [0.8, 0.7], "nsd": [1.0, 0.9]}
-    rows = build_rows(results, oracle, n_resamples=200)
+    rows = build_rows(results, {"oracle box (GT)": oracle}, n_resamples=200)
     by = {(r["variant"], r["metric"]): r for r in rows}
     assert by[("oracle box (GT)", "dice")]["mean"] == pytest.approx(0.85)
     for m in ("dice", "iou", "nsd", "pointing", "silhouette", "auroc"):

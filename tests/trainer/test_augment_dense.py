@@ -1,0 +1,132 @@
+"""Training augmentation (finetune.augment) and the dense patch-caption loss (clip+dense)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finetune.augment import AugmentConfig, augment_batch
+from finetune.losses import patch_text_loss
+
+NO_INTENSITY = dict(gamma=(1.0, 1.0), contrast=(1.0, 1.0), brightness=0.0, blur_prob=0.0,
+                    max_noise=0.0)
+
+
+def _batch(b: int = 6, s: int = 32, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+    masks = torch.zeros(b, s, s, dtype=torch.bool)
+    for i in range(b):  # an off-centre disc per sample: orientation is visible
+        cy, cx = torch.randint(6, s - 10, (2,), generator=g).tolist()
+        masks[i] = (yy - cy) ** 2 + (xx - cx) ** 2 <= 16
+    background = (torch.rand(b, s, s, generator=g) * 120 + 40).round().to(torch.uint8)
+    images = torch.where(masks, torch.full_like(background, 250), background)
+    return images, masks, background
+
+
+def test_disabled_is_identity():
+    images, masks, negs = _batch()
+    out = augment_batch(images, masks, negs, AugmentConfig(enabled=False))
+    assert out[0] is images and out[1] is masks and out[2] is negs
+
+
+def test_quarter_turns_are_exact_rot90_of_every_tensor():
+    """Pure 90° turns: each sample equals torch.rot90 of its input for one k, and image, mask and
+    negative share that k (fails on a transposed affine, a sign error, or per-tensor draws)."""
+    images, masks, negs = _batch()
+    cfg = AugmentConfig(enabled=True, flip=False, rot90=True, max_rotation_deg=0.0,
+                        zoom=(1.0, 1.0), max_shift=0.0, **NO_INTENSITY)
+    torch.manual_seed(3)
+    a_img, a_mask, a_neg = augment_batch(images, masks, negs, cfg)
+    ks = []
+    for i in range(len(images)):
+        k = [k for k in range(4) if torch.equal(a_img[i], torch.rot90(images[i], k, (0, 1)))]
+        assert len(k) == 1, f"sample {i} is not a quarter turn of its input"
+        ks.append(k[0])
+        assert torch.equal(a_mask[i], torch.rot90(masks[i], k[0], (0, 1)))
+        assert torch.equal(a_neg[i], torch.rot90(negs[i], k[0], (0, 1)))
+    assert len(set(ks)) > 1, "every sample drew the same turn"
+
+
+def test_pair_stays_a_pair_and_mask_follows_the_lesion():
+    """Full augmentation: the positive and its negative differ only where the (warped) lesion is,
+    and the warped mask covers the warped lesion (fails if the negative draws its own intensity,
+    noise or geometry, or if the mask is warped differently from the image)."""
+    images, masks, negs = _batch(b=8)
+    torch.manual_seed(0)
+    a_img, a_mask, a_neg = augment_batch(images, masks, negs, AugmentConfig(enabled=True))
+    diff = (a_img.float() - a_neg.float()).abs()
+    near_lesion = F.max_pool2d(a_mask.float()[:, None], 5, stride=1, padding=2)[:, 0] > 0
+    assert diff[~near_lesion].max() <= 1  # uint8 rounding only
+    inside = diff[a_mask]
+    assert inside.float().mean() > 20  # the lesion is still there, under the mask
+
+
+def test_same_seed_same_batch_and_ranges_hold():
+    images, masks, negs = _batch()
+    cfg = AugmentConfig(enabled=True)
+    torch.manual_seed(7)
+    first = augment_batch(images, masks, negs, cfg)
+    torch.manual_seed(7)
+    second = augment_batch(images, masks, negs, cfg)
+    for x, y in zip(first, second, strict=True):
+        assert torch.equal(x, y)
+    assert first[0].dtype == torch.uint8 and first[1].dtype == torch.bool
+    assert not torch.equal(first[0], images)
+    img_only = augment_batch(images, masks, None, cfg)
+    assert img_only[2] is None and img_only[0].shape == images.shape
+
+
+def _unit(*vecs):
+    return [torch.tensor(v, dtype=torch.float32) for v in vecs]
+
+
+def test_patch_text_loss_closed_form():
+    """Orthonormal captions, lesion patches = the lesion caption, background = the lesion-free
+    one: z = ±1/τ, so every patch costs softplus(−1/τ); swapping the captions costs softplus(1/τ).
+    An invalid row (a lesion-free image) changes nothing."""
+    t_pos, t_neg = _unit([1, 0, 0], [0, 1, 0])
+    soft = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    patches = torch.where(soft[..., None] > 0.5, t_pos, t_neg) * 3.0  # norm is irrelevant
+    text, text_neg = torch.stack([t_pos, t_pos]), torch.stack([t_neg, t_neg])
+    valid = torch.tensor([True, False])
+    tau = 0.25
+    out = patch_text_loss(patches, text, text_neg, soft, valid, temperature=tau)
+    torch.testing.assert_close(out["loss"], torch.tensor(math.log1p(math.exp(-1 / tau))))
+    assert float(out["accuracy"]) == 1.0
+    swapped = patch_text_loss(patches, text_neg, text, soft, valid, temperature=tau)
+    torch.testing.assert_close(swapped["loss"], torch.tensor(math.log1p(math.exp(1 / tau))))
+    assert float(swapped["accuracy"]) == 0.0
+    other = patches.clone()
+    other[1] = torch.randn(4, 3)
+    same = patch_text_loss(other, text, text_neg, soft, valid, temperature=tau)
+    torch.testing.assert_close(same["loss"], out["loss"])
+
+
+def test_patch_text_loss_balances_lesion_and_background():
+    """One lesion patch among many background ones weighs half the loss: with the lesion patch
+    wrong and the rest right the loss is ½[softplus(1/τ) + softplus(−1/τ)], whatever N is."""
+    t_pos, t_neg = _unit([1, 0], [0, 1])
+    tau = 0.5
+    for n in (4, 16):
+        soft = torch.zeros(1, n)
+        soft[0, 0] = 1.0
+        patches = t_neg.expand(1, n, 2).clone()  # the lesion patch looks like background
+        out = patch_text_loss(patches, t_pos[None], t_neg[None], soft, torch.tensor([True]),
+                              temperature=tau)
+        expected = 0.5 * (math.log1p(math.exp(1 / tau)) + math.log1p(math.exp(-1 / tau)))
+        torch.testing.assert_close(out["loss"], torch.tensor(expected))
+
+
+def test_patch_text_loss_without_positives_is_zero_with_a_graph():
+    patches = torch.randn(2, 4, 3, requires_grad=True)
+    out = patch_text_loss(patches, torch.randn(2, 3), torch.randn(2, 3), torch.zeros(2, 4),
+                          torch.tensor([False, False]))
+    assert float(out["loss"].detach()) == 0.0
+    out["loss"].backward()
+    with pytest.raises(ValueError, match="soft_mask"):
+        patch_text_loss(patches, torch.randn(2, 3), torch.randn(2, 3), torch.zeros(2, 5),
+                        torch.tensor([True, True]))
