@@ -56,6 +56,15 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]] | None] = {
     "stage1": ("stage12.yaml", ("objective.name=stage1",)),
     "stage1+2": ("stage12.yaml", ()),
     "stage1+2-gt": ("stage12.yaml", ("negatives.source=gt",)),
+    # the "blur = healthy" shortcut: negatives from scikit-image's biharmonic inpainting
+    "stage1+2-biharmonic": ("stage12.yaml", ("negatives.source=inprocess",
+                                             "negatives.generator=biharmonic",
+                                             "negatives.method=biharmonic")),
+    "stage2-gt": ("stage12.yaml", ("objective.name=stage2", "negatives.source=gt")),
+    # Stage 2 as a token-level counterfactual, negatives with their captions in the InfoNCE
+    "stage1+2-cf-gt": ("stage12.yaml", ("objective.stage2_form=counterfactual",
+                                        "negatives.source=gt")),
+    "stage1+2-cf": ("stage12.yaml", ("objective.stage2_form=counterfactual",)),
 }
 
 
@@ -68,6 +77,10 @@ class AblationConfig:
     # evaluation images from these splits only; empty = every split (a held-out domain has no
     # training images). The researcher's protocol on a training domain: [test].
     splits: tuple[str, ...] = ()
+    # what the variants fine-tune on: "held_out" = every benchmark domain except ``domain`` (it
+    # is the external set); "in_domain" = the researcher's protocol, ``domain``'s training split
+    # only (evaluate on its test split: splits [test])
+    protocol: str = "held_out"
     output_dir: str = "runs/ablation"  # trained models, per-(variant, seed) results, report.md
     table_path: str = ""  # also write the report here (e.g. bench/results/ablation.md)
     variants: tuple[str, ...] = tuple(VARIANTS)  # which variants (keys of VARIANTS)
@@ -99,6 +112,11 @@ def load_ablation_config(path: str | Path | dict | None, overrides: list[str] | 
                           f"{list(VARIANTS)}")
     if not cfg.seeds:
         raise ConfigError("seeds must name at least one training seed")
+    if cfg.protocol not in ("held_out", "in_domain"):
+        raise ConfigError(f"protocol={cfg.protocol!r}; expected held_out | in_domain")
+    if cfg.protocol == "in_domain" and cfg.splits != ("test",):
+        raise ConfigError("protocol=in_domain trains on the domain's training split, so it must "
+                          "evaluate on splits=[test] only")
     if cfg.n_positives < 2:
         raise ConfigError(f"n_positives must be >= 2, got {cfg.n_positives}")
     return cfg
@@ -272,7 +290,9 @@ def variant_run(cfg: AblationConfig, variant: str, seed: int) -> tuple[Path, lis
         f"model={cfg.base_model}", f"data.root={cfg.bench}", f"output_dir={out}",
         f"seed={seed}", f"batch_size={cfg.batch_size}", f"optim.max_steps={cfg.steps}",
         f"optim.warmup_steps={cfg.warmup_steps}", "data.include_normals=false",
-        f"data.held_out_domains=[{cfg.domain}]", f"data.max_items={cfg.train_max_items}",
+        *(["data.held_out_domains=[]", f"data.domains=[{cfg.domain}]"]
+          if cfg.protocol == "in_domain" else [f"data.held_out_domains=[{cfg.domain}]"]),
+        f"data.max_items={cfg.train_max_items}",
         f"negatives.cache_dir={cfg.negatives_cache_dir}", "resume=auto",
         "checkpoint_every=0", "num_threads=1", *cfg.train_overrides, *extra,
     ]

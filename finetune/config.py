@@ -96,6 +96,11 @@ class ObjectiveConfig:
     # Stage 2 curriculum: weight 0 until start_frac of the run, linear to stage2_weight at end_frac.
     stage2_start_frac: float = 0.0
     stage2_end_frac: float = 0.5
+    # Stage 2's form: "hinge" = losses.stage2 (negative patches vs the tumour prototype + global
+    # hinge on cos(negative, positive)); "counterfactual" = losses.stage2_counterfactual (tokens
+    # differ inside the mask, agree outside) and each negative enters the image-text InfoNCE with
+    # its lesion-free caption
+    stage2_form: str = "hinge"
     # clip+dense: weight and temperature of losses.patch_text_loss (patch embeddings scored
     # between their image's lesion and lesion-free captions, target = patch lesion fraction)
     dense_weight: float = 1.0
@@ -177,6 +182,8 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
     ob = cfg.objective
     if not 0.0 <= ob.stage2_start_frac <= ob.stage2_end_frac <= 1.0:
         raise ConfigError("objective.stage2_start_frac <= stage2_end_frac must lie in [0, 1]")
+    if ob.stage2_form not in ("hinge", "counterfactual"):
+        raise ConfigError(f"objective.stage2_form={ob.stage2_form!r}; expected hinge | counterfactual")
     if ob.dense_tau <= 0:
         raise ConfigError(f"objective.dense_tau must be > 0, got {ob.dense_tau}")
     a = cfg.augment

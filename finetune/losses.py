@@ -302,6 +302,37 @@ def stage2(
             "global_loss": glob}
 
 
+def stage2_counterfactual(
+    pos_tokens: torch.Tensor, neg_tokens: torch.Tensor, pos_soft_mask: torch.Tensor, *,
+    margin: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """Token-level counterfactual Stage 2: a positive and its lesion-free twin differ only in the
+    lesion, so their patch tokens should differ inside the mask and agree outside it.
+
+    With c_n = cos(x⁺_n, x⁻_n) per patch and m_n the patch's lesion fraction:
+    ``L_in = Σ m_n max(0, c_n − margin) / Σ m_n`` (lesion tokens pushed apart),
+    ``L_out = Σ (1 − m_n)(1 − c_n) / Σ (1 − m_n)`` (background tokens pulled together),
+    averaged over pairs whose positive has lesion patches; ``loss = L_in + L_out``. Unlike the
+    global hinge of :func:`stage2` it never pushes the whole negative away from its positive.
+    Shapes: pos_tokens / neg_tokens (B, N, W), pos_soft_mask (B, N). Returns ``loss``,
+    ``inside_loss``, ``outside_loss``.
+    """
+    if pos_tokens.shape != neg_tokens.shape or pos_soft_mask.shape != pos_tokens.shape[:2]:
+        raise ValueError("stage2_counterfactual: tokens (B, N, W) x2 and mask (B, N) expected, got "
+                         f"{tuple(pos_tokens.shape)}, {tuple(neg_tokens.shape)}, "
+                         f"{tuple(pos_soft_mask.shape)}")
+    valid = pos_soft_mask.sum(1) > 0
+    if not bool(valid.any()):
+        zero = pos_tokens.sum() * 0.0
+        return {"loss": zero, "inside_loss": zero, "outside_loss": zero}
+    m = pos_soft_mask[valid]
+    c = F.cosine_similarity(pos_tokens[valid], neg_tokens[valid], dim=-1)  # (B', N)
+    inside = (m * F.relu(c - margin)).sum(1) / m.sum(1)
+    outside = ((1 - m) * (1 - c)).sum(1) / (1 - m).sum(1).clamp_min(1e-6)
+    return {"loss": (inside + outside).mean(), "inside_loss": inside.mean(),
+            "outside_loss": outside.mean()}
+
+
 def patch_text_loss(
     patch_emb: torch.Tensor, text_emb: torch.Tensor, text_neg_emb: torch.Tensor,
     soft_mask: torch.Tensor, valid: torch.Tensor, *, temperature: float = 0.1,

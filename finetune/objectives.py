@@ -35,8 +35,8 @@ NEEDS = {
     "dhn+entropy": Needs(False, False, False, False, False),
     "dpo": Needs(False, True, True, True, True),
     "stage1": Needs(True, False, False, False, True),
-    "stage2": Needs(True, True, False, False, True),
-    "stage1+2": Needs(True, True, False, False, True),
+    "stage2": Needs(True, True, True, False, True),  # text_neg: counterfactual form's InfoNCE
+    "stage1+2": Needs(True, True, True, False, True),
 }
 
 
@@ -86,7 +86,9 @@ def compute_objective(
       frozen reference ``ref_out``) + ``clip_weight ·`` InfoNCE anchor;
     - ``stage1``: ``losses.stage1`` between each positive and the next one in the global batch
       (roll by one) + anchor; ``stage2``: ``losses.stage2`` (positive vs its negative) + anchor;
-    - ``stage1+2``: both, Stage 2 scaled by the curriculum :func:`stage2_weight`.
+    - ``stage1+2``: both, Stage 2 scaled by the curriculum :func:`stage2_weight`;
+      ``stage2_form: counterfactual`` swaps Stage 2 for ``losses.stage2_counterfactual`` and puts
+      every negative, with its lesion-free caption, into the InfoNCE anchor.
 
     ``batch["soft_mask"]`` is the local (B, N) patch mask fraction. Returns ``{"loss": total,
     parts..., "monitor/...": anti-collapse statistics}`` (scalars; monitors detached).
@@ -131,6 +133,11 @@ def compute_objective(
         parts["loss"] = dpo["loss"] + cfg.clip_weight * parts["clip_loss"]
     else:
         tokens, soft = _global(out, "patch_tokens"), gather(batch["soft_mask"])
+        counterfactual = name != "stage1" and cfg.stage2_form == "counterfactual"
+        if counterfactual:  # each negative with its lesion-free caption in the image-text loss
+            parts["clip_loss"] = clip_infonce(
+                torch.cat([image_emb, _global(out, "neg_image_emb")]),
+                torch.cat([text_emb, _global(out, "text_neg_emb")]), scale)
         total = cfg.clip_weight * parts["clip_loss"]
         if name in ("stage1", "stage1+2"):
             s1 = losses.stage1(tokens, tokens.roll(1, dims=0), soft, soft.roll(1, dims=0),
@@ -141,12 +148,18 @@ def compute_objective(
             total = total + s1["loss"]
         if name in ("stage2", "stage1+2"):
             w = cfg.stage2_weight if name == "stage2" else stage2_weight(cfg, step, max_steps)
-            s2 = losses.stage2(tokens, soft, _global(out, "neg_patch_tokens"), image_emb,
-                               _global(out, "neg_image_emb"), temperature=cfg.proto_tau,
-                               margin=cfg.stage2_margin)
-            parts.update({"stage2_loss": s2["loss"], "stage2_patch_loss": s2["patch_loss"],
-                          "stage2_global_loss": s2["global_loss"],
-                          "stage2_weight": torch.tensor(float(w))})
+            if counterfactual:
+                s2 = losses.stage2_counterfactual(tokens, _global(out, "neg_patch_tokens"), soft,
+                                                  margin=cfg.stage2_margin)
+                parts.update({"stage2_inside_loss": s2["inside_loss"],
+                              "stage2_outside_loss": s2["outside_loss"]})
+            else:
+                s2 = losses.stage2(tokens, soft, _global(out, "neg_patch_tokens"), image_emb,
+                                   _global(out, "neg_image_emb"), temperature=cfg.proto_tau,
+                                   margin=cfg.stage2_margin)
+                parts.update({"stage2_patch_loss": s2["patch_loss"],
+                              "stage2_global_loss": s2["global_loss"]})
+            parts.update({"stage2_loss": s2["loss"], "stage2_weight": torch.tensor(float(w))})
             total = total + w * s2["loss"]
         parts["loss"] = total
         mon = losses.collapse_monitors(tokens, soft)

@@ -245,3 +245,31 @@ def test_collapse_monitors():
     torch.testing.assert_close(collapse_monitors(eye)["mean_pairwise_cos"], torch.tensor(0.0))
     masked = collapse_monitors(torch.cat([eye, same[:, :4]], 1), torch.tensor([[1.0] * 4 + [0.0] * 4]))
     assert int(masked["n_tokens"]) == 4
+
+
+def test_stage2_counterfactual_closed_form():
+    """Twins with identical tokens: every lesion patch costs max(0, 1 − margin), background 0.
+    Lesion tokens orthogonal: inside 0; background weighted by (1 − m). Pairs without lesion
+    are skipped (mean over 2 pairs)."""
+    from finetune.losses import stage2_counterfactual
+
+    torch.manual_seed(0)
+    pos = torch.randn(3, 4, 8)
+    mask = torch.tensor([[1.0, 0.5, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    same = stage2_counterfactual(pos, pos.clone(), mask, margin=0.2)
+    torch.testing.assert_close(same["inside_loss"], torch.tensor(0.8))
+    torch.testing.assert_close(same["outside_loss"], torch.tensor(0.0))
+    neg = pos.clone()
+    e = torch.eye(8)
+    neg[0, 0], pos[0, 0] = e[0], e[1]
+    neg[0, 1], pos[0, 1] = e[2], e[3]
+    neg[1, 2], pos[1, 2] = e[4], e[5]
+    out = stage2_counterfactual(pos, neg, mask)
+    torch.testing.assert_close(out["inside_loss"], torch.tensor(0.0))
+    # patch 1 of pair 0 is half background: orthogonal there costs 0.5·1 / (0.5 + 2) on pair 0
+    torch.testing.assert_close(out["outside_loss"], torch.tensor(0.5 * (0.5 * 1 / 2.5)))
+    # flipped instead (cos −1): 0.5·2 / 2.5 on pair 0
+    neg2 = neg.clone()
+    neg2[0, 1] = -pos[0, 1]
+    out2 = stage2_counterfactual(pos, neg2, mask)
+    torch.testing.assert_close(out2["outside_loss"], torch.tensor(0.5 * (0.5 * 2 / 2.5)))

@@ -130,3 +130,49 @@ def test_patch_text_loss_without_positives_is_zero_with_a_graph():
     with pytest.raises(ValueError, match="soft_mask"):
         patch_text_loss(patches, torch.randn(2, 3), torch.randn(2, 3), torch.zeros(2, 5),
                         torch.tensor([True, True]))
+
+
+def _features(b: int = 4, n: int = 4, w: int = 6, d: int = 5, seed: int = 0) -> tuple[dict, dict]:
+    g = torch.Generator().manual_seed(seed)
+    out = {"image_emb": torch.randn(b, d, generator=g), "text_emb": torch.randn(b, d, generator=g),
+           "logit_scale": torch.tensor(10.0), "patch_tokens": torch.randn(b, n, w, generator=g),
+           "patch_emb": torch.randn(b, n, d, generator=g),
+           "neg_image_emb": torch.randn(b, d, generator=g),
+           "neg_patch_tokens": torch.randn(b, n, w, generator=g),
+           "text_neg_emb": torch.randn(b, d, generator=g)}
+    soft = torch.zeros(b, n)
+    soft[:, 0] = 1.0
+    return out, {"soft_mask": soft, "is_tumor": torch.tensor([True, True, False, True])}
+
+
+def test_counterfactual_stage2_puts_negatives_with_their_captions_into_infonce():
+    from finetune.config import ObjectiveConfig
+    from finetune.losses import stage2_counterfactual
+    from finetune.objectives import clip_infonce, compute_objective
+
+    out, batch = _features()
+    cfg = ObjectiveConfig(name="stage2", stage2_form="counterfactual", stage2_weight=0.5)
+    parts = compute_objective("stage2", cfg, out, batch, step=0, max_steps=10)
+    want_clip = clip_infonce(torch.cat([out["image_emb"], out["neg_image_emb"]]),
+                             torch.cat([out["text_emb"], out["text_neg_emb"]]), out["logit_scale"])
+    torch.testing.assert_close(parts["clip_loss"], want_clip)
+    s2 = stage2_counterfactual(out["patch_tokens"], out["neg_patch_tokens"], batch["soft_mask"],
+                               margin=cfg.stage2_margin)
+    torch.testing.assert_close(parts["loss"], want_clip + 0.5 * s2["loss"])
+    hinge = compute_objective("stage2", ObjectiveConfig(name="stage2"), out, batch, step=0,
+                              max_steps=10)
+    torch.testing.assert_close(hinge["clip_loss"], clip_infonce(out["image_emb"], out["text_emb"],
+                                                                out["logit_scale"]))
+
+
+def test_clip_dense_objective_is_infonce_plus_weighted_patch_loss():
+    from finetune.config import ObjectiveConfig
+    from finetune.objectives import clip_infonce, compute_objective
+
+    out, batch = _features(seed=1)
+    cfg = ObjectiveConfig(name="clip+dense", dense_weight=0.3, dense_tau=0.2)
+    parts = compute_objective("clip+dense", cfg, out, batch, step=0, max_steps=10)
+    dense = patch_text_loss(out["patch_emb"], out["text_emb"], out["text_neg_emb"],
+                            batch["soft_mask"], batch["is_tumor"], temperature=0.2)
+    want = clip_infonce(out["image_emb"], out["text_emb"], out["logit_scale"]) + 0.3 * dense["loss"]
+    torch.testing.assert_close(parts["loss"], want)
