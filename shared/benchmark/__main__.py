@@ -18,6 +18,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=224, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preview", action="store_true", help="also write preview.png (contact sheet)")
+    p.add_argument("--external", action="store_true",
+                   help="anatomy from each domain's external source (never trained on), all test")
     return p.parse_args(argv)
 
 
@@ -25,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         manifest = build_benchmark(args.out, domains=args.domains, n_per_domain=args.n_per_domain,
-                                   size=args.size, seed=args.seed, progress=True)
+                                   size=args.size, seed=args.seed, progress=True,
+                                   external=args.external)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

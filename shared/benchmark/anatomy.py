@@ -215,6 +215,42 @@ class BreastUltrasound:
 SOURCES = {cls.name: cls for cls in (BrainMRI, ChestXray, Retina, BreastUltrasound)}
 
 
+class ExternalBrainMR:
+    """Another head, scanner and contrast than the MNI template: the 10 frames of pydicom-data's
+    ``emri_small.dcm`` (real head MR, 64², zoomed on the lateral ventricle). Never used in
+    training: the external set of the brain domain (``build_benchmark(..., external=True)``).
+    Crops of 44–64 source pixels, random left-right flip, resized to the benchmark size."""
+
+    name = "brain_mri"
+    file = "emri_small.dcm"
+
+    @cached_property
+    def frames(self) -> list[np.ndarray]:
+        from shared.io import read_dicom
+
+        out = []
+        for frame in read_dicom(_pydicom_data(self.file)):
+            lo, hi = np.percentile(frame, [1, 99.5])
+            out.append(np.clip((frame - lo) / (hi - lo), 0.0, 1.0).astype(np.float32))
+        return out
+
+    def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        img = self.frames[int(rng.integers(len(self.frames)))]
+        h = img.shape[0]
+        side = int(rng.integers(44, h + 1))
+        top, left = rng.integers(0, h - side + 1, size=2)
+        crop = _crop(img, int(top), int(left), side)
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        crop = _resize(np.ascontiguousarray(crop), size)
+        smooth = ndimage.gaussian_filter(crop, size / 40)
+        return crop, _clear_border(smooth > 0.2)
+
+
+# Sources of the same modality as a benchmark domain that training never sees (external sets).
+EXTERNAL_SOURCES = {"brain_mri": ExternalBrainMR}
+
+
 # ----------------------------------------------------------------------------- auxiliary anatomy
 # Extra lesion-free tissue for self-supervised inpainting only: never a benchmark domain, never
 # the held-out chest radiograph (RG1). More kinds of healthy tissue — a projection radiograph

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.benchmark.anatomy import SOURCES
+from shared.benchmark.anatomy import EXTERNAL_SOURCES, SOURCES
 from shared.benchmark.lesions import caption, caption_negative, render, sample_lesion
 from shared.datasets import DpoRow, write_dpo_csv
 from shared.io import to_uint8, write_png
@@ -53,11 +53,14 @@ def _splits(n: int, rng: np.random.Generator) -> list[str]:
 
 def build_benchmark(
     out: str | Path, *, domains: tuple[str, ...] | list[str] = DOMAINS, n_per_domain: int = 100,
-    size: int = 224, seed: int = 0, progress: bool = False,
+    size: int = 224, seed: int = 0, progress: bool = False, external: bool = False,
 ) -> Path:
     """Write the benchmark under ``out`` and return the manifest's path.
 
     ``n_per_domain`` positives per domain plus ``ceil(NORMAL_FRACTION·n)`` normal images.
+    ``external``: draw the anatomy from each domain's external source
+    (``anatomy.EXTERNAL_SOURCES``: another subject and scanner, never used in training) and put
+    every image in the test split — an external set of the same modality.
     """
     unknown = [d for d in domains if d not in DOMAINS]
     if unknown:
@@ -66,6 +69,11 @@ def build_benchmark(
         raise ValueError(f"n_per_domain must be at least 1, got {n_per_domain}")
     if not 32 <= size <= 1024:
         raise ValueError(f"size must be between 32 and 1024 pixels, got {size}")
+    if external:
+        missing = [d for d in domains if d not in EXTERNAL_SOURCES]
+        if missing:
+            raise ValueError(f"no external anatomy source for {missing}; external sets exist for "
+                             f"{sorted(EXTERNAL_SOURCES)}")
     out = Path(out)
     records, dpo_rows = [], []
     n_normal = math.ceil(NORMAL_FRACTION * n_per_domain)
@@ -76,9 +84,10 @@ def build_benchmark(
         from tqdm import tqdm
 
         iterator = tqdm(tasks, desc="benchmark", unit="img")
-    sources = {d: SOURCES[d]() for d in domains}
+    sources = {d: (EXTERNAL_SOURCES if external else SOURCES)[d]() for d in domains}
     split_of = {
-        (d, lab): _splits(n, np.random.default_rng([seed, DOMAINS.index(d), 10**6, lab == "tumor"]))
+        (d, lab): ["test"] * n if external else
+        _splits(n, np.random.default_rng([seed, DOMAINS.index(d), 10**6, lab == "tumor"]))
         for d in domains for lab, n in (("tumor", n_per_domain), ("normal", n_normal))
     }
     for domain, i, label in iterator:
@@ -110,7 +119,7 @@ def build_benchmark(
     write_dpo_csv(out / "dpo_pairs.csv", dpo_rows)
     (out / "benchmark.json").write_text(json.dumps(
         {"domains": list(domains), "n_per_domain": n_per_domain, "size": size, "seed": seed,
-         "held_out_domain": HELD_OUT_DOMAIN}, indent=2, sort_keys=True) + "\n")
+         "held_out_domain": HELD_OUT_DOMAIN, "external": external}, indent=2, sort_keys=True) + "\n")
     return manifest
 
 

@@ -92,3 +92,27 @@ def test_preview_contact_sheet(tmp_path):
     sheet = read_image(contact_sheet(manifest.parent, tmp_path / "sheet.png"))
     assert sheet.shape[0] >= 64 and sheet.shape[1] >= 64 * 7
     assert json.loads((tmp_path / "benchmark.json").read_text())["size"] == 64
+
+
+def test_external_set_uses_another_source_all_test(tmp_path):
+    """The external brain set: every image in the test split, drawn from emri_small (not the MNI
+    template the training split uses), with the brain domain's lesions and exact GT negatives."""
+    from shared.benchmark.anatomy import SOURCES, ExternalBrainMR
+
+    manifest = build_benchmark(tmp_path / "ext", domains=("brain_mri",), n_per_domain=4, size=64,
+                               seed=0, external=True)
+    items = load_manifest(manifest)
+    assert {it.split for it in items} == {"test"} and len(items) == 4 + 1
+    normal = read_image(next(it.image for it in items if it.label == "normal"))
+    rng = np.random.default_rng([0, DOMAINS.index("brain_mri"), 0, False])
+    ext, _ = ExternalBrainMR().sample(rng, 64)
+    rng = np.random.default_rng([0, DOMAINS.index("brain_mri"), 0, False])
+    mni, _ = SOURCES["brain_mri"]().sample(rng, 64)
+    assert np.abs(normal - ext).max() <= 1 / 255 + 1e-6  # the external source's draw, as uint8
+    assert np.abs(normal - mni).max() > 0.2
+    pos = next(it for it in items if it.label == "tumor")
+    outside = ~read_mask(pos.mask)
+    np.testing.assert_array_equal(read_image(pos.image)[outside], read_image(pos.gt_negative)[outside])
+    with pytest.raises(ValueError, match="no external anatomy source"):
+        build_benchmark(tmp_path / "bad", domains=("retina",), n_per_domain=2, size=64,
+                        external=True)
