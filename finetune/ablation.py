@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from sklearn.metrics import silhouette_samples
 
-from finetune.ablation_report import build_rows, render_report
+from finetune.ablation_report import build_rows, negative_utility, render_report
 from finetune.build import build_clip
 from finetune.config import load_train_config
 from finetune.evaluation.clip_bundle import ClipBundle, bundle_from_open_clip
@@ -337,6 +337,8 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
             "n_pos": cfg.n_positives, "n_neg": len(any_run["p_neg"]) if any_run else 0,
             "completed": {v: sorted(r) for v, r in results.items()},
             "n_resamples": cfg.n_resamples, "timings_s": timings}
+    meta["utility"] = {m: u for m in ("dice", "faithfulness") if (u := negative_utility(
+        results, m, n_resamples=cfg.n_resamples, seed=cfg.eval_seed)) is not None}
     text = render_report(rows, meta)
     report = out / "report.md"
     report.write_text(text)

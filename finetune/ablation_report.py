@@ -123,6 +123,30 @@ def build_rows(results: Mapping[str, Mapping[int, dict]], references: Mapping[st
     return rows
 
 
+
+def negative_utility(results: Mapping[str, Mapping[int, dict]], metric: str, *,
+                     generated: str = "stage1+2", n_resamples: int = 2000,
+                     seed: int = 0) -> tuple[float, float, float] | None:
+    """Negative utility ``U = (generated − Stage 1) / (Stage 1+2 GT − Stage 1)`` on a per-image
+    metric, with a 95% bootstrap CI over images (the same resampled images in numerator and
+    denominator; per-image values averaged over seeds first). 1 = the generated negatives do
+    what exact ones do; 0 = no more than Stage 1. ``None`` when a variant is missing. The ratio is
+    unstable when the GT gain is near 0: read it with the GT row's own CI."""
+    names = ("stage1", generated, "stage1+2-gt")
+    if any(v not in results for v in names):
+        return None
+    s1, gen, gt = (per_image_mean(results[v], metric) for v in names)
+    num, den = gen - s1, gt - s1
+    point = float(num.mean() / den.mean()) if den.mean() != 0 else float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(s1), size=(n_resamples, len(s1)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot = num[idx].mean(1) / den[idx].mean(1)
+    boot = boot[np.isfinite(boot)]
+    lo, hi = np.quantile(boot, [0.025, 0.975]) if len(boot) else (float("nan"), float("nan"))
+    return point, float(lo), float(hi)
+
+
 def _fmt_delta(d: tuple[float, float, float] | None) -> str:
     if d is None:
         return "—"
@@ -170,6 +194,12 @@ def render_report(rows: Sequence[dict], meta: dict) -> str:
         "seeds inside each resample); `*` = the 95% CI excludes 0.", "",
         render_table(rows), "",
     ]
+    for label, u in meta.get("utility", {}).items():
+        lines.append(f"Negative utility U on {label} = (stage1+2 − stage1) / (stage1+2-gt − "
+                     f"stage1): {u[0]:+.2f} [{u[1]:+.2f}, {u[2]:+.2f}] (95% bootstrap CI over "
+                     "images; unstable when the GT gain is near 0).")
+    if meta.get("utility"):
+        lines.append("")
     if meta.get("timings_s"):
         lines += ["Wall time per (variant, seed), s (train + evaluate, shared 2-core CPU, 1 "
                   "thread): " + ", ".join(f"{k} {v:.0f}" for k, v in meta["timings_s"].items()),

@@ -70,3 +70,19 @@ def test_rows_self_delta_zero_and_seed_averaging():
     table = render_table(rows)
     assert table.count("\n") == len(rows) + 1
     assert "| control | dice |" in table
+
+
+def test_negative_utility_closed_form():
+    """Generated gains half of what GT negatives gain over Stage 1: U = 0.5 exactly (every
+    resample too, since the per-image gains are proportional); a missing variant gives None."""
+    from finetune.ablation_report import negative_utility
+
+    rng = np.random.default_rng(0)
+    s1 = rng.uniform(size=30)
+    gain = rng.uniform(0.1, 0.3, size=30)
+    runs = {"stage1": {0: {"dice": s1.tolist()}},
+            "stage1+2-gt": {0: {"dice": (s1 + gain).tolist()}, 1: {"dice": (s1 + gain).tolist()}},
+            "stage1+2": {0: {"dice": (s1 + 0.5 * gain).tolist()}}}
+    u, lo, hi = negative_utility(runs, "dice", n_resamples=200)
+    assert u == pytest.approx(0.5) and lo == pytest.approx(0.5) and hi == pytest.approx(0.5)
+    assert negative_utility({k: v for k, v in runs.items() if k != "stage1"}, "dice") is None
