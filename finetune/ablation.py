@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from sklearn.metrics import silhouette_samples
 
-from finetune.ablation_report import build_rows, negative_utility, render_report
+from finetune.ablation_report import build_rows, negative_utility, render_report, render_table
 from finetune.build import build_clip
 from finetune.config import load_train_config
 from finetune.evaluation.clip_bundle import ClipBundle, bundle_from_open_clip
@@ -81,6 +81,9 @@ class AblationConfig:
     # is the external set); "in_domain" = the researcher's protocol, ``domain``'s training split
     # only (evaluate on its test split: splits [test])
     protocol: str = "held_out"
+    # also evaluate every model on these domains (same splits): transfer to, or forgetting of,
+    # domains left out of fine-tuning; one extra table each
+    also_domains: tuple[str, ...] = ()
     output_dir: str = "runs/ablation"  # trained models, per-(variant, seed) results, report.md
     table_path: str = ""  # also write the report here (e.g. bench/results/ablation.md)
     variants: tuple[str, ...] = tuple(VARIANTS)  # which variants (keys of VARIANTS)
@@ -117,6 +120,8 @@ def load_ablation_config(path: str | Path | dict | None, overrides: list[str] | 
     if cfg.protocol == "in_domain" and cfg.splits != ("test",):
         raise ConfigError("protocol=in_domain trains on the domain's training split, so it must "
                           "evaluate on splits=[test] only")
+    if cfg.domain in cfg.also_domains:
+        raise ConfigError(f"also_domains repeats the ablation's own domain {cfg.domain!r}")
     if cfg.n_positives < 2:
         raise ConfigError(f"n_positives must be >= 2, got {cfg.n_positives}")
     return cfg
@@ -171,15 +176,17 @@ class EvalSet:
     class_prompts: dict[str, list[str]]  # zero-shot classes: normal vs tumor captions
 
 
-def load_eval_set(cfg: AblationConfig) -> EvalSet:
-    """First ``n_positives`` tumor items of the domain (by id) in ``cfg.splits`` (all splits if
-    empty); their GT negatives and the domain's normal images of the same splits."""
-    items = sorted((it for it in load_manifest(cfg.bench) if it.domain == cfg.domain
+def load_eval_set(cfg: AblationConfig, domain: str | None = None) -> EvalSet:
+    """First ``n_positives`` tumor items of ``domain`` (default ``cfg.domain``; by id) in
+    ``cfg.splits`` (all splits if empty); their GT negatives and the domain's normal images of the
+    same splits."""
+    domain = domain or cfg.domain
+    items = sorted((it for it in load_manifest(cfg.bench) if it.domain == domain
                     and (not cfg.splits or it.split in cfg.splits)), key=lambda it: it.id)
     tumors = [it for it in items if it.label == "tumor"]
     if len(tumors) < cfg.n_positives:
         where = f"splits {list(cfg.splits)}" if cfg.splits else "all splits"
-        raise ValueError(f"domain {cfg.domain!r} of {cfg.bench} has {len(tumors)} tumor items in "
+        raise ValueError(f"domain {domain!r} of {cfg.bench} has {len(tumors)} tumor items in "
                          f"{where}, n_positives={cfg.n_positives} asked")
     tumors = tumors[: cfg.n_positives]
     normals = [it for it in items if it.label == "normal"]
@@ -310,27 +317,39 @@ def train_variant(cfg: AblationConfig, variant: str, seed: int) -> str:
     return f"local-dir:{out / EXPORT}"
 
 
-def _load_results(results_dir: Path, cfg: AblationConfig) -> dict[str, dict[int, dict]]:
+def _load_results(folder: Path, cfg: AblationConfig) -> dict[str, dict[int, dict]]:
     out: dict[str, dict[int, dict]] = {}
     for variant in cfg.variants:
         seeds = (cfg.eval_seed,) if VARIANTS[variant] is None else cfg.seeds
         for seed in seeds:
-            path = results_dir / f"{variant}__seed{seed}.json"
+            path = folder / f"{variant}__seed{seed}.json"
             if path.is_file():
                 out.setdefault(variant, {})[seed] = json.loads(path.read_text())
     return out
 
 
-def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -> Path:
-    """Render the table from every finished (variant, seed) result; returns the report path."""
-    out = Path(cfg.output_dir)
-    results = _load_results(out / "results", cfg)
+def results_dir(cfg: AblationConfig, domain: str | None = None) -> Path:
+    """Where per-(variant, seed) results of one evaluated domain live (``results/`` for the
+    ablation's own domain, ``results/also_<domain>/`` for each of ``also_domains``)."""
+    root = Path(cfg.output_dir) / "results"
+    return root if domain in (None, cfg.domain) else root / f"also_{domain}"
+
+
+def _domain_rows(cfg: AblationConfig, domain: str | None = None) -> tuple[list[dict], dict]:
+    folder = results_dir(cfg, domain)
+    results = _load_results(folder, cfg)
     refs = {}
     for name, label in (("oracle", "oracle box (GT)"), ("centre_box", "centre box")):
-        path = out / "results" / f"{name}.json"
+        path = folder / f"{name}.json"
         if path.is_file():
             refs[label] = json.loads(path.read_text())
-    rows = build_rows(results, refs, n_resamples=cfg.n_resamples, seed=cfg.eval_seed)
+    return build_rows(results, refs, n_resamples=cfg.n_resamples, seed=cfg.eval_seed), results
+
+
+def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -> Path:
+    """Render the tables from every finished (variant, seed) result; returns the report path."""
+    out = Path(cfg.output_dir)
+    rows, results = _domain_rows(cfg)
     any_run = next((r for runs in results.values() for r in runs.values()), None)
     meta = {"domain": cfg.domain, "splits": list(cfg.splits), "command": command, "steps": cfg.steps,
             "batch_size": cfg.batch_size, "base_model": cfg.base_model, "seeds": list(cfg.seeds),
@@ -340,9 +359,17 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
     meta["utility"] = {m: u for m in ("dice", "faithfulness") if (u := negative_utility(
         results, m, n_resamples=cfg.n_resamples, seed=cfg.eval_seed)) is not None}
     text = render_report(rows, meta)
+    also = {}
+    for domain in cfg.also_domains:
+        also[domain], _ = _domain_rows(cfg, domain)
+        text += (f"\n### The same models on `{domain}` ({'/'.join(cfg.splits) or 'all'} split; "
+                 f"{'left out of' if cfg.protocol == 'in_domain' else 'not the target of'} "
+                 f"fine-tuning: transfer or forgetting)\n\n{render_table(also[domain])}\n")
     report = out / "report.md"
     report.write_text(text)
     (out / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
+    if also:
+        (out / "rows_also.json").write_text(json.dumps(also, indent=1) + "\n")
     if cfg.table_path:
         Path(cfg.table_path).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.table_path).write_text(text)
@@ -350,7 +377,8 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
 
 
 # fields that may change between runs sharing an output_dir (the rest define the results)
-_RESUMABLE = ("variants", "seeds", "table_path", "n_resamples", "embedding_cache_dir")
+_RESUMABLE = ("variants", "seeds", "table_path", "n_resamples", "embedding_cache_dir",
+              "also_domains")
 
 
 def _check_same_setup(cfg: AblationConfig, path: Path) -> None:
@@ -372,33 +400,36 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
     ``oracle_only``: stop after the (model-independent) oracle pass."""
     torch.set_num_threads(1)
     out = Path(cfg.output_dir)
-    results_dir = out / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     _check_same_setup(cfg, out / "ablation_config.json")
     timings_path = out / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    data = load_eval_set(cfg)
     segmenter = cached_segmenter(cfg.segmenter_checkpoint, cfg.embedding_cache_dir)
-    if not (results_dir / "oracle.json").is_file():
-        (results_dir / "oracle.json").write_text(json.dumps(evaluate_oracle(cfg, data, segmenter)))
-    if not (results_dir / "centre_box.json").is_file():
-        (results_dir / "centre_box.json").write_text(
-            json.dumps(evaluate_centre_box(cfg, data, segmenter)))
+    domains = (cfg.domain, *cfg.also_domains)
+    data = {d: load_eval_set(cfg, d) for d in domains}
+    for d in domains:  # model-independent references, once per domain
+        folder = results_dir(cfg, d)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, fn in (("oracle", evaluate_oracle), ("centre_box", evaluate_centre_box)):
+            if not (folder / f"{name}.json").is_file():
+                (folder / f"{name}.json").write_text(json.dumps(fn(cfg, data[d], segmenter)))
     if oracle_only:
         return write_report(cfg, command, timings)
     jobs = [(v, s) for s in cfg.seeds for v in cfg.variants
             if VARIANTS[v] is not None or s == cfg.seeds[0]]
     for variant, seed in jobs:
         seed = cfg.eval_seed if VARIANTS[variant] is None else seed
-        path = results_dir / f"{variant}__seed{seed}.json"
-        if path.is_file():
+        todo = [d for d in domains
+                if not (results_dir(cfg, d) / f"{variant}__seed{seed}.json").is_file()]
+        if not todo:
             continue
         start = time.perf_counter()
         source = train_variant(cfg, variant, seed)
         clip = build_clip(source)
-        result = evaluate_model(cfg, bundle_from_open_clip(clip.model, clip.tokenizer), data,
-                                segmenter)
-        path.write_text(json.dumps(result))
+        bundle = bundle_from_open_clip(clip.model, clip.tokenizer)
+        for d in todo:
+            result = evaluate_model(cfg, bundle, data[d], segmenter)
+            (results_dir(cfg, d) / f"{variant}__seed{seed}.json").write_text(json.dumps(result))
         timings[f"{variant}/{seed}"] = time.perf_counter() - start
         timings_path.write_text(json.dumps(timings, indent=1) + "\n")
         report = write_report(cfg, command, timings)

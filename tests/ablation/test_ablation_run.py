@@ -106,3 +106,31 @@ def test_lesion_mass_closed_form():
     mask[0, 0] = True
     assert lesion_mass(sal, mask) == pytest.approx(0.75)
     assert lesion_mass(np.zeros((4, 4)), mask) == 0.0
+
+
+def test_in_domain_protocol_with_an_also_evaluated_domain(tiny_bench, tmp_path):
+    """The researcher's protocol: variants fine-tune on breast_us's training split only and are
+    evaluated on its test split, and the same models on chest_xray (left out: forgetting row)."""
+    cfg = load_ablation_config({
+        "bench": str(tiny_bench), "domain": "breast_us", "protocol": "in_domain",
+        "splits": ["test"], "also_domains": ["chest_xray"], "output_dir": str(tmp_path / "abl"),
+        "variants": ["none", "control"], "seeds": [0], "n_positives": 2, "steps": 2,
+        "batch_size": 4, "warmup_steps": 1, "n_resamples": 50,
+        "negatives_cache_dir": str(tmp_path / "neg"),
+        "m2ib": {"layer": 3, "beta": 0.1, "steps": 2, "num_samples": 2, "batch_size": 4},
+    })
+    text = run_ablation(cfg).read_text()
+    train_cfg = json.loads((tmp_path / "abl" / "train" / "control" / "seed0" / "config.json")
+                           .read_text())
+    assert train_cfg["data"]["domains"] == ["breast_us"] and train_cfg["data"]["held_out_domains"] == []
+    results = tmp_path / "abl" / "results"
+    for folder in (results, results / "also_chest_xray"):
+        for name in ("oracle", "centre_box", "none__seed0", "control__seed0"):
+            assert (folder / f"{name}.json").is_file()
+    assert "(test split)" in text and "The same models on `chest_xray`" in text
+    also = json.loads((tmp_path / "abl" / "rows_also.json").read_text())
+    assert {r["variant"] for r in also["chest_xray"]} >= {"none", "control", "centre box"}
+    with pytest.raises(ConfigError, match="splits=\\[test\\]"):
+        load_ablation_config({"protocol": "in_domain", "domain": "breast_us"})
+    with pytest.raises(ConfigError, match="repeats"):
+        load_ablation_config({"domain": "breast_us", "also_domains": ["breast_us"]})
