@@ -10,7 +10,7 @@ import numpy as np
 from shared.benchmark import HELD_OUT_DOMAIN, BenchmarkItem
 from shared.io import read_image, read_mask
 
-N_OVERLAYS = 4  # held-out images drawn with saliency / coarse mask / prediction / GT
+N_OVERLAYS = 4  # test images drawn with saliency / coarse mask / prediction / GT
 
 
 def _models(ablation_dir: Path, seed: int) -> dict[str, str]:
@@ -21,7 +21,8 @@ def _models(ablation_dir: Path, seed: int) -> dict[str, str]:
 
 
 def _overlays_and_tsne(cfg, out: Path, ablation_dir: Path, items: list[BenchmarkItem]) -> dict:
-    """Overlays of the pipeline on a few held-out positives and t-SNE of both models."""
+    """Overlays of the pipeline on a few test positives of the ablation's domain and t-SNE of
+    both models."""
     from finetune.ablation import _eval_cfg, cached_segmenter, load_ablation_config
     from finetune.build import build_clip
     from finetune.evaluation.clip_bundle import bundle_from_open_clip
@@ -32,7 +33,8 @@ def _overlays_and_tsne(cfg, out: Path, ablation_dir: Path, items: list[Benchmark
     from shared.datasets import Pair
 
     abl = load_ablation_config(ablation_dir / "ablation_config.json")
-    held = [it for it in items if it.domain == HELD_OUT_DOMAIN and it.label == "tumor"]
+    held = [it for it in items if it.domain == abl.domain and it.label == "tumor"
+            and (not abl.splits or it.split in abl.splits)]
     held = sorted(held, key=lambda it: it.id)[: abl.n_positives]
     bundles = {}
     for name, source in _models(ablation_dir, cfg.seed).items():
@@ -63,20 +65,21 @@ def _overlays_and_tsne(cfg, out: Path, ablation_dir: Path, items: list[Benchmark
             "tsne_pngs": sorted(str(p.relative_to(out)) for p in (out / "tsne").glob("*.png"))}
 
 
-def _summary_table(rows: list[dict]) -> str:
+def _summary_table(rows: list[dict], title: str) -> str:
     """Fixed-width text table: one line per variant, means and Dice − none with its 95% CI."""
     by_variant: dict[str, dict[str, dict]] = {}
     for r in rows:
         by_variant.setdefault(r["variant"], {})[r["metric"]] = r
-    head = f"{'variant':<16} {'Dice':>6} {'IoU':>6} {'NSD':>6} {'AUROC':>6}   Dice − none [95% CI]"
-    lines = [head]
+    cols = (("dice", "Dice"), ("auroc", "AUROC"), ("pointing", "point"), ("faithfulness", "faith"))
+    head = f"{'variant':<20}" + "".join(f" {name:>6}" for _, name in cols)
+    lines = [title, head + "   Dice − none [95% CI]"]
     for variant, metrics in by_variant.items():
         def mean(m: str, metrics: dict = metrics) -> str:
             return f"{metrics[m]['mean']:6.3f}" if m in metrics else f"{'—':>6}"
 
         d = metrics.get("dice", {}).get("delta", {}).get("none")
         ci = f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" if d and variant != "none" else ""
-        lines.append(f"{variant:<16} {mean('dice')} {mean('iou')} {mean('nsd')} {mean('auroc')}   {ci}")
+        lines.append(f"{variant:<20}" + "".join(f" {mean(m)}" for m, _ in cols) + f"   {ci}")
     return "\n".join(lines)
 
 
@@ -90,18 +93,31 @@ def write_demo_report(cfg, out: Path, *, bench: Path, ablation_dir: Path, sheet:
     else:
         extras = _overlays_and_tsne(cfg, out, ablation_dir, items)
         extras_path.write_text(json.dumps(extras, indent=1) + "\n")
+    from finetune.ablation import load_ablation_config
+
+    abl = load_ablation_config(ablation_dir / "ablation_config.json")
     rows = json.loads((ablation_dir / "rows.json").read_text())
-    summary = _summary_table(rows)
+    summary = _summary_table(rows, f"{abl.domain}, test split (fine-tuned on its training split)")
+    also_path = ablation_dir / "rows_also.json"
+    for domain, also_rows in (json.loads(also_path.read_text()) if also_path.is_file() else {}
+                              ).items():
+        summary += "\n\n" + _summary_table(
+            also_rows, f"{domain}, the same models (left out of fine-tuning: forgetting row)")
+    utility = [line for line in ablation_report.read_text().splitlines()
+               if line.startswith("Negative utility")] if ablation_report.is_file() else []
+    summary += "\n\n" + "\n".join(utility) if utility else ""
     (out / "summary.txt").write_text(summary + "\n")
     psnr = np.mean([s["psnr_in_mask"] for s in sheet_stats])
     psnr0 = np.mean([s["psnr_untouched"] for s in sheet_stats])
     tex = np.mean([s["texture_ratio"] for s in sheet_stats])
     lines = [
         "# Demo report", "",
-        f"Benchmark: `{bench}` ({cfg.n_per_domain} positives per domain, {cfg.size}²); held-out "
-        f"domain **{HELD_OUT_DOMAIN}** (never trained on). Fine-tuning: {cfg.steps} steps, batch "
-        f"{cfg.batch_size}, seed {cfg.seed}. Single seed: read differences as direction, and "
-        "trust them only where the CI excludes 0.", "",
+        f"Benchmark: `{bench}` ({cfg.n_per_domain} positives per domain, {cfg.size}², seed "
+        f"{cfg.bench_seed}: new lesions, not the pre-training images). The researcher's protocol: "
+        f"fine-tune on **{abl.domain}**'s training split, evaluate on its test split; the held-out "
+        f"domain **{HELD_OUT_DOMAIN}** (never trained on) is the forgetting row. Fine-tuning: "
+        f"{cfg.steps} steps, batch {cfg.batch_size}, seed {cfg.seed}. Single seed: read "
+        "differences as direction, and trust them only where the CI excludes 0.", "",
         "## Negatives from the generator service", "",
         "Rows: positive (lesion outlined) | negative generated by the service | exact GT negative.",
         "", f"![negatives]({sheet.relative_to(out)})", "",
@@ -109,7 +125,7 @@ def write_demo_report(cfg, out: Path, *, bench: Path, ablation_dir: Path, sheet:
         f"positive {psnr0:.2f} dB; texture ratio {tex:.2f} (1 = as textured as real tissue); "
         "outside the dilated mask the max abs difference to the input is "
         f"{max(s['outside_mask_max_diff'] for s in sheet_stats):.0f}.", "",
-        "## Small ablation on the held-out domain", "",
+        "## Small ablation in the researcher's protocol", "",
         (ablation_report.read_text().split("\n", 1)[1] if ablation_report.is_file() else ""), "",
         "## Pipeline overlays (image, saliency, coarse mask, prediction, GT)", "",
         *[f"![{p}]({p})" for p in extras["overlays"]], "",

@@ -15,10 +15,12 @@ def test_demo_smoke_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"report: {out / 'report.md'}" in printed
     report = (out / "report.md").read_text()
-    for section in ("Negatives from the generator service", "Small ablation", "overlays", "t-SNE"):
+    for section in ("Negatives from the generator service", "Small ablation", "overlays", "t-SNE",
+                    "The same models on `chest_xray`", "Negative utility U on dice"):
         assert section in report
     summary = (out / "summary.txt").read_text()
-    for row in ("oracle box (GT)", "none", "control", "stage1+2"):
+    for row in ("oracle box (GT)", "centre box", "none", "control", "stage1", "stage1+2-gt",
+                "stage1+2", "forgetting row", "Negative utility"):
         assert row in summary
     # negatives came over HTTP and are exact outside the dilated mask
     stats = json.loads((out / "negatives_sheet.json").read_text())
@@ -30,4 +32,8 @@ def test_demo_smoke_end_to_end(tmp_path, capsys):
     (ablation,) = out.glob("ablation-gen*")
     assert (ablation / "train" / "stage1+2" / "seed0" / "model").is_dir()
     rows = json.loads((ablation / "rows.json").read_text())
-    assert {r["variant"] for r in rows} == {"oracle box (GT)", "none", "control", "stage1+2"}
+    assert {r["variant"] for r in rows} == {"oracle box (GT)", "centre box", "none", "control",
+                                            "stage1", "stage1+2-gt", "stage1+2"}
+    # in-domain protocol: every variant fine-tuned on the demo domain's training split only
+    control = json.loads((ablation / "train" / "control" / "seed0" / "config.json").read_text())
+    assert control["data"]["domains"] == ["brain_mri"]
