@@ -23,7 +23,8 @@ def _models(ablation_dir: Path, seed: int) -> dict[str, str]:
 def _overlays_and_tsne(cfg, out: Path, ablation_dir: Path, items: list[BenchmarkItem]) -> dict:
     """Overlays of the pipeline on a few test positives of the ablation's domain and t-SNE of
     both models."""
-    from finetune.ablation import _eval_cfg, cached_segmenter, load_ablation_config
+    from finetune.ablation import load_ablation_config
+    from finetune.ablation_eval import cached_segmenter, eval_config
     from finetune.build import build_clip
     from finetune.evaluation.clip_bundle import bundle_from_open_clip
     from finetune.evaluation.evaluate import evaluate_dataset
@@ -54,7 +55,7 @@ def _overlays_and_tsne(cfg, out: Path, ablation_dir: Path, items: list[Benchmark
                                              image, result, gt).relative_to(out)))
 
         evaluate_dataset(bundle, pairs, segmenter=segmenter, prompts=prompts,
-                         cfg=_eval_cfg(abl, "segmenter"), on_image=save)
+                         cfg=eval_config(abl, "segmenter"), on_image=save)
     pos = [read_image(it.image) for it in held]
     masks = [read_mask(it.mask) for it in held]
     negs = [read_image(it.gt_negative) for it in held]

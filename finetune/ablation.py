@@ -1,13 +1,15 @@
-"""Ablation runner (issue 8 item 7): train every fine-tuning variant for the same steps and
-batches, evaluate each on the held-out benchmark domain, and write one table with paired
-bootstrap CIs against no fine-tune and against the plain-CLIP-loss control.
+"""Ablation runner (issue 8 item 7, issue 17): train every fine-tuning variant for the same steps
+and batches, evaluate each on one benchmark domain (held out of fine-tuning, or, in the
+researcher's protocol, the domain fine-tuned on, test split) and optionally on further domains,
+and write tables with paired bootstrap CIs against no fine-tune and against the
+plain-CLIP-loss control (evaluation of one model: :mod:`finetune.ablation_eval`).
 
 ``python -m finetune.ablation --config configs/ablation/full.yaml [key=value ...]``
 From Python: ``run_ablation(load_ablation_config("configs/ablation/small.yaml")) -> report path``.
 
 Cheap by design: LiteMedSAM's image embedding depends only on the image, so it is computed once
-per image (:class:`CachedEncoder`) and reused by the oracle pass and every (variant, seed); the
-oracle box is computed once; "none" is evaluated once (the evaluation seed is fixed, so the
+per image (``ablation_eval.CachedEncoder``) and reused by the reference passes and every
+(variant, seed); the oracle and centre boxes are computed once per domain; "none" is evaluated once (the evaluation seed is fixed, so the
 seed spread measures training). Each finished (variant, seed) is stored as JSON under
 ``output_dir/results`` and skipped on a rerun; the report is re-rendered after each one, so an
 interrupted run still leaves the table of what finished. Seeds are the outer loop: seed 0 of
@@ -17,7 +19,6 @@ every variant comes before seed 1.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -25,25 +26,26 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from sklearn.metrics import silhouette_samples
 
+from finetune.ablation_eval import (  # noqa: F401  (CachedEncoder, EvalSet: the runner's API)
+    CachedEncoder,
+    EvalSet,
+    cached_segmenter,
+    evaluate_centre_box,
+    evaluate_model,
+    evaluate_oracle,
+    lesion_mass,
+    load_eval_set,
+)
 from finetune.ablation_report import build_rows, negative_utility, render_report, render_table
 from finetune.build import build_clip
 from finetune.config import load_train_config
-from finetune.evaluation.clip_bundle import ClipBundle, bundle_from_open_clip
-from finetune.evaluation.evaluate import EvalConfig, evaluate_dataset
-from finetune.evaluation.m2ib import PRESETS, M2IBConfig, m2ib_saliency
-from finetune.evaluation.prompts import PromptSet
-from finetune.evaluation.segmenters import LiteMedSAMSegmenter
-from finetune.evaluation.tsne import patch_features
-from finetune.evaluation.zero_shot import zero_shot_probs
+from finetune.evaluation.clip_bundle import bundle_from_open_clip
+from finetune.evaluation.m2ib import PRESETS, M2IBConfig
 from finetune.train_loop import EXPORT, resolve_model_source, train
-from shared.benchmark import HELD_OUT_DOMAIN, load_manifest
+from shared.benchmark import HELD_OUT_DOMAIN
 from shared.config import ConfigError, load_config, to_dict
-from shared.datasets import Pair
-from shared.io import read_image, read_mask
 
 REPO = Path(__file__).resolve().parents[1]
 # variant -> (training config under configs/embedded, extra overrides); "none" is not trained
@@ -125,164 +127,6 @@ def load_ablation_config(path: str | Path | dict | None, overrides: list[str] | 
     if cfg.n_positives < 2:
         raise ConfigError(f"n_positives must be >= 2, got {cfg.n_positives}")
     return cfg
-
-
-class CachedEncoder(torch.nn.Module):
-    """Wraps LiteMedSAM's image encoder: the output for an input tensor already seen (same
-    bytes) is returned from memory (and from ``cache_dir`` across processes, if given), so each
-    image is encoded once for all variants."""
-
-    def __init__(self, encoder: torch.nn.Module, cache_dir: str | Path | None = None) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.cache: dict[str, torch.Tensor] = {}
-        self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.calls = 0  # real encoder forwards (for tests and timing)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        key = hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-        if key in self.cache:
-            return self.cache[key]
-        path = self.cache_dir / f"{key}.pt" if self.cache_dir else None
-        if path is not None and path.is_file():
-            self.cache[key] = torch.load(path, weights_only=True)
-            return self.cache[key]
-        self.calls += 1
-        self.cache[key] = self.encoder(x)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(self.cache[key], path.with_suffix(".tmp"))
-            path.with_suffix(".tmp").replace(path)
-        return self.cache[key]
-
-
-def cached_segmenter(checkpoint: str = "", cache_dir: str = "") -> LiteMedSAMSegmenter:
-    """LiteMedSAM whose image encoder output is cached per image (and on disk if ``cache_dir``)."""
-    seg = LiteMedSAMSegmenter(checkpoint or None)
-    seg.model.image_encoder = CachedEncoder(seg.model.image_encoder, cache_dir or None)
-    return seg
-
-
-@dataclass
-class EvalSet:
-    """The held-out evaluation data (fixed for every model)."""
-
-    pairs: list[Pair]  # positives (image, mask) for the segmentation pipeline
-    masks: list[np.ndarray]  # GT masks of the positives
-    pos: list[np.ndarray]  # positive images
-    neg: list[np.ndarray]  # AUROC negatives: GT lesion-free versions + the domain's normals
-    prompts: PromptSet  # each positive's own caption
-    captions_neg: list[str]  # each positive's lesion-free caption (prompt faithfulness)
-    class_prompts: dict[str, list[str]]  # zero-shot classes: normal vs tumor captions
-
-
-def load_eval_set(cfg: AblationConfig, domain: str | None = None) -> EvalSet:
-    """First ``n_positives`` tumor items of ``domain`` (default ``cfg.domain``; by id) in
-    ``cfg.splits`` (all splits if empty); their GT negatives and the domain's normal images of the
-    same splits."""
-    domain = domain or cfg.domain
-    items = sorted((it for it in load_manifest(cfg.bench) if it.domain == domain
-                    and (not cfg.splits or it.split in cfg.splits)), key=lambda it: it.id)
-    tumors = [it for it in items if it.label == "tumor"]
-    if len(tumors) < cfg.n_positives:
-        where = f"splits {list(cfg.splits)}" if cfg.splits else "all splits"
-        raise ValueError(f"domain {domain!r} of {cfg.bench} has {len(tumors)} tumor items in "
-                         f"{where}, n_positives={cfg.n_positives} asked")
-    tumors = tumors[: cfg.n_positives]
-    normals = [it for it in items if it.label == "normal"]
-    pairs = [Pair(f"{it.id}.png", Path(it.image), Path(it.mask)) for it in tumors]
-    return EvalSet(
-        pairs=pairs,
-        masks=[read_mask(it.mask) for it in tumors],
-        pos=[read_image(it.image) for it in tumors],
-        neg=[read_image(it.gt_negative) for it in tumors] + [read_image(it.image) for it in normals],
-        prompts=PromptSet((), {p.name: (it.caption,) for p, it in zip(pairs, tumors, strict=True)}),
-        captions_neg=[it.caption_neg for it in tumors],
-        class_prompts={"normal": [tumors[0].caption_neg],
-                       "tumor": sorted({it.caption for it in tumors})},
-    )
-
-
-def _eval_cfg(cfg: AblationConfig, mode: str) -> EvalConfig:
-    return EvalConfig(mode=mode, saliency="m2ib", m2ib=cfg.m2ib, seed=cfg.eval_seed,
-                      box_dilation_px=cfg.box_dilation_px)
-
-
-def evaluate_oracle(cfg: AblationConfig, data: EvalSet, segmenter) -> dict:
-    """Dice/IoU/NSD per image with the GT mask's box as the prompt (upper bound)."""
-    res = evaluate_dataset(None, data.pairs, segmenter=segmenter, prompts=None,
-                           cfg=_eval_cfg(cfg, "oracle"))
-    return {m: [getattr(r.score, m) for r in res.images] for m in ("dice", "iou", "nsd")}
-
-
-def evaluate_centre_box(cfg: AblationConfig, data: EvalSet, segmenter) -> dict:
-    """Dice/IoU/NSD per image with a fixed centre box as the "saliency" (the floor any saliency
-    must beat; model-independent)."""
-    ecfg = EvalConfig(mode="segmenter", saliency="centre_box", m2ib=cfg.m2ib, seed=cfg.eval_seed,
-                      box_dilation_px=cfg.box_dilation_px)
-    res = evaluate_dataset(None, data.pairs, segmenter=segmenter, prompts=None, cfg=ecfg)
-    return {m: [getattr(r.score, m) for r in res.images] for m in ("dice", "iou", "nsd")}
-
-
-def lesion_mass(saliency: np.ndarray, mask: np.ndarray) -> float:
-    """Share of a saliency map's mass inside the lesion mask: Σ s·m / Σ s (0 for an empty map)."""
-    total = float(saliency.sum())
-    return float(saliency[mask].sum()) / total if total > 0 else 0.0
-
-
-def patch_silhouette_per_image(bundle: ClipBundle, data: EvalSet, *, cap: int = 0,
-                               seed: int = 0) -> list[float]:
-    """Cosine silhouette of tumor vs background patch tokens over all positives, averaged over
-    each image's patches (mean over images ≈ the global silhouette, but pairable)."""
-    feats, labels, owner = [], [], []
-    rng = np.random.default_rng(seed)
-    for i, (img, mask) in enumerate(zip(data.pos, data.masks, strict=True)):
-        f, y = patch_features(bundle, [img], [mask])
-        if cap and len(y) > cap:
-            keep = rng.permutation(len(y))[:cap]
-            f, y = f[keep], y[keep]
-        feats.append(f)
-        labels.append(y)
-        owner.append(np.full(len(y), i))
-    feats, labels, owner = np.concatenate(feats), np.concatenate(labels), np.concatenate(owner)
-    if len(np.unique(labels)) < 2:
-        raise ValueError("silhouette needs tumor and background patches; lesions too small?")
-    s = silhouette_samples(feats, labels, metric="cosine")
-    return [float(s[owner == i].mean()) for i in range(len(data.pos))]
-
-
-def evaluate_model(cfg: AblationConfig, bundle: ClipBundle, data: EvalSet, segmenter) -> dict:
-    """Per-image Dice/IoU/NSD/pointing/silhouette/prompt faithfulness and zero-shot p(tumor).
-
-    Prompt faithfulness of a positive: the share of M2IB saliency mass inside its lesion with its
-    own caption minus that with its lesion-free caption (same noise seed): > 0 when the "normal"
-    prompt does not highlight the tumour as the tumour prompt does.
-    """
-    pointing: list[float] = []
-    mass_pos: list[float] = []
-
-    def on_image(result, image, gt):
-        sal = result.saliency
-        pointing.append(float(gt.flat[int(np.argmax(sal))]))
-        mass_pos.append(lesion_mass(sal, gt))
-
-    res = evaluate_dataset(bundle, data.pairs, segmenter=segmenter, prompts=data.prompts,
-                           cfg=_eval_cfg(cfg, "segmenter"), on_image=on_image)
-    probs, classes = zero_shot_probs(bundle, data.pos + data.neg, data.class_prompts)
-    p_tumor = probs[:, classes.index("tumor")]
-    n = len(data.pos)
-    out = {m: [getattr(r.score, m) for r in res.images] for m in ("dice", "iou", "nsd")}
-    seeds = [cfg.eval_seed + i for i in range(n)]  # the seeds evaluate_dataset gave each image
-    neg_maps = m2ib_saliency(bundle, data.pos, [[c] for c in data.captions_neg], cfg.m2ib,
-                             seed=seeds)
-    mass_neg = [lesion_mass(s, m) for s, m in zip(neg_maps, data.masks, strict=True)]
-    out.update(pointing=pointing, coarse_dice=[r.coarse_dice for r in res.images],
-               lesion_mass=mass_pos, lesion_mass_neg_prompt=mass_neg,
-               faithfulness=[a - b for a, b in zip(mass_pos, mass_neg, strict=True)],
-               silhouette=patch_silhouette_per_image(bundle, data, cap=cfg.max_patches_per_image,
-                                                     seed=cfg.eval_seed),
-               p_pos=p_tumor[:n].tolist(), p_neg=p_tumor[n:].tolist())
-    return out
 
 
 def variant_run(cfg: AblationConfig, variant: str, seed: int) -> tuple[Path, list[str], Path]:

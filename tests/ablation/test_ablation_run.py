@@ -98,7 +98,7 @@ def test_tiny_end_to_end(tiny_bench, tmp_path, monkeypatch):
 
 
 def test_lesion_mass_closed_form():
-    from finetune.ablation import lesion_mass
+    from finetune.ablation_eval import lesion_mass
 
     sal = np.zeros((4, 4))
     sal[0, 0], sal[3, 3] = 3.0, 1.0
