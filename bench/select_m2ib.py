@@ -1,0 +1,95 @@
+"""Choose the embedded model's M2IB settings on the *validation* split (never on test images).
+
+    OMP_NUM_THREADS=1 python bench/select_m2ib.py --model embedded-pretrained \
+        --bench data/bench128_n750 --n 60 --out bench/results/m2ib_selection.md
+
+For every (bottleneck layer, β) of the grid, M2IB saliency of the first ``--n`` validation
+positives of each training domain (their own caption as the prompt, the evaluation's noise seeds)
+is scored by the pointing game (argmax inside the lesion) and the saliency mass inside the lesion.
+The rule, fixed before looking: the highest mean pointing over the training domains, ties broken
+by lesion mass. The held-out domain is not used for the choice (its numbers are printed only).
+No segmenter runs here: saliency alone, so the sweep costs seconds per setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from finetune.ablation_eval import lesion_mass  # noqa: E402
+from finetune.build import build_clip  # noqa: E402
+from finetune.evaluation.clip_bundle import bundle_from_open_clip  # noqa: E402
+from finetune.evaluation.m2ib import PRESETS, m2ib_saliency  # noqa: E402
+from finetune.train_loop import resolve_model_source  # noqa: E402
+from shared.benchmark import DOMAINS, HELD_OUT_DOMAIN, load_manifest  # noqa: E402
+from shared.io import read_image, read_mask  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="embedded-pretrained")
+    p.add_argument("--bench", default="data/bench128_n750")
+    p.add_argument("--n", type=int, default=60, help="validation positives per domain")
+    p.add_argument("--layers", type=int, nargs="+", default=[1, 2, 3, 4])
+    p.add_argument("--betas", type=float, nargs="+", default=[0.03, 0.1, 0.3, 1.0])
+    p.add_argument("--out", default="bench/results/m2ib_selection.md")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    clip = build_clip(resolve_model_source(args.model))
+    bundle = bundle_from_open_clip(clip.model.eval(), clip.tokenizer)
+    items = load_manifest(args.bench)
+    data = {}
+    for d in DOMAINS:
+        tumors = sorted((it for it in items if it.domain == d and it.split == "val"
+                         and it.label == "tumor"), key=lambda it: it.id)[: args.n]
+        data[d] = ([read_image(it.image) for it in tumors], [read_mask(it.mask) for it in tumors],
+                   [[it.caption] for it in tumors])
+    rows = []
+    for layer in args.layers:
+        for beta in args.betas:
+            cfg = dataclasses.replace(PRESETS["embedded"], layer=layer, beta=beta)
+            row = {"layer": layer, "beta": beta}
+            for d, (images, masks, prompts) in data.items():
+                maps = m2ib_saliency(bundle, images, prompts, cfg, seed=0)
+                row[d] = (float(np.mean([m.flat[int(np.argmax(s))] for s, m in zip(maps, masks,
+                                                                                    strict=True)])),
+                          float(np.mean([lesion_mass(s, m) for s, m in zip(maps, masks,
+                                                                           strict=True)])))
+            train = [d for d in DOMAINS if d != HELD_OUT_DOMAIN]
+            row["score"] = (float(np.mean([row[d][0] for d in train])),
+                            float(np.mean([row[d][1] for d in train])))
+            rows.append(row)
+            print(row, flush=True)
+    best = max(rows, key=lambda r: r["score"])
+    train = [d for d in DOMAINS if d != HELD_OUT_DOMAIN]
+    lines = ["## M2IB settings of the embedded model, chosen on the validation split", "",
+             f"Command: `python bench/select_m2ib.py {' '.join(argv or sys.argv[1:])}`", "",
+             f"Model `{args.model}`; first {args.n} validation positives per domain, own caption; "
+             "cells: pointing game / saliency mass inside the lesion. Rule: highest mean pointing "
+             f"over the training domains ({', '.join(train)}), ties by lesion mass; "
+             f"{HELD_OUT_DOMAIN} (held out) shown, not used.", "",
+             "| layer | β | " + " | ".join(DOMAINS) + " | training-domain mean |",
+             "|---|---|" + "---|" * (len(DOMAINS) + 1)]
+    for r in rows:
+        mark = " **(chosen)**" if r is best else ""
+        lines.append(f"| {r['layer']} | {r['beta']:g} | " + " | ".join(
+            f"{r[d][0]:.2f} / {r[d][1]:.2f}" for d in DOMAINS)
+            + f" | {r['score'][0]:.3f} / {r['score'][1]:.3f}{mark} |")
+    lines.append("")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+    print(f"chosen: layer {best['layer']}, beta {best['beta']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
