@@ -41,15 +41,18 @@ GOALS = "AUROC ≥ 0.95 (training domains) / ≥ 0.80 (held-out); pointing ≥ 0
         "oracle in-domain; Dice ≥ centre box + 0.15 on the held-out domain (issue 17)"
 
 
+DEFAULT_M2IB = (3, 0.1)  # finetune.evaluation.m2ib.PRESETS["embedded"] before issue 17
+
+
 def evaluate(bench: str, domain: str, name: str, source: str, *, out: Path, n_positives: int,
-             embedding_cache: str) -> dict:
+             embedding_cache: str, m2ib: tuple[int, float] = DEFAULT_M2IB) -> dict:
     """Run (or reuse) the ``none`` variant of ``source`` on ``domain``'s test split; the results
     JSON of the model plus the oracle/centre reference results."""
     cfg = load_ablation_config({
         "bench": bench, "domain": domain, "splits": ["test"], "output_dir": str(out / domain / name),
         "variants": ["none"], "seeds": [0], "n_positives": n_positives, "base_model": source,
         "embedding_cache_dir": embedding_cache,
-        "m2ib": {"layer": 3, "beta": 0.1, "var": 1.0, "steps": 10, "num_samples": 10,
+        "m2ib": {"layer": m2ib[0], "beta": m2ib[1], "var": 1.0, "steps": 10, "num_samples": 10,
                  "batch_size": 16},
     })
     run_ablation(cfg, command="bench/bench_clip_protocol.py")
@@ -78,16 +81,20 @@ def _ci(d: tuple[float, float, float]) -> str:
     return f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]{star}"
 
 
-def render(results: dict, models: list[tuple[str, str]], command: str, timings: dict) -> str:
+def render(results: dict, models: list[tuple[str, str]], command: str, timings: dict,
+           m2ib_of: dict) -> str:
     lines = ["## Embedded CLIP: does it see lesions? (zero-shot, no fine-tune)", "",
              f"Command: `{command}`", "",
              "Test split of every domain (never used in pre-training); chest_xray is held out of "
              "all training. Brain (one MNI volume), chest and retina (one image each) cannot be "
              "split by source: their test images are new lesions on seen anatomy; breast "
-             "ultrasound is procedural. Pipeline: M2IB (after block 3 of 6, β 0.1) → 2-means → "
-             "box → LiteMedSAM. AUROC: positives vs their exact lesion-free versions + normals "
-             "(`AUROC gt`: vs the exact negatives only). Faithfulness: saliency mass inside the "
-             "lesion with the lesion caption minus with the lesion-free caption.", "",
+             "ultrasound is procedural. Pipeline: M2IB → 2-means → "
+             "box → LiteMedSAM. A domain marked (external) comes from another source of the same "
+             "modality (`python -m shared.benchmark --external`: another head, scanner and "
+             "contrast for brain MRI), never used in training. AUROC: positives vs their exact "
+             "lesion-free versions + normals (`AUROC gt`: vs the exact negatives only). Faithfulness: saliency mass inside the "
+             "lesion with the lesion caption minus with the lesion-free caption. M2IB (layer, β) "
+             "per model: " + ", ".join(f"{n} {m2ib_of[n]}" for n, _ in models) + ".", "",
              f"Goals: {GOALS}.", "",
              "| domain | model | AUROC | AUROC gt | pointing | Dice | Dice / oracle | "
              "faithfulness | lesion mass | silhouette |",
@@ -129,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bench", default="data/bench128_n750")
     p.add_argument("--model", action="append", required=True,
                    help="NAME=SOURCE (finetune.build source or embedded-pretrained); repeat")
+    p.add_argument("--m2ib", action="append", default=[],
+                   help="NAME=LAYER,BETA: the model's M2IB bottleneck (chosen on validation by "
+                        f"bench/select_m2ib.py); default {DEFAULT_M2IB}")
+    p.add_argument("--bench-of", action="append", default=[],
+                   help="DOMAIN=BENCH: read this domain from another benchmark (e.g. an external "
+                        "set built with python -m shared.benchmark --external); repeat")
     p.add_argument("--domains", nargs="+", default=[HELD_OUT_DOMAIN] + [
         d for d in DOMAINS if d != HELD_OUT_DOMAIN])
     p.add_argument("--n-positives", type=int, default=150)
@@ -144,16 +157,26 @@ def main(argv: list[str] | None = None) -> int:
         models.append(tuple(spec.split("=", 1)))
     command = "python bench/bench_clip_protocol.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
+    m2ib = {}
+    for spec in args.m2ib:
+        name, _, lb = spec.partition("=")
+        layer, beta = lb.split(",")
+        m2ib[name] = (int(layer), float(beta))
+    benches = dict(spec.split("=", 1) for spec in args.bench_of)
     results, timings = {}, {}
     for domain in args.domains:
-        results[domain] = {}
+        label = f"{domain} (external)" if domain in benches else domain
+        results[label] = {}
         for name, source in models:
             start = time.perf_counter()
-            results[domain][name] = evaluate(args.bench, domain, name, source, out=Path(args.out),
-                                             n_positives=args.n_positives,
-                                             embedding_cache=args.embedding_cache)
-            timings[f"{domain}/{name}"] = time.perf_counter() - start
-    text = render(results, models, command, timings)
+            results[label][name] = evaluate(
+                benches.get(domain, args.bench), domain, name, source,
+                out=Path(args.out) / ("external" if domain in benches else ""),
+                n_positives=args.n_positives, embedding_cache=args.embedding_cache,
+                m2ib=m2ib.get(name, DEFAULT_M2IB))
+            timings[f"{label}/{name}"] = time.perf_counter() - start
+    text = render(results, models, command, timings,
+                  {n: m2ib.get(n, DEFAULT_M2IB) for n, _ in models})
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text(text)
     print(text)

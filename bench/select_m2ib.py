@@ -8,7 +8,9 @@ positives of each training domain (their own caption as the prompt, the evaluati
 is scored by the pointing game (argmax inside the lesion) and the saliency mass inside the lesion.
 The rule, fixed before looking: the highest mean pointing over the training domains, ties broken
 by lesion mass. The held-out domain is not used for the choice (its numbers are printed only).
-No segmenter runs here: saliency alone, so the sweep costs seconds per setting.
+No segmenter runs here: saliency alone, so the sweep costs seconds per setting. The report also
+gives each domain's validation zero-shot AUROC (positives vs their GT negatives + normals), so
+the same script compares candidate models on validation images.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from finetune.ablation_eval import lesion_mass  # noqa: E402
+from finetune.ablation_report import auroc  # noqa: E402
 from finetune.build import build_clip  # noqa: E402
 from finetune.evaluation.clip_bundle import bundle_from_open_clip  # noqa: E402
 from finetune.evaluation.m2ib import PRESETS, m2ib_saliency  # noqa: E402
+from finetune.evaluation.zero_shot import zero_shot_probs  # noqa: E402
 from finetune.train_loop import resolve_model_source  # noqa: E402
 from shared.benchmark import DOMAINS, HELD_OUT_DOMAIN, load_manifest  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
@@ -46,12 +50,21 @@ def main(argv: list[str] | None = None) -> int:
     clip = build_clip(resolve_model_source(args.model))
     bundle = bundle_from_open_clip(clip.model.eval(), clip.tokenizer)
     items = load_manifest(args.bench)
-    data = {}
+    data, aurocs = {}, {}
     for d in DOMAINS:
-        tumors = sorted((it for it in items if it.domain == d and it.split == "val"
-                         and it.label == "tumor"), key=lambda it: it.id)[: args.n]
-        data[d] = ([read_image(it.image) for it in tumors], [read_mask(it.mask) for it in tumors],
+        val = [it for it in items if it.domain == d and it.split == "val"]
+        tumors = sorted((it for it in val if it.label == "tumor"), key=lambda it: it.id)
+        normals = [read_image(it.image) for it in val if it.label == "normal"]
+        pos = [read_image(it.image) for it in tumors]
+        neg = [read_image(it.gt_negative) for it in tumors] + normals
+        classes = {"normal": [tumors[0].caption_neg], "tumor": sorted({it.caption for it in tumors})}
+        probs, names = zero_shot_probs(bundle, pos + neg, classes)
+        p_tumor = probs[:, names.index("tumor")]
+        aurocs[d] = auroc(p_tumor[: len(pos)], p_tumor[len(pos):])
+        tumors = tumors[: args.n]
+        data[d] = (pos[: args.n], [read_mask(it.mask) for it in tumors],
                    [[it.caption] for it in tumors])
+    print("validation AUROC", aurocs, flush=True)
     rows = []
     for layer in args.layers:
         for beta in args.betas:
@@ -77,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
              f"over the training domains ({', '.join(train)}), ties by lesion mass; "
              f"{HELD_OUT_DOMAIN} (held out) shown, not used.", "",
              "| layer | β | " + " | ".join(DOMAINS) + " | training-domain mean |",
-             "|---|---|" + "---|" * (len(DOMAINS) + 1)]
+             "|---|---|" + "---|" * (len(DOMAINS) + 1),
+             "| zero-shot AUROC (all val positives vs GT negatives + normals) | | "
+             + " | ".join(f"{aurocs[d]:.3f}" for d in DOMAINS) + " | |"]
     for r in rows:
         mark = " **(chosen)**" if r is best else ""
         lines.append(f"| {r['layer']} | {r['beta']:g} | " + " | ".join(

@@ -7,7 +7,7 @@ import pytest
 import finetune.evaluation.cli as cli
 import finetune.evaluation.evaluate as evaluate_mod
 from finetune.evaluation.evaluate import EvalConfig, evaluate_dataset
-from finetune.evaluation.m2ib import M2IBConfig
+from finetune.evaluation.m2ib import PRESETS, M2IBConfig
 from finetune.evaluation.prompts import single_prompt
 from shared.datasets import list_pairs
 from shared.io import write_png
@@ -95,7 +95,8 @@ def test_cli_end_to_end_saliency_mode(dataset, tmp_path):
     saved = json.loads((out / "summary.json").read_text())
     assert saved["n_images"] == 4 and saved["task"] == "toy"
     assert saved["metrics"]["dice"]["mean"] == pytest.approx(np.mean([float(r["dice"]) for r in rows]), abs=1e-6)
-    assert saved["config"]["m2ib"]["layer"] == 3 and summary["metrics"] == saved["metrics"]
+    assert saved["config"]["m2ib"]["layer"] == PRESETS["embedded"].layer
+    assert summary["metrics"] == saved["metrics"]
     assert len(list((out / "overlays").iterdir())) == 4
     assert "| dice |" in (out / "report.md").read_text()
 
