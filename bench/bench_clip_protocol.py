@@ -1,8 +1,14 @@
 """Does an embedded CLIP see lesions? Per-domain zero-shot numbers of CLIP models, no fine-tune.
 
     OMP_NUM_THREADS=1 python bench/bench_clip_protocol.py --bench data/bench128_n750 \
-        --model session6=runs/clip_session6 --model committed=embedded-pretrained \
-        --out runs/clip_protocol --report bench/results/clip_protocol.md
+        --model session6=local-dir:runs/clip_session6 \
+        --model committed=embedded-pretrained --m2ib committed=2,0.03 \
+        --external brain_mri=data/external_brain128 --report bench/results/clip_protocol.md
+
+(``mkdir -p runs/clip_session6 && git archive b0048d4 finetune/weights/embedded | tar x
+--strip-components=3 -C runs/clip_session6`` restores the weights before issue 17; the external
+brain set: ``python -m shared.benchmark --out
+data/external_brain128 --domains brain_mri --n-per-domain 150 --size 128 --external``.)
 
 For every benchmark domain (the training domains and the held-out one), on the first
 ``--n-positives`` tumour images of the *test* split (never used in pre-training), each model runs
@@ -139,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--m2ib", action="append", default=[],
                    help="NAME=LAYER,BETA: the model's M2IB bottleneck (chosen on validation by "
                         f"bench/select_m2ib.py); default {DEFAULT_M2IB}")
-    p.add_argument("--bench-of", action="append", default=[],
-                   help="DOMAIN=BENCH: read this domain from another benchmark (e.g. an external "
-                        "set built with python -m shared.benchmark --external); repeat")
+    p.add_argument("--external", action="append", default=[],
+                   help="DOMAIN=BENCH: also evaluate DOMAIN from this benchmark, an external set "
+                        "(python -m shared.benchmark --external: a source never trained on); repeat")
     p.add_argument("--domains", nargs="+", default=[HELD_OUT_DOMAIN] + [
         d for d in DOMAINS if d != HELD_OUT_DOMAIN])
     p.add_argument("--n-positives", type=int, default=150)
@@ -162,18 +168,18 @@ def main(argv: list[str] | None = None) -> int:
         name, _, lb = spec.partition("=")
         layer, beta = lb.split(",")
         m2ib[name] = (int(layer), float(beta))
-    benches = dict(spec.split("=", 1) for spec in args.bench_of)
+    entries = [(d, args.bench, d, Path(args.out)) for d in args.domains]
+    for spec in args.external:
+        domain, _, bench = spec.partition("=")
+        entries.append((domain, bench, f"{domain} (external)", Path(args.out) / "external"))
     results, timings = {}, {}
-    for domain in args.domains:
-        label = f"{domain} (external)" if domain in benches else domain
+    for domain, bench, label, out in entries:
         results[label] = {}
         for name, source in models:
             start = time.perf_counter()
             results[label][name] = evaluate(
-                benches.get(domain, args.bench), domain, name, source,
-                out=Path(args.out) / ("external" if domain in benches else ""),
-                n_positives=args.n_positives, embedding_cache=args.embedding_cache,
-                m2ib=m2ib.get(name, DEFAULT_M2IB))
+                bench, domain, name, source, out=out, n_positives=args.n_positives,
+                embedding_cache=args.embedding_cache, m2ib=m2ib.get(name, DEFAULT_M2IB))
             timings[f"{label}/{name}"] = time.perf_counter() - start
     text = render(results, models, command, timings,
                   {n: m2ib.get(n, DEFAULT_M2IB) for n, _ in models})
