@@ -10,7 +10,9 @@ The rule, fixed before looking: the highest mean pointing over the training doma
 by lesion mass. The held-out domain is not used for the choice (its numbers are printed only).
 No segmenter runs here: saliency alone, so the sweep costs seconds per setting. The report also
 gives each domain's validation zero-shot AUROC (positives vs their GT negatives + normals), so
-the same script compares candidate models on validation images.
+the same script compares candidate models on validation images. For the chosen setting, a second
+table gives the IoU of the saliency's box (binarised by 2-means or a threshold, largest
+component) with the GT mask's box: how good a prompt the pipeline hands the segmenter.
 """
 
 from __future__ import annotations
@@ -30,10 +32,25 @@ from finetune.ablation_report import auroc  # noqa: E402
 from finetune.build import build_clip  # noqa: E402
 from finetune.evaluation.clip_bundle import bundle_from_open_clip  # noqa: E402
 from finetune.evaluation.m2ib import PRESETS, m2ib_saliency  # noqa: E402
+from finetune.evaluation.postprocess import coarse_mask, mask_to_boxes  # noqa: E402
 from finetune.evaluation.zero_shot import zero_shot_probs  # noqa: E402
 from finetune.train_loop import resolve_model_source  # noqa: E402
 from shared.benchmark import DOMAINS, HELD_OUT_DOMAIN, load_manifest  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
+
+BINARIZE = {"2-means": {"method": "kmeans"},
+            **{f"threshold {t:g}": {"method": "threshold", "threshold": t} for t in (0.3, 0.5, 0.7)}}
+
+
+def box_iou(boxes: np.ndarray, mask: np.ndarray) -> float:
+    """IoU of the first XYXY box (inclusive pixels) with the GT mask's box; 0 without a box."""
+    if len(boxes) == 0:
+        return 0.0
+    a, g = boxes[0], mask_to_boxes(mask)[0]
+    iw = max(0, min(a[2], g[2]) - max(a[0], g[0]) + 1)
+    ih = max(0, min(a[3], g[3]) - max(a[1], g[1]) + 1)
+    area = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (g[2] - g[0] + 1) * (g[3] - g[1] + 1)
+    return float(iw * ih / (area - iw * ih))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,13 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         data[d] = (pos[: args.n], [read_mask(it.mask) for it in tumors],
                    [[it.caption] for it in tumors])
     print("validation AUROC", aurocs, flush=True)
-    rows = []
+    rows, maps_of = [], {}
     for layer in args.layers:
         for beta in args.betas:
             cfg = dataclasses.replace(PRESETS["embedded"], layer=layer, beta=beta)
             row = {"layer": layer, "beta": beta}
             for d, (images, masks, prompts) in data.items():
                 maps = m2ib_saliency(bundle, images, prompts, cfg, seed=0)
+                maps_of[(layer, beta, d)] = maps
                 row[d] = (float(np.mean([m.flat[int(np.argmax(s))] for s, m in zip(maps, masks,
                                                                                     strict=True)])),
                           float(np.mean([lesion_mass(s, m) for s, m in zip(maps, masks,
@@ -98,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['layer']} | {r['beta']:g} | " + " | ".join(
             f"{r[d][0]:.2f} / {r[d][1]:.2f}" for d in DOMAINS)
             + f" | {r['score'][0]:.3f} / {r['score'][1]:.3f}{mark} |")
+    lines += ["", f"Box IoU with the GT box at the chosen setting (layer {best['layer']}, β "
+              f"{best['beta']:g}), saliency binarised then the largest component boxed:", "",
+              "| binarisation | " + " | ".join(DOMAINS) + " |", "|---|" + "---|" * len(DOMAINS)]
+    for name, kw in BINARIZE.items():
+        ious = {d: np.mean([box_iou(mask_to_boxes(coarse_mask(s, **kw)), m) for s, m in zip(
+            maps_of[(best["layer"], best["beta"], d)], data[d][1], strict=True)]) for d in DOMAINS}
+        lines.append(f"| {name} | " + " | ".join(f"{ious[d]:.3f}" for d in DOMAINS) + " |")
     lines.append("")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines))
