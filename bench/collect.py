@@ -12,8 +12,8 @@ from pathlib import Path
 HERE = Path(__file__).parent
 ORDER = ["demo", "generator", "generator_projection", "generator_projection_biharmonic",
          "generator_biharmonic", "generator_sampling",
-         "embedded_models", "dpo", "service", "stage1",
-         "m2ib", "trainer", "ablation"]
+         "clip_protocol", "m2ib_selection", "negatives_experiment", "embedded_models", "dpo",
+         "service", "stage1", "m2ib", "trainer", "ablation"]
 
 
 def collect(results_dir: Path = HERE / "results", out: Path = HERE / "RESULTS.md") -> Path:
