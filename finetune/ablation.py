@@ -38,7 +38,13 @@ from finetune.ablation_eval import (  # noqa: F401  (CachedEncoder, EvalSet: the
     lesion_mass,
     load_eval_set,
 )
-from finetune.ablation_report import build_rows, negative_utility, render_report, render_table
+from finetune.ablation_report import (
+    build_rows,
+    compare,
+    negative_utility,
+    render_report,
+    render_table,
+)
 from finetune.build import build_clip
 from finetune.config import load_train_config
 from finetune.evaluation.clip_bundle import bundle_from_open_clip
@@ -202,6 +208,10 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
             "n_resamples": cfg.n_resamples, "timings_s": timings}
     meta["utility"] = {m: u for m in ("dice", "faithfulness") if (u := negative_utility(
         results, m, n_resamples=cfg.n_resamples, seed=cfg.eval_seed)) is not None}
+    if "stage1+2-gt" in results and "stage1" in results:  # what exact negatives add to Stage 1
+        meta["gt_gain"] = {m: compare(results["stage1+2-gt"], results["stage1"], m,
+                                      n_resamples=cfg.n_resamples, seed=cfg.eval_seed)
+                           for m in ("dice", "pointing", "faithfulness", "auroc")}
     text = render_report(rows, meta)
     also = {}
     for domain in cfg.also_domains:

@@ -194,6 +194,9 @@ def render_report(rows: Sequence[dict], meta: dict) -> str:
         "seeds inside each resample); `*` = the 95% CI excludes 0.", "",
         render_table(rows), "",
     ]
+    for label, d in meta.get("gt_gain", {}).items():
+        lines.append(f"Stage 1+2 with exact GT negatives − Stage 1 on {label}: {_fmt_delta(d)} "
+                     "(paired bootstrap over images).")
     for label, u in meta.get("utility", {}).items():
         lines.append(f"Negative utility U on {label} = (stage1+2 − stage1) / (stage1+2-gt − "
                      f"stage1): {u[0]:+.2f} [{u[1]:+.2f}, {u[2]:+.2f}] (95% bootstrap CI over "
