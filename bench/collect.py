@@ -12,7 +12,8 @@ from pathlib import Path
 HERE = Path(__file__).parent
 ORDER = ["demo", "generator", "generator_projection", "generator_projection_biharmonic",
          "generator_biharmonic", "generator_sampling",
-         "clip_protocol", "m2ib_selection", "negatives_experiment", "embedded_models", "dpo",
+         "clip_protocol", "m2ib_selection", "m2ib_boxes", "negatives_experiment",
+         "embedded_models", "dpo",
          "service", "stage1", "m2ib", "trainer", "ablation"]
 
 
