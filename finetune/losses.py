@@ -365,9 +365,8 @@ def patch_text_loss(
     z = torch.einsum("bnd,bd->bn", p, t_pos - t_neg) / temperature  # (B', N)
     y = soft_mask[valid].to(z.dtype)
     per_patch = F.binary_cross_entropy_with_logits(z, y, reduction="none")
-    lesion, background = y, 1 - y
-    loss = 0.5 * ((per_patch * lesion).sum() / lesion.sum().clamp_min(1e-6)
-                  + (per_patch * background).sum() / background.sum().clamp_min(1e-6))
+    loss = 0.5 * ((per_patch * y).sum() / y.sum().clamp_min(1e-6)  # lesion, then background
+                  + (per_patch * (1 - y)).sum() / (1 - y).sum().clamp_min(1e-6))
     with torch.no_grad():
         hard = (y >= 0.5).to(z.dtype)
         correct = ((z > 0).to(z.dtype) == hard).to(z.dtype)

@@ -8,7 +8,7 @@ both then give the single-process gradient after DDP's average (see finetune.fea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +35,18 @@ NEEDS = {
     "dhn+entropy": Needs(False, False, False, False, False),
     "dpo": Needs(False, True, True, True, True),
     "stage1": Needs(True, False, False, False, True),
-    "stage2": Needs(True, True, True, False, True),  # text_neg: counterfactual form's InfoNCE
-    "stage1+2": Needs(True, True, True, False, True),
+    "stage2": Needs(True, True, False, False, True),
+    "stage1+2": Needs(True, True, False, False, True),
 }
+
+
+def needs_of(cfg: ObjectiveConfig) -> Needs:
+    """What the configured objective needs; Stage 2's counterfactual form also encodes the
+    negatives' captions (they enter the InfoNCE), the hinge form does not."""
+    needs = NEEDS[cfg.name]
+    if cfg.name in ("stage2", "stage1+2") and cfg.stage2_form == "counterfactual":
+        return replace(needs, text_neg=True)
+    return needs
 
 
 def clip_infonce(image_emb: torch.Tensor, text_emb: torch.Tensor,

@@ -29,7 +29,7 @@ from finetune.data import TrainTensors, build_tensors, load_samples, normalise
 from finetune.features import ClipFeatures
 from finetune.losses import patch_soft_mask
 from finetune.negatives import resolve_negatives
-from finetune.objectives import NEEDS, compute_objective
+from finetune.objectives import compute_objective, needs_of
 from shared.config import to_dict
 from shared.launch import check_joined, use_cpu
 
@@ -84,7 +84,7 @@ def _latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def _prepare_data(cfg: TrainConfig, accelerator: Accelerator, grid, image_size) -> TrainTensors:
-    needs = NEEDS[cfg.objective.name]
+    needs = needs_of(cfg.objective)
     samples = load_samples(cfg.data, tumors_only=needs.tumors_only)
     negatives = None
     if needs.negatives:
@@ -144,7 +144,7 @@ def train(cfg: TrainConfig) -> Path:
     rank, world_size = accelerator.process_index, accelerator.num_processes
     validate(cfg, world_size=world_size)
     out = Path(cfg.output_dir)
-    needs = NEEDS[cfg.objective.name]
+    needs = needs_of(cfg.objective)
     torch.manual_seed(cfg.seed)
 
     bundle = build_clip(resolve_model_source(cfg.model), device="cpu")

@@ -176,3 +176,18 @@ def test_clip_dense_objective_is_infonce_plus_weighted_patch_loss():
                             batch["soft_mask"], batch["is_tumor"], temperature=0.2)
     want = clip_infonce(out["image_emb"], out["text_emb"], out["logit_scale"]) + 0.3 * dense["loss"]
     torch.testing.assert_close(parts["loss"], want)
+
+
+def test_counterfactual_form_trains_end_to_end_and_only_it_encodes_negative_captions(
+        tiny_bench, tmp_path):
+    from finetune.config import ObjectiveConfig, load_train_config
+    from finetune.objectives import needs_of
+    from finetune.train_loop import train
+    from tests.trainer.conftest import tiny_overrides
+
+    assert needs_of(ObjectiveConfig(name="stage1+2", stage2_form="counterfactual")).text_neg
+    assert not needs_of(ObjectiveConfig(name="stage1+2")).text_neg  # hinge: no extra text pass
+    cfg = load_train_config(tiny_overrides(
+        tiny_bench, tmp_path / "run",
+        objective={"name": "stage1+2", "stage2_form": "counterfactual"}))
+    assert (train(cfg) / "model").is_dir()  # a missing text_neg would fail in the objective
