@@ -5,8 +5,10 @@ the first waiting request, then gathers more for up to ``max_wait_s`` or until `
 images, groups the gathered requests by a compatibility key (image shape, steps, method, ...:
 everything one ``NegativeGenerator.generate`` call shares) and runs one predictor call per group
 in a single dedicated thread, so the predictor (and its diffusers scheduler state) is never used
-by two calls at once. A request whose caller went away (disconnect, timeout) has its future
-cancelled; the worker drops it before the batch runs.
+by two calls at once. If a batched call fails, every request of it is rerun alone, so a request
+the predictor refuses fails by itself and never takes its neighbours with it. A request whose
+caller went away (disconnect, timeout) has its future cancelled; the worker drops it before the
+batch runs.
 
 Closed-loop clients (each sends its next request when the last one returns) arrive spread out
 by the time the server needs to read and decode their uploads; a fixed ``max_wait`` then splits
@@ -183,7 +185,6 @@ class MicroBatcher:
         return live
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             gathered = await self._gather()
             if not gathered:
@@ -195,22 +196,33 @@ class MicroBatcher:
             self._carry = [w for w in gathered if id(w) not in chosen]
             start = time.perf_counter()
             try:
-                results = await loop.run_in_executor(
-                    self._executor,
-                    self._run_batch,
-                    [w.image for w in group],
-                    [w.mask for w in group],
-                    dict(group[0].kwargs),
-                )
-                if len(results) != len(group):
-                    raise RuntimeError(
-                        f"predictor returned {len(results)} results for {len(group)} images"
-                    )
-            except Exception as exc:  # the batch failed: every caller in it gets the error
-                logger.exception("predictor call failed for a batch of %d", len(group))
+                results = await self._run(group)
+            except Exception as exc:
+                if len(group) == 1:
+                    logger.warning("predictor call failed for one request: %s", exc)
+                    if not group[0].future.done():
+                        group[0].future.set_exception(exc)
+                    continue
+                # One bad row must not fail its neighbours: rerun every request alone, so each
+                # gets its own result or its own error (a failure is rare; the retry costs one
+                # predictor call per request of this batch).
+                logger.warning("predictor call failed for a batch of %d (%s); running each "
+                               "request alone", len(group), exc)
                 for w in group:
+                    if w.future.done():
+                        continue
+                    alone = time.perf_counter()
+                    try:
+                        (result,) = await self._run([w])
+                    except Exception as row_exc:
+                        if not w.future.done():
+                            w.future.set_exception(row_exc)
+                        continue
+                    self._on_batch(1)
                     if not w.future.done():
-                        w.future.set_exception(exc)
+                        w.future.set_result((result, BatchTiming(
+                            queue_ms=(start - w.submitted) * 1e3,
+                            generate_ms=(time.perf_counter() - alone) * 1e3, batch_size=1)))
                 continue
             elapsed_ms = (time.perf_counter() - start) * 1e3
             self._on_batch(len(group))
@@ -222,6 +234,16 @@ class MicroBatcher:
                         batch_size=len(group),
                     )
                     w.future.set_result((result, timing))
+
+    async def _run(self, group: list[_Work]) -> list[list[Any]]:
+        """One predictor call for ``group`` (same key) in the predictor thread."""
+        results = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._run_batch, [w.image for w in group], [w.mask for w in group],
+            dict(group[0].kwargs),
+        )
+        if len(results) != len(group):
+            raise RuntimeError(f"predictor returned {len(results)} results for {len(group)} images")
+        return results
 
 
 def _drain(queue: asyncio.Queue) -> list[_Work]:

@@ -23,8 +23,9 @@ ERROR_DOCS: dict[int, str] = {
     413: "payload_too_large (body or file over the upload limit) or image_too_large (pixels).",
     415: "unsupported_media_type: the body is not multipart/form-data or a file is not an image.",
     422: (
-        "invalid_field, missing_field, invalid_id, unreadable_image, size_mismatch, empty_mask, "
-        "non_binary_mask: the input is wrong; the detail names the field or file."
+        "invalid_field, missing_field, invalid_id, unreadable_image, non_finite_image, "
+        "size_mismatch, empty_mask, non_binary_mask, over_budget: the input is wrong or asks "
+        "for more work than one request may; the detail names the field or file."
     ),
     500: "internal_error: a bug; the detail says nothing more.",
     503: "queue_full or not_ready: retry after the Retry-After header's seconds.",

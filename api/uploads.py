@@ -48,6 +48,28 @@ def _check_length(request: Request, settings: Settings) -> None:
         )
 
 
+def _byte_limited(request: Request, limit: int) -> Request:
+    """``request`` whose body stream stops with 413 as soon as more than ``limit`` bytes arrived.
+
+    The Content-Length check cannot see a chunked body; counting what arrives does, before the
+    multipart parser spools more than ``limit`` bytes to disk.
+    """
+    received = 0
+    receive = request.receive
+
+    async def counted():
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise ApiError(413, "payload_too_large",
+                               f"body exceeds the limit of {limit} bytes; stopped reading it")
+        return message
+
+    return Request(request.scope, counted)
+
+
 async def _file_bytes(form, field: str, settings: Settings) -> bytes:
     part = form.get(field)
     if part is None:
@@ -89,6 +111,7 @@ async def parse_upload(request: Request, settings: Settings) -> ParsedUpload:
     """Check media type and sizes, decode both files, validate fields; raise ApiError if bad."""
     _check_media_type(request)
     _check_length(request, settings)
+    request = _byte_limited(request, settings.max_upload_bytes)
     try:
         form = await request.form(max_files=2, max_fields=16)
     except MultiPartException as exc:

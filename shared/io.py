@@ -51,6 +51,10 @@ class ImageTooLargeError(InputError):
     """The image has more pixels than allowed (decompression-bomb guard)."""
 
 
+class NonFiniteImageError(InputError):
+    """A floating-point image holds NaN or infinite values."""
+
+
 def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
@@ -82,6 +86,9 @@ def _to_float(img: Image.Image) -> np.ndarray:
         return np.clip(arr / scale, 0, 1).astype(np.float32)
     if mode == "F":
         arr = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise NonFiniteImageError(f"{bad} pixel(s) are NaN or infinite")
         lo, hi = float(arr.min()), float(arr.max())
         return np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo)
     if mode in ("1", "L"):
@@ -95,7 +102,10 @@ def decode_image(data: bytes, name: str = "image", *, max_pixels: int = MAX_PIXE
     """Decode encoded bytes (PNG/JPEG/TIFF/BMP, 8/16-bit) into a float32 image in [0, 1]."""
     if not data:
         raise UnreadableImageError(f"{name}: file is empty")
-    arr = _to_float(_open(data, name, max_pixels))
+    try:
+        arr = _to_float(_open(data, name, max_pixels))
+    except NonFiniteImageError as err:
+        raise NonFiniteImageError(f"{name}: {err}; a float image must be finite everywhere") from None
     if arr.ndim == 3 and np.allclose(arr[..., 0], arr[..., 1]) and np.allclose(arr[..., 0], arr[..., 2]):
         arr = arr[..., 0].copy()  # RGB that is really grayscale
     return np.ascontiguousarray(arr, dtype=np.float32)

@@ -90,7 +90,7 @@ def test_cancelled_request_is_skipped_and_queue_bound_holds():
     assert sum(cancelled) == 1
 
 
-def test_predictor_failure_reaches_every_caller_of_the_batch():
+def test_predictor_failure_reaches_every_caller_it_concerns():
     def broken(images, masks, kwargs):
         raise ValueError("unknown method 'x'")
 
@@ -105,6 +105,36 @@ def test_predictor_failure_reaches_every_caller_of_the_batch():
 
     out = asyncio.run(main())
     assert all(isinstance(o, ValueError) and "unknown method" in str(o) for o in out)
+
+
+def test_one_poisoned_request_fails_alone_and_its_neighbours_succeed():
+    """6 valid + 1 the predictor refuses, gathered into one batch: the batched call fails, each
+    request is rerun alone, so only the poisoned one gets the error (issue 20: 7 x 422 before)."""
+    calls = []
+
+    def picky(images, masks, kwargs):
+        calls.append(len(images))
+        if any(np.isnan(img).any() for img in images):
+            raise ValueError("image holds NaN")
+        return [[float(img.sum())] for img in images]
+
+    async def main():
+        batcher = MicroBatcher(picky, max_batch=8, max_wait_s=0.05, queue_size=16)
+        batcher.start()
+        mask = np.ones((4, 4), bool)
+        images = [np.full((4, 4), float(n), np.float32) for n in range(7)]
+        images[3] = np.full((4, 4), np.nan, np.float32)
+        out = await asyncio.gather(*(batcher.submit(im, mask, {"seed": 0}) for im in images),
+                                   return_exceptions=True)
+        await batcher.stop()
+        return out
+
+    out = asyncio.run(main())
+    assert isinstance(out[3], ValueError) and "NaN" in str(out[3])
+    for n in (0, 1, 2, 4, 5, 6):
+        samples, timing = out[n]
+        assert samples == [16.0 * n] and timing.batch_size == 1
+    assert calls[0] == 7 and calls[1:] == [1] * 7  # one failed batch, then each alone
 
 
 def test_announced_arrivals_extend_the_wait():

@@ -203,3 +203,73 @@ def test_504_timeout_cancels_queued_work(client_factory):
         metrics = c.get("/metrics").text
         assert "neg_api_cancelled_total 1.0" in metrics
         assert 'neg_api_errors_total{error="timeout",status="504"} 2.0' in metrics
+
+
+def test_413_chunked_body_is_refused_while_it_streams(tmp_path):
+    """A body without Content-Length (chunked) is counted as it arrives: reading stops just past
+    the limit instead of spooling the whole body to disk first (issue 20: ~1 GiB written)."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from api.errors import ApiError
+    from api.settings import Settings
+    from api.uploads import parse_upload
+
+    head = (b'--abc\r\nContent-Disposition: form-data; name="image"; filename="i.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n")
+    chunk, sent = 64 * 1024, []
+
+    async def receive():  # an endless upload: the first part never ends
+        sent.append(1)
+        return {"type": "http.request", "body": head if len(sent) == 1 else b"\0" * chunk,
+                "more_body": True}
+
+    scope = {"type": "http", "method": "POST", "path": "/negatives", "query_string": b"",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=abc")]}
+    limit = 1_000_000
+    with pytest.raises(ApiError) as err:
+        asyncio.run(parse_upload(Request(scope, receive),
+                                 Settings(max_upload_bytes=limit, store_dir=tmp_path)))
+    assert err.value.status == 413 and err.value.error == "payload_too_large"
+    assert len(sent) == 2 + limit // chunk  # stopped at the first chunk past the limit
+
+
+def test_413_chunked_body_through_the_app(client_factory):
+    image, mask = make_pair(0, size=(64, 64))
+    boundary = b"b0undary"
+    body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="image"; filename="i.png"'
+            b"\r\nContent-Type: image/png\r\n\r\n" + image + b"\r\n--" + boundary
+            + b'\r\nContent-Disposition: form-data; name="mask"; filename="m.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + mask + b"\r\n--" + boundary + b"--\r\n")
+
+    def chunks():
+        for i in range(0, len(body), 100):
+            yield body[i : i + 100]
+
+    with client_factory(max_upload_bytes=len(image) // 2) as c:
+        r = c.post("/negatives", content=chunks(),
+                   headers={"content-type": "multipart/form-data; boundary=b0undary"})
+        assert "content-length" not in {k.lower() for k in r.request.headers}
+        assert_error(r, 413, "payload_too_large")
+    with client_factory() as c:  # the same chunked body under the default limit is served
+        ok = c.post("/negatives", content=chunks(),
+                    headers={"content-type": "multipart/form-data; boundary=b0undary"})
+        assert ok.status_code == 200, ok.text
+
+
+def test_422_float_tiff_with_nan(client):
+    """A 32-bit float TIFF with NaN is refused at upload, naming the problem."""
+    import io
+
+    from PIL import Image
+
+    arr = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    arr[3, 4] = np.nan
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode="F").save(buf, format="TIFF")
+    _, mask = make_pair(0)
+    r = client.post("/negatives", files={"image": ("i.tif", buf.getvalue(), "image/tiff"),
+                                         "mask": ("m.png", mask, "image/png")})
+    body = assert_error(r, 422, "non_finite_image")
+    assert "NaN" in body["detail"] and body["detail"].startswith("image:")
