@@ -177,7 +177,8 @@ class ServiceState:
                 "scores": {str(name): float(v) for name, v in dict(sample.scores).items()},
                 "created": created,
             }
-            served.append(Served(negative_id, png, self.store.put(negative_id, png, meta), False))
+            stored = self.store.put(negative_id, png, meta, keep=tuple(ids))
+            served.append(Served(negative_id, png, stored, False))
         return served
 
 

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=16 * 1024**2, gt=0)
     # Largest accepted image in pixels, height x width (413 beyond).
     max_pixels: int = Field(default=1024 * 1024, gt=0)
+    # Work budget of one request (422 over_budget beyond): pixels to fill — the mask dilated by
+    # dilation_px — times num_samples, and sampler steps times num_samples. A 1000² image with a
+    # 200² mask at dilation 64 held the single worker 13.8 s before the budget existed.
+    max_fill_pixels: int = Field(default=512 * 512, gt=0)
+    max_sample_steps: int = Field(default=400, gt=0)
     # Optional bearer token; when set every endpoint except /healthz, /readyz, /metrics needs it.
     api_key: SecretStr | None = None
     # Address `python -m api` binds; keep 127.0.0.1 unless a container maps the port.

@@ -5,9 +5,12 @@ Each entry is two files under ``root/<id[:2]>/``: ``<id>.png`` (the negative) an
 then ``os.replace``), the metadata last, so a reader never sees a half-written entry as
 complete. There is no fsync (it cost ~8 ms per file here): a file torn by a power loss fails the
 hash check on read and is regenerated like any corrupt entry. Reads verify the PNG against the
-recorded hash; a corrupt entry is deleted, logged and
-reported as missing so the caller regenerates it. The total size is capped with least-recently-
-used eviction (recency = last read or write, kept in memory, seeded from file mtimes).
+recorded hash and the metadata against its schema (every field present with its type); a corrupt
+entry is deleted, logged and reported as missing so the caller regenerates it. At start-up the
+store sweeps what a kill -9 can leave behind (temp files, a PNG without its metadata, metadata
+without its PNG), so every byte on disk belongs to an entry and counts against the cap. The total
+size is capped with least-recently-used eviction (recency = last read or write, kept in memory,
+seeded from file mtimes); the entries of the request being stored are never its victims.
 """
 
 from __future__ import annotations
@@ -43,6 +46,33 @@ def validate_id(negative_id: str) -> str:
     if not isinstance(negative_id, str) or not _ID_RE.fullmatch(negative_id):
         raise InvalidIdError(f"id must be 64 lowercase hex characters, got {negative_id!r:.80}")
     return negative_id
+
+
+# Metadata fields every entry carries (api.schemas.NegativeMeta) and their JSON types.
+META_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "id": str, "image_sha256": str, "mask_sha256": str, "params": dict, "seed": int,
+    "method": str, "checkpoint": str, "versions": dict, "timings": dict, "scores": dict,
+    "png_sha256": str, "created": str,
+}
+
+
+def meta_problem(meta: Any, negative_id: str) -> str | None:
+    """Why ``meta`` is not a valid entry's metadata for ``negative_id`` (None when it is)."""
+    if not isinstance(meta, dict):
+        return f"metadata is a JSON {type(meta).__name__}, not an object"
+    for name, kind in META_FIELDS.items():
+        if name not in meta:
+            return f"metadata lacks {name!r}"
+        value = meta[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"metadata field {name!r} is a {type(value).__name__}"
+    if meta["id"] != negative_id:
+        return "metadata names another id"
+    for name in ("timings", "scores"):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                   for v in meta[name].values()):
+            return f"metadata field {name!r} holds a non-number"
+    return None
 
 
 @dataclass(frozen=True)
@@ -87,6 +117,23 @@ class NegativeStore:
         return folder / f"{negative_id}.png", folder / f"{negative_id}.json"
 
     def _scan(self) -> None:
+        """Index the entries on disk, deleting the leftovers of an interrupted write."""
+        swept = 0
+        for path in self.root.glob("??/*"):
+            if not path.is_file():
+                continue
+            stem, suffix = path.stem, path.suffix
+            orphan = (
+                suffix == ".tmp"
+                or (suffix == ".png" and _ID_RE.fullmatch(stem) and not path.with_suffix(".json").exists())
+                or (suffix == ".json" and _ID_RE.fullmatch(stem) and not path.with_suffix(".png").exists())
+            )
+            if orphan:
+                path.unlink(missing_ok=True)
+                swept += 1
+        if swept:
+            logger.warning("store: removed %d leftover file(s) of interrupted writes", swept)
+        self.swept_count = swept
         entries = []
         for meta_path in self.root.glob("??/*.json"):
             negative_id = meta_path.stem
@@ -129,16 +176,25 @@ class NegativeStore:
         except (OSError, ValueError) as exc:
             self._drop_corrupt(negative_id, f"unreadable metadata ({exc})")
             return None
-        if not isinstance(meta, dict) or meta.get("png_sha256") != sha256_bytes(png):
-            self._drop_corrupt(negative_id, "PNG does not match its recorded sha256")
+        problem = meta_problem(meta, negative_id)
+        if problem is None and meta["png_sha256"] != sha256_bytes(png):
+            problem = "PNG does not match its recorded sha256"
+        if problem is not None:
+            self._drop_corrupt(negative_id, problem)
             return None
         with self._lock:
             if negative_id in self._sizes:
                 self._sizes.move_to_end(negative_id)
         return StoredNegative(id=negative_id, png=png, meta=meta)
 
-    def put(self, negative_id: str, png: bytes, meta: dict[str, Any]) -> dict[str, Any]:
-        """Write an entry atomically; returns the metadata as stored (with ``png_sha256``)."""
+    def put(
+        self, negative_id: str, png: bytes, meta: dict[str, Any], *, keep: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """Write an entry atomically; returns the metadata as stored (with ``png_sha256``).
+
+        Eviction spares this entry and the ids in ``keep`` (the other samples of its request,
+        whose URLs the same response returns).
+        """
         png_path, meta_path = self._paths(negative_id)
         stored_meta = {**meta, "id": negative_id, "png_sha256": sha256_bytes(png)}
         meta_bytes = json.dumps(stored_meta, sort_keys=True, indent=1).encode()
@@ -148,20 +204,20 @@ class NegativeStore:
         with self._lock:
             self._sizes[negative_id] = len(png) + len(meta_bytes)
             self._sizes.move_to_end(negative_id)
-            victims = self._pick_victims(keep=negative_id)
+            victims = self._pick_victims(keep={negative_id, *keep})
         for victim in victims:
             self._remove_files(victim)
         return stored_meta
 
     # -- internals -----------------------------------------------------------------------------
-    def _pick_victims(self, *, keep: str) -> list[str]:
+    def _pick_victims(self, *, keep: set[str]) -> list[str]:
         """Pop least recently used ids until under the cap (caller holds the lock)."""
         total = sum(self._sizes.values())
         victims = []
         for candidate in list(self._sizes):
             if total <= self.max_bytes:
                 break
-            if candidate == keep:
+            if candidate in keep:
                 continue
             total -= self._sizes.pop(candidate)
             victims.append(candidate)

@@ -22,13 +22,19 @@ def disk(radius_px: int) -> np.ndarray:
 
 
 def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
-    """Dilate a bool HxW mask by a disk of ``radius_px`` pixels (0 returns a copy)."""
+    """Dilate a bool HxW mask by a disk of ``radius_px`` pixels (0 returns a copy).
+
+    A pixel joins when some mask pixel lies within Euclidean distance ``radius_px`` — exactly
+    ``binary_dilation(mask, disk(radius_px))``, computed from the distance transform in time
+    linear in the pixels whatever the radius (the structuring-element form took 8 s on a 1000²
+    image at radius 64).
+    """
     mask = np.asarray(mask, dtype=bool)
     if radius_px < 0:
         raise ValueError(f"dilation radius must be >= 0 pixels, got {radius_px}")
     if radius_px == 0 or not mask.any():
         return mask.copy()
-    return ndimage.binary_dilation(mask, structure=disk(radius_px))
+    return ndimage.distance_transform_edt(~mask) <= radius_px
 
 
 def paste_back(original: np.ndarray, generated: np.ndarray, region: np.ndarray) -> np.ndarray:

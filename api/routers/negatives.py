@@ -42,6 +42,25 @@ async def _wait_for_disconnect(request: Request) -> None:
             return
 
 
+async def check_budget(upload, settings) -> None:
+    """422 ``over_budget`` when the request asks for more work than one request may
+    (``max_fill_pixels``, ``max_sample_steps``); the detail names the limit and the setting."""
+    from generator.masks import dilate
+
+    form = upload.form
+    steps = form.num_samples * form.steps
+    if steps > settings.max_sample_steps:
+        raise ApiError(422, "over_budget",
+                       f"num_samples x steps = {steps} exceeds the limit of "
+                       f"{settings.max_sample_steps} (NEG_API_MAX_SAMPLE_STEPS)")
+    fill = int((await asyncio.to_thread(dilate, upload.mask, form.dilation_px)).sum())
+    if fill * form.num_samples > settings.max_fill_pixels:
+        raise ApiError(422, "over_budget",
+                       f"{fill} pixels to fill (mask dilated by {form.dilation_px} px) x "
+                       f"{form.num_samples} sample(s) exceeds the limit of "
+                       f"{settings.max_fill_pixels} (NEG_API_MAX_FILL_PIXELS)")
+
+
 async def _finish_or_cancel(request: Request, state: ServiceState, pending: PendingNegatives):
     """Wait for ``pending`` until done, the client disconnects (cancel) or the timeout (504)."""
     work = asyncio.ensure_future(pending.finish())
@@ -92,6 +111,7 @@ async def create_negatives(request: Request, state: ReadyStateDep) -> Response:
     assert state.batcher is not None
     with state.batcher.arriving():  # lets the batcher wait for this request (batching.py)
         upload = await parse_upload(request, state.settings)
+        await check_budget(upload, state.settings)
         fmt = choose_format(request.headers.get("accept"), upload.form.format)
         form = upload.form
         params = negative_params(

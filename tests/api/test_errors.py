@@ -273,3 +273,21 @@ def test_422_float_tiff_with_nan(client):
                                          "mask": ("m.png", mask, "image/png")})
     body = assert_error(r, 422, "non_finite_image")
     assert "NaN" in body["detail"] and body["detail"].startswith("image:")
+
+
+def test_422_over_budget_names_the_limit(client_factory, fake):
+    """Fill pixels x samples and steps x samples are bounded per request; the generator never
+    sees a refused request, and one just inside the budget is served."""
+    from generator.masks import dilate
+    from shared.io import decode_mask
+
+    image, mask = make_pair(0, size=(64, 64))  # conftest's disc lesion
+    fill = int(dilate(decode_mask(mask), 4).sum())
+    with client_factory(max_fill_pixels=2 * fill, max_sample_steps=40) as c:
+        body = assert_error(post_pair(c, image, mask, dilation_px=4, num_samples=3, steps=10), 422,
+                            "over_budget")
+        assert str(fill) in body["detail"] and "NEG_API_MAX_FILL_PIXELS" in body["detail"]
+        body = assert_error(post_pair(c, image, mask, steps=21, num_samples=2), 422, "over_budget")
+        assert "42" in body["detail"] and "NEG_API_MAX_SAMPLE_STEPS" in body["detail"]
+        assert fake.generated_images == 0
+        assert post_pair(c, image, mask, dilation_px=4, num_samples=2, steps=20).status_code == 200
