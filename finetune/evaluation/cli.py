@@ -25,7 +25,7 @@ from finetune.evaluation.evaluate import (
     evaluate_dataset,
 )
 from finetune.evaluation.loading import load_clip_bundle
-from finetune.evaluation.m2ib import PRESETS, M2IBConfig
+from finetune.evaluation.m2ib import PRESETS, M2IBConfig, default_config
 from finetune.evaluation.outputs import (
     save_overlay,
     write_markdown_report,
@@ -34,6 +34,7 @@ from finetune.evaluation.outputs import (
 )
 from finetune.evaluation.prompts import PromptSet, load_prompts, single_prompt
 from finetune.evaluation.segmenters import SEGMENTERS, build_segmenter
+from shared.config import ConfigError
 from shared.datasets import SPLITS, list_pairs, list_tasks
 
 PROMPT_DIR = Path(__file__).resolve().parents[2] / "configs" / "prompts"
@@ -49,7 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--segmenter-checkpoint", default=None, help="SAM .pth (LiteMedSAM: optional)")
     p.add_argument("--mode", default="segmenter", choices=MODES)
     p.add_argument("--saliency", default="m2ib", choices=SALIENCY_METHODS)
-    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="M2IB preset (then overrides)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="M2IB preset, then --layer/--beta/... override it (default: 'embedded' for "
+                        "the embedded model, upstream's layer 9 / beta 1 for BiomedCLIP)")
     p.add_argument("--layer", type=int, default=None, help="M2IB bottleneck after this block")
     p.add_argument("--beta", type=float, default=None)
     p.add_argument("--var", type=float, default=None)
@@ -87,7 +90,8 @@ def _resolve_task(data: Path, task: str | None, split: str) -> tuple[Path, str]:
         return data.parent, data.name
     tasks = list_tasks(data)
     if len(tasks) != 1:
-        raise SystemExit(f"--data {data} holds tasks {tasks}; choose one with --task")
+        raise ConfigError(f"--data {data} holds tasks {tasks}; choose one with --task"
+                          if tasks else f"--data {data} has no {split}_images/ folder and no tasks")
     return data, tasks[0]
 
 
@@ -100,13 +104,26 @@ def _prompts(args: argparse.Namespace, task: str) -> PromptSet | None:
     return load_prompts(default) if default.is_file() else None
 
 
-def _m2ib_config(args: argparse.Namespace) -> M2IBConfig:
-    cfg = PRESETS[args.preset] if args.preset else M2IBConfig()
+def _m2ib_config(args: argparse.Namespace, bundle=None) -> M2IBConfig:
+    """--preset (default: the model's own, ``m2ib.default_config``), then the explicit overrides;
+    the layer is checked against the model."""
+    if args.preset:
+        cfg = PRESETS[args.preset]
+    elif bundle is not None:
+        cfg = default_config(bundle)
+    else:
+        cfg = M2IBConfig()
     overrides = {
         "layer": args.layer, "beta": args.beta, "var": args.var, "steps": args.steps,
         "num_samples": args.samples, "batch_size": args.batch_size, "resize_mode": args.resize_mode,
     }
-    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if bundle is not None and args.saliency == "m2ib" and not 0 <= cfg.layer < bundle.num_blocks:
+        n = bundle.num_blocks
+        raise ConfigError(f"M2IB layer {cfg.layer} is out of range for --model {args.model}, whose "
+                          f"vision tower has {n} blocks: pass --layer 0..{n - 1}"
+                          + (" or --preset embedded" if n == 6 else ""))
+    return cfg
 
 
 def _feature_analysis(args, bundle, pairs, out: Path) -> dict:
@@ -141,18 +158,25 @@ def main(argv: list[str] | None = None) -> dict:
 
         pairs = [p for p in pairs if read_mask(p.mask_path).any()]
     pairs = pairs[: args.limit]
-    cfg = EvalConfig(
-        mode=args.mode, saliency=args.saliency, m2ib=_m2ib_config(args), binarize=args.binarize,
-        threshold=args.threshold, num_components=args.num_components, prompt=args.prompt_kind,
-        box_dilation_px=args.box_dilation, num_points=args.num_points, seed=args.seed,
-    )
+    if not pairs:
+        raise ConfigError(f"no images to evaluate in task {task!r}, split {args.split!r} of {root}")
     prompts = _prompts(args, task)
     needs_model = args.mode != "oracle" and args.saliency != "centre_box"
+    if needs_model and args.saliency in ("m2ib", "grad_x_input") and prompts is None:
+        known = sorted(p.stem for p in PROMPT_DIR.glob("*.txt"))
+        raise ConfigError(f"no text prompt for task {task!r} (built-in prompts exist for {known}): "
+                          f"pass --prompt \"<a caption of the lesion>\" or --prompt-file FILE")
     bundle = load_clip_bundle(args.model, device=args.device) if needs_model else None
+    cfg = EvalConfig(
+        mode=args.mode, saliency=args.saliency, m2ib=_m2ib_config(args, bundle),
+        binarize=args.binarize, threshold=args.threshold, num_components=args.num_components,
+        prompt=args.prompt_kind, box_dilation_px=args.box_dilation, num_points=args.num_points,
+        seed=args.seed,
+    )
     segmenter = None
     if args.mode != "saliency":
         if args.segmenter == "none":
-            raise SystemExit(f"--mode {args.mode} needs a --segmenter")
+            raise ConfigError(f"--mode {args.mode} needs a --segmenter (e.g. litemedsam)")
         segmenter = build_segmenter(args.segmenter, args.segmenter_checkpoint, device=args.device)
     out = args.out
     (out / "overlays").mkdir(parents=True, exist_ok=True)

@@ -145,3 +145,37 @@ def test_cli_positives_only_skips_lesion_free_images(dataset, tmp_path, monkeypa
     assert every["n_images"] == 4 and positives["n_images"] == 3
     # the lesion-free image has an empty GT box -> no prompt -> empty prediction -> Dice 1 (both empty)
     assert every["n_empty_prediction"] == 1
+
+
+def test_defaults_follow_the_model_on_a_fresh_folder(tmp_path):
+    """`python -m finetune.evaluate --data DIR --out OUT` with every default (committed embedded
+    model, M2IB, LiteMedSAM) runs on a folder named like a known task: the embedded model gets its
+    own preset instead of upstream's layer 9 (issue 20: a traceback before)."""
+    task = tmp_path / "brain_mri"
+    (task / "test_images").mkdir(parents=True)
+    (task / "test_masks").mkdir()
+    image, mask = blob_image(3, (64, 64))
+    write_png(task / "test_images" / "a.png", image)
+    write_png(task / "test_masks" / "a.png", mask)
+    summary = cli.main(["--data", str(task), "--steps", "1", "--samples", "1", "--out",
+                        str(tmp_path / "out")])
+    assert summary["n_images"] == 1 and summary["segmenter"] == "litemedsam"
+    assert summary["config"]["m2ib"]["layer"] == PRESETS["embedded"].layer
+    assert summary["config"]["m2ib"]["beta"] == PRESETS["embedded"].beta
+
+
+@pytest.mark.parametrize("argv, says", [
+    ([], "no text prompt for task 'toy'"),  # a task without a built-in prompt file
+    (["--prompt", "a tumor", "--layer", "9"], "pass --layer 0..5"),
+    (["--prompt", "a tumor", "--preset", "brain"], "has 6 blocks"),
+])
+def test_user_mistakes_end_in_one_error_line(dataset, tmp_path, capsys, argv, says):
+    """Through the module's entry point: exit status 2 and one `error:` line, no traceback."""
+    from shared.cli import run
+
+    with pytest.raises(SystemExit) as stop:
+        run(lambda: cli.main(["--model", "embedded", "--data", str(dataset), *argv,
+                              "--out", str(tmp_path / "o")]))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error: ") and says in err
+    assert "Traceback" not in err and err.count("\n") == 1
