@@ -33,6 +33,19 @@ Cost = Literal["cosine", "sqeuclidean"]
 Solver = Literal["ours", "pot"]
 
 
+# Sinkhorn calls that ended above the tolerance in this process: the first one warns, the rest
+# are only counted (a training run reports the total once, ``not_converged_count``).
+_NOT_CONVERGED = {"count": 0}
+
+
+def not_converged_count(reset: bool = False) -> int:
+    """How many Sinkhorn solves ended unconverged since start (or the last reset)."""
+    n = _NOT_CONVERGED["count"]
+    if reset:
+        _NOT_CONVERGED["count"] = 0
+    return n
+
+
 def pairwise_cost(x: torch.Tensor, y: torch.Tensor, cost: Cost = "cosine") -> torch.Tensor:
     """Cost matrices (B, N, M) between token sets x (B, N, W) and y (B, M, W).
 
@@ -55,7 +68,8 @@ def sinkhorn_log(
 
     Zero-mass points are allowed (log a = -inf); each measure must have positive total mass.
     Warns (naming the iteration count) when the row-marginal L1 error (max over the batch) stays
-    above ``warn_tol`` or is not finite.
+    above ``warn_tol`` or is not finite — the first time in the process; later ones are counted
+    (:func:`not_converged_count`).
     """
     c = cost.detach()
     log_a, log_b = a.log(), b.log()
@@ -67,6 +81,8 @@ def sinkhorn_log(
     plan = torch.exp(log_a[:, :, None] + log_b[:, None, :] + (f[:, :, None] + g[:, None, :] - c) / eps)
     err = (plan.sum(2) - a).abs().sum(1).max().item()
     if not math.isfinite(err) or err > warn_tol:
+        _NOT_CONVERGED["count"] += 1
+    if (not math.isfinite(err) or err > warn_tol) and _NOT_CONVERGED["count"] == 1:
         warnings.warn(f"Sinkhorn not converged after {n_iter} iterations: marginal error {err:.2e} "
                       f"(eps={eps}); raise n_iter or eps", RuntimeWarning, stacklevel=2)
     return plan, f.nan_to_num(neginf=0.0), g.nan_to_num(neginf=0.0)

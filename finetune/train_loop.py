@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedDataParallelKwargs
-from tqdm.auto import tqdm
 
 from finetune.augment import AugmentConfig, augment_batch
 from finetune.build import build_clip, export_hf_port, export_local_dir
@@ -30,8 +29,10 @@ from finetune.features import ClipFeatures
 from finetune.losses import patch_soft_mask
 from finetune.negatives import resolve_negatives
 from finetune.objectives import compute_objective, needs_of
+from finetune.ot import not_converged_count
 from shared.config import to_dict
 from shared.launch import check_joined, use_cpu
+from shared.progress import progress
 
 EMBEDDED_PRETRAINED = Path(__file__).parent / "weights" / "embedded"
 CHECKPOINTS = "checkpoints"
@@ -196,8 +197,9 @@ def train(cfg: TrainConfig) -> Path:
     unwrapped = accelerator.unwrap_model(model)
     for module, trainable in ((unwrapped.clip.visual, "image"), (unwrapped.clip.text, "text")):
         module.train(trainable in cfg.trainable)  # locked towers stay in eval (no dropout)
-    bar = tqdm(range(start, o.max_steps), initial=start, total=o.max_steps,
-               disable=not accelerator.is_local_main_process, desc=cfg.objective.name)
+    bar = progress(range(start, o.max_steps), initial=start, total=o.max_steps,
+                   every=cfg.log_every, disable=not accelerator.is_local_main_process,
+                   desc=cfg.objective.name)
     for step in bar:
         idx = batch_indices(step, n=len(data), batch_size=cfg.batch_size, seed=cfg.seed)
         logs: dict[str, float] = {}
@@ -232,6 +234,10 @@ def train(cfg: TrainConfig) -> Path:
                 and step + 1 < o.max_steps:
             _save(accelerator, out, step + 1, cfg.keep_checkpoints)
     _save(accelerator, out, o.max_steps, cfg.keep_checkpoints)
+    unconverged = not_converged_count(reset=True)
+    if unconverged and accelerator.is_local_main_process:
+        print(f"Sinkhorn not converged in {unconverged} of the run's solves (warned once above)",
+              flush=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         clip = accelerator.unwrap_model(model).clip.eval()

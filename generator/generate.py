@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     from accelerate import PartialState
-    from tqdm.auto import tqdm
 
     from generator.build import load_generator
+    from shared.progress import progress
 
     state = PartialState(cpu=use_cpu())
     check_joined(state.num_processes)
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     elif args.scorers != "none":
         scorers = load_scorers(None if args.scorers == "embedded" else args.scorers)
-    for it in tqdm(todo, disable=not state.is_local_main_process, desc="negatives"):
+    for it in progress(todo, disable=not state.is_local_main_process, desc="negatives", every=20):
         record = process_item(it, args, generator, scorers, out)
         _write_json_atomic(out / "records" / f"{it.id}.json", record)
     print(f"rank {state.process_index}/{state.num_processes}: {len(todo)} generated, "

@@ -26,7 +26,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 
 from generator.build import save_pixel_checkpoint
 from generator.data import DataConfig, ReferenceDataset, RegionWeights, aux_records, load_records
@@ -34,6 +33,7 @@ from generator.losses import reference_loss
 from generator.modeling import pixel_unet
 from shared.config import load_config, to_dict
 from shared.launch import check_joined, use_cpu
+from shared.progress import progress
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,8 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     accelerator.init_trackers("reference", config=_flat(to_dict(cfg)))
-    bar = tqdm(total=cfg.optim.steps, initial=step, disable=not accelerator.is_local_main_process)
+    bar = progress(total=cfg.optim.steps, initial=step, desc="train", every=cfg.optim.log_every,
+                   disable=not accelerator.is_local_main_process)
     t0, running, out_of_time = time.time(), 0.0, False
     while step < cfg.optim.steps:
         for batch in loader:

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
-from tqdm import tqdm
 
 from finetune.evaluation.clip_bundle import ClipBundle
 from finetune.evaluation.m2ib import M2IBConfig, m2ib_saliency
@@ -25,6 +24,7 @@ from finetune.evaluation.segmenters import Segmenter
 from shared.datasets import Pair
 from shared.io import check_pair, read_image, read_mask
 from shared.metrics import dice
+from shared.progress import progress as progress_bar
 
 SALIENCY_METHODS = ("m2ib", "cls_attention", "grad_x_input", "centre_box")
 MODES = ("segmenter", "saliency", "oracle")
@@ -139,7 +139,8 @@ def evaluate_dataset(
         raise ValueError(f"saliency {cfg.saliency!r} needs text prompts")
     results: list[ImageResult] = []
     step = cfg.m2ib.batch_size
-    bar = tqdm(total=len(pairs), desc=f"evaluate ({cfg.mode}, {cfg.saliency})", disable=not progress)
+    bar = progress_bar(total=len(pairs), desc=f"evaluate ({cfg.mode}, {cfg.saliency})",
+                       every=10, disable=not progress)
     for start in range(0, len(pairs), step):
         chunk = pairs[start : start + step]
         images = [read_image(p.image_path) for p in chunk]

@@ -62,7 +62,8 @@ def score_predictions(
 
 
 def score_folders(pred_dir: str | Path, gt_dir: str | Path, *, tolerance_px: float = 2.0) -> list[ImageScore]:
-    """Score a folder of predicted mask PNGs against a folder of ground-truth masks, by name."""
+    """Score a folder of predicted mask PNGs against a folder of ground-truth masks, by name; a
+    name in one folder only is an error naming it (as :func:`score_predictions`)."""
     def masks(folder: str | Path) -> dict[str, Path]:
         folder = Path(folder)
         if not folder.is_dir():
@@ -73,6 +74,10 @@ def score_folders(pred_dir: str | Path, gt_dir: str | Path, *, tolerance_px: flo
     missing = sorted(set(gts) - set(preds))
     if missing:
         raise MissingPredictionError(f"{Path(pred_dir) / missing[0]}: prediction missing for this ground truth")
+    extra = sorted(set(preds) - set(gts))
+    if extra:  # as score_predictions: a stray file means the folders do not pair up
+        raise MissingPredictionError(f"{Path(pred_dir) / extra[0]}: prediction has no ground truth "
+                                     f"in {gt_dir}" + (f" ({len(extra) - 1} more)" if len(extra) > 1 else ""))
     return [
         score_pair(n, read_mask(preds[n]), read_mask(gts[n]), tolerance_px=tolerance_px)
         for n in sorted(gts)

@@ -20,6 +20,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preview", action="store_true", help="also write preview.png (contact sheet)")
     p.add_argument("--external", action="store_true",
                    help="anatomy from each domain's external source (never trained on), all test")
+    p.add_argument("--aux-per-source", type=int, default=0,
+                   help="also N training-only positives on each auxiliary anatomy source "
+                        "(leg X-ray, shoulder MR, abdominal CT)")
     return p.parse_args(argv)
 
 
@@ -28,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = build_benchmark(args.out, domains=args.domains, n_per_domain=args.n_per_domain,
                                    size=args.size, seed=args.seed, progress=True,
-                                   external=args.external)
+                                   external=args.external, aux_per_source=args.aux_per_source)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = collections.Counter((it.domain, it.split, it.label) for it in items)
     print(f"benchmark written to {manifest.parent} ({len(items)} images, size {args.size})")
     print(f"{'domain':<12} {'split':<6} {'tumor':>6} {'normal':>7}")
-    for domain in args.domains:
+    for domain in list(args.domains) + sorted({it.domain for it in items} - set(args.domains)):
         for split in ("train", "val", "test"):
             print(f"{domain:<12} {split:<6} {counts[(domain, split, 'tumor')]:>6} "
                   f"{counts[(domain, split, 'normal')]:>7}")

@@ -17,13 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.benchmark.anatomy import EXTERNAL_SOURCES, SOURCES
-from shared.benchmark.lesions import caption, caption_negative, render, sample_lesion
+from shared.benchmark.anatomy import AUX_SOURCES, EXTERNAL_SOURCES, SOURCES
+from shared.benchmark.lesions import RENDER_AS, caption, caption_negative, render, sample_lesion
 from shared.datasets import DpoRow, write_dpo_csv
 from shared.io import to_uint8, write_png
 
 DOMAINS = ("brain_mri", "chest_xray", "retina", "breast_us")
 HELD_OUT_DOMAIN = "chest_xray"  # the "external" domain consumers hold out by default
+# Training-only lesion domains on auxiliary anatomy (other radiographs, MR and CT than any
+# benchmark domain): more sources to learn "a lesion" from, never evaluated on.
+AUX_DOMAINS = tuple(RENDER_AS)
 SPLIT_FRACTIONS = (("train", 0.6), ("val", 0.2), ("test", 0.2))
 NORMAL_FRACTION = 0.25  # lesion-free images per domain, as a fraction of the positives
 
@@ -54,6 +57,7 @@ def _splits(n: int, rng: np.random.Generator) -> list[str]:
 def build_benchmark(
     out: str | Path, *, domains: tuple[str, ...] | list[str] = DOMAINS, n_per_domain: int = 100,
     size: int = 224, seed: int = 0, progress: bool = False, external: bool = False,
+    aux_per_source: int = 0,
 ) -> Path:
     """Write the benchmark under ``out`` and return the manifest's path.
 
@@ -61,6 +65,10 @@ def build_benchmark(
     ``external``: draw the anatomy from each domain's external source
     (``anatomy.EXTERNAL_SOURCES``: another subject and scanner, never used in training) and put
     every image in the test split — an external set of the same modality.
+    ``aux_per_source``: also that many positives (plus normals) on each auxiliary anatomy source
+    (``AUX_DOMAINS``: a leg radiograph, a shoulder MR, an abdominal CT), all in the *train* split,
+    with the lesion appearance of the benchmark domain they share physics with
+    (``lesions.RENDER_AS``) and their own captions. The benchmark domains' files are unchanged.
     """
     unknown = [d for d in domains if d not in DOMAINS]
     if unknown:
@@ -74,24 +82,34 @@ def build_benchmark(
         if missing:
             raise ValueError(f"no external anatomy source for {missing}; external sets exist for "
                              f"{sorted(EXTERNAL_SOURCES)}")
+    if aux_per_source < 0 or (aux_per_source and external):
+        raise ValueError("aux_per_source must be >= 0 and cannot be combined with external")
     out = Path(out)
     records, dpo_rows = [], []
     n_normal = math.ceil(NORMAL_FRACTION * n_per_domain)
+    n_aux_normal = math.ceil(NORMAL_FRACTION * aux_per_source)
     tasks = [(d, i, lab) for d in domains for lab, n in (("tumor", n_per_domain), ("normal", n_normal))
              for i in range(n)]
+    tasks += [(d, i, lab) for d in (AUX_DOMAINS if aux_per_source else ())
+              for lab, n in (("tumor", aux_per_source), ("normal", n_aux_normal)) for i in range(n)]
     iterator = tasks
     if progress:
-        from tqdm import tqdm
+        from shared.progress import progress as progress_bar
 
-        iterator = tqdm(tasks, desc="benchmark", unit="img")
+        iterator = progress_bar(tasks, desc="benchmark", every=500)
     sources = {d: (EXTERNAL_SOURCES if external else SOURCES)[d]() for d in domains}
     split_of = {
         (d, lab): ["test"] * n if external else
         _splits(n, np.random.default_rng([seed, DOMAINS.index(d), 10**6, lab == "tumor"]))
         for d in domains for lab, n in (("tumor", n_per_domain), ("normal", n_normal))
     }
+    if aux_per_source:
+        sources |= {d: AUX_SOURCES[d]() for d in AUX_DOMAINS}
+        split_of |= {(d, lab): ["train"] * n for d in AUX_DOMAINS
+                     for lab, n in (("tumor", aux_per_source), ("normal", n_aux_normal))}
+    index = {d: k for k, d in enumerate(DOMAINS + AUX_DOMAINS)}
     for domain, i, label in iterator:
-        rng = np.random.default_rng([seed, DOMAINS.index(domain), i, label == "tumor"])
+        rng = np.random.default_rng([seed, index[domain], i, label == "tumor"])
         background, tissue = sources[domain].sample(rng, size)
         split = split_of[(domain, label)][i]
         name = f"{domain}_{i:04d}.png" if label == "tumor" else f"{domain}_n{i:04d}.png"
@@ -119,7 +137,8 @@ def build_benchmark(
     write_dpo_csv(out / "dpo_pairs.csv", dpo_rows)
     (out / "benchmark.json").write_text(json.dumps(
         {"domains": list(domains), "n_per_domain": n_per_domain, "size": size, "seed": seed,
-         "held_out_domain": HELD_OUT_DOMAIN, "external": external}, indent=2, sort_keys=True) + "\n")
+         "held_out_domain": HELD_OUT_DOMAIN, "external": external,
+         "aux_per_source": aux_per_source}, indent=2, sort_keys=True) + "\n")
     return manifest
 
 

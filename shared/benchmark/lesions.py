@@ -65,9 +65,15 @@ PRESETS = {
 }
 
 
+# Training-only lesion domains on auxiliary anatomy (``build_benchmark(aux_per_source=...)``):
+# each borrows the appearance of the benchmark domain whose physics it shares — a projection
+# opacity on a radiograph, a hypointense / ring-enhancing mass on MR and CT.
+RENDER_AS = {"extremity_xray": "chest_xray", "shoulder_mri": "brain_mri", "abdomen_ct": "brain_mri"}
+
+
 def sample_lesion(domain: str, rng: np.random.Generator, tissue: np.ndarray) -> Lesion:
     """Draw lesion parameters for ``domain``, centred on a random pixel of ``tissue``."""
-    p = PRESETS[domain]
+    p = PRESETS[RENDER_AS.get(domain, domain)]
     size = tissue.shape[0]
     candidates = np.argwhere(tissue)
     if len(candidates) == 0:
@@ -111,6 +117,7 @@ def render(
     """
     from shared.io import to_uint8
 
+    domain = RENDER_AS.get(domain, domain)
     size = background.shape[0]
     s = _normalised_radius(lesion, size)
     outer = 1.0 + lesion.edema_width
@@ -155,6 +162,11 @@ MODALITY = {
     "chest_xray": ("A chest X-ray", "lung nodule", "clear lung fields"),
     "retina": ("A retinal fundus photograph", "retinal lesion", "a healthy retina"),
     "breast_us": ("A breast ultrasound", "breast tumor", "normal breast tissue"),
+    # auxiliary, training only: shared words ("X-ray", "MRI", "opacity", "mass") carry the
+    # lesion-vs-normal direction of the text space to modalities captioned alike
+    "extremity_xray": ("A leg X-ray", "bone lesion", "normal bone and soft tissue"),
+    "shoulder_mri": ("A shoulder MRI", "soft-tissue mass", "normal shoulder tissue"),
+    "abdomen_ct": ("An abdominal CT", "abdominal mass", "normal abdominal organs"),
 }
 APPEARANCE = {
     "ring-enhancing": "ring-enhancing", "hypointense": "hypointense",

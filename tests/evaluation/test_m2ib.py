@@ -140,3 +140,46 @@ def test_pad_preprocessing_round_trip_keeps_alignment(tiny_clip):
     pixels, placements = preprocess(tiny_clip, [image], resize_mode="stretch")
     back = token_map_to_image(pixels[:, 0] * 0.25 + 0.5, tiny_clip, placements)[0]
     assert np.corrcoef(back.ravel(), want.ravel())[0, 1] > 0.95
+
+
+def _upstream_bottleneck(x, alpha, eps):
+    """MedCLIP-SAMv2's ``InformationBottleneck.forward`` (saliency_maps/scripts/iba.py), written
+    from its published code: λ = sigmoid(α), masked_mu = x·λ, masked_var = (1 − λ)², capacity =
+    −½(1 + log masked_var − masked_mu² − masked_var), t = masked_mu + √masked_var · ε."""
+    lamb = torch.sigmoid(alpha)
+    masked_mu = x * lamb
+    masked_var = (1 - lamb) ** 2
+    capacity = -0.5 * (1 + torch.log(masked_var) - masked_mu**2 - masked_var)
+    return masked_mu + masked_var.sqrt() * eps, capacity
+
+
+def test_bottleneck_equals_medclip_samv2_at_unit_variance():
+    from finetune.evaluation.m2ib import _noise_stats
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 4) * 3
+    alpha = torch.randn(2, 1, 5, 4) * 2
+    eps = torch.randn(2, 3, 5, 4)
+    mu, sigma = _noise_stats(x, M2IBConfig(var=1.0))
+    z, kl = _bottleneck(x, alpha, eps, mu, sigma)
+    z_up, kl_up = _upstream_bottleneck(x[:, None], alpha, eps)
+    assert torch.allclose(z, z_up, atol=1e-6) and torch.allclose(kl, kl_up[:, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("var", [0.09, 0.3, 4.0])
+def test_var_is_the_variance_of_the_injected_noise(var):
+    """With λ → 0 the bottleneck passes pure noise: its variance is ``var`` (std √var), for the
+    prior and, scaled by the tokens' own variance, for the token statistics. A std set to var
+    (issue 20's planted bug (c)) gives var² instead; at var = 1 nothing tells them apart."""
+    from finetune.evaluation.m2ib import _noise_stats
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 8) * 2.0 + 1.0
+    alpha = torch.full((1, 1, 16, 8), -30.0)  # λ = sigmoid(-30) ≈ 1e-13
+    eps = torch.randn(1, 4000, 16, 8)
+    for stats, expected in (("prior", torch.full((8,), var)),
+                            ("tokens", x[0].var(dim=0) * var)):
+        mu, sigma = _noise_stats(x, M2IBConfig(var=var, noise_stats=stats))
+        z, _ = _bottleneck(x, alpha, eps, mu, sigma)
+        got = z[0].reshape(-1, 8).var(dim=0)
+        assert torch.allclose(got, expected, rtol=0.05), (stats, got, expected)

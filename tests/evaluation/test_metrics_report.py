@@ -58,6 +58,9 @@ def test_score_folders(tmp_path):
     write_png(tmp_path / "p" / "y.png", gt)
     scores = score_folders(tmp_path / "p", tmp_path / "g")
     assert [round(s.dice, 6) for s in scores] == [round(2 * 8 / 24, 6), 1.0]
+    write_png(tmp_path / "p" / "z.png", gt)  # a stray prediction: the folders no longer pair up
+    with pytest.raises(MissingPredictionError, match="z.png: prediction has no ground truth"):
+        score_folders(tmp_path / "p", tmp_path / "g")
 
 
 def test_summary_mean_std_ci():

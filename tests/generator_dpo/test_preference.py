@@ -155,3 +155,35 @@ def test_predicted_sample_inverts_add_noise(kind):
     out = {"epsilon": eps, "v_prediction": sched.get_velocity(x0, eps, t), "sample": x0}[kind]
     assert_close(predicted_sample(out, x_t, sched.alphas_cumprod[t], prediction_type=kind), x0,
                  rtol=1e-4, atol=1e-4)
+
+
+def test_dpo_step_gives_winner_and_loser_the_same_noise_and_timestep():
+    """With winner == loser, shared noise and timestep make their noised inputs, predictions and
+    errors identical, so the DPO loss is exactly log 2 even with policy != reference. A loser
+    drawn with its own noise (issue 20's planted bug (a)) makes e_w != e_l and fails this."""
+    import copy
+
+    from generator.dpo import LossConfig, dpo_step_losses
+    from tests.generator.conftest import TINY
+
+    torch.manual_seed(0)
+    policy = pixel_unet.build_unet(TINY)
+    reference = copy.deepcopy(policy)
+    with torch.no_grad():  # policy != reference
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    scheduler = pixel_unet.build_scheduler(TINY, kind="ddpm")
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(3, 1, 32, 32, generator=g)
+    hole = torch.zeros(3, 1, 32, 32)
+    hole[:, :, 10:20, 12:22] = 1.0
+    twin = torch.rand(3, 1, 32, 32, generator=g)
+    batch = {"image": image, "hole": hole, "winner": twin, "loser": twin.clone()}
+    out = dpo_step_losses(policy, reference, scheduler, batch, TINY, LossConfig(beta=5000.0),
+                          torch.Generator().manual_seed(2))
+    assert float(out["model_w_err"]) == float(out["model_l_err"])
+    assert float(out["dpo_loss"]) == pytest.approx(math.log(2.0), abs=1e-6)
+    other = {**batch, "loser": torch.rand(3, 1, 32, 32, generator=g)}  # sanity: a real pair moves it
+    moved = dpo_step_losses(policy, reference, scheduler, other, TINY, LossConfig(beta=5000.0),
+                            torch.Generator().manual_seed(2))
+    assert abs(float(moved["dpo_loss"]) - math.log(2.0)) > 1e-3

@@ -43,3 +43,27 @@ def test_cli_reports_bad_paths_without_a_traceback(cmd, tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "error: " in done.stderr
     assert "/nonexistent/" in done.stderr
+
+
+def test_run_help_lists_every_objective_and_the_config_keys(capsys):
+    """`finetune/run.py --help` names each objective and every TrainConfig key (nested ones as
+    section.key), so a user needs no source to write an override."""
+    import dataclasses
+
+    import pytest
+
+    from finetune import run
+    from finetune.config import OBJECTIVES, TrainConfig
+
+    with pytest.raises(SystemExit):
+        run.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert all(f"  {name} " in text for name in OBJECTIVES)
+    flat = " ".join(text.split())
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(TrainConfig(), f.name)
+        if dataclasses.is_dataclass(value):
+            assert f"{f.name}.:" in flat
+            assert all(f"{g.name}=" in flat for g in dataclasses.fields(value))
+        else:
+            assert f"{f.name}=" in flat
