@@ -116,3 +116,27 @@ def test_external_set_uses_another_source_all_test(tmp_path):
     with pytest.raises(ValueError, match="no external anatomy source"):
         build_benchmark(tmp_path / "bad", domains=("retina",), n_per_domain=2, size=64,
                         external=True)
+
+
+def test_aux_lesion_domains_are_training_only_and_leave_the_benchmark_unchanged(tmp_path):
+    """--aux-per-source adds positives (and normals) on the auxiliary anatomy, all in the train
+    split, with exact GT negatives and their own captions; the benchmark domains' files and
+    manifest rows are byte-identical to a build without them."""
+    from shared.benchmark.build import AUX_DOMAINS
+
+    plain = build_benchmark(tmp_path / "plain", domains=("brain_mri",), n_per_domain=4, size=64,
+                            seed=0)
+    aux = build_benchmark(tmp_path / "aux", domains=("brain_mri",), n_per_domain=4, size=64,
+                          seed=0, aux_per_source=3)
+    base, more = load_manifest(plain), load_manifest(aux)
+    extra = [it for it in more if it.domain in AUX_DOMAINS]
+    assert [it.id for it in more if it.domain == "brain_mri"] == [it.id for it in base]
+    for a, b in zip(base, [it for it in more if it.domain == "brain_mri"], strict=True):
+        assert a.image.read_bytes() == b.image.read_bytes() and a.caption == b.caption
+    assert {it.domain for it in extra} == set(AUX_DOMAINS) and {it.split for it in extra} == {"train"}
+    assert len(extra) == len(AUX_DOMAINS) * (3 + 1)
+    xray = next(it for it in extra if it.domain == "extremity_xray" and it.label == "tumor")
+    assert "X-ray" in xray.caption and "opacity" in xray.caption  # the projection lesion's words
+    outside = ~read_mask(xray.mask)
+    assert read_mask(xray.mask).any()
+    np.testing.assert_array_equal(read_image(xray.image)[outside], read_image(xray.gt_negative)[outside])
