@@ -3,7 +3,8 @@
 Requests are queued (bounded: a full queue is refused, the caller answers 503). The worker takes
 the first waiting request, then gathers more for up to ``max_wait_s`` or until ``max_batch``
 images, groups the gathered requests by a compatibility key (image shape, steps, method, ...:
-everything one ``NegativeGenerator.generate`` call shares) and runs one predictor call per group
+everything one ``NegativeGenerator.generate`` call shares; the seed is not in it, the predictor
+takes one per image) and runs one predictor call per group
 in a single dedicated thread, so the predictor (and its diffusers scheduler state) is never used
 by two calls at once. If a batched call fails, every request of it is rerun alone, so a request
 the predictor refuses fails by itself and never takes its neighbours with it. A request whose
@@ -63,9 +64,26 @@ class _Work:
     submitted: float = field(default_factory=time.perf_counter)
 
 
+# kwargs that may differ inside one predictor call: the predictor takes them as one value per
+# image (``NegativeGenerator.generate(seed=[...])``: per-row noise generators).
+PER_IMAGE_KWARGS = ("seed",)
+
+
 def compatibility_key(image: np.ndarray, kwargs: dict[str, Any]) -> Hashable:
-    """Requests with equal keys can share one predictor call: same image shape, same kwargs."""
-    return (image.shape, tuple(sorted(kwargs.items())))
+    """Requests with equal keys can share one predictor call: same image shape, same kwargs
+    except the per-image ones (``PER_IMAGE_KWARGS``)."""
+    shared = {k: v for k, v in kwargs.items() if k not in PER_IMAGE_KWARGS}
+    return (image.shape, tuple(sorted(shared.items())))
+
+
+def batch_kwargs(kwargs_list: list[dict[str, Any]]) -> dict[str, Any]:
+    """The kwargs of one predictor call for requests with one key: the shared values, and a list
+    (one per image) for each per-image kwarg."""
+    out = dict(kwargs_list[0])
+    for name in PER_IMAGE_KWARGS:
+        if name in out:
+            out[name] = [kw[name] for kw in kwargs_list]
+    return out
 
 
 class MicroBatcher:
@@ -239,7 +257,7 @@ class MicroBatcher:
         """One predictor call for ``group`` (same key) in the predictor thread."""
         results = await asyncio.get_running_loop().run_in_executor(
             self._executor, self._run_batch, [w.image for w in group], [w.mask for w in group],
-            dict(group[0].kwargs),
+            batch_kwargs([w.kwargs for w in group]),
         )
         if len(results) != len(group):
             raise RuntimeError(f"predictor returned {len(results)} results for {len(group)} images")

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import StateDep
+from api.deps import StateDep, require_api_key
 from api.errors import ERROR_DOCS, ApiError, install_handlers
 from api.metrics import MetricsMiddleware, ServiceMetrics
 from api.routers import negatives
@@ -36,12 +38,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await state.close()
 
+    protect = settings.protect_docs and settings.api_key is not None
     app = FastAPI(
         title="Negative generator service",
         version="0.1.0",
         summary="Tumour-removed negatives from a diffusion generator, content-addressed.",
         lifespan=lifespan,
+        **({"docs_url": None, "redoc_url": None, "openapi_url": None} if protect else {}),
     )
+    if protect:  # the same pages, behind the bearer token
+        keyed = [Depends(require_api_key)]
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=keyed)
+        async def openapi_json() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", include_in_schema=False, dependencies=keyed)
+        async def swagger():
+            return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
+
+        @app.get("/redoc", include_in_schema=False, dependencies=keyed)
+        async def redoc():
+            return get_redoc_html(openapi_url="/openapi.json", title=app.title)
     install_handlers(app, metrics.on_error)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(negatives.router)

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     max_sample_steps: int = Field(default=400, gt=0)
     # Optional bearer token; when set every endpoint except /healthz, /readyz, /metrics needs it.
     api_key: SecretStr | None = None
+    # With an api_key: also require it for /docs, /redoc and /openapi.json (the API's description).
+    protect_docs: bool = False
     # Address `python -m api` binds; keep 127.0.0.1 unless a container maps the port.
     host: str = "127.0.0.1"
     # Port `python -m api` listens on.

@@ -126,7 +126,7 @@ class NegativeGenerator:
         masks: Sequence[np.ndarray],
         *,
         num_samples: int = 1,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         steps: int = 20,
         strength: float = 1.0,
         dilation_px: int = 2,
@@ -137,8 +137,9 @@ class NegativeGenerator:
 
         images: float32 HxW or HxWx3 in [0,1], any size; masks: bool HxW (lesion = True).
         Sample k of every image uses seed ``seed + k`` whatever the batch, so results are
-        reproducible per (image, mask, seed). Outside ``dilate(mask, dilation_px)`` every output
-        pixel equals the input exactly.
+        reproducible per (image, mask, seed); ``seed`` may also be one seed per image (image i,
+        sample k: ``seed[i] + k``), so requests that differ only in seed share one batch.
+        Outside ``dilate(mask, dilation_px)`` every output pixel equals the input exactly.
 
         ``see_through_px`` σ > 0 (diffusion, pixel backend): for projection radiographs, where a
         lesion adds density on top of anatomy that stays visible, the fill keeps the input's own
@@ -172,21 +173,30 @@ class NegativeGenerator:
                     f"see_through_px={see_through_px} is too wide for the model's "
                     f"{self.backend.resolution}-pixel grid (must be < {self.backend.resolution / 3:g})")
         pairs = [_check_pair(i, im, m) for i, (im, m) in enumerate(zip(images, masks, strict=True))]
+        seeds = ([int(seed)] * len(pairs) if isinstance(seed, int | np.integer)
+                 else [int(s) for s in seed])
+        if len(seeds) != len(pairs):
+            raise GenerationInputError(f"{len(seeds)} seeds for {len(pairs)} images")
         regions = [dilate(m, dilation_px) for _, m in pairs]
         fills: list[list[np.ndarray | None]] = [[None] * num_samples for _ in pairs]
         if method == "biharmonic":
             for i, ((image, _), region) in enumerate(zip(pairs, regions, strict=True)):
                 fill = _biharmonic(image, region)
                 fills[i] = [fill] * num_samples
-        elif method == "latent-boundary":
-            fills = _latent_boundary_fills(pairs, num_samples, seed=seed, dilation_px=dilation_px)
+        elif method == "latent-boundary":  # one call per distinct seed (its noise is per call)
+            for s in sorted(set(seeds)):
+                idx = [i for i, si in enumerate(seeds) if si == s]
+                part = _latent_boundary_fills([pairs[i] for i in idx], num_samples, seed=s,
+                                              dilation_px=dilation_px)
+                for i, f in zip(idx, part, strict=True):
+                    fills[i] = f
         else:
             rows = [(i, k) for i in range(len(pairs)) for k in range(num_samples)]
             rows = [(i, k) for i, k in rows if regions[i].any()]
             for start in range(0, len(rows), self.batch_size):
                 chunk = rows[start : start + self.batch_size]
-                out = self._fill_rows(pairs, regions, chunk, seed=seed, steps=steps, strength=strength,
-                                      see_through_px=see_through_px)
+                out = self._fill_rows(pairs, regions, chunk, seeds=seeds, steps=steps,
+                                      strength=strength, see_through_px=see_through_px)
                 for (i, k), fill in zip(chunk, out, strict=True):
                     fills[i][k] = fill
         results = []
@@ -195,11 +205,11 @@ class NegativeGenerator:
             for k in range(num_samples):
                 fill = fills[i][k]
                 out = image.copy() if fill is None else paste_back(image, fill, region)
-                per_image.append(NegativeResult(image=out, seed=seed + k, method=method))
+                per_image.append(NegativeResult(image=out, seed=seeds[i] + k, method=method))
             results.append(per_image)
         return results
 
-    def _fill_rows(self, pairs, regions, rows, *, seed, steps, strength, see_through_px) -> list[np.ndarray]:
+    def _fill_rows(self, pairs, regions, rows, *, seeds, steps, strength, see_through_px) -> list[np.ndarray]:
         side, channels = self.backend.resolution, self.backend.channels
         batch_img, batch_hole, gens = [], [], []
         for i, k in rows:
@@ -210,7 +220,7 @@ class NegativeGenerator:
                 model_in = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
             batch_img.append(_resize(model_in, side))
             batch_hole.append(_resize_hole(regions[i], side))
-            gens.append(torch.Generator().manual_seed(seed + k))
+            gens.append(torch.Generator().manual_seed(seeds[i] + k))
         filled = self.backend.fill(
             torch.stack(batch_img), torch.stack(batch_hole), gens, steps=steps, strength=strength,
             see_through_px=see_through_px,

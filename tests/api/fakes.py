@@ -64,12 +64,13 @@ class FakeGenerator:
             "num_samples": num_samples, "seed": seed, "steps": steps, "method": method,
             "see_through_px": see_through_px,
         })
+        seeds = [seed] * len(images) if isinstance(seed, int) else list(seed)
         return [
-            [NegativeResult(fake_fill(im, m, seed=seed + k, dilation_px=dilation_px), seed + k,
-                            method, {"fill_mean": float(fake_fill(im, m, seed=seed + k,
+            [NegativeResult(fake_fill(im, m, seed=s + k, dilation_px=dilation_px), s + k,
+                            method, {"fill_mean": float(fake_fill(im, m, seed=s + k,
                                                                    dilation_px=dilation_px).mean())})
              for k in range(num_samples)]
-            for im, m in zip(images, masks, strict=True)
+            for im, m, s in zip(images, masks, seeds, strict=True)
         ]
 
     @property

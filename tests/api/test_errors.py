@@ -291,3 +291,19 @@ def test_422_over_budget_names_the_limit(client_factory, fake):
         assert "42" in body["detail"] and "NEG_API_MAX_SAMPLE_STEPS" in body["detail"]
         assert fake.generated_images == 0
         assert post_pair(c, image, mask, dilation_px=4, num_samples=2, steps=20).status_code == 200
+
+
+@pytest.mark.parametrize("protect", [False, True])
+def test_docs_follow_the_api_key_when_asked(client_factory, protect):
+    with client_factory(api_key="s3cret", protect_docs=protect) as c:
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            r = c.get(path)
+            if protect:
+                assert_error(r, 401, "unauthorized")
+                ok = c.get(path, headers={"Authorization": "Bearer s3cret"})
+                assert ok.status_code == 200
+            else:
+                assert r.status_code == 200
+        keyed = c.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json()
+        assert "/negatives" in keyed["paths"]
+        assert c.get("/healthz").status_code == 200  # probes stay open

@@ -40,6 +40,20 @@ def test_deterministic_per_seed_and_independent_of_batch(gen):
     assert not np.array_equal(other[0][0].image, alone[0][0].image)
 
 
+def test_one_seed_per_image_equals_separate_calls_bit_for_bit(gen):
+    """seed=[s_i]: image i, sample k uses s_i + k, exactly as a call of its own (the service
+    batches requests that differ only in seed on this; batch_size 1 keeps rows bit-exact)."""
+    a, ma = toy_pair(40, 36, seed=0)
+    b, mb = toy_pair(40, 36, seed=1)
+    both = gen.generate([a, b], [ma, mb], num_samples=2, seed=[7, 21], steps=3)
+    for (img, m, s), got in zip([(a, ma, 7), (b, mb, 21)], both, strict=True):
+        alone = gen.generate([img], [m], num_samples=2, seed=s, steps=3)[0]
+        assert [r.seed for r in got] == [s, s + 1]
+        assert all(np.array_equal(x.image, y.image) for x, y in zip(got, alone, strict=True))
+    with pytest.raises(GenerationInputError, match="1 seeds for 2 images"):
+        gen.generate([a, b], [ma, mb], seed=[7], steps=2)
+
+
 def test_empty_mask_returns_input_unchanged(gen):
     image, _ = toy_pair()
     res = gen.generate([image], [np.zeros(image.shape, bool)], num_samples=1, steps=2)
