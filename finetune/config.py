@@ -105,6 +105,10 @@ class ObjectiveConfig:
     # between their image's lesion and lesion-free captions, target = patch lesion fraction)
     dense_weight: float = 1.0
     dense_tau: float = 0.1
+    # Fine-tuning objectives (clip, dpo, stage1/2): weight of the same patch-caption term added to
+    # their anchor, so a fine-tune keeps what the embedded model was pre-trained with (its patch
+    # alignment: the M2IB pointing). 0 = off (the published objectives as they are).
+    anchor_dense_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,8 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
         raise ConfigError("objective.stage2_start_frac <= stage2_end_frac must lie in [0, 1]")
     if ob.stage2_form not in ("hinge", "counterfactual"):
         raise ConfigError(f"objective.stage2_form={ob.stage2_form!r}; expected hinge | counterfactual")
+    if ob.anchor_dense_weight < 0:
+        raise ConfigError(f"objective.anchor_dense_weight must be >= 0, got {ob.anchor_dense_weight}")
     if ob.dense_tau <= 0:
         raise ConfigError(f"objective.dense_tau must be > 0, got {ob.dense_tau}")
     a = cfg.augment

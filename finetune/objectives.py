@@ -40,12 +40,18 @@ NEEDS = {
 }
 
 
+# Objectives whose InfoNCE anchor can carry the patch-caption term (objective.anchor_dense_weight).
+DENSE_ANCHORED = ("clip", "dpo", "stage1", "stage2", "stage1+2")
+
+
 def needs_of(cfg: ObjectiveConfig) -> Needs:
     """What the configured objective needs; Stage 2's counterfactual form also encodes the
     negatives' captions (they enter the InfoNCE), the hinge form does not."""
     needs = NEEDS[cfg.name]
     if cfg.name in ("stage2", "stage1+2") and cfg.stage2_form == "counterfactual":
-        return replace(needs, text_neg=True)
+        needs = replace(needs, text_neg=True)
+    if cfg.anchor_dense_weight > 0 and cfg.name in DENSE_ANCHORED:
+        needs = replace(needs, tokens=True, text_neg=True)
     return needs
 
 
@@ -80,6 +86,17 @@ def _global(out: dict, key: str) -> torch.Tensor:
     return gather(out[key])
 
 
+def _dense(cfg: ObjectiveConfig, out: dict, batch: dict, text_emb: torch.Tensor) -> dict:
+    """losses.patch_text_loss on the global batch: each positive's patch embeddings between its
+    caption and its lesion-free caption (target = the patch's lesion fraction)."""
+    from finetune import losses
+
+    return losses.patch_text_loss(
+        _global(out, "patch_emb"), text_emb, _global(out, "text_neg_emb"),
+        gather(batch["soft_mask"]), gather(batch["is_tumor"].float()) > 0.5,
+        temperature=cfg.dense_tau)
+
+
 def compute_objective(
     name: str, cfg: ObjectiveConfig, out: dict, batch: dict, *, step: int, max_steps: int,
     ref_out: dict | None = None,
@@ -97,7 +114,9 @@ def compute_objective(
       (roll by one) + anchor; ``stage2``: ``losses.stage2`` (positive vs its negative) + anchor;
     - ``stage1+2``: both, Stage 2 scaled by the curriculum :func:`stage2_weight`;
       ``stage2_form: counterfactual`` swaps Stage 2 for ``losses.stage2_counterfactual`` and puts
-      every negative, with its lesion-free caption, into the InfoNCE anchor.
+      every negative, with its lesion-free caption, into the InfoNCE anchor;
+    - ``anchor_dense_weight`` > 0 adds ``anchor_dense_weight · losses.patch_text_loss`` to the
+      loss of clip, dpo and the Stage objectives (their anchor keeps the pre-training's term).
 
     ``batch["soft_mask"]`` is the local (B, N) patch mask fraction. Returns ``{"loss": total,
     parts..., "monitor/...": anti-collapse statistics}`` (scalars; monitors detached).
@@ -112,10 +131,7 @@ def compute_objective(
     if name == "clip":
         parts["loss"] = parts["clip_loss"]
     elif name == "clip+dense":
-        dense = losses.patch_text_loss(
-            _global(out, "patch_emb"), text_emb, _global(out, "text_neg_emb"),
-            gather(batch["soft_mask"]), gather(batch["is_tumor"].float()) > 0.5,
-            temperature=cfg.dense_tau)
+        dense = _dense(cfg, out, batch, text_emb)
         parts.update({"dense_loss": dense["loss"], "monitor/dense_accuracy": dense["accuracy"]})
         parts["loss"] = parts["clip_loss"] + cfg.dense_weight * dense["loss"]
     elif name in ("dhn", "dhn+entropy"):
@@ -173,6 +189,11 @@ def compute_objective(
         parts["loss"] = total
         mon = losses.collapse_monitors(tokens, soft)
         parts.update({f"monitor/tumor_{k}": v for k, v in mon.items() if k != "n_tokens"})
+    if cfg.anchor_dense_weight > 0 and name in DENSE_ANCHORED:
+        dense = _dense(cfg, out, batch, text_emb)
+        parts.update({"anchor_dense_loss": dense["loss"],
+                      "monitor/dense_accuracy": dense["accuracy"]})
+        parts["loss"] = parts["loss"] + cfg.anchor_dense_weight * dense["loss"]
     emb_mon = losses.collapse_monitors(image_emb[None])
     parts.update({f"monitor/image_{k}": v for k, v in emb_mon.items() if k != "n_tokens"})
     return parts

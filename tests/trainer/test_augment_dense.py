@@ -178,6 +178,29 @@ def test_clip_dense_objective_is_infonce_plus_weighted_patch_loss():
     torch.testing.assert_close(parts["loss"], want)
 
 
+@pytest.mark.parametrize("name", ["clip", "stage1", "stage1+2"])
+def test_dense_anchor_adds_the_weighted_patch_loss_to_any_fine_tuning_objective(name):
+    """anchor_dense_weight = w: the objective's loss + w · patch_text_loss exactly, and the
+    needs grow by the patch tokens and the lesion-free captions."""
+    import dataclasses
+
+    from finetune.config import ObjectiveConfig
+    from finetune.objectives import compute_objective, needs_of
+
+    out, batch = _features(seed=2)
+    base = ObjectiveConfig(name=name, dense_tau=0.2)
+    anchored = dataclasses.replace(base, anchor_dense_weight=0.4)
+    plain = compute_objective(name, base, out, batch, step=3, max_steps=10)
+    both = compute_objective(name, anchored, out, batch, step=3, max_steps=10)
+    dense = patch_text_loss(out["patch_emb"], out["text_emb"], out["text_neg_emb"],
+                            batch["soft_mask"], batch["is_tumor"], temperature=0.2)
+    torch.testing.assert_close(both["loss"], plain["loss"] + 0.4 * dense["loss"])
+    torch.testing.assert_close(both["anchor_dense_loss"], dense["loss"])
+    assert "anchor_dense_loss" not in plain
+    assert needs_of(anchored).tokens and needs_of(anchored).text_neg
+    assert not needs_of(base).text_neg
+
+
 def test_counterfactual_form_trains_end_to_end_and_only_it_encodes_negative_captions(
         tiny_bench, tmp_path):
     from finetune.config import ObjectiveConfig, load_train_config
