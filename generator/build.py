@@ -147,13 +147,15 @@ def load_sd_inpaint(path_or_id: str | Path, *, device: str = "cpu") -> tuple[SDI
 
 
 def load_generator(
-    path_or_name: str | Path | None = None, *, device: str = "cpu", batch_size: int = 1
+    path_or_name: str | Path | None = None, *, device: str = "cpu", batch_size: int = 1,
+    window: str = "whole", window_context: float = 4.0,
 ) -> NegativeGenerator:
     """Load a generator.
 
     None or ``"pixel"`` → the embedded default (``generator/weights/pixel_reference``); a directory
     → that checkpoint (``pixel`` if it holds ``generator_config.json``, ``sd-inpaint`` if it holds
     ``model_index.json``); any other string → a hub id for ``sd-inpaint``, from the local cache only.
+    ``window`` / ``window_context``: what the backend sees of each image (``NegativeGenerator``).
     """
     if path_or_name is None or str(path_or_name) == "pixel":
         path_or_name = DEFAULT_CHECKPOINT
@@ -169,4 +171,5 @@ def load_generator(
         )
     else:
         backend, digest = load_sd_inpaint(str(path_or_name), device=device)
-    return NegativeGenerator(backend, checkpoint_hash=digest, batch_size=batch_size)
+    return NegativeGenerator(backend, checkpoint_hash=digest, batch_size=batch_size, window=window,
+                             window_context=window_context)

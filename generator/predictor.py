@@ -106,13 +106,51 @@ def _upsample(fill: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return t[0].permute(1, 2, 0).numpy()
 
 
+WINDOWS = ("whole", "lesion")
+
+
+def lesion_window(region: np.ndarray, *, min_side: int, context: float) -> tuple[int, int, int] | None:
+    """The square window ``(top, left, side)`` the backend fills for one dilated lesion.
+
+    Rule: ``side = max(min_side, ceil(context · s))`` with ``s`` the longer side of the region's
+    bounding box (so the lesion spans about 1/context of the window, as lesions span their
+    training images), centred on the box and shifted to lie inside the image; the window is
+    resized to the backend's grid, so the zoom is ``side / min_side`` input pixels per model pixel
+    (never below 1 when ``min_side`` is the backend's resolution). None when that window would not
+    be smaller than the image's short side: the whole image is filled then, as it always was.
+    """
+    ys, xs = np.nonzero(region)
+    h, w = region.shape
+    if ys.size == 0:
+        return None
+    s = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
+    side = max(int(min_side), int(np.ceil(context * s)))
+    if side >= min(h, w):
+        return None
+    cy, cx = (ys.min() + ys.max() + 1) // 2, (xs.min() + xs.max() + 1) // 2
+    top = int(np.clip(cy - side // 2, 0, h - side))
+    left = int(np.clip(cx - side // 2, 0, w - side))
+    return top, left, side
+
+
 class NegativeGenerator:
     """Batched pos→neg generation over a hole-filling backend.
 
     checkpoint_hash: sha256 over the backend's weights and config (provenance, cache keys).
+    window: what the diffusion backend sees of each image — ``"whole"``: the whole image resized
+    to its grid; ``"lesion"``: a square window around the dilated lesion at the input's own pixel
+    scale (:func:`lesion_window`, ``window_context`` × the lesion's box), the whole image only
+    when that window would not be smaller than the image. The fill is pasted back exactly either way.
     """
 
-    def __init__(self, backend: FillBackend, *, checkpoint_hash: str, batch_size: int = 1):
+    def __init__(self, backend: FillBackend, *, checkpoint_hash: str, batch_size: int = 1,
+                 window: str = "whole", window_context: float = 4.0):
+        if window not in WINDOWS:
+            raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
+        if window_context < 1:
+            raise ValueError(f"window_context must be >= 1, got {window_context}")
+        self.window = window
+        self.window_context = window_context
         self.backend = backend
         self.checkpoint_hash = checkpoint_hash
         # Rows (image × sample) per backend call. 1 makes every result independent of what it was
@@ -211,24 +249,36 @@ class NegativeGenerator:
 
     def _fill_rows(self, pairs, regions, rows, *, seeds, steps, strength, see_through_px) -> list[np.ndarray]:
         side, channels = self.backend.resolution, self.backend.channels
-        batch_img, batch_hole, gens = [], [], []
+        batch_img, batch_hole, gens, views = [], [], [], []
         for i, k in rows:
-            image = pairs[i][0]
+            image, region = pairs[i][0], regions[i]
+            win = (lesion_window(region, min_side=side, context=self.window_context)
+                   if self.window == "lesion" else None)
+            if win is not None:
+                top, left, n = win
+                image, region = image[top : top + n, left : left + n], region[top : top + n, left : left + n]
+            views.append((image, region, win))
             if channels == 1:
                 model_in = image if image.ndim == 2 else image @ LUMA
             else:
                 model_in = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
             batch_img.append(_resize(model_in, side))
-            batch_hole.append(_resize_hole(regions[i], side))
+            batch_hole.append(_resize_hole(region, side))
             gens.append(torch.Generator().manual_seed(seeds[i] + k))
         filled = self.backend.fill(
             torch.stack(batch_img), torch.stack(batch_hole), gens, steps=steps, strength=strength,
             see_through_px=see_through_px,
         )
-        return [
-            self._to_input_space(pairs[i][0], regions[i], f, see_through=see_through_px > 0)
-            for (i, _), f in zip(rows, filled, strict=True)
-        ]
+        out = []
+        for (i, _), (image, region, win), f in zip(rows, views, filled, strict=True):
+            fill = self._to_input_space(image, region, f, see_through=see_through_px > 0)
+            if win is not None:  # the window's fill inside a copy of the whole image
+                top, left, n = win
+                full = pairs[i][0].copy()
+                full[top : top + n, left : left + n] = fill
+                fill = full
+            out.append(fill)
+        return out
 
     def _to_input_space(
         self, image: np.ndarray, region: np.ndarray, fill: np.ndarray, *, see_through: bool = False

@@ -117,3 +117,39 @@ def test_ancestral_sampling_is_finite_for_any_step_count(gen):
     for steps in (1, 5, 7, 20):
         out = gen.generate([image], [mask], steps=steps)[0][0].image
         assert np.isfinite(out).all(), steps
+
+
+def test_lesion_window_rule():
+    from generator.predictor import lesion_window
+
+    region = np.zeros((200, 160), bool)
+    region[50:60, 140:152] = True  # box 10 x 12 near the right edge
+    top, left, side = lesion_window(region, min_side=32, context=4.0)
+    assert side == 48  # ceil(4 * 12)
+    assert (top, left) == (55 - 24, 160 - 48)  # centred on the box, shifted inside the image
+    assert lesion_window(region, min_side=64, context=4.0)[2] == 64  # never below the grid
+    assert lesion_window(region, min_side=32, context=14.0) is None  # 168 >= short side 160
+    assert lesion_window(np.zeros((9, 9), bool), min_side=4, context=2.0) is None
+
+
+def test_lesion_window_fill_equals_the_whole_path_on_the_window_crop(tiny_pixel_dir):
+    """window='lesion' = window='whole' run on the window's crop, pasted into the image: the
+    backend fills the lesion at the input's own scale; outside the dilated mask, exact."""
+    from generator.predictor import lesion_window
+
+    whole = load_generator(tiny_pixel_dir)
+    windowed = load_generator(tiny_pixel_dir, window="lesion", window_context=3.0)
+    image, _ = toy_pair(120, 140, seed=2)
+    mask = np.zeros(image.shape, bool)
+    mask[60:70, 80:88] = True
+    got = windowed.generate([image], [mask], num_samples=2, seed=5, steps=3)[0]
+    region = dilate(mask, 2)
+    top, left, side = lesion_window(region, min_side=32, context=3.0)
+    crop = (slice(top, top + side), slice(left, left + side))
+    ref = whole.generate([image[crop]], [mask[crop]], num_samples=2, seed=5, steps=3)[0]
+    for g, r in zip(got, ref, strict=True):
+        assert np.array_equal(g.image[crop], r.image)
+        assert np.array_equal(g.image[~region], image[~region])
+        assert not np.array_equal(g.image[region], image[region])
+    with pytest.raises(ValueError, match="window must be one of"):
+        load_generator(tiny_pixel_dir, window="tile")
