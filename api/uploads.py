@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +108,13 @@ def _parse_form(form) -> NegativesForm:
         raise ApiError(422, "invalid_field", f"{where}: {err['msg']}") from None
 
 
+def _decode(image_bytes: bytes, mask_bytes: bytes, settings: Settings):
+    image = sio.decode_image(image_bytes, "image", max_pixels=settings.max_pixels)
+    mask = sio.decode_mask(mask_bytes, "mask", require_lesion=True, max_pixels=settings.max_pixels)
+    sio.check_pair(image, mask, "image/mask")
+    return image, mask, sha256_bytes(image_bytes), sha256_bytes(mask_bytes)
+
+
 async def parse_upload(request: Request, settings: Settings) -> ParsedUpload:
     """Check media type and sizes, decode both files, validate fields; raise ApiError if bad."""
     _check_media_type(request)
@@ -126,14 +134,11 @@ async def parse_upload(request: Request, settings: Settings) -> ParsedUpload:
                 f"files total {len(image_bytes) + len(mask_bytes)} bytes; "
                 f"the limit is {settings.max_upload_bytes}",
             )
-        try:
-            image = sio.decode_image(image_bytes, "image", max_pixels=settings.max_pixels)
-            mask = sio.decode_mask(
-                mask_bytes, "mask", require_lesion=True, max_pixels=settings.max_pixels
-            )
-            sio.check_pair(image, mask, "image/mask")
+        try:  # decoding in a thread: the event loop keeps answering (health probes) meanwhile
+            image, mask, image_sha, mask_sha = await asyncio.to_thread(
+                _decode, image_bytes, mask_bytes, settings)
         except sio.InputError as exc:
             raise from_input_error(exc) from None
     finally:
         await form.close()
-    return ParsedUpload(image, mask, sha256_bytes(image_bytes), sha256_bytes(mask_bytes), params)
+    return ParsedUpload(image, mask, image_sha, mask_sha, params)

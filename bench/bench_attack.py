@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -255,15 +256,15 @@ async def phase_load(base: str, clients: int, per_client: int, steps: int, size:
     codes: list[int] = []
     lost = 0
     health: list[float] = []
-    done = asyncio.Event()
+    done = threading.Event()
 
-    async def prober():
-        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+    def prober():  # its own thread and connection: the clients' work never delays a probe
+        with httpx.Client(base_url=base, timeout=30) as c:
             while not done.is_set():
                 t0 = time.perf_counter()
-                await c.get("/healthz")
+                c.get("/healthz")
                 health.append(time.perf_counter() - t0)
-                await asyncio.sleep(0.05)
+                time.sleep(0.05)
 
     async def client(k: int):
         nonlocal lost
@@ -277,12 +278,13 @@ async def phase_load(base: str, clients: int, per_client: int, steps: int, size:
                 except httpx.HTTPError:
                     lost += 1
 
-    probe = asyncio.create_task(prober())
+    probe = threading.Thread(target=prober, daemon=True)
+    probe.start()
     t0 = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(clients)))
     seconds = time.perf_counter() - t0
     done.set()
-    await probe
+    probe.join()
     return {"requests": clients * per_client, "ok": codes.count(200),
             "server_errors": sum(c >= 500 for c in codes), "other": sorted(set(codes) - {200}),
             "lost": lost, "seconds": seconds, "req_per_s": len(codes) / seconds,

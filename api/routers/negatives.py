@@ -122,7 +122,7 @@ async def create_negatives(request: Request, state: ReadyStateDep) -> Response:
             image_sha=upload.image_sha, mask_sha=upload.mask_sha, params=params, seed=form.seed,
             num_samples=form.num_samples,
         )
-        served = state.lookup(ids)
+        served = await asyncio.to_thread(state.lookup, ids)  # file reads off the event loop
         pending = None
         if served is None:
             try:  # queued before leaving arriving(): the batcher never sees a gap
