@@ -1,9 +1,11 @@
-# Generator service and trainer image: CUDA runtime + Python 3.11 + the pinned project.
-#   docker build -t negclip .            (CUDA_IMAGE can be overridden with --build-arg)
-# torch==2.14.1 from PyPI is the cu130 build and brings its own CUDA libraries (nvidia-* wheels,
-# pinned in constraints.txt); the base image supplies the driver-compatible CUDA 13 runtime.
-ARG CUDA_IMAGE=nvidia/cuda:13.0.0-runtime-ubuntu22.04
-FROM ${CUDA_IMAGE}
+# Generator service and trainer image: Python 3.11 + the pinned project.
+#   docker build -t negclip .            (BASE_IMAGE can be overridden with --build-arg)
+# torch==2.14.1 from PyPI is the CUDA 13 build and brings its own CUDA libraries (nvidia-* wheels,
+# pinned in constraints.txt); on a GPU host the NVIDIA container toolkit supplies the driver, so
+# the conventional public base is enough (no CUDA base image, no PPA). scripts/check_docker.sh
+# builds and runs it on a machine that cannot pull (a Debian base made with debootstrap).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
@@ -13,14 +15,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     TRANSFORMERS_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false
 
-RUN apt-get update \
- && apt-get install -y --no-install-recommends software-properties-common gpg-agent ca-certificates \
- && add-apt-repository -y ppa:deadsnakes/ppa \
- && apt-get update \
- && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
- && rm -rf /var/lib/apt/lists/*
-
-RUN python3.11 -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
 

@@ -1,4 +1,5 @@
-"""docker-compose.yml and Dockerfile refer only to things that exist (no Docker engine here)."""
+"""docker-compose.yml and Dockerfile refer only to things that exist (the image itself is built
+and run by scripts/check_docker.sh, which needs a Docker engine)."""
 
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def test_evaluator_runs_the_evaluation_cli_with_options_it_has():
 
 
 def test_dockerfile_copies_existing_paths_and_sets_known_settings():
-    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+", DOCKERFILE, re.M)
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", DOCKERFILE, re.M)
     for line in re.findall(r"^COPY (.+)$", DOCKERFILE, re.M):
         *sources, _dest = line.split()
         for src in sources:
