@@ -13,8 +13,9 @@ HERE = Path(__file__).parent
 ORDER = ["demo", "generator", "generator_projection", "generator_projection_biharmonic",
          "generator_biharmonic", "generator_sampling",
          "clip_protocol", "m2ib_selection", "m2ib_boxes", "negatives_experiment",
+         "anchor_experiment", "clip_aux_anatomy", "heldout_text",
          "embedded_models", "dpo",
-         "service", "stage1", "m2ib", "trainer", "ablation"]
+         "attack", "service", "stage1", "m2ib", "trainer", "ablation"]
 
 
 def collect(results_dir: Path = HERE / "results", out: Path = HERE / "RESULTS.md") -> Path:
