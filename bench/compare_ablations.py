@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared.metrics import bootstrap_ci  # noqa: E402
 
 
 def _load(run: Path, variant: str, sub: str) -> list[dict]:
@@ -31,7 +36,6 @@ def main() -> None:
     p.add_argument("--metrics", nargs="+", default=["pointing", "dice", "faithfulness", "auroc_p"])
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    rng = np.random.default_rng(0)
     subs = [""] + sorted(d.name for d in (args.a / "results").glob("also_*") if d.is_dir())
     lines = [f"| domain | variant | metric | {args.label_a} | {args.label_b} | "
              f"{args.label_b} − {args.label_a} [95% CI] | none |", "|---|---|---|---|---|---|---|"]
@@ -47,13 +51,11 @@ def main() -> None:
                     continue
                 x = np.mean([r[m] for r in a], 0)
                 y = np.mean([r[m] for r in b], 0)
-                d = y - x
-                boot = d[rng.integers(0, len(d), (2000, len(d)))].mean(1)
-                lo, hi = np.percentile(boot, [2.5, 97.5])
+                mean, lo, hi = bootstrap_ci(y - x, seed=0)
                 star = " *" if lo > 0 or hi < 0 else ""
                 ref = f"{np.mean(none[0][m]):.3f}" if none and m in none[0] else "—"
                 lines.append(f"| {domain} | {v} ({len(a)}/{len(b)} seeds) | {m} | {x.mean():.3f} | "
-                             f"{y.mean():.3f} | {d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]{star} | {ref} |")
+                             f"{y.mean():.3f} | {mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{star} | {ref} |")
     text = "\n".join(lines) + "\n"
     if args.out:
         args.out.write_text(text)
