@@ -118,6 +118,27 @@ def test_external_set_uses_another_source_all_test(tmp_path):
                         external=True)
 
 
+def test_external_ultrasound_is_a_real_scan_not_the_procedural_one(tmp_path):
+    """The breast domain's external set draws crops of a real B-mode scan (pydicom-data ALOKA),
+    never the procedural generator the training split uses; exact GT negatives."""
+    from shared.benchmark.anatomy import SOURCES, ExternalUltrasound
+
+    manifest = build_benchmark(tmp_path / "us", domains=("breast_us",), n_per_domain=3, size=64,
+                               seed=0, external=True)
+    items = load_manifest(manifest)
+    assert {it.split for it in items} == {"test"}
+    normal = read_image(next(it.image for it in items if it.label == "normal"))
+    rng = np.random.default_rng([0, DOMAINS.index("breast_us"), 0, False])
+    real, _ = ExternalUltrasound().sample(rng, 64)
+    assert np.abs(normal - real).max() <= 1 / 255 + 1e-6
+    rng = np.random.default_rng([0, DOMAINS.index("breast_us"), 0, False])
+    procedural, _ = SOURCES["breast_us"]().sample(rng, 64)
+    assert np.abs(normal - procedural).mean() > 0.05
+    pos = next(it for it in items if it.label == "tumor")
+    outside = ~read_mask(pos.mask)
+    np.testing.assert_array_equal(read_image(pos.image)[outside], read_image(pos.gt_negative)[outside])
+
+
 def test_aux_lesion_domains_are_training_only_and_leave_the_benchmark_unchanged(tmp_path):
     """--aux-per-source adds positives (and normals) on the auxiliary anatomy, all in the train
     split, with exact GT negatives and their own captions; the benchmark domains' files and
