@@ -3,12 +3,14 @@
     OMP_NUM_THREADS=1 python bench/bench_clip_protocol.py --bench data/bench128_n750 \
         --model session6=local-dir:runs/clip_session6 \
         --model committed=embedded-pretrained --m2ib committed=2,0.03 \
-        --external brain_mri=data/external_brain128 --report bench/results/clip_protocol.md
+        --external brain_mri=data/external_brain128 \
+        --external breast_us=data/external_breast128 --report bench/results/clip_protocol.md
 
 (``mkdir -p runs/clip_session6 && git archive b0048d4 finetune/weights/embedded | tar x
 --strip-components=3 -C runs/clip_session6`` restores the weights before issue 17; the external
-brain set: ``python -m shared.benchmark --out
-data/external_brain128 --domains brain_mri --n-per-domain 150 --size 128 --external``.)
+sets: ``python -m shared.benchmark --out data/external_brain128 --domains brain_mri
+--n-per-domain 150 --size 128 --external``, the same with ``breast_us`` and
+``data/external_breast128``.)
 
 For every benchmark domain (the training domains and the held-out one), on the first
 ``--n-positives`` tumour images of the *test* split (never used in pre-training), each model runs
@@ -97,7 +99,8 @@ def render(results: dict, models: list[tuple[str, str]], command: str, timings: 
              "ultrasound is procedural. Pipeline: M2IB → 2-means → "
              "box → LiteMedSAM. A domain marked (external) comes from another source of the same "
              "modality (`python -m shared.benchmark --external`: another head, scanner and "
-             "contrast for brain MRI), never used in training. AUROC: positives vs their exact "
+             "contrast for brain MRI; a real B-mode scan of another organ for the procedural "
+             "breast ultrasound), never used in training. AUROC: positives vs their exact "
              "lesion-free versions + normals (`AUROC gt`: vs the exact negatives only). Faithfulness: saliency mass inside the "
              "lesion with the lesion caption minus with the lesion-free caption. M2IB (layer, β) "
              "per model: " + ", ".join(f"{n} {m2ib_of[n]}" for n, _ in models) + ".", "",
