@@ -4,7 +4,8 @@
 2. ``python -m finetune.pretrain_embedded`` (trains configs/embedded/pretrain_clip.yaml from the
    random-init ``embedded`` architecture, then installs the export), or
    ``python -m finetune.pretrain_embedded --install-from runs/pretrain_embedded`` to install a
-   finished run. Extra ``key=value`` arguments override the config.
+   finished run. Extra ``key=value`` arguments override the config. The committed weights are two
+   such runs back to back (the second from the first's weights): see the config's header.
 """
 
 from __future__ import annotations

@@ -70,13 +70,13 @@ class M2IBConfig:
 
 
 # Per-dataset presets of MedCLIP-SAMv2 (zeroshot_scripts), plus the embedded 6-block model: after
-# block 2 of 6, beta 0.03, chosen for the committed weights on the validation split by a fixed rule
-# (bench/select_m2ib.py -> bench/results/m2ib_selection.md; the weights before issue 17 used block
-# 3, beta 0.1). Upstream's "layer 9" indexes ``layers[9]``.
+# block 3 of 6, beta 1, chosen for the committed weights on the validation split by a fixed rule
+# (bench/select_m2ib.py -> bench/results/m2ib_selection.md; earlier weights used block 2 / beta
+# 0.03 and, before issue 17, block 3 / beta 0.1). Upstream's "layer 9" indexes ``layers[9]``.
 PRESETS: dict[str, M2IBConfig] = {
     "breast": M2IBConfig(layer=9, beta=1.0, var=1.0),
     "brain": M2IBConfig(layer=9, beta=2.0, var=0.3),
-    "embedded": M2IBConfig(layer=2, beta=0.03, var=1.0),
+    "embedded": M2IBConfig(layer=3, beta=1.0, var=1.0),
 }
 
 
