@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python bench/bench_clip_protocol.py --bench data/bench128_n750 \
         --model session6=local-dir:runs/clip_session6 \
-        --model committed=embedded-pretrained --m2ib committed=2,0.03 \
+        --model committed=embedded-pretrained --m2ib committed=3,1.0 \
         --external brain_mri=data/external_brain128 \
         --external breast_us=data/external_breast128 --report bench/results/clip_protocol.md
 
@@ -103,7 +103,8 @@ def render(results: dict, models: list[tuple[str, str]], command: str, timings: 
              "breast ultrasound), never used in training. AUROC: positives vs their exact "
              "lesion-free versions + normals (`AUROC gt`: vs the exact negatives only). Faithfulness: saliency mass inside the "
              "lesion with the lesion caption minus with the lesion-free caption. M2IB (layer, β) "
-             "per model: " + ", ".join(f"{n} {m2ib_of[n]}" for n, _ in models) + ".", "",
+             "per model: " + ", ".join(f"{n} {m2ib_of[n]}" for n, _ in models)
+             + "".join(f"; {k} {v}" for k, v in m2ib_of.items() if "@" in k) + ".", "",
              f"Goals: {GOALS}.", "",
              "| domain | model | AUROC | AUROC gt | pointing | Dice | Dice / oracle | "
              "faithfulness | lesion mass | silhouette |",
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="NAME=SOURCE (finetune.build source or embedded-pretrained); repeat")
     p.add_argument("--m2ib", action="append", default=[],
                    help="NAME=LAYER,BETA: the model's M2IB bottleneck (chosen on validation by "
-                        f"bench/select_m2ib.py); default {DEFAULT_M2IB}")
+                        f"bench/select_m2ib.py); default {DEFAULT_M2IB}. NAME@DOMAIN=LAYER,BETA "
+                        "sets it for one domain only (a per-dataset preset, as upstream's)")
     p.add_argument("--external", action="append", default=[],
                    help="DOMAIN=BENCH: also evaluate DOMAIN from this benchmark, an external set "
                         "(python -m shared.benchmark --external: a source never trained on); repeat")
@@ -183,10 +185,12 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             results[label][name] = evaluate(
                 bench, domain, name, source, out=out, n_positives=args.n_positives,
-                embedding_cache=args.embedding_cache, m2ib=m2ib.get(name, DEFAULT_M2IB))
+                embedding_cache=args.embedding_cache,
+                m2ib=m2ib.get(f"{name}@{domain}", m2ib.get(name, DEFAULT_M2IB)))
             timings[f"{label}/{name}"] = time.perf_counter() - start
     text = render(results, models, command, timings,
-                  {n: m2ib.get(n, DEFAULT_M2IB) for n, _ in models})
+                  {n: m2ib.get(n, DEFAULT_M2IB) for n, _ in models}
+                  | {k: v for k, v in m2ib.items() if "@" in k})
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text(text)
     print(text)

@@ -77,6 +77,11 @@ PRESETS: dict[str, M2IBConfig] = {
     "breast": M2IBConfig(layer=9, beta=1.0, var=1.0),
     "brain": M2IBConfig(layer=9, beta=2.0, var=0.3),
     "embedded": M2IBConfig(layer=3, beta=1.0, var=1.0),
+    # the same rule applied to one domain's validation positives at a time (per-dataset presets,
+    # as upstream's brain / breast): bench/results/m2ib_selection.md, one column each
+    "embedded-brain": M2IBConfig(layer=4, beta=1.0, var=1.0),
+    "embedded-retina": M2IBConfig(layer=2, beta=1.0, var=1.0),
+    "embedded-breast": M2IBConfig(layer=2, beta=0.03, var=1.0),
 }
 
 

@@ -179,3 +179,18 @@ def test_user_mistakes_end_in_one_error_line(dataset, tmp_path, capsys, argv, sa
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.startswith("error: ") and says in err
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_every_embedded_preset_fits_the_committed_model():
+    """The embedded presets (global and per domain) name blocks the committed model has, and the
+    CLI offers each of them."""
+    from finetune.evaluation.loading import load_clip_bundle
+    from finetune.evaluation.m2ib import _check, default_config
+
+    bundle = load_clip_bundle("embedded-pretrained")
+    names = [n for n in PRESETS if n.startswith("embedded")]
+    assert {"embedded", "embedded-brain", "embedded-retina", "embedded-breast"} <= set(names)
+    for name in names:
+        _check(bundle, PRESETS[name])
+        assert cli.parse_args(["--data", "x", "--out", "y", "--preset", name]).preset == name
+    assert default_config(bundle) == PRESETS["embedded"]
