@@ -25,8 +25,6 @@ import io
 import os
 import platform
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.live_service import start_server  # noqa: E402
 from shared.io import encode_png  # noqa: E402
 
 
@@ -55,35 +54,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------ server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(store: str, threads: int, port: int | None = None, **settings):
-    port = port or free_port()
-    env = {**os.environ, "NEG_API_HOST": "127.0.0.1", "NEG_API_PORT": str(port),
-           "NEG_API_STORE_DIR": store, "NEG_API_TORCH_THREADS": str(threads),
-           "NEG_API_ACCESS_LOG": "false", "OMP_NUM_THREADS": str(threads),
-           **{f"NEG_API_{k.upper()}": str(v) for k, v in settings.items()}}
-    proc = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz").status_code == 200:
-                return proc, base, port
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("service did not become ready")
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):  # peak resident set size

@@ -15,8 +15,6 @@ import argparse
 import asyncio
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.live_service import start_server  # noqa: E402
 from shared.io import decode_image, decode_mask, encode_png  # noqa: E402
 
 
@@ -96,31 +95,6 @@ async def run_clients(base: str, pairs, n_clients: int, steps: int) -> tuple[flo
     return time.perf_counter() - t0, latencies
 
 
-def start_server(args, store: str) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "NEG_API_HOST": "127.0.0.1", "NEG_API_PORT": str(port),
-           "NEG_API_STORE_DIR": store, "NEG_API_MAX_BATCH": str(args.batch),
-           "NEG_API_MAX_WAIT_MS": str(args.max_wait_ms), "NEG_API_TORCH_THREADS": str(args.threads), "NEG_API_ACCESS_LOG": "false",
-           "OMP_NUM_THREADS": str(args.threads)}
-    if args.generator:
-        env["NEG_API_GENERATOR"] = str(args.generator)
-    proc = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz").status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("service did not become ready")
-
-
 def load_in_process(args):
     import torch
 
@@ -146,7 +120,8 @@ def main(args: argparse.Namespace) -> str:
     generator = load_in_process(args)
     rows = {"a": [], "b": [], "c": []}  # per round: (count, seconds, latencies)
     with tempfile.TemporaryDirectory() as store:
-        proc, base = start_server(args, store)
+        proc, base, _ = start_server(store, args.threads, max_batch=args.batch,
+                                     max_wait_ms=args.max_wait_ms, generator=args.generator)
         try:
             asyncio.run(run_clients(base, [pairs[0]], 1, args.steps))  # warm-up
             in_process(args, generator, [pairs[0]])
