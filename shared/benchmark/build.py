@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.benchmark.anatomy import AUX_SOURCES, EXTERNAL_SOURCES, SOURCES
+from shared.benchmark.anatomy import AUX_SOURCES, SOURCES
+from shared.benchmark.external import EXTERNAL_SOURCES
 from shared.benchmark.lesions import RENDER_AS, caption, caption_negative, render, sample_lesion
 from shared.datasets import DpoRow, write_dpo_csv
 from shared.io import to_uint8, write_png
@@ -63,7 +64,7 @@ def build_benchmark(
 
     ``n_per_domain`` positives per domain plus ``ceil(NORMAL_FRACTION·n)`` normal images.
     ``external``: draw the anatomy from each domain's external source
-    (``anatomy.EXTERNAL_SOURCES``: another subject and scanner, never used in training) and put
+    (``external.EXTERNAL_SOURCES``: another subject and scanner, never used in training) and put
     every image in the test split — an external set of the same modality.
     ``aux_per_source``: also that many positives (plus normals) on each auxiliary anatomy source
     (``AUX_DOMAINS``: a leg radiograph, a shoulder MR, an abdominal CT), all in the *train* split,

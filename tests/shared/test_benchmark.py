@@ -97,7 +97,8 @@ def test_preview_contact_sheet(tmp_path):
 def test_external_set_uses_another_source_all_test(tmp_path):
     """The external brain set: every image in the test split, drawn from emri_small (not the MNI
     template the training split uses), with the brain domain's lesions and exact GT negatives."""
-    from shared.benchmark.anatomy import SOURCES, ExternalBrainMR
+    from shared.benchmark.anatomy import SOURCES
+    from shared.benchmark.external import ExternalBrainMR
 
     manifest = build_benchmark(tmp_path / "ext", domains=("brain_mri",), n_per_domain=4, size=64,
                                seed=0, external=True)
@@ -121,7 +122,8 @@ def test_external_set_uses_another_source_all_test(tmp_path):
 def test_external_ultrasound_is_a_real_scan_not_the_procedural_one(tmp_path):
     """The breast domain's external set draws crops of a real B-mode scan (pydicom-data ALOKA),
     never the procedural generator the training split uses; exact GT negatives."""
-    from shared.benchmark.anatomy import SOURCES, ExternalUltrasound
+    from shared.benchmark.anatomy import SOURCES
+    from shared.benchmark.external import ExternalUltrasound
 
     manifest = build_benchmark(tmp_path / "us", domains=("breast_us",), n_per_domain=3, size=64,
                                seed=0, external=True)

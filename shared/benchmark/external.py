@@ -1,0 +1,85 @@
+"""External sets: anatomy of a benchmark domain's modality from sources training never sees.
+
+``build_benchmark(..., external=True)`` draws each domain's images from ``EXTERNAL_SOURCES``
+(another subject, scanner or organ), all in the test split. Same interface as the sources of
+:mod:`shared.benchmark.anatomy`: ``sample(rng, size) -> (image, tissue)``.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+from scipy import ndimage
+
+from shared.benchmark.anatomy import _clear_border, _crop, _pydicom_data, _resize
+
+
+class ExternalBrainMR:
+    """Another head, scanner and contrast than the MNI template: the 10 frames of pydicom-data's
+    ``emri_small.dcm`` (real head MR, 64², zoomed on the lateral ventricle). Never used in
+    training: the external set of the brain domain (``build_benchmark(..., external=True)``).
+    Crops of 44–64 source pixels, random left-right flip, resized to the benchmark size."""
+
+    name = "brain_mri"
+    file = "emri_small.dcm"
+
+    @cached_property
+    def frames(self) -> list[np.ndarray]:
+        from shared.io import read_dicom
+
+        out = []
+        for frame in read_dicom(_pydicom_data(self.file)):
+            lo, hi = np.percentile(frame, [1, 99.5])
+            out.append(np.clip((frame - lo) / (hi - lo), 0.0, 1.0).astype(np.float32))
+        return out
+
+    def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        img = self.frames[int(rng.integers(len(self.frames)))]
+        h = img.shape[0]
+        side = int(rng.integers(44, h + 1))
+        top, left = rng.integers(0, h - side + 1, size=2)
+        crop = _crop(img, int(top), int(left), side)
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        crop = _resize(np.ascontiguousarray(crop), size)
+        smooth = ndimage.gaussian_filter(crop, size / 40)
+        return crop, _clear_border(smooth > 0.2)
+
+
+class ExternalUltrasound:
+    """Real B-mode ultrasound for the (procedural) breast domain: pydicom-data's
+    ``gdcm-US-ALOKA-16.dcm`` (480×640, a pelvis scan, two panes) — another organ, scanner and
+    speckle than anything in training. Never used in training: the external set of ``breast_us``.
+    Square crops of 130–200 source pixels from the tissue below the bladder in either pane, random
+    left-right flip, resized to the benchmark size."""
+
+    name = "breast_us"
+    file = "gdcm-US-ALOKA-16.dcm"
+    ROWS = (196, 412)  # tissue band (source rows), below the bladder and above the scale text
+    PANES = ((36, 330), (340, 636))  # columns of the two images
+
+    @cached_property
+    def image(self) -> np.ndarray:
+        from shared.io import read_dicom
+
+        frame = read_dicom(_pydicom_data(self.file))[0]
+        frame = frame.mean(axis=-1) if frame.ndim == 3 else frame
+        lo, hi = np.percentile(frame, [1, 99.5])
+        return np.clip((frame - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+    def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        x0, x1 = self.PANES[int(rng.integers(2))]
+        y0, y1 = self.ROWS
+        side = int(rng.integers(130, 201))
+        top = int(rng.integers(y0, y1 - side + 1))
+        left = int(rng.integers(x0, x1 - side + 1))
+        crop = _crop(self.image, top, left, side)
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        crop = _resize(np.ascontiguousarray(crop), size)
+        return crop, _clear_border(np.ones((size, size), bool))
+
+
+# Sources of the same modality as a benchmark domain that training never sees (external sets).
+EXTERNAL_SOURCES = {"brain_mri": ExternalBrainMR, "breast_us": ExternalUltrasound}
