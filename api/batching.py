@@ -231,27 +231,25 @@ class MicroBatcher:
                         continue
                     alone = time.perf_counter()
                     try:
-                        (result,) = await self._run([w])
+                        results = await self._run([w])
                     except Exception as row_exc:
                         if not w.future.done():
                             w.future.set_exception(row_exc)
                         continue
-                    self._on_batch(1)
-                    if not w.future.done():
-                        w.future.set_result((result, BatchTiming(
-                            queue_ms=(start - w.submitted) * 1e3,
-                            generate_ms=(time.perf_counter() - alone) * 1e3, batch_size=1)))
+                    self._deliver([w], results, start, alone)
                 continue
-            elapsed_ms = (time.perf_counter() - start) * 1e3
-            self._on_batch(len(group))
-            for w, result in zip(group, results, strict=True):
-                if not w.future.done():
-                    timing = BatchTiming(
-                        queue_ms=(start - w.submitted) * 1e3,
-                        generate_ms=elapsed_ms,
-                        batch_size=len(group),
-                    )
-                    w.future.set_result((result, timing))
+            self._deliver(group, results, start, start)
+
+    def _deliver(self, group: list[_Work], results: list, start: float, call_start: float) -> None:
+        """Hand each live request its result and timing (``start``: when its batch was taken;
+        ``call_start``: when the predictor call that produced ``results`` began)."""
+        generate_ms = (time.perf_counter() - call_start) * 1e3
+        self._on_batch(len(group))
+        for w, result in zip(group, results, strict=True):
+            if not w.future.done():
+                w.future.set_result((result, BatchTiming(
+                    queue_ms=(start - w.submitted) * 1e3, generate_ms=generate_ms,
+                    batch_size=len(group))))
 
     async def _run(self, group: list[_Work]) -> list[list[Any]]:
         """One predictor call for ``group`` (same key) in the predictor thread."""
