@@ -125,9 +125,10 @@ def load_ablation_config(path: str | Path | dict | None, overrides: list[str] | 
         raise ConfigError("seeds must name at least one training seed")
     if cfg.protocol not in ("held_out", "in_domain"):
         raise ConfigError(f"protocol={cfg.protocol!r}; expected held_out | in_domain")
-    if cfg.protocol == "in_domain" and cfg.splits != ("test",):
+    if cfg.protocol == "in_domain" and cfg.splits not in (("test",), ("val",)):
         raise ConfigError("protocol=in_domain trains on the domain's training split, so it must "
-                          "evaluate on splits=[test] only")
+                          "evaluate on one unseen split: splits=[test] (report) or [val] (choosing "
+                          "a recipe)")
     if cfg.domain in cfg.also_domains:
         raise ConfigError(f"also_domains repeats the ablation's own domain {cfg.domain!r}")
     if cfg.n_positives < 2:

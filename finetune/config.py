@@ -142,6 +142,10 @@ class TrainConfig:
     export_hf_port: bool = False  # also write MedCLIP-SAMv2's HF-port layout
     export_fp16: bool = False  # store exported weights in fp16 (embedded weights budget)
     num_threads: int = 1  # torch threads per process (2 CPU cores shared -> 1)
+    # WiSE-FT (Wortsman et al., CVPR 2022): the exported weights are θ0 + α·(θ − θ0), θ0 the
+    # starting model, θ the fine-tuned one; 1 = the fine-tune as trained, 0 = the start unchanged.
+    # Trades the fine-tune's gain against what it erased (issue 17, "no harm").
+    wise_alpha: float = 1.0
     data: DataConfig = field(default_factory=DataConfig)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -164,6 +168,8 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
         )
     if o.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {o.lr}")
+    if not 0.0 <= cfg.wise_alpha <= 1.0:
+        raise ConfigError(f"wise_alpha must lie in [0, 1], got {cfg.wise_alpha}")
     if cfg.negatives.source not in NEGATIVE_SOURCES:
         raise ConfigError(f"negatives.source={cfg.negatives.source!r}; expected {NEGATIVE_SOURCES}")
     if not cfg.negatives.see_through_px >= 0:

@@ -78,6 +78,25 @@ def set_trainable(model: torch.nn.Module, parts: tuple[str, ...]) -> list[torch.
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def interpolate_weights(start: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor],
+                        alpha: float) -> dict[str, torch.Tensor]:
+    """WiSE-FT weight-space ensemble (Wortsman et al., "Robust fine-tuning of zero-shot models",
+    CVPR 2022): ``θ_α = θ0 + α·(θ − θ0)`` for every floating-point tensor of the state dict
+    (same keys and shapes in both); integer buffers are taken from ``tuned``. α = 1 returns the
+    fine-tune, α = 0 the start, bit-exactly."""
+    if start.keys() != tuned.keys():
+        raise ValueError(f"state dicts differ in keys: {sorted(start.keys() ^ tuned.keys())[:5]}")
+    out = {}
+    for k, t in tuned.items():
+        if alpha == 1.0 or not t.is_floating_point():
+            out[k] = t
+        elif alpha == 0.0:
+            out[k] = start[k].to(t.dtype)
+        else:
+            out[k] = (start[k].to(t.dtype) + alpha * (t - start[k].to(t.dtype))).to(t.dtype)
+    return out
+
+
 def _latest_checkpoint(output_dir: Path) -> Path | None:
     ckpts = sorted((output_dir / CHECKPOINTS).glob("step_*"))
     ckpts = [c for c in ckpts if (c / "trainer_state.json").is_file()]
@@ -158,6 +177,8 @@ def train(cfg: TrainConfig) -> Path:
             "channels": int(trunk.patch_embed.proj.in_channels)}
     data = _prepare_data(cfg, accelerator, grid, image_size)
 
+    start_state = ({k: v.detach().clone() for k, v in clip.state_dict().items()}
+                   if cfg.wise_alpha != 1.0 else None)
     reference = None
     if needs.reference:
         reference = ClipFeatures(copy.deepcopy(clip).eval().requires_grad_(False))
@@ -241,6 +262,9 @@ def train(cfg: TrainConfig) -> Path:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         clip = accelerator.unwrap_model(model).clip.eval()
+        if start_state is not None:
+            clip = copy.deepcopy(clip)
+            clip.load_state_dict(interpolate_weights(start_state, clip.state_dict(), cfg.wise_alpha))
         if cfg.export_fp16:
             clip = copy.deepcopy(clip).half()
         export_local_dir(clip, bundle.tokenizer, bundle.model_cfg or None, out / EXPORT)

@@ -48,3 +48,14 @@ def test_bad_values_and_forms():
         load_config(Train, None, ["steps"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Train, "/nonexistent/config.yaml")
+
+
+def test_exponent_without_a_dot_is_a_number_and_words_are_not(tmp_path):
+    # YAML 1.1 (PyYAML) reads 2e-5 as the string "2e-5"; a learning rate typed that way must work
+    assert load_config(Train, None, ["optim.lr=2e-5"]).optim.lr == 2e-5
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 3E-4\n")
+    assert load_config(Train, path).optim.lr == 3e-4
+    for bad in ("fast", "nan", "-inf"):
+        with pytest.raises(ConfigError, match="optim.lr: expected a finite number"):
+            load_config(Train, None, [f"optim.lr={bad}"])

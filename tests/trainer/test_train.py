@@ -93,3 +93,27 @@ def test_committed_embedded_weights_load_back_from_fp16():
     init = _initial_state()
     assert not torch.equal(init["visual.trunk.blocks.0.attn.qkv.weight"],
                            state["visual.trunk.blocks.0.attn.qkv.weight"])
+
+
+def test_interpolate_weights_is_the_wise_ft_line():
+    from finetune.train_loop import interpolate_weights
+
+    start = {"w": torch.tensor([0.0, 2.0]), "step": torch.tensor(3)}
+    tuned = {"w": torch.tensor([4.0, -2.0]), "step": torch.tensor(7)}
+    assert torch.equal(interpolate_weights(start, tuned, 0.25)["w"], torch.tensor([1.0, 1.0]))
+    assert torch.equal(interpolate_weights(start, tuned, 0.0)["w"], start["w"])
+    assert interpolate_weights(start, tuned, 0.25)["step"].item() == 7  # integer buffer: tuned
+    with pytest.raises(ValueError, match="differ in keys"):
+        interpolate_weights({"v": start["w"]}, tuned, 0.5)
+
+
+def test_wise_alpha_exports_the_midpoint_of_start_and_fine_tune(tiny_bench, tmp_path):
+    outs = {a: train(load_train_config(tiny_overrides(tiny_bench, tmp_path / f"a{a}", wise_alpha=a)))
+            for a in (1.0, 0.5)}
+    full = build_clip(f"local-dir:{outs[1.0] / 'model'}").model.state_dict()
+    half = build_clip(f"local-dir:{outs[0.5] / 'model'}").model.state_dict()
+    before = _initial_state()
+    moved = [k for k in before if not torch.equal(before[k], full[k])]
+    assert moved  # the fine-tune changed something, so the midpoint is a real test
+    for k in before:
+        torch.testing.assert_close(half[k], (before[k] + full[k]) / 2, rtol=0, atol=1e-6, msg=k)
