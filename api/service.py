@@ -46,7 +46,8 @@ def build_generator(settings: Settings) -> Any:
     from generator.build import load_generator
 
     rows = settings.predictor_batch_rows or settings.max_batch
-    return load_generator(settings.generator, device=settings.device, batch_size=rows)
+    return load_generator(settings.generator, device=settings.device, batch_size=rows,
+                          lora=settings.generator_lora)
 
 
 @dataclass(frozen=True)

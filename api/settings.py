@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     # Generator checkpoint: a directory or registry name for generator.build.load_generator;
     # None serves the embedded default committed with the repo.
     generator: str | None = None
+    # Optional diffusers LoRA directory applied on top of an sd-inpaint `generator` (the output of
+    # `generator/train.py` / `generator/dpo.py` with model.backend sd-inpaint); None = the base
+    # alone. The checkpoint hash (negative ids, provenance) covers base and LoRA.
+    generator_lora: str | None = None
     # torch device the generator runs on ("cpu", "cuda", "cuda:1"); one batching worker per device.
     device: str = "cpu"
     # Rows (image x sample) per backend call inside the predictor; None = max_batch. The
@@ -62,7 +66,7 @@ class Settings(BaseSettings):
     # Torch intra-op threads for the worker (None leaves torch's default).
     torch_threads: int | None = Field(default=None, ge=1)
 
-    @field_validator("api_key", "generator", mode="before")
+    @field_validator("api_key", "generator", "generator_lora", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         """An empty env value (``NEG_API_API_KEY=``) means unset, not an empty key."""

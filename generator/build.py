@@ -5,7 +5,11 @@ Checkpoint layouts
   (``DDIMScheduler``), ``DIR/generator_config.json`` (``{"backend": "pixel", "pixel": {...}}``
   plus how it was trained). diffusers alone loads the UNet.
 - ``sd-inpaint``: a diffusers ``StableDiffusionInpaintPipeline`` directory (``model_index.json``)
-  or a hub id already in the local cache (never downloaded at run time).
+  or a hub id already in the local cache (never downloaded at run time), optionally plus a LoRA
+  directory in diffusers' format (``pytorch_lora_weights.safetensors``, loaded with
+  ``pipe.load_lora_weights``; written by ``generator.backends.save_lora``). The checkpoint hash
+  then covers both (``generator.backends.lora_hash``). A LoRA directory whose
+  ``generator_lora.json`` names its base can also be loaded on its own.
 """
 
 from __future__ import annotations
@@ -136,40 +140,66 @@ def load_pixel(path: str | Path, *, device: str = "cpu") -> tuple[PixelBackend, 
     return PixelBackend(unet, scheduler, cfg), hash_directory(path)
 
 
-def load_sd_inpaint(path_or_id: str | Path, *, device: str = "cpu") -> tuple[SDInpaintBackend, str]:
-    pipe = sd_inpaint.load_pipeline(path_or_id, device=device)
+def resolve_local(path_or_id: str | Path) -> Path:
+    """A pipeline directory: ``path_or_id`` itself, or the hub id's snapshot in the local cache."""
     local = Path(path_or_id)
     if not local.is_dir():
         from huggingface_hub import snapshot_download
 
         local = Path(snapshot_download(str(path_or_id), local_files_only=True))
-    return SDInpaintBackend(pipe), hash_directory(local)
+    return local
+
+
+def load_sd_inpaint(
+    path_or_id: str | Path, *, device: str = "cpu", lora: str | Path | None = None
+) -> tuple[SDInpaintBackend, str]:
+    """The pipeline at ``path_or_id`` (+ the diffusers LoRA dir ``lora``, unfused) and its hash."""
+    from generator.backends import lora_hash
+
+    pipe = sd_inpaint.load_pipeline(path_or_id, device=device)
+    digest = hash_directory(resolve_local(path_or_id))
+    if lora:
+        if not (Path(lora) / "pytorch_lora_weights.safetensors").is_file():
+            raise ValueError(f"{lora}: not a diffusers LoRA dir (no pytorch_lora_weights.safetensors)")
+        pipe.load_lora_weights(str(lora))
+        digest = lora_hash(digest, lora)
+    return SDInpaintBackend(pipe), digest
 
 
 def load_generator(
     path_or_name: str | Path | None = None, *, device: str = "cpu", batch_size: int = 1,
-    window: str = "whole", window_context: float = 4.0,
+    window: str = "whole", window_context: float = 4.0, lora: str | Path | None = None,
 ) -> NegativeGenerator:
     """Load a generator.
 
     None or ``"pixel"`` → the embedded default (``generator/weights/pixel_reference``); a directory
     → that checkpoint (``pixel`` if it holds ``generator_config.json``, ``sd-inpaint`` if it holds
-    ``model_index.json``); any other string → a hub id for ``sd-inpaint``, from the local cache only.
+    ``model_index.json``, base + LoRA if it is a LoRA dir whose ``generator_lora.json`` names its
+    base); any other string → a hub id for ``sd-inpaint``, from the local cache only.
+    ``lora``: a diffusers LoRA dir applied on top of an ``sd-inpaint`` base (None = none).
     ``window`` / ``window_context``: what the backend sees of each image (``NegativeGenerator``).
     """
     if path_or_name is None or str(path_or_name) == "pixel":
         path_or_name = DEFAULT_CHECKPOINT
     path = Path(path_or_name)
+    lora_meta = path / "generator_lora.json"
+    if lora is None and path.is_dir() and lora_meta.is_file() and not (path / CONFIG_NAME).is_file():
+        base = json.loads(lora_meta.read_text()).get("base")
+        if not base:
+            raise ValueError(f"{lora_meta}: names no base pipeline; pass it with the LoRA")
+        path, path_or_name, lora = Path(base), base, path
+    if lora and path.is_dir() and (path / CONFIG_NAME).is_file():
+        raise ValueError(f"{path}: a pixel checkpoint takes no LoRA ({lora})")
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         backend, digest = load_pixel(path, device=device)
     elif path.is_dir() and (path / "model_index.json").is_file():
-        backend, digest = load_sd_inpaint(path, device=device)
+        backend, digest = load_sd_inpaint(path, device=device, lora=lora)
     elif path.exists():
         raise ValueError(
             f"{path}: neither a pixel checkpoint ({CONFIG_NAME}) nor a diffusers pipeline "
             "(model_index.json)"
         )
     else:
-        backend, digest = load_sd_inpaint(str(path_or_name), device=device)
+        backend, digest = load_sd_inpaint(str(path_or_name), device=device, lora=lora)
     return NegativeGenerator(backend, checkpoint_hash=digest, batch_size=batch_size, window=window,
                              window_context=window_context)

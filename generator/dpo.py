@@ -10,6 +10,15 @@ sampled every ``optim.val_every`` steps; the best validation checkpoint is kept 
 (the predictor's ``pixel`` layout) and marked ``beats_reference`` only if it beats the reference;
 the last policy goes to ``OUT/final``. ``summary.json`` holds the winner/loser error drift (policy −
 reference, mean of the last 10 steps).
+
+Backends (``model.backend``, adapters in ``generator.backends``): ``pixel`` (``reference`` is a
+pixel checkpoint; the policy is a copy) or ``sd-inpaint`` (``model.sd.pretrained`` is the base
+pipeline, ``reference`` an optional diffusers LoRA dir on it, "" = the base itself; the policy is a
+LoRA adapter on the same UNet, the reference that UNet with the adapter switched off; outputs are
+diffusers LoRA dirs, loadable with ``pipe.load_lora_weights``). accelerate mixed precision,
+gradient accumulation, optional 8-bit AdamW; ``optim.checkpoint_every`` > 0 writes
+``save_state`` checkpoints (policy, optimiser, the pair/noise generator's state, step, best) and
+``--resume latest`` continues one exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,8 +35,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
 
-from generator.build import PixelBackend, load_pixel, save_pixel_checkpoint
+from generator.backends import (
+    BACKENDS,
+    WEIGHT_DTYPES,
+    PixelTrainBackend,
+    SDModelConfig,
+    build_sd_backend,
+    diffusion_target,
+    lora_hash,
+    make_optimizer,
+)
+from generator.build import load_pixel
 from generator.masks import dilate
 from generator.modeling import pixel_unet
 from generator.pairs import read_pairs
@@ -75,6 +96,16 @@ class DpoOptimConfig:
     num_threads: int = 1  # torch intra-op threads (the CPUs are shared)
     val_every: int = 40  # validation period (steps); step 0 (= the reference) is always validated
     log_every: int = 10  # console print period (the JSONL log gets every step)
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (accelerate autocast; GPU)
+    gradient_accumulation_steps: int = 1  # batches of pairs per optimiser step
+    use_8bit_adam: bool = False  # bitsandbytes AdamW8bit (an error if bitsandbytes is absent)
+    checkpoint_every: int = 0  # accelerate save_state period in steps (0 = none); --resume latest
+
+
+@dataclass(frozen=True)
+class DpoModelConfig:
+    backend: str = "pixel"  # "pixel" (reference = a pixel checkpoint) | "sd-inpaint"
+    sd: SDModelConfig = field(default_factory=SDModelConfig)  # sd-inpaint: base pipeline, LoRA
 
 
 @dataclass(frozen=True)
@@ -90,7 +121,10 @@ class ValConfig:
 @dataclass(frozen=True)
 class DpoConfig:
     output_dir: str = "runs/generator/dpo"  # log.jsonl, best/ (pixel checkpoint), summary.json
-    reference: str = ""  # reference checkpoint dir; "" = the embedded default
+    # pixel: reference checkpoint dir ("" = the embedded default); sd-inpaint: the reference
+    # LoRA dir on model.sd.pretrained ("" = the base pipeline is the reference)
+    reference: str = ""
+    model: DpoModelConfig = field(default_factory=DpoModelConfig)
     pairs: str = "runs/generator/dpo_pairs"  # directory written by generator.pairs
     pair_kinds: tuple[str, ...] = ("sample",)  # which pair kinds train: sample | gt | positive
     held_out_domain: str = "retina"  # excluded from validation too
@@ -136,41 +170,51 @@ def dpo_step_losses(
     policy, reference, scheduler, batch: dict[str, torch.Tensor], mcfg: pixel_unet.PixelUNetConfig,
     lcfg: LossConfig, generator: torch.Generator,
 ) -> dict[str, torch.Tensor]:
-    """All loss terms and diagnostics of one DPO step on a batch of pairs (B,1,H,W tensors)."""
-    cond = pixel_unet.condition(batch["image"], batch["hole"], mcfg)
-    r_w = pixel_unet.residual_target(batch["winner"], cond, mcfg)
-    r_l = pixel_unet.residual_target(batch["loser"], cond, mcfg)
-    b = r_w.shape[0]
-    noise = torch.randn(r_w.shape, generator=generator)  # shared by winner and loser
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator)
-    x_w, x_l = scheduler.add_noise(r_w, noise, t), scheduler.add_noise(r_l, noise, t)
-    if mcfg.prediction_type == "epsilon":
-        y_w = y_l = noise
-    elif mcfg.prediction_type == "v_prediction":
-        y_w, y_l = scheduler.get_velocity(r_w, noise, t), scheduler.get_velocity(r_l, noise, t)
-    else:
-        y_w, y_l = r_w, r_l
-    inp = torch.cat([pixel_unet.model_input(x_w, cond), pixel_unet.model_input(x_l, cond)])
-    tt = torch.cat([t, t])  # (B,) -> (2B,): winners then losers
-    p_w, p_l = policy(inp, tt).sample.chunk(2)
-    with torch.no_grad():
-        q_w, q_l = reference(inp, tt).sample.chunk(2)
-    weight = batch["hole"] if lcfg.region == "hole" else None
+    """All loss terms and diagnostics of one pixel DPO step on a batch of pairs (B,1,H,W tensors)."""
+    backend = PixelTrainBackend(policy, scheduler, mcfg, reference=reference)
+    return preference_step_losses(backend, batch, lcfg, generator)
+
+
+def preference_step_losses(
+    backend, batch: dict[str, torch.Tensor], lcfg: LossConfig, generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """All loss terms and diagnostics of one DPO step, for any backend (``generator.backends``).
+
+    Winner and loser of a pair get the *same* ε (drawn once, shape of the clean sample) and the
+    same t (B,); both are noised, the policy and the frozen reference predict the scheduler's
+    target for the 2B inputs (winners then losers, one forward each; the reference first: see
+    ``SDInpaintTrainBackend.predict_reference``). Errors are ``per_sample_mse`` over the hole
+    (``region: hole``; in latent space the latent cells the hole touches) or everything; then
+    ``diffusion_dpo_loss`` (+ SDPO scale, + β-free winner anchor ``sft_weight·e_w``, + MI and
+    no-copy terms on the winner's one-step x̂0 as an image, ``backend.image_estimate``).
+    """
+    r_w, r_l, cond, region = backend.pair_batch(batch)
+    b, device = r_w.shape[0], r_w.device
+    noise = torch.randn(r_w.shape, generator=generator).to(device)  # shared by winner and loser
+    t_cpu = torch.randint(0, backend.scheduler.config.num_train_timesteps, (b,), generator=generator)
+    t = t_cpu.to(device)
+    sched = backend.scheduler
+    x_w, x_l = sched.add_noise(r_w, noise, t), sched.add_noise(r_l, noise, t)
+    y_w = diffusion_target(sched, r_w, noise, t, backend.prediction_type)
+    y_l = diffusion_target(sched, r_l, noise, t, backend.prediction_type)
+    x_in, c_in, t_in = torch.cat([x_w, x_l]), torch.cat([cond, cond]), torch.cat([t, t])
+    q_w, q_l = backend.predict_reference(x_in, c_in, t_in).chunk(2)
+    p_w, p_l = backend.predict(x_in, c_in, t_in).chunk(2)
+    weight = region if lcfg.region == "hole" else None
     e_w, e_l = per_sample_mse(p_w, y_w, weight), per_sample_mse(p_l, y_l, weight)
     re_w, re_l = per_sample_mse(q_w, y_w, weight), per_sample_mse(q_l, y_l, weight)
-    lam = torch.ones(b)
+    lam = torch.ones(b, device=device)
     if lcfg.sdpo:
         lam = sdpo_lambda(mse_output_grad(p_w, y_w, weight), mse_output_grad(p_l, y_l, weight),
                           mu=lcfg.mu)
     out = diffusion_dpo_loss(e_w, scale_grad(e_l, lam), re_w, re_l, beta=lcfg.beta)
     total = out["dpo_loss"] + lcfg.sft_weight * e_w.mean()
     if lcfg.mi_weight > 0 or lcfg.copy_weight > 0:
-        r0_hat = predicted_sample(p_w.float(), x_w, scheduler.alphas_cumprod[t],
-                                  prediction_type=mcfg.prediction_type)
-        coarse = cond[:, 2:3]
-        x0_hat = coarse + r0_hat / mcfg.residual_scale  # before paste-back: the model's own image
-        out.update(mask_mi_loss(x0_hat, batch["image"], batch["hole"]))
-        out.update(no_copy_loss(x0_hat, batch["image"], coarse, batch["hole"]))
+        x0_hat = predicted_sample(p_w.float(), x_w, sched.alphas_cumprod[t_cpu],
+                                  prediction_type=backend.prediction_type)
+        x0_img, image, hole, smooth = backend.image_estimate(x0_hat, cond, batch)
+        out.update(mask_mi_loss(x0_img, image, hole))
+        out.update(no_copy_loss(x0_img, image, smooth, hole))
         total = total + lcfg.mi_weight * out["mi_loss"] + lcfg.copy_weight * out["copy_loss"]
     out.update({"loss": total, "model_w_err": e_w.detach().mean(), "model_l_err": e_l.detach().mean(),
                 "ref_w_err": re_w.mean(), "ref_l_err": re_l.mean(), "sdpo_lambda": lam.mean()})
@@ -221,56 +265,123 @@ def evaluate(generator: NegativeGenerator, scorers, items: list[dict], *, steps:
     }
 
 
-def train_dpo(cfg: DpoConfig, *, scorers=None) -> dict:
-    """Run the DPO stage; returns the summary (also written to ``OUT/summary.json``)."""
+class GeneratorState:
+    """A ``torch.Generator`` as an accelerate checkpointable object (state_dict/load_state_dict),
+    so a resumed run draws the same pairs, noise and timesteps as an uninterrupted one."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def state_dict(self) -> dict:
+        """The generator's RNG state (a uint8 tensor)."""
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the RNG state saved by ``state_dict``."""
+        self.generator.set_state(state["state"])
+
+
+def build_dpo_backend(cfg: DpoConfig, accelerator: Accelerator):
+    """(training backend, reference hash) for ``cfg.model.backend``."""
     from generator.build import DEFAULT_CHECKPOINT
+
+    if cfg.model.backend not in BACKENDS:
+        raise ValueError(f"model.backend must be one of {BACKENDS}, got {cfg.model.backend!r}")
+    if cfg.model.backend == "sd-inpaint":
+        if cfg.model.sd.init_lora:
+            raise ValueError("DPO starts from `reference` (a LoRA dir); leave model.sd.init_lora empty")
+        backend = build_sd_backend(cfg.model, device=accelerator.device, need_reference=True,
+                                   weight_dtype=WEIGHT_DTYPES[cfg.optim.mixed_precision],
+                                   reference_lora=cfg.reference)
+        return backend, lora_hash(backend.base_hash, cfg.reference)
+    ref_path = Path(cfg.reference) if cfg.reference else DEFAULT_CHECKPOINT
+    pixel, ref_hash = load_pixel(ref_path)
+    reference = pixel.unet.eval().requires_grad_(False)
+    policy = copy.deepcopy(reference).train().requires_grad_(True)
+    train_sched = pixel_unet.build_scheduler(pixel.cfg, kind="ddpm")
+    backend = PixelTrainBackend(policy, train_sched, pixel.cfg, reference=reference,
+                                sampler=pixel.scheduler)
+    return backend, ref_hash
+
+
+def train_dpo(cfg: DpoConfig, *, scorers=None, resume: str | None = None,
+              stop_after: int | None = None) -> dict:
+    """Run the DPO stage; returns the summary (also written to ``OUT/summary.json``).
+
+    ``resume``: ``"latest"`` or a checkpoint dir of ``optim.checkpoint_every``; ``stop_after``:
+    end the loop after this step without exporting (what a kill does; tests use it).
+    """
     from generator.scoring import load_scorers
 
     torch.set_num_threads(cfg.optim.num_threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision="no", log_with="tensorboard",
-                              project_dir=str(out), cpu=use_cpu())
+    accelerator = Accelerator(
+        mixed_precision=cfg.optim.mixed_precision, log_with="tensorboard",
+        gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
+        project_config=ProjectConfiguration(project_dir=str(out), automatic_checkpoint_naming=True,
+                                            total_limit=2),
+        cpu=use_cpu(),
+    )
     check_joined(accelerator.num_processes)
     accelerator.init_trackers("dpo")
-    ref_path = Path(cfg.reference) if cfg.reference else DEFAULT_CHECKPOINT
-    backend, ref_hash = load_pixel(ref_path)
-    mcfg = backend.cfg
-    reference = backend.unet.eval().requires_grad_(False)
-    policy = copy.deepcopy(reference).train().requires_grad_(True)
-    train_sched = pixel_unet.build_scheduler(mcfg, kind="ddpm")
+    backend, ref_hash = build_dpo_backend(cfg, accelerator)
     scorers = scorers if scorers is not None else load_scorers()
     data = load_pair_tensors(cfg.pairs, tuple(cfg.pair_kinds))
     val_items = load_val_items(cfg.val, cfg.held_out_domain)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.optim.lr, weight_decay=0.0)
-    policy, opt = accelerator.prepare(policy, opt)
+    params = backend.trainable_parameters()
+    opt = make_optimizer(params, lr=cfg.optim.lr, use_8bit=cfg.optim.use_8bit_adam)
+    backend.model, opt = accelerator.prepare(backend.model, opt)
+    backend.register_checkpoint_hooks(accelerator)
     gen = torch.Generator().manual_seed(cfg.optim.seed)
+    accelerator.register_for_checkpointing(GeneratorState(gen))
     (out / "dpo_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-    log = (out / "log.jsonl").open("w")
+    unwrap = accelerator.unwrap_model
 
     def validate(step: int) -> dict[str, float]:
-        policy.eval()
-        g = NegativeGenerator(PixelBackend(accelerator.unwrap_model(policy), backend.scheduler, mcfg),
-                              checkpoint_hash="dpo")
-        m = evaluate(g, scorers, val_items, steps=cfg.val.steps, seed=cfg.val.seed)
-        policy.train()
+        backend.model.eval()
+        g = NegativeGenerator(backend.inference_backend(unwrap), checkpoint_hash="dpo")
+        with accelerator.autocast():  # a bf16 base UNet/VAE needs autocast outside the loss too
+            m = evaluate(g, scorers, val_items, steps=cfg.val.steps, seed=cfg.val.seed)
+        backend.model.train()
         log.write(json.dumps({"step": step, **{f"val/{k}": v for k, v in m.items()}}) + "\n")
         accelerator.log({f"val/{k}": v for k, v in m.items()}, step=step)
         return m
 
-    ref_val = validate(0)
-    best = {"step": 0, "val": ref_val}
+    def extra(step: int, **more) -> dict:
+        return {"dpo": to_dict(cfg), "reference": ref_hash, "step": step, **more}
+
+    first = 1
+    if resume:
+        ckpt = _resolve_checkpoint(out, resume)
+        accelerator.load_state(str(ckpt))
+        state = json.loads((ckpt / "dpo_state.json").read_text())
+        first, ref_val, best = state["step"] + 1, state["reference_val"], state["best"]
+        accelerator.project_configuration.iteration = int(ckpt.name.split("_")[-1]) + 1
+        _truncate_log(out / "log.jsonl", state["step"])
+        log = (out / "log.jsonl").open("a")
+    else:
+        log = (out / "log.jsonl").open("w")
+        ref_val = validate(0)
+        best = {"step": 0, "val": ref_val}
     t0 = time.time()
-    for step in range(1, cfg.optim.steps + 1):
+    step = first - 1
+    for step in range(first, cfg.optim.steps + 1):
         pool = curriculum_pool(data["difficulty"], step - 1, cfg.curriculum)
-        idx = pool[torch.randint(0, pool.numel(), (cfg.optim.batch_size,), generator=gen)]
-        batch = {k: v[idx] for k, v in data.items() if k != "difficulty"}
-        parts = dpo_step_losses(policy, reference, train_sched, batch, mcfg, cfg.loss, gen)
-        accelerator.backward(parts["loss"])
-        accelerator.clip_grad_norm_(policy.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        scalars = {k: float(v.detach()) for k, v in parts.items()}
+        acc_parts: list[dict[str, float]] = []
+        for _ in range(cfg.optim.gradient_accumulation_steps):
+            idx = pool[torch.randint(0, pool.numel(), (cfg.optim.batch_size,), generator=gen)]
+            batch = {k: v[idx] for k, v in data.items() if k != "difficulty"}
+            with accelerator.accumulate(backend.model):
+                with accelerator.autocast():
+                    parts = preference_step_losses(backend, batch, cfg.loss, gen)
+                accelerator.backward(parts["loss"])
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, cfg.optim.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            acc_parts.append({k: float(v.detach()) for k, v in parts.items()})
+        scalars = {k: float(np.mean([a[k] for a in acc_parts])) for k in acc_parts[0]}
         scalars["pool"] = int(pool.numel())
         log.write(json.dumps({"step": step, **scalars}) + "\n")
         accelerator.log(scalars, step=step)
@@ -281,12 +392,23 @@ def train_dpo(cfg: DpoConfig, *, scorers=None) -> dict:
             ok = m["psnr"] >= ref_val["psnr"] - cfg.val.psnr_tolerance_db
             if ok and m["ranking_score"] > best["val"]["ranking_score"]:
                 best = {"step": step, "val": m}
-                save_pixel_checkpoint(out / "best", accelerator.unwrap_model(policy), mcfg,
-                                      extra={"dpo": to_dict(cfg), "reference": ref_hash,
-                                             "step": step, "val": m})
+                if accelerator.is_main_process:
+                    shutil.rmtree(out / "best", ignore_errors=True)
+                    backend.save(out / "best", extra(step, val=m), unwrap=unwrap)
+        if cfg.optim.checkpoint_every > 0 and step % cfg.optim.checkpoint_every == 0:
+            log.flush()
+            accelerator.wait_for_everyone()
+            path = Path(accelerator.save_state())
+            if accelerator.is_main_process:
+                (path / "dpo_state.json").write_text(json.dumps(
+                    {"step": step, "reference_val": ref_val, "best": best}) + "\n")
+        if stop_after is not None and step >= stop_after:
+            log.close()
+            accelerator.end_training()
+            return {"stopped_at": step}
     log.close()
-    save_pixel_checkpoint(out / "final", accelerator.unwrap_model(policy), mcfg,
-                          extra={"dpo": to_dict(cfg), "reference": ref_hash, "step": step})
+    if accelerator.is_main_process:
+        backend.save(out / "final", extra(step), unwrap=unwrap)
     tail = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     tail = [r for r in tail if "model_w_err" in r][-10:]
     summary = {"reference_val": ref_val, "best_step": best["step"], "best_val": best["val"],
@@ -300,9 +422,28 @@ def train_dpo(cfg: DpoConfig, *, scorers=None) -> dict:
     return summary
 
 
+def _resolve_checkpoint(out: Path, resume: str) -> Path:
+    """``resume`` itself, or with ``"latest"`` the newest ``OUT/checkpoints/checkpoint_N``."""
+    if resume != "latest":
+        return Path(resume)
+    ckpts = sorted((out / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1]))
+    if not ckpts:
+        raise ValueError(f"--resume latest: no checkpoints under {out / 'checkpoints'}")
+    return ckpts[-1]
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines of steps after ``step`` (written after the checkpoint, before the stop)."""
+    if not path.is_file():
+        return
+    keep = [x for x in path.read_text().splitlines() if json.loads(x)["step"] <= step]
+    path.write_text("".join(x + "\n" for x in keep))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Generator DPO stage")
     p.add_argument("--config", type=Path, default=None, help="YAML file for DpoConfig")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     return p.parse_args(argv)
 
@@ -313,7 +454,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
     if not isinstance(args, argparse.Namespace):
         args = parse_args(args)
     cfg = load_config(DpoConfig, args.config, list(args.overrides or []))
-    summary = train_dpo(cfg)
+    summary = train_dpo(cfg, resume=getattr(args, "resume", None))
     print(json.dumps(summary, indent=2))
     return summary
 

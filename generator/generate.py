@@ -1,6 +1,6 @@
 """Batch generation of negatives for a dataset, sharded over processes and resumable.
 
-``accelerate launch generator/generate.py --data DIR --out OUT [--generator CKPT] ...``
+``accelerate launch generator/generate.py --data DIR --out OUT [--generator CKPT [--lora DIR]] ...``
 
 ``--data`` is a lesion-injection benchmark (``manifest.jsonl``; tumor items only, GT negatives
 scored) or a MedCLIP-SAMv2 folder (``DIR/<task>/<split>_images|<split>_masks``). Process ``r`` of
@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--generator", default=None, help="checkpoint dir or hub id (default: embedded)")
+    p.add_argument("--lora", default=None,
+                   help="diffusers LoRA dir on top of an sd-inpaint --generator (its hash joins the ids)")
     p.add_argument("--scorers", default="embedded", help="scorer dir, 'embedded', or 'none'")
     p.add_argument("--split", default=None, help="only this split (default: all)")
     p.add_argument("--domains", nargs="*", default=None, help="only these domains/tasks")
@@ -99,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="projection radiographs: keep the input's high-pass (σ px) in the hole")
     p.add_argument("--limit", type=int, default=0, help="stop after this many items (0 = all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--device", default="cpu",
+                   help="torch device; 'auto' = this process's accelerate device (cuda:N per rank)")
     return p.parse_args(argv)
 
 
@@ -177,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         items = items[: args.limit]
     mine = items[state.process_index :: state.num_processes]
     todo = [it for it in mine if not (out / "records" / f"{it.id}.json").is_file()]
-    generator = load_generator(args.generator)
+    device = str(state.device) if args.device == "auto" else args.device
+    generator = load_generator(args.generator, lora=args.lora, device=device)
     scorers = None
     if args.scorers == "embedded" and not (SCORERS_DIR / "lesion.safetensors").is_file():
         print(f"warning: no embedded scorers in {SCORERS_DIR}; negatives are not ranked",

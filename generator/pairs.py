@@ -48,6 +48,7 @@ class PairsConfig:
     positive_loser: bool = True  # also emit (best sample ≻ untouched positive) pairs
     checkpoint: str = ""  # generator checkpoint dir; "" = the embedded default
     scorers: str = ""  # scorers dir; "" = the embedded default
+    device: str = "cpu"  # torch device the generator samples on ("cuda" on a GPU host)
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     cfg = load_config(PairsConfig, args.config, args.overrides)
     torch.set_num_threads(1)
-    gen = load_generator(cfg.checkpoint or None)
+    gen = load_generator(cfg.checkpoint or None, device=cfg.device)
     scorers = load_scorers(cfg.scorers or None)
     print(build_pairs(cfg, gen, scorers))
 

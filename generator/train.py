@@ -1,9 +1,14 @@
 """Train the generator: ``accelerate launch generator/train.py --config FILE --stage reference``.
 
 Stages (a registry; ``--stage dpo`` dispatches to ``generator.dpo.main`` with its own config):
-- ``reference``: the pixel UNet learns to fill holes with healthy tissue (``generator.data``),
-  region-weighted diffusion loss (``generator.losses.reference_loss``), EMA weights exported with
-  ``save_pretrained`` at the end. accelerate ``save_state`` checkpoints every
+- ``reference``: the model learns to fill holes with healthy tissue (``generator.data``),
+  region-weighted diffusion loss (``generator.losses.reference_loss``). One loop, two backends
+  (``model.backend``, adapters in ``generator.backends``): ``pixel`` (the embedded UNet2DModel,
+  EMA weights exported with ``save_pretrained``) and ``sd-inpaint`` (the 9-channel SD inpainting
+  UNet in latent space, LoRA via peft or full fine-tuning, exported as a diffusers LoRA dir or a
+  pipeline). accelerate mixed precision (``optim.mixed_precision``), gradient accumulation,
+  gradient checkpointing (``model.sd.gradient_checkpointing``), optional 8-bit AdamW
+  (``optim.use_8bit_adam``, needs bitsandbytes), TensorBoard; ``save_state`` checkpoints every
   ``optim.checkpoint_every`` steps; ``--resume latest`` continues from the newest one.
 """
 
@@ -27,9 +32,18 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.training_utils import EMAModel
 
-from generator.build import save_pixel_checkpoint
+from generator.backends import (
+    BACKENDS,
+    WEIGHT_DTYPES,
+    GeneratorModelConfig,
+    PixelTrainBackend,
+    build_sd_backend,
+    crop_around_holes,  # noqa: F401 (re-exported: it lived here)
+    make_optimizer,
+    pixel_config,
+    reference_step_loss,
+)
 from generator.data import DataConfig, ReferenceDataset, RegionWeights, aux_records, load_records
-from generator.losses import reference_loss
 from generator.modeling import pixel_unet
 from shared.config import load_config, to_dict
 from shared.launch import check_joined, use_cpu
@@ -46,8 +60,10 @@ class OptimConfig:
     max_minutes: float = 0.0  # wall-clock budget; stop and export when reached (0 = no limit)
     weight_decay: float = 0.0  # AdamW; diffusion UNets usually train without it
     grad_clip: float = 1.0  # max global grad norm
-    ema_decay: float = 0.999  # EMA of weights; the exported model is the EMA
-    mixed_precision: str = "no"  # "no" | "bf16" (bf16 autocast was 14× slower on this CPU)
+    ema_decay: float = 0.999  # EMA of the trained weights; the exported model is the EMA (0 = off)
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (bf16 autocast was 14× slower on this CPU)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimiser step (accelerate accumulate)
+    use_8bit_adam: bool = False  # bitsandbytes AdamW8bit (GPU; an error if bitsandbytes is absent)
     seed: int = 0  # seeds init, data draws and noise
     num_threads: int = 1  # torch intra-op threads per process (the CPUs are shared)
     crop: int = 0  # train on crop² windows around the hole (0 = full image); needs a conv-only UNet
@@ -59,7 +75,8 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     output_dir: str = "runs/generator/reference"  # checkpoints, logs, final/ export
-    model: pixel_unet.PixelUNetConfig = field(default_factory=pixel_unet.PixelUNetConfig)
+    # backend ("pixel" | "sd-inpaint"), the pixel UNet's fields and the sd-inpaint section
+    model: GeneratorModelConfig = field(default_factory=GeneratorModelConfig)
     data: DataConfig = field(default_factory=DataConfig)  # benchmark root, held-out domain
     weights: RegionWeights = field(default_factory=RegionWeights)  # hole/context/tumor loss weights
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -90,48 +107,29 @@ def lr_lambda(cfg: OptimConfig) -> Callable[[int], float]:
     return f
 
 
-def crop_around_holes(
-    tensors: list[torch.Tensor], hole: torch.Tensor, size: int
-) -> list[torch.Tensor]:
-    """Crop every (B, C, H, W) tensor to size² windows centred (jittered) on each row's hole.
-
-    Training on crops is 4× cheaper at 32² of 64²; the UNet is convolutional (no attention in the
-    embedded config), so it runs on full images at inference. Conditioning is computed on the
-    full image before cropping, so the coarse-fill channel is the same as at inference.
-    """
-    b, _, h, w = hole.shape
-    if size <= 0 or size >= min(h, w):
-        return tensors
-    out = [[] for _ in tensors]
-    for i in range(b):
-        ys, xs = torch.nonzero(hole[i, 0] > 0, as_tuple=True)
-        cy, cx = (int(ys.float().mean()), int(xs.float().mean())) if ys.numel() else (h // 2, w // 2)
-        jitter = torch.randint(-size // 4, size // 4 + 1, (2,))
-        y0 = min(max(cy + int(jitter[0]) - size // 2, 0), h - size)
-        x0 = min(max(cx + int(jitter[1]) - size // 2, 0), w - size)
-        for j, t in enumerate(tensors):
-            out[j].append(t[i : i + 1, :, y0 : y0 + size, x0 : x0 + size])
-    return [torch.cat(parts) for parts in out]
-
-
 def training_loss(
     unet, scheduler, batch: dict, cfg: pixel_unet.PixelUNetConfig, *, crop: int = 0
 ) -> torch.Tensor:
-    """One reference-model loss on a batch: noise the residual, predict the scheduler's target."""
-    cond = pixel_unet.condition(batch["image"], batch["hole"], cfg, batch.get("visible"))
-    r0 = pixel_unet.residual_target(batch["target"], cond, cfg)
-    cond, r0, weight = crop_around_holes([cond, r0, batch["weight"]], cond[:, 1:2], crop)
-    noise = torch.randn_like(r0)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (r0.shape[0],), device=r0.device)
-    x_t = scheduler.add_noise(r0, noise, t)
-    if cfg.prediction_type == "epsilon":
-        target = noise
-    elif cfg.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(r0, noise, t)
-    else:
-        target = r0
-    pred = unet(pixel_unet.model_input(x_t, cond), t).sample
-    return reference_loss(pred, target, weight)
+    """One pixel reference-model loss on a batch: noise the residual, predict the scheduler's
+    target (``generator.backends.reference_step_loss`` with the pixel backend)."""
+    return reference_step_loss(PixelTrainBackend(unet, scheduler, cfg, crop=crop), batch)
+
+
+def build_backend(cfg: TrainConfig, accelerator: Accelerator):
+    """The training backend of ``cfg.model.backend`` (``generator.backends``)."""
+    if cfg.model.backend not in BACKENDS:
+        raise ValueError(f"model.backend must be one of {BACKENDS}, got {cfg.model.backend!r}")
+    if cfg.model.backend == "sd-inpaint":
+        if cfg.init_from:
+            raise ValueError("init_from is for pixel checkpoints; use model.sd.init_lora")
+        return build_sd_backend(cfg.model, device=accelerator.device,
+                                weight_dtype=WEIGHT_DTYPES[cfg.optim.mixed_precision])
+    mcfg = pixel_config(cfg.model)
+    unet = pixel_unet.build_unet(mcfg)
+    if cfg.init_from:
+        unet = _init_from(unet, Path(cfg.init_from), mcfg)
+    scheduler = pixel_unet.build_scheduler(mcfg, kind="ddpm")
+    return PixelTrainBackend(unet, scheduler, mcfg, crop=cfg.optim.crop)
 
 
 def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
@@ -139,6 +137,7 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
     out = Path(cfg.output_dir)
     accelerator = Accelerator(
         mixed_precision=cfg.optim.mixed_precision,
+        gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
         log_with="tensorboard",
         project_config=ProjectConfiguration(
             project_dir=str(out), logging_dir=str(out / "logs"), automatic_checkpoint_naming=True,
@@ -163,16 +162,17 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
         dataset, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
         num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_reseed_worker,
     )
-    unet = pixel_unet.build_unet(cfg.model)
-    if cfg.init_from:
-        unet = _init_from(unet, Path(cfg.init_from), cfg.model)
-    scheduler = pixel_unet.build_scheduler(cfg.model, kind="ddpm")
-    ema = EMAModel(unet.parameters(), decay=cfg.optim.ema_decay)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    backend = build_backend(cfg, accelerator)
+    params = backend.trainable_parameters()
+    ema = EMAModel(params, decay=cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+    opt = make_optimizer(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                         use_8bit=cfg.optim.use_8bit_adam)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.optim))
-    unet, opt, loader, sched = accelerator.prepare(unet, opt, loader, sched)
-    ema.to(accelerator.device)  # the shadow weights live beside the model (GPU runs)
-    accelerator.register_for_checkpointing(ema)
+    backend.model, opt, loader, sched = accelerator.prepare(backend.model, opt, loader, sched)
+    backend.register_checkpoint_hooks(accelerator)
+    if ema is not None:
+        ema.to(accelerator.device)  # the shadow weights live beside the model (GPU runs)
+        accelerator.register_for_checkpointing(ema)
     step = 0
     if args.resume:
         ckpt = _resolve_checkpoint(out, args.resume)
@@ -188,15 +188,19 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
     t0, running, out_of_time = time.time(), 0.0, False
     while step < cfg.optim.steps:
         for batch in loader:
-            with accelerator.autocast():
-                loss = training_loss(unet, scheduler, batch, cfg.model, crop=cfg.optim.crop)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(unet.parameters(), cfg.optim.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            ema.step(accelerator.unwrap_model(unet).parameters())
+            with accelerator.accumulate(backend.model):
+                with accelerator.autocast():
+                    loss = reference_step_loss(backend, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, cfg.optim.grad_clip)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:  # a micro-batch of an accumulation window
+                continue
+            if ema is not None:
+                ema.step(params)
             step += 1
             running += loss.item()
             bar.update(1)
@@ -217,11 +221,11 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        final = accelerator.unwrap_model(unet)
-        ema.copy_to(final.parameters())
+        if ema is not None:
+            ema.copy_to(params)
         extra = {"train": to_dict(cfg), "train_seconds": round(time.time() - t0, 1),
                  "steps": step, "command": " ".join(sys.argv)}
-        save_pixel_checkpoint(out / "final", final, cfg.model, extra=extra)
+        backend.save(out / "final", extra, unwrap=accelerator.unwrap_model)
     accelerator.end_training()
 
 
@@ -291,7 +295,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         from generator.dpo import main as dpo_main
 
         return dpo_main(
-            (["--config", str(args.config)] if args.config else []) + list(args.overrides)
+            (["--config", str(args.config)] if args.config else [])
+            + (["--resume", str(args.resume)] if args.resume else []) + list(args.overrides)
         )
     cfg = load_config(TrainConfig, args.config, args.overrides)
     STAGES[args.stage](cfg, args)
