@@ -132,5 +132,10 @@ def test_in_domain_protocol_with_an_also_evaluated_domain(tiny_bench, tmp_path):
     assert {r["variant"] for r in also["chest_xray"]} >= {"none", "control", "centre box"}
     with pytest.raises(ConfigError, match="splits=\\[test\\]"):
         load_ablation_config({"protocol": "in_domain", "domain": "breast_us"})
+    for leaky in (["train"], ["val", "test"]):  # the fine-tuning split, or two splits at once
+        with pytest.raises(ConfigError, match="one unseen split"):
+            load_ablation_config({"protocol": "in_domain", "domain": "breast_us", "splits": leaky})
+    assert load_ablation_config({"protocol": "in_domain", "domain": "breast_us",
+                                 "splits": ["val"]}).splits == ("val",)  # choosing a recipe
     with pytest.raises(ConfigError, match="repeats"):
         load_ablation_config({"domain": "breast_us", "also_domains": ["breast_us"]})
