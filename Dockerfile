@@ -31,6 +31,7 @@ COPY generator ./generator
 COPY api ./api
 COPY finetune ./finetune
 COPY configs ./configs
+COPY scripts/train_then_serve.sh ./scripts/
 RUN pip install --no-deps .
 
 # Service defaults for a container; docker-compose.yml overrides per service.

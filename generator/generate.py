@@ -5,7 +5,8 @@
 ``--data`` is a lesion-injection benchmark (``manifest.jsonl``; tumor items only, GT negatives
 scored) or a MedCLIP-SAMv2 folder (``DIR/<task>/<split>_images|<split>_masks``). Process ``r`` of
 ``n`` takes items ``r, r+n, …`` of the sorted list; every item is generated one image at a time
-(results never depend on the sharding). Writes
+(results never depend on the sharding). The protocol (``Shard``, ``run_shard``, ``finish``) is
+shared with ``generator/pairs.py``, which shards DPO pair generation the same way. Writes
 - ``OUT/negatives/<id>_s<seed>.png`` (8-bit), one per sample;
 - ``OUT/records/<id>.json`` per finished item (written last, atomically: its presence means done,
   so a rerun skips it);
@@ -20,8 +21,10 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if __package__ in (None, ""):  # `accelerate launch generator/generate.py` runs this as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,9 +38,114 @@ from shared.datasets import DatasetError, DpoRow, list_pairs, list_tasks, write_
 from shared.io import read_image, read_mask, write_png
 from shared.launch import check_joined, use_cpu
 from shared.negatives_client import negative_params
+from shared.progress import progress
 from shared.provenance import content_key, sha256_bytes
 
+if TYPE_CHECKING:
+    from accelerate import PartialState
+
 DEFAULT_CAPTION_NEG = "A medical image showing healthy tissue with no signs of pathology."
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The slice of a sorted work list one worker does: items ``index, index + count, …``.
+
+    Items are assigned by position alone, so each is done by exactly one worker, and a worker must
+    derive everything about an item (seeds included) from the item and its position in the *whole*
+    list: then the results do not depend on ``count``.
+    """
+
+    index: int = 0  # this worker, 0 <= index < count
+    count: int = 1  # workers sharing the list (accelerate processes, or --num-shards)
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index} of {self.count}: need 0 <= index < count")
+
+    @classmethod
+    def of(cls, state: PartialState) -> Shard:
+        """This process's shard in an accelerate ``PartialState`` (rank of world size)."""
+        return cls(state.process_index, state.num_processes)
+
+    def take(self, items: Sequence[T]) -> list[tuple[int, T]]:
+        """``(position in items, item)`` for this worker's items."""
+        return list(enumerate(items))[self.index :: self.count]
+
+
+def join_launch() -> PartialState:
+    """This process's accelerate ``PartialState``, joined with every process ``accelerate launch``
+    started (gloo on a CPU machine); a plain ``python`` run is one process of one."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=use_cpu())
+    check_joined(state.num_processes)
+    return state
+
+
+def resolve_device(device: str, state: PartialState) -> str:
+    """``device`` as given, or for ``"auto"`` this process's accelerate device (``cuda:r`` under
+    ``accelerate launch``). The CPU is always ``"cpu"``: accelerate calls it ``cpu:0`` in a gloo
+    group, and a generator placed on ``cpu:0`` gave scores that differ from ``cpu`` in the 7th
+    digit, which would make a sharded run differ from a one-process run."""
+    if device != "auto":
+        return device
+    return "cpu" if state.device.type == "cpu" else str(state.device)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a per-process temporary file and ``os.replace``: a reader
+    (or a concurrent writer of the same content) never sees a partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_shard(
+    items: Sequence[T],
+    shard: Shard,
+    work: Callable[[int, T], dict[str, Any]],
+    *,
+    records: Path,
+    name: Callable[[T], str],
+    current: Callable[[dict[str, Any]], bool] | None = None,
+    desc: str = "items",
+    show: bool = True,
+) -> int:
+    """Do ``shard``'s part of ``items``, one record per item; returns how many were (re)done.
+
+    For each ``(i, item)`` of ``shard.take(items)``: unless ``records/<name(item)>.json`` exists
+    (and, given ``current``, ``current(record)`` holds: a record of another configuration is
+    redone), ``work(i, item)`` runs and its JSON-able record is written atomically, last, so its
+    presence means the item is finished and a rerun resumes where a killed one stopped.
+    """
+    records.mkdir(parents=True, exist_ok=True)
+    mine = shard.take(items)
+
+    def done(item: T) -> bool:
+        path = records / f"{name(item)}.json"
+        if not path.is_file():
+            return False
+        return current is None or current(json.loads(path.read_text()))
+
+    todo = [(i, it) for i, it in mine if not done(it)]
+    for i, it in progress(todo, disable=not show, desc=desc, every=20):
+        record = work(i, it)
+        write_text_atomic(records / f"{name(it)}.json", json.dumps(record, sort_keys=True) + "\n")
+    print(f"rank {shard.index}/{shard.count}: {len(todo)} generated, {len(mine) - len(todo)} "
+          "skipped", flush=True)
+    return len(todo)
+
+
+def finish(state: PartialState, finalize: Callable[[], object]) -> None:
+    """Wait for every process, run ``finalize`` (the merge of the records) on the main one only,
+    then wait again so that no process exits before the merged files exist."""
+    state.wait_for_everyone()
+    if state.is_main_process:
+        finalize()
+    state.wait_for_everyone()
 
 
 @dataclass(frozen=True)
@@ -106,12 +214,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def process_item(item: Item, args, generator, scorers, out: Path) -> dict:
     image, mask = read_image(item.image), read_mask(item.mask)
     region = dilate(mask, args.dilation_px)
@@ -166,39 +268,32 @@ def finalize(items: list[Item], data: Path, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from accelerate import PartialState
-
     from generator.build import load_generator
-    from shared.progress import progress
 
-    state = PartialState(cpu=use_cpu())
-    check_joined(state.num_processes)
+    state = join_launch()
     out: Path = args.out
     (out / "negatives").mkdir(parents=True, exist_ok=True)
-    (out / "records").mkdir(parents=True, exist_ok=True)
     items = list_items(args.data, split=args.split, domains=args.domains)
     if args.limit:
         items = items[: args.limit]
-    mine = items[state.process_index :: state.num_processes]
-    todo = [it for it in mine if not (out / "records" / f"{it.id}.json").is_file()]
-    device = str(state.device) if args.device == "auto" else args.device
-    generator = load_generator(args.generator, lora=args.lora, device=device)
+    generator = load_generator(args.generator, lora=args.lora,
+                               device=resolve_device(args.device, state))
     scorers = None
     if args.scorers == "embedded" and not (SCORERS_DIR / "lesion.safetensors").is_file():
         print(f"warning: no embedded scorers in {SCORERS_DIR}; negatives are not ranked",
               file=sys.stderr)
     elif args.scorers != "none":
         scorers = load_scorers(None if args.scorers == "embedded" else args.scorers)
-    for it in progress(todo, disable=not state.is_local_main_process, desc="negatives", every=20):
-        record = process_item(it, args, generator, scorers, out)
-        _write_json_atomic(out / "records" / f"{it.id}.json", record)
-    print(f"rank {state.process_index}/{state.num_processes}: {len(todo)} generated, "
-          f"{len(mine) - len(todo)} skipped", flush=True)
-    state.wait_for_everyone()
-    if state.is_main_process:
+    run_shard(items, Shard.of(state),
+              lambda _i, it: process_item(it, args, generator, scorers, out),
+              records=out / "records", name=lambda it: it.id, desc="negatives",
+              show=state.is_local_main_process)
+
+    def merge() -> None:
         finalize(items, args.data, out)
         print(f"{len(items)} items in {out / 'manifest.jsonl'}")
-    state.wait_for_everyone()
+
+    finish(state, merge)
     return 0
 
 

@@ -4,6 +4,8 @@ and run by scripts/check_docker.sh, which needs a Docker engine)."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import re
 from pathlib import Path
 
@@ -139,3 +141,108 @@ def test_uvicorn_import_string_builds_the_app(monkeypatch, tmp_path):
     monkeypatch.setenv("NEG_API_MAX_BATCH", "5")
     app = import_from_string("api.main:app")
     assert isinstance(app, FastAPI) and app.state.settings.max_batch == 5
+
+
+TRAIN_SCRIPT = "scripts/train_then_serve.sh"
+
+
+def _dry_run(root: Path, **env: str) -> list[list[str]]:
+    """The commands ``scripts/train_then_serve.sh`` would run (``DRY_RUN=1``), each split into
+    words, with ``root`` as its repository root (the script looks at ``root``'s data/ and runs/)."""
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    (root / "scripts").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ROOT / TRAIN_SCRIPT, root / TRAIN_SCRIPT)
+    env = {"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "NUM_GPUS": "2", "PY": sys.executable, **env}
+    proc = subprocess.run(["bash", str(root / TRAIN_SCRIPT)], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [shlex.split(line[2:]) for line in proc.stdout.splitlines() if line.startswith("+ ")]
+
+
+def _launched(command: list[str]):
+    """(parsed accelerate launch options, script, script arguments) of ``-m
+    accelerate.commands.launch ...`` (parsing checks that every option exists)."""
+    from accelerate.commands.launch import launch_command_parser
+
+    i = command.index("accelerate.commands.launch")
+    script = next(j for j in range(i + 1, len(command)) if command[j].endswith(".py"))
+    options = launch_command_parser().parse_args([*command[i + 1 : script], command[script]])
+    return options, command[script], command[script + 1 :]
+
+
+def test_generator_train_profile_runs_the_committed_script_on_a_gpu():
+    svc = COMPOSE["services"]["generator-train"]
+    assert svc["profiles"] == ["generator-train"] and _gpu_reserved(svc)
+    assert svc["command"] == [TRAIN_SCRIPT]
+    script = ROOT / TRAIN_SCRIPT
+    assert script.is_file() and os.access(script, os.X_OK), f"{script} missing or not executable"
+    copied = [src for line in re.findall(r"^COPY (.+)$", DOCKERFILE, re.M)
+              for src in line.split()[:-1]]
+    assert any(TRAIN_SCRIPT.startswith(src.rstrip("/")) for src in copied), "not in the image"
+    env = _service_env("generator-train")
+    fields = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()}
+    assert set(fields) <= set(Settings.model_fields) and "generator_lora" in Settings.model_fields
+    settings = Settings(**fields)
+    assert settings.host == "0.0.0.0" and settings.port == 8000 and settings.device == "cuda"
+    mounts = {v.split(":")[1] for v in svc["volumes"]}
+    assert {"/app/models", "/app/data", "/app/runs", env["NEG_API_STORE_DIR"]} <= mounts
+    assert "/readyz" in " ".join(svc["healthcheck"]["test"])
+    assert "docker compose --profile generator-train up" in (ROOT / "README.md").read_text()
+
+
+def test_generator_train_script_runs_reference_pairs_dpo_then_serves(tmp_path):
+    """Dry run of the script on a fresh root: the three README commands in order, each a valid
+    ``accelerate launch`` of an entry point whose arguments parse and whose config loads; the
+    configs chain (reference output → pairs → DPO) and the service serves the same base."""
+    from generator import pairs, train
+    from generator.dpo import DpoConfig
+    from shared.config import load_config
+
+    commands = _dry_run(tmp_path)
+    assert commands[0][1:3] == ["-m", "shared.benchmark"]  # data/bench512 is missing here
+    launched = [_launched(c) for c in commands[1:4]]
+    assert [script for _, script, _ in launched] == [
+        "generator/train.py", "generator/pairs.py", "generator/train.py"]
+    ref_args, dpo_args = train.parse_args(launched[0][2]), train.parse_args(launched[2][2])
+    _, pairs_args = pairs.parse_args(launched[1][2])
+    assert (ref_args.stage, dpo_args.stage) == ("reference", "dpo")
+    assert str(ref_args.config) == "configs/gpu/sd_inpaint_lora_reference.yaml"
+    assert str(dpo_args.config) == "configs/gpu/sd_inpaint_lora_dpo.yaml"
+    assert ref_args.resume is None and dpo_args.resume is None  # nothing to resume yet
+    ref = load_config(train.TrainConfig, ROOT / ref_args.config, ref_args.overrides)
+    prs = load_config(pairs.PairsConfig, ROOT / pairs_args.config, pairs_args.overrides)
+    dpo = load_config(DpoConfig, ROOT / dpo_args.config, dpo_args.overrides)
+    assert ref.model.backend == dpo.model.backend == "sd-inpaint"
+    assert f"{ref.output_dir}/final" == prs.checkpoint == dpo.reference
+    assert prs.out == dpo.pairs and prs.held_out_domain == dpo.held_out_domain
+    assert prs.root == ref.data.root == dpo.val.root == "data/bench512"
+    pairs_launch = launched[1][0]  # one process per GPU (NUM_GPUS=2 here), each on its own
+    assert pairs_launch.multi_gpu and pairs_launch.num_processes == 2 and prs.device == "auto"
+    for options, _, _ in (launched[0], launched[2]):  # the training configs are one-GPU recipes
+        assert options.num_processes == 1 and not options.multi_gpu
+    serve = commands[4]
+    assert serve[-2:] == ["-m", "api"] and serve[:2] == ["exec", "env"] and len(commands) == 5
+    served = dict(a.split("=", 1) for a in serve if a.startswith(ENV_PREFIX))
+    assert served["NEG_API_GENERATOR"] == ref.model.sd.pretrained == dpo.model.sd.pretrained
+    assert _service_env("generator-train")["NEG_API_GENERATOR"] == ref.model.sd.pretrained
+
+    # a restart: the benchmark and the reference exist, DPO was killed after a checkpoint
+    (tmp_path / "data/bench512").mkdir(parents=True)
+    (tmp_path / "data/bench512/manifest.jsonl").touch()
+    (tmp_path / ref.output_dir / "final").mkdir(parents=True)
+    (tmp_path / dpo.output_dir / "checkpoints/checkpoint_3").mkdir(parents=True)
+    commands = _dry_run(tmp_path)
+    assert [_launched(c)[1] for c in commands[:2]] == ["generator/pairs.py", "generator/train.py"]
+    assert train.parse_args(_launched(commands[1])[2]).resume == "latest"
+    # DPO finished: serve its best checkpoint, or the reference LoRA when it did not beat it
+    summary = tmp_path / dpo.output_dir / "summary.json"
+    for best, expected in ((None, f"{ref.output_dir}/final"), ("runs/gpu/sd_dpo/best", None)):
+        summary.write_text(json.dumps({"best_checkpoint": best}))
+        commands = _dry_run(tmp_path)
+        assert [_launched(c)[1] for c in commands[:-1]] == ["generator/pairs.py"]
+        served = dict(a.split("=", 1) for a in commands[-1] if a.startswith(ENV_PREFIX))
+        assert served["NEG_API_GENERATOR_LORA"] == (expected or best)
