@@ -84,9 +84,11 @@ def ablation_config(cfg: DemoConfig, out: Path):
     from finetune.ablation import load_ablation_config
     from generator.build import DEFAULT_CHECKPOINT, hash_directory
 
-    # Trained models are reused by path: keying the folder by the generator checkpoint makes a
-    # new generator (new negatives) retrain instead of silently reusing old results.
-    ablation_dir = out / f"ablation-gen{hash_directory(DEFAULT_CHECKPOINT)[:10]}"
+    # Trained models are reused by path: keying the folder by the generator checkpoint and the
+    # fine-tuning recipes (configs/embedded) makes new negatives or a new recipe retrain instead
+    # of reusing old results (the ablation refuses a stale recipe in its folder).
+    ablation_dir = out / (f"ablation-gen{hash_directory(DEFAULT_CHECKPOINT)[:10]}"
+                          f"-cfg{hash_directory(REPO / 'configs' / 'embedded')[:6]}")
     return load_ablation_config(REPO / "configs" / "ablation" / "small.yaml", [
         f"bench={REPO / cfg.bench}", f"output_dir={ablation_dir}", f"steps={cfg.steps}",
         f"domain={cfg.domain}",

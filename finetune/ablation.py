@@ -168,6 +168,37 @@ def train_variant(cfg: AblationConfig, variant: str, seed: int) -> str:
     return f"local-dir:{out / EXPORT}"
 
 
+def _check_trained_configs(cfg: AblationConfig) -> None:
+    """Refuse to reuse a trained variant (its export and results) whose recorded training config
+    differs from what its config file + overrides give now (e.g. configs/embedded/*.yaml edited
+    since): results would silently belong to the old recipe."""
+    for variant in cfg.variants:
+        if VARIANTS[variant] is None:
+            continue
+        for seed in cfg.seeds:
+            config_path, overrides, out = variant_run(cfg, variant, seed)
+            saved = out / "config.json"
+            if not saved.is_file():
+                continue
+            old = json.loads(saved.read_text())
+            new = json.loads(json.dumps(to_dict(load_train_config(config_path, overrides))))
+            diff = sorted(_diff_keys(old, new))
+            if diff:
+                raise ConfigError(f"{out} was trained with another config (differs in {diff[:6]}); "
+                                  "use another output_dir")
+
+
+def _diff_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in set(old) | set(new):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _diff_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
 def _load_results(folder: Path, cfg: AblationConfig) -> dict[str, dict[int, dict]]:
     out: dict[str, dict[int, dict]] = {}
     for variant in cfg.variants:
@@ -257,6 +288,7 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_setup(cfg, out / "ablation_config.json")
+    _check_trained_configs(cfg)
     timings_path = out / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     segmenter = cached_segmenter(cfg.segmenter_checkpoint, cfg.embedding_cache_dir)

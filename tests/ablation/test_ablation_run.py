@@ -95,6 +95,12 @@ def test_tiny_end_to_end(tiny_bench, tmp_path, monkeypatch):
     # a rerun finds every result done and only re-renders
     assert run_ablation(cfg) == report
     assert segmenters[1].model.image_encoder.calls == 0  # nothing recomputed
+    # the variant's training recipe changed since (e.g. configs/embedded/control.yaml edited):
+    # its export and results are not silently reused
+    monkeypatch.setitem(ablation.VARIANTS, "control", ("control.yaml", ("wise_alpha=0.5",)))
+    with pytest.raises(ConfigError, match=r"train/control/seed0 was trained with another config "
+                                          r"\(differs in \['wise_alpha'\]\)"):
+        run_ablation(cfg)
 
 
 def test_lesion_mass_closed_form():
