@@ -180,12 +180,26 @@ def _check_trained_configs(cfg: AblationConfig) -> None:
             saved = out / "config.json"
             if not saved.is_file():
                 continue
-            old = json.loads(saved.read_text())
-            new = json.loads(json.dumps(to_dict(load_train_config(config_path, overrides))))
+            old = _recipe(json.loads(saved.read_text()))
+            new = _recipe(json.loads(json.dumps(to_dict(load_train_config(config_path, overrides)))))
             diff = sorted(_diff_keys(old, new))
             if diff:
                 raise ConfigError(f"{out} was trained with another config (differs in {diff[:6]}); "
                                   "use another output_dir")
+
+
+# how generated negatives are fetched, not what they are: the service and the in-process
+# predictor give the same content-addressed negatives (the demo trains stage1+2 over HTTP and the
+# ablation then reuses it)
+_TRANSPORT = ("url", "api_key", "max_concurrency", "max_retries", "timeout_s")
+
+
+def _recipe(train_cfg: dict) -> dict:
+    """A saved training config without its transport-only fields (``service`` ≡ ``inprocess``)."""
+    neg = {k: v for k, v in train_cfg.get("negatives", {}).items() if k not in _TRANSPORT}
+    if neg.get("source") == "service":
+        neg["source"] = "inprocess"
+    return {**train_cfg, "negatives": neg}
 
 
 def _diff_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
