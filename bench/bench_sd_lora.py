@@ -42,12 +42,14 @@ def worker(mode: str, steps: int, warmup: int, batch: int, mi: bool) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from generator.backends import SDInpaintTrainBackend, SDModelConfig
     from generator.dpo import LossConfig, preference_step_losses
-    from tests.generator_sd.conftest import build_tiny_sd, pair_batch, sd_backend
+    from generator.modeling.sd_offline import build_tiny_sd, pair_batch
 
     with tempfile.TemporaryDirectory() as tmp:
         pipe = build_tiny_sd(Path(tmp) / "pipe", prediction_type="v_prediction")
-        backend = sd_backend(pipe, adapter=mode, lora_rank=8, lora_alpha=8.0)
+        backend = SDInpaintTrainBackend(SDModelConfig(pretrained=str(pipe), adapter=mode, lora_rank=8,
+                                                      lora_alpha=8.0), need_reference=True)
     params = backend.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=1e-4)
     lcfg = LossConfig(beta=2500.0, sdpo=True, mi_weight=0.1 if mi else 0.0,

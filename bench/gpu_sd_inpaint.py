@@ -94,18 +94,6 @@ TOY = {
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def offline_tokenizer(max_length: int):
-    """A ``CLIPTokenizer`` built from a letters-only vocab (no hub); token ids differ from CLIP's,
-    which does not matter for timing (the prompt is embedded once, outside the timed loops)."""
-    from transformers import CLIPTokenizer
-
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for tok in letters + [t + "</w>" for t in letters] + [",</w>", ".</w>"]:
-        vocab.setdefault(tok, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
-
-
 def build_pipeline(out: Path, sizes: dict, *, device: str, seed: int = 0) -> Path:
     """Random-init ``StableDiffusionInpaintPipeline`` of ``sizes`` written to ``out`` in fp16
     (weights are created on ``device``: SD's 1.07 B parameters initialise in seconds on a GPU)."""
@@ -116,6 +104,8 @@ def build_pipeline(out: Path, sizes: dict, *, device: str, seed: int = 0) -> Pat
         UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel
+
+    from generator.modeling.sd_offline import offline_tokenizer
 
     torch.manual_seed(seed)
     tokenizer = offline_tokenizer(sizes["text"]["max_position_embeddings"])
@@ -168,8 +158,8 @@ def dpo_part(pipe_dir: Path, *, adapter: str, checkpointing: bool, device: str, 
     """Median DPO step of ``adapter`` ("lora" | "full") with/without gradient checkpointing."""
     from generator.backends import WEIGHT_DTYPES, SDInpaintTrainBackend, make_optimizer
     from generator.dpo import DpoConfig, preference_step_losses
+    from generator.modeling.sd_offline import pair_batch
     from shared.config import load_config
-    from tests.generator_sd.conftest import pair_batch
 
     cfg = load_config(DpoConfig, DPO_CONFIG)
     sd = dataclasses.replace(cfg.model.sd, pretrained=str(pipe_dir), adapter=adapter,
@@ -236,7 +226,7 @@ def inference_part(pipe_dir: Path, *, dtype: str, batches: tuple[int, ...], step
     """Images/s of the service's ``inpaint`` (guidance 1.0, strength 1.0) per batch size."""
     from generator.build import SDInpaintBackend
     from generator.modeling import sd_inpaint
-    from tests.generator_sd.conftest import pair_batch
+    from generator.modeling.sd_offline import pair_batch
 
     cases = [(b, 1.0) for b in batches] + ([(1, 7.5)] if anchor_row else [])
     if time.perf_counter() > deadline:

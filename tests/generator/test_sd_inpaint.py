@@ -2,60 +2,17 @@
 
 import numpy as np
 import pytest
-import torch
 
 from generator.build import load_generator
 from generator.masks import dilate
+from generator.modeling.sd_offline import build_tiny_sd
 
 from .conftest import toy_pair
 
 
-def _tiny_tokenizer():
-    from transformers import CLIPTokenizer
-
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for tok in letters + [t + "</w>" for t in letters] + [",</w>", ".</w>"]:
-        vocab.setdefault(tok, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
-
-
 @pytest.fixture(scope="module")
 def tiny_sd_dir(tmp_path_factory):
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionInpaintPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=9,
-        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=8, norm_num_groups=8,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=8, sample_size=32,
-    )
-    tokenizer = _tiny_tokenizer()
-    text = CLIPTextModel(CLIPTextConfig(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        vocab_size=len(tokenizer), max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-        pad_token_id=1,
-    ))
-    pipe = StableDiffusionInpaintPipeline(
-        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-        scheduler=DDIMScheduler(num_train_timesteps=100, steps_offset=1), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
-    )
-    out = tmp_path_factory.mktemp("sd") / "pipe"
-    pipe.save_pretrained(out)
-    return out
+    return build_tiny_sd(tmp_path_factory.mktemp("sd") / "pipe")
 
 
 @pytest.mark.parametrize("rgb", [False, True])
