@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DPO_CONFIG = ROOT / "configs/gpu/sd_inpaint_lora_dpo.yaml"  # loss, lr, clip, batch of the real run
 
 # SD-1.5 inpainting (runwayml/stable-diffusion-inpainting): unet/, vae/, text_encoder/ (CLIP
-# ViT-L/14's text tower), scheduler/ configs as published. ``TOY``: tests/generator_sd/conftest.py.
+# ViT-L/14's text tower), scheduler/ configs as published. ``TOY``: generator/modeling/sd_offline.py.
 SD15 = {
     "unet": dict(
         in_channels=9, out_channels=4, sample_size=64, layers_per_block=2,
