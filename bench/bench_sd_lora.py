@@ -42,9 +42,9 @@ def worker(mode: str, steps: int, warmup: int, batch: int, mi: bool) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from generator.backends import SDInpaintTrainBackend, SDModelConfig
     from generator.dpo import LossConfig, preference_step_losses
     from generator.modeling.sd_offline import build_tiny_sd, pair_batch
+    from generator.sd_backend import SDInpaintTrainBackend, SDModelConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         pipe = build_tiny_sd(Path(tmp) / "pipe", prediction_type="v_prediction")

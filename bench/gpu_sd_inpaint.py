@@ -8,7 +8,7 @@ section, ``bench/results/gpu_sd_inpaint.md``.)
 
 No hub here: the pipeline is SD-1.5-inpainting's published architecture (``SD15`` below; ``TOY`` =
 the tests' tiny pipeline) with random weights, saved once (fp16) and loaded by the project's loaders.
-(a)/(b) DPO through ``generator.backends.SDInpaintTrainBackend`` (LoRA rank 8 on to_q/k/v/out.0,
+(a)/(b) DPO through ``generator.sd_backend.SDInpaintTrainBackend`` (LoRA rank 8 on to_q/k/v/out.0,
 reference = adapters off; or ``adapter: full``, reference = a frozen copy) with the loss, lr and clip
 of ``configs/gpu/sd_inpaint_lora_dpo.yaml`` (SDPO, MI + no-copy on the decoded x̂0), 4 pairs (UNet
 batch 8) at 512², bf16 autocast, frozen weights in bf16 as ``generator.dpo``; a step =
@@ -156,9 +156,10 @@ def _error(err: BaseException) -> str:
 def dpo_part(pipe_dir: Path, *, adapter: str, checkpointing: bool, device: str, warmup: int,
              steps: int) -> dict:
     """Median DPO step of ``adapter`` ("lora" | "full") with/without gradient checkpointing."""
-    from generator.backends import WEIGHT_DTYPES, SDInpaintTrainBackend, make_optimizer
+    from generator.backends import WEIGHT_DTYPES, make_optimizer
     from generator.dpo import DpoConfig, preference_step_losses
     from generator.modeling.sd_offline import pair_batch
+    from generator.sd_backend import SDInpaintTrainBackend
     from shared.config import load_config
 
     cfg = load_config(DpoConfig, DPO_CONFIG)

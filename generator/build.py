@@ -7,8 +7,8 @@ Checkpoint layouts
 - ``sd-inpaint``: a diffusers ``StableDiffusionInpaintPipeline`` directory (``model_index.json``)
   or a hub id already in the local cache (never downloaded at run time), optionally plus a LoRA
   directory in diffusers' format (``pytorch_lora_weights.safetensors``, loaded with
-  ``pipe.load_lora_weights``; written by ``generator.backends.save_lora``). The checkpoint hash
-  then covers both (``generator.backends.lora_hash``). A LoRA directory whose
+  ``pipe.load_lora_weights``; written by ``generator.sd_backend.save_lora``). The checkpoint hash
+  then covers both (``generator.sd_backend.lora_hash``). A LoRA directory whose
   ``generator_lora.json`` names its base can also be loaded on its own.
 """
 
@@ -154,7 +154,7 @@ def load_sd_inpaint(
     path_or_id: str | Path, *, device: str = "cpu", lora: str | Path | None = None
 ) -> tuple[SDInpaintBackend, str]:
     """The pipeline at ``path_or_id`` (+ the diffusers LoRA dir ``lora``, unfused) and its hash."""
-    from generator.backends import lora_hash
+    from generator.sd_backend import lora_hash
 
     pipe = sd_inpaint.load_pipeline(path_or_id, device=device)
     digest = hash_directory(resolve_local(path_or_id))

@@ -41,11 +41,9 @@ from generator.backends import (
     BACKENDS,
     WEIGHT_DTYPES,
     PixelTrainBackend,
-    SDModelConfig,
-    build_sd_backend,
     diffusion_target,
-    lora_hash,
     make_optimizer,
+    resolve_checkpoint,
 )
 from generator.build import load_pixel
 from generator.masks import dilate
@@ -63,6 +61,7 @@ from generator.preference import (
     sdpo_lambda,
 )
 from generator.scoring import ranking_score, score_negatives
+from generator.sd_backend import SDModelConfig, build_sd_backend, lora_hash
 from shared.config import load_config, to_dict
 from shared.io import read_image, read_mask
 from shared.launch import check_joined, use_cpu
@@ -353,7 +352,7 @@ def train_dpo(cfg: DpoConfig, *, scorers=None, resume: str | None = None,
 
     first = 1
     if resume:
-        ckpt = _resolve_checkpoint(out, resume)
+        ckpt = resolve_checkpoint(out, resume)
         accelerator.load_state(str(ckpt))
         state = json.loads((ckpt / "dpo_state.json").read_text())
         first, ref_val, best = state["step"] + 1, state["reference_val"], state["best"]
@@ -420,16 +419,6 @@ def train_dpo(cfg: DpoConfig, *, scorers=None, resume: str | None = None,
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     accelerator.end_training()
     return summary
-
-
-def _resolve_checkpoint(out: Path, resume: str) -> Path:
-    """``resume`` itself, or with ``"latest"`` the newest ``OUT/checkpoints/checkpoint_N``."""
-    if resume != "latest":
-        return Path(resume)
-    ckpts = sorted((out / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1]))
-    if not ckpts:
-        raise ValueError(f"--resume latest: no checkpoints under {out / 'checkpoints'}")
-    return ckpts[-1]
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -37,14 +37,15 @@ from generator.backends import (
     WEIGHT_DTYPES,
     GeneratorModelConfig,
     PixelTrainBackend,
-    build_sd_backend,
     crop_around_holes,  # noqa: F401 (re-exported: it lived here)
     make_optimizer,
     pixel_config,
     reference_step_loss,
+    resolve_checkpoint,
 )
 from generator.data import DataConfig, ReferenceDataset, RegionWeights, aux_records, load_records
 from generator.modeling import pixel_unet
+from generator.sd_backend import build_sd_backend
 from shared.config import load_config, to_dict
 from shared.launch import check_joined, use_cpu
 from shared.progress import progress
@@ -175,7 +176,7 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
         accelerator.register_for_checkpointing(ema)
     step = 0
     if args.resume:
-        ckpt = _resolve_checkpoint(out, args.resume)
+        ckpt = resolve_checkpoint(out, args.resume)
         accelerator.load_state(str(ckpt))
         step = json.loads((ckpt / "step.json").read_text())["step"]
         accelerator.project_configuration.iteration = int(ckpt.name.split("_")[-1]) + 1
@@ -262,15 +263,6 @@ def _checkpoint(accelerator: Accelerator, step: int) -> None:
     path = Path(accelerator.save_state())
     if accelerator.is_main_process:
         (path / "step.json").write_text(json.dumps({"step": step}) + "\n")
-
-
-def _resolve_checkpoint(out: Path, resume: str) -> Path:
-    if resume != "latest":
-        return Path(resume)
-    ckpts = sorted((out / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1]))
-    if not ckpts:
-        raise ValueError(f"--resume latest: no checkpoints under {out / 'checkpoints'}")
-    return ckpts[-1]
 
 
 def _all_domains_but(root: str, held_out: str) -> tuple[str, ...]:

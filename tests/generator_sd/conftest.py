@@ -31,7 +31,7 @@ def tiny_sd_v_dir(tmp_path_factory):
 
 def sd_backend(pipe_dir, *, reference_lora: str = "", need_reference: bool = True, **sd):
     """A ``SDInpaintTrainBackend`` on ``pipe_dir`` (LoRA rank 4 unless ``sd`` says otherwise)."""
-    from generator.backends import SDInpaintTrainBackend, SDModelConfig
+    from generator.sd_backend import SDInpaintTrainBackend, SDModelConfig
 
     cfg = SDModelConfig(pretrained=str(pipe_dir), **{"lora_rank": 4, "lora_alpha": 4.0, **sd})
     return SDInpaintTrainBackend(cfg, need_reference=need_reference, reference_lora=reference_lora)

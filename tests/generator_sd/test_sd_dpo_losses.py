@@ -8,8 +8,8 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from generator.backends import POLICY
 from generator.dpo import LossConfig, preference_step_losses
+from generator.sd_backend import POLICY
 
 from .conftest import pair_batch, perturb_lora, sd_backend, unet_inputs
 
