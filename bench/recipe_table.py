@@ -6,7 +6,8 @@ a recipe may be chosen; the test split is then run once with the chosen recipe.
     python bench/recipe_table.py runs/sweep_lr1e4 runs/sweep_a05 --out bench/results/finetune_recipe.md
 
 AUROC: zero-shot p(tumour) of the positives against the negatives (their exact lesion-free
-versions + the domain's normals), pooled over the run's seeds. Δ columns: mean over images of the
+versions + the domain's normals), per seed, averaged over seeds (as the ablation report).
+Δ columns: mean over images of the
 per-image difference (seeds averaged first), 95 % paired bootstrap CI over images (2000, seed 0).
 """
 
@@ -18,10 +19,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from finetune.ablation_report import auroc  # noqa: E402
 from shared.metrics import bootstrap_ci  # noqa: E402
 
 METRICS = ("dice", "pointing", "faithfulness")
@@ -32,9 +33,9 @@ def _runs(run: Path, variant: str) -> list[dict]:
 
 
 def _auroc(results: list[dict]) -> float:
-    pos = np.concatenate([r["p_pos"] for r in results])
-    neg = np.concatenate([r["p_neg"] for r in results])
-    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
+    """Zero-shot AUROC of each seed's model (``finetune.ablation_report.auroc``), averaged over
+    seeds as the ablation report does."""
+    return float(np.mean([auroc(np.asarray(r["p_pos"]), np.asarray(r["p_neg"])) for r in results]))
 
 
 def _delta(a: list[dict], b: list[dict], m: str) -> str:
