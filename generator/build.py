@@ -55,6 +55,9 @@ class PixelBackend:
         self.scheduler = scheduler
         self.cfg = cfg
         self.resolution = cfg.resolution
+        # a conv-only UNet runs on any grid: window mode fills views up to twice its training size
+        # at their own scale (NegativeGenerator); with attention it stays at its own resolution
+        self.max_side = cfg.resolution * (1 if cfg.attention_levels else 2)
 
     @property
     def device(self) -> torch.device:
@@ -90,6 +93,7 @@ class SDInpaintBackend:
         self.pipe = pipe
         self.prompt_embeds = sd_inpaint.encode_prompt(pipe, prompt)
         self.resolution = sd_inpaint.resolution(pipe)
+        self.max_side = self.resolution  # fixed size: windows are resized to it
 
     def fill(self, images, holes, generators, *, steps, strength, see_through_px=0.0) -> np.ndarray:
         if see_through_px > 0:

@@ -18,7 +18,7 @@ puts into a hole follows its context instead of the training domains' typical am
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ import torch
 from scipy import ndimage
 
 from generator.masks import dilate, place_mask, random_lesion_mask
+from generator.windows import WindowConfig
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class DataConfig:
     gamma_range: tuple[float, float] = (0.7, 1.4)  # then x → x^γ
     blur_p: float = 0.5  # of augmented samples, share also blurred by a Gaussian
     blur_sigma: tuple[float, float] = (0.4, 1.2)  # its σ in pixels
+    # > 0: train on windows (generator.windows): this share are native-scale windows of real
+    # anatomy split by source, the rest benchmark items seen through the predictor's window rule
+    window_p: float = 0.0
+    windows: WindowConfig = field(default_factory=WindowConfig)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class FillBackend(Protocol):
     name: str  # registry name: "pixel" | "sd-inpaint"
     resolution: int  # square side the backend runs at
     channels: int  # 1 (grayscale model) or 3 (RGB model)
+    max_side: int  # largest grid a lesion window is filled on at its own scale (== resolution: fixed size)
 
     def fill(
         self,
@@ -113,11 +114,9 @@ def lesion_window(region: np.ndarray, *, min_side: int, context: float) -> tuple
     """The square window ``(top, left, side)`` the backend fills for one dilated lesion.
 
     Rule: ``side = max(min_side, ceil(context · s))`` with ``s`` the longer side of the region's
-    bounding box (so the lesion spans about 1/context of the window, as lesions span their
-    training images), centred on the box and shifted to lie inside the image; the window is
-    resized to the backend's grid, so the zoom is ``side / min_side`` input pixels per model pixel
-    (never below 1 when ``min_side`` is the backend's resolution). None when that window would not
-    be smaller than the image's short side: the whole image is filled then, as it always was.
+    bounding box (so the lesion spans about 1/context of the window, as holes span the windows the
+    model trains on), centred on the box and shifted to lie inside the image. None when that window
+    would not be smaller than the image's short side: the whole image is filled then.
     """
     ys, xs = np.nonzero(region)
     h, w = region.shape
@@ -133,14 +132,34 @@ def lesion_window(region: np.ndarray, *, min_side: int, context: float) -> tuple
     return top, left, side
 
 
+def grid_side(n: int, *, resolution: int, max_side: int) -> int:
+    """The side of the square grid a view of ``n`` input pixels is filled on (window mode).
+
+    ``n ≤ resolution``: the backend's own grid (a small view is upsampled, as before);
+    ``resolution < n``: the view's own size rounded up to a multiple of 8 (the UNet halves it three
+    times), at most ``max_side`` — so the zoom ``n / side`` is 1 (up to rounding) until the view
+    outgrows ``max_side``, and ``n / max_side`` beyond it. A backend with a fixed size (SD) has
+    ``max_side == resolution``.
+    """
+    if n <= resolution:
+        return resolution
+    return max(resolution, min(int(max_side), 8 * int(np.ceil(n / 8))))
+
+
 class NegativeGenerator:
     """Batched pos→neg generation over a hole-filling backend.
 
     checkpoint_hash: sha256 over the backend's weights and config (provenance, cache keys).
-    window: what the diffusion backend sees of each image — ``"whole"``: the whole image resized
-    to its grid; ``"lesion"``: a square window around the dilated lesion at the input's own pixel
-    scale (:func:`lesion_window`, ``window_context`` × the lesion's box), the whole image only
-    when that window would not be smaller than the image. The fill is pasted back exactly either way.
+    window: what the diffusion backend sees of each image —
+    - ``"whole"``: the whole image resized to the backend's grid (``resolution``²);
+    - ``"lesion"``: a square window of ``window_context`` × the dilated lesion's bounding box, at
+      least ``resolution`` pixels (:func:`lesion_window`; the whole image when the window would not
+      be smaller), filled on a grid of its own size (:func:`grid_side`): at the input's own pixel
+      scale up to ``backend.max_side`` (128 for the embedded conv-only model), zoomed out by
+      ``side / max_side`` beyond it. The embedded model trains on windows at 1–4 input pixels per
+      model pixel (``generator.windows``), so the zoom is within training up to a 512-pixel window
+      (a 128-pixel lesion at context 4); larger lesions are filled coarser still (no tiling).
+    The fill is pasted back exactly either way: outside the dilated mask the output is the input.
     """
 
     def __init__(self, backend: FillBackend, *, checkpoint_hash: str, batch_size: int = 1,
@@ -248,29 +267,41 @@ class NegativeGenerator:
         return results
 
     def _fill_rows(self, pairs, regions, rows, *, seeds, steps, strength, see_through_px) -> list[np.ndarray]:
-        side, channels = self.backend.resolution, self.backend.channels
-        batch_img, batch_hole, gens, views = [], [], [], []
-        for i, k in rows:
-            image, region = pairs[i][0], regions[i]
-            win = (lesion_window(region, min_side=side, context=self.window_context)
-                   if self.window == "lesion" else None)
-            if win is not None:
-                top, left, n = win
-                image, region = image[top : top + n, left : left + n], region[top : top + n, left : left + n]
-            views.append((image, region, win))
-            if channels == 1:
-                model_in = image if image.ndim == 2 else image @ LUMA
-            else:
-                model_in = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-            batch_img.append(_resize(model_in, side))
-            batch_hole.append(_resize_hole(region, side))
-            gens.append(torch.Generator().manual_seed(seeds[i] + k))
-        filled = self.backend.fill(
-            torch.stack(batch_img), torch.stack(batch_hole), gens, steps=steps, strength=strength,
-            see_through_px=see_through_px,
-        )
+        res, channels = self.backend.resolution, self.backend.channels
+        max_side = getattr(self.backend, "max_side", res)
+        views = []  # (image, region, window, grid side) per row
+        for i, _ in rows:
+            image, region, win, side = pairs[i][0], regions[i], None, res
+            if self.window == "lesion":
+                win = lesion_window(region, min_side=res, context=self.window_context)
+                if win is not None:
+                    top, left, n = win
+                    image = image[top : top + n, left : left + n]
+                    region = region[top : top + n, left : left + n]
+                side = grid_side(max(image.shape[:2]), resolution=res, max_side=max_side)
+            views.append((image, region, win, side))
+        filled: list[np.ndarray | None] = [None] * len(rows)
+        for side in sorted({v[3] for v in views}):  # one backend call per grid size
+            idx = [j for j, v in enumerate(views) if v[3] == side]
+            batch_img, batch_hole, gens = [], [], []
+            for j in idx:
+                image, region = views[j][0], views[j][1]
+                if channels == 1:
+                    model_in = image if image.ndim == 2 else image @ LUMA
+                else:
+                    model_in = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+                batch_img.append(_resize(model_in, side))
+                batch_hole.append(_resize_hole(region, side))
+                i, k = rows[j]
+                gens.append(torch.Generator().manual_seed(seeds[i] + k))
+            out = self.backend.fill(
+                torch.stack(batch_img), torch.stack(batch_hole), gens, steps=steps,
+                strength=strength, see_through_px=see_through_px,
+            )
+            for j, f in zip(idx, out, strict=True):
+                filled[j] = f
         out = []
-        for (i, _), (image, region, win), f in zip(rows, views, filled, strict=True):
+        for (i, _), (image, region, win, _), f in zip(rows, views, filled, strict=True):
             fill = self._to_input_space(image, region, f, see_through=see_through_px > 0)
             if win is not None:  # the window's fill inside a copy of the whole image
                 top, left, n = win
@@ -292,7 +323,7 @@ class NegativeGenerator:
         up = _upsample(fill, image.shape[:2])
         if see_through and up.shape[2] == 1 and fill.shape[:2] != image.shape[:2]:
             gray = image if image.ndim == 2 else image @ LUMA
-            side = self.backend.resolution
+            side = fill.shape[0]
             seen = _upsample(_resize(gray, side).permute(1, 2, 0).numpy(), image.shape[:2])[..., 0]
             up = np.minimum(up[..., 0] + (gray - seen), gray)[..., None]  # min: float round-off only
         if image.ndim == 2:

@@ -155,9 +155,15 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
     records = load_records(data.root, domains=domains, split=data.split,
                            gt_negatives_as_normals=data.gt_negatives_as_normals)
     records += aux_records(data, records[0].image.shape[0], seed=cfg.optim.seed)
-    dataset = ReferenceDataset(
-        records, data, cfg.weights, seed=cfg.optim.seed + accelerator.process_index
-    )
+    seed = cfg.optim.seed + accelerator.process_index
+    dataset = ReferenceDataset(records, data, cfg.weights, seed=seed)
+    if data.window_p > 0:  # multi-scale windows of real anatomy + the benchmark through the window rule
+        from generator.windows import BenchmarkWindows, Mixed, WindowDataset
+
+        native = WindowDataset(data.windows, hole_weight=cfg.weights.hole,
+                               context_weight=cfg.weights.context, seed=seed)
+        dataset = Mixed(native, BenchmarkWindows(dataset, data.windows, seed=seed), data.window_p,
+                        seed=seed)
     workers = cfg.optim.num_workers
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
@@ -255,7 +261,11 @@ def _reseed_worker(worker_id: int) -> None:
     otherwise repeat the parent's numpy generator draw for draw. torch seeds every worker
     differently (base seed + id), and the base seed follows ``set_seed``."""
     info = torch.utils.data.get_worker_info()
-    info.dataset.rng = np.random.default_rng(torch.initial_seed() % 2**63)
+    datasets, seq = [info.dataset], np.random.SeedSequence(torch.initial_seed() % 2**63)
+    while datasets:  # nested datasets (generator.windows.Mixed, BenchmarkWindows) each get a stream
+        ds = datasets.pop()
+        ds.rng = np.random.default_rng(seq.spawn(1)[0])
+        datasets += [getattr(ds, a) for a in ("first", "second", "base") if hasattr(ds, a)]
 
 
 def _checkpoint(accelerator: Accelerator, step: int) -> None:

@@ -132,24 +132,44 @@ def test_lesion_window_rule():
     assert lesion_window(np.zeros((9, 9), bool), min_side=4, context=2.0) is None
 
 
+def test_grid_side_rule():
+    from generator.predictor import grid_side
+
+    assert grid_side(20, resolution=32, max_side=64) == 32  # small views: the backend's own grid
+    assert grid_side(32, resolution=32, max_side=64) == 32
+    assert grid_side(42, resolution=32, max_side=64) == 48  # own scale, rounded up to 8
+    assert grid_side(64, resolution=32, max_side=64) == 64
+    assert grid_side(300, resolution=32, max_side=64) == 64  # zoomed out beyond max_side
+    assert grid_side(300, resolution=512, max_side=512) == 512  # a fixed-size backend (SD)
+
+
 def test_lesion_window_fill_equals_the_whole_path_on_the_window_crop(tiny_pixel_dir):
-    """window='lesion' = window='whole' run on the window's crop, pasted into the image: the
-    backend fills the lesion at the input's own scale; outside the dilated mask, exact."""
+    """window='lesion' = the same generator run on the window's crop alone (where the window is
+    the whole crop), pasted into the image: the backend fills the lesion on a grid of the window's
+    own size (42 px → 48, not the model's 32); outside the dilated mask, exact."""
     from generator.predictor import lesion_window
 
-    whole = load_generator(tiny_pixel_dir)
     windowed = load_generator(tiny_pixel_dir, window="lesion", window_context=3.0)
+    seen = []
+    fill = windowed.backend.fill
+    windowed.backend.fill = lambda images, *a, **k: seen.append(images.shape[-1]) or fill(images, *a, **k)
     image, _ = toy_pair(120, 140, seed=2)
     mask = np.zeros(image.shape, bool)
     mask[60:70, 80:88] = True
     got = windowed.generate([image], [mask], num_samples=2, seed=5, steps=3)[0]
+    assert seen == [48, 48]  # window 3 × 14 = 42 px at its own scale, rounded up to 48
     region = dilate(mask, 2)
     top, left, side = lesion_window(region, min_side=32, context=3.0)
     crop = (slice(top, top + side), slice(left, left + side))
-    ref = whole.generate([image[crop]], [mask[crop]], num_samples=2, seed=5, steps=3)[0]
+    ref = windowed.generate([image[crop]], [mask[crop]], num_samples=2, seed=5, steps=3)[0]
     for g, r in zip(got, ref, strict=True):
         assert np.array_equal(g.image[crop], r.image)
         assert np.array_equal(g.image[~region], image[~region])
         assert not np.array_equal(g.image[region], image[region])
+    whole = load_generator(tiny_pixel_dir)  # the whole-image path stays at the model's grid
+    seen.clear()
+    whole.backend.fill = windowed.backend.fill
+    whole.generate([image], [mask], steps=2)
+    assert seen == [32]
     with pytest.raises(ValueError, match="window must be one of"):
         load_generator(tiny_pixel_dir, window="tile")

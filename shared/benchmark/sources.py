@@ -1,0 +1,165 @@
+"""Real anatomy at its own pixel scale, one registry, split by source (issue 18).
+
+Each *source* — one volume, one series, one photograph — is either a training source (``TRAIN``)
+or a held-out one (``HELD_OUT``), never both: the generator's window training
+(``generator.windows``) draws only ``TRAIN``; the real-size benchmark (``shared.benchmark.realsize``)
+draws its test images from ``HELD_OUT`` (plus, marked "seen anatomy", the training domains whose
+single source cannot be split).
+
+A source is ``frames(name) -> list[(image, tissue)]``: native-resolution float32 images in [0, 1]
+and bool maps of where a lesion or hole may be centred (inside the body). Everything ships in
+installed packages (nilearn, pydicom-data, scikit-image); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+from scipy import ndimage
+
+
+def _dicom(name: str, *, window: tuple[float, float] | None = None) -> list[np.ndarray]:
+    from shared.benchmark.anatomy import _pydicom_data
+    from shared.io import read_dicom
+
+    frames = read_dicom(_pydicom_data(name), window=window)
+    if window is None:  # percentiles of each frame (read_dicom's header window can be too wide)
+        out = []
+        for f in frames:
+            lo, hi = np.percentile(f, [1, 99.5])
+            out.append(np.clip((f - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32))
+        return out
+    return [f.astype(np.float32) for f in frames]
+
+
+def _body(image: np.ndarray, threshold: float, *, sigma: float = 4.0, erode: int = 4) -> np.ndarray:
+    smooth = ndimage.gaussian_filter(image, sigma)
+    body = ndimage.binary_fill_holes(smooth > threshold)
+    return ndimage.binary_erosion(body, iterations=erode) if erode else body
+
+
+def _mni_brain() -> list[tuple[np.ndarray, np.ndarray]]:
+    """MNI152 T1 (nilearn, 1 mm): every 3rd slice along each axis with ≥ 25 % brain."""
+    from shared.benchmark.anatomy import BrainMRI
+
+    vol = BrainMRI().volume
+    out = []
+    for axis in range(3):
+        for k in range(0, vol.shape[axis], 3):
+            sl = np.ascontiguousarray(np.rot90(np.take(vol, k, axis=axis)), dtype=np.float32)
+            tissue = _body(sl, 0.2)
+            if tissue.mean() > 0.25:
+                out.append((sl, tissue))
+    return out
+
+
+def _retina() -> list[tuple[np.ndarray, np.ndarray]]:
+    from shared.benchmark.anatomy import Retina
+
+    img = Retina().fundus
+    n = img.shape[0]
+    yy, xx = np.mgrid[0:n, 0:n]
+    return [(img, np.hypot(yy - n / 2, xx - n / 2) < 600)]
+
+
+def _breast_us() -> list[tuple[np.ndarray, np.ndarray]]:
+    from shared.benchmark.anatomy import BreastUltrasound
+
+    rng = np.random.default_rng(0)
+    return [BreastUltrasound().sample(rng, 448) for _ in range(12)]
+
+
+def _natural() -> list[tuple[np.ndarray, np.ndarray]]:
+    from shared.benchmark.anatomy import NaturalImages
+
+    return [(p, np.ones(p.shape, bool)) for p in NaturalImages().photos]
+
+
+def _head_ct() -> list[tuple[np.ndarray, np.ndarray]]:
+    """pydicom-data ``693_UNCR.dcm``, an axial head CT (512²), in a brain and a bone window."""
+    out = []
+    for window in ((40.0, 80.0), (300.0, 2000.0)):
+        img = _dicom("693_UNCR.dcm", window=window)[0]
+        out.append((img, _body(_dicom("693_UNCR.dcm", window=(40.0, 400.0))[0], 0.3)))
+    return out
+
+
+def _dicom_source(name: str, threshold: float, *, window=None):
+    def load() -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(f, _body(f, threshold)) for f in _dicom(name, window=window)]
+
+    return load
+
+
+def _us_panes() -> list[tuple[np.ndarray, np.ndarray]]:
+    """pydicom-data ``gdcm-US-ALOKA-16.dcm`` (real B-mode, pelvis, two panes), the tissue band."""
+    from shared.benchmark.external import ExternalUltrasound
+
+    img = ExternalUltrasound().image
+    y0, y1 = ExternalUltrasound.ROWS
+    out = []
+    for x0, x1 in ExternalUltrasound.PANES:
+        pane = np.ascontiguousarray(img[y0:y1, x0:x1])
+        tissue = np.zeros(pane.shape, bool)
+        tissue[8:-8, 8:-8] = True
+        out.append((pane, tissue))
+    return out
+
+
+def _chest() -> list[tuple[np.ndarray, np.ndarray]]:
+    from shared.benchmark.anatomy import ChestXray
+
+    img = ChestXray().radiograph
+    return [(img, _body(img, 0.05, sigma=8, erode=40))]
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    modality: str  # "mri" | "ct" | "xray" | "us" | "fundus" | "photo"
+    held_out: bool  # True: evaluation only, never a training source
+    load: object  # () -> list[(image, tissue)]
+    note: str
+
+
+SOURCES: dict[str, Source] = {s.name: s for s in (
+    # training sources
+    Source("mni_brain", "mri", False, _mni_brain, "MNI152 T1 template, 3 axes (nilearn)"),
+    Source("shoulder_mri", "mri", False, _dicom_source("MR2_UNCR.dcm", 0.08), "shoulder MR 1024² (pydicom-data)"),
+    Source("head_ct", "ct", False, _head_ct, "axial head CT 512², brain + bone window (pydicom-data 693)"),
+    Source("extremity_xray", "xray", False, _dicom_source("RG3_UNCR.dcm", 0.2), "leg radiograph 1760² (pydicom-data RG3)"),
+    Source("retina", "fundus", False, _retina, "fundus photograph 1411², green (scikit-image)"),
+    Source("breast_us", "us", False, _breast_us, "procedural breast ultrasound 448² (ours)"),
+    Source("natural_images", "photo", False, _natural, "scikit-image photographs"),
+    # held-out sources: one per modality the benchmark has, plus body CT; never trained on
+    Source("emri_head_mr", "mri", True, _dicom_source("emri_small.dcm", 0.2), "head MR 64², 10 frames (pydicom-data emri_small)"),
+    Source("abdomen_mr", "mri", True, _dicom_source("MR-SIEMENS-DICOM-WithOverlays.dcm", 0.1), "abdominal MR 484² (pydicom-data MR-SIEMENS)"),
+    Source("abdomen_ct", "ct", True, _dicom_source("explicit_VR-UN.dcm", 0.2, window=(40.0, 400.0)), "abdominal CT 512², soft-tissue window (pydicom-data explicit_VR-UN)"),
+    Source("pelvis_us", "us", True, _us_panes, "real B-mode ultrasound 480×640, 2 panes (pydicom-data ALOKA)"),
+    Source("chest_xray", "xray", True, _chest, "chest radiograph 1955×1841 (pydicom-data RG1; the held-out domain)"),
+)}
+TRAIN = tuple(n for n, s in SOURCES.items() if not s.held_out)
+HELD_OUT = tuple(n for n, s in SOURCES.items() if s.held_out)
+
+
+@cache
+def frames(name: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The native frames of source ``name`` (loaded once per process)."""
+    if name not in SOURCES:
+        raise ValueError(f"unknown anatomy source {name!r}; choose from {sorted(SOURCES)}")
+    out = SOURCES[name].load()
+    if not out:
+        raise ValueError(f"source {name!r} has no frames")
+    return out
+
+
+def check_training_sources(names: tuple[str, ...]) -> None:
+    """Refuse unknown and held-out sources: a source is training or test, never both."""
+    unknown = [n for n in names if n not in SOURCES]
+    if unknown:
+        raise ValueError(f"unknown anatomy sources {unknown}; choose from {sorted(SOURCES)}")
+    held = [n for n in names if SOURCES[n].held_out]
+    if held:
+        raise ValueError(f"{held} are held-out sources (evaluation only); train on {list(TRAIN)}")
