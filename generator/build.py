@@ -170,9 +170,19 @@ def load_sd_inpaint(
     return SDInpaintBackend(pipe), digest
 
 
+def checkpoint_window(path: str | Path) -> str:
+    """How a pixel checkpoint is meant to be run: ``"lesion"`` when it was trained on windows
+    (``generator.windows``: its training config has ``data.window_p`` > 0, or it says so under
+    ``inference.window``), else ``"whole"`` (the whole-image models trained before windows)."""
+    meta = json.loads((Path(path) / CONFIG_NAME).read_text())
+    if "window" in meta.get("inference", {}):
+        return meta["inference"]["window"]
+    return "lesion" if meta.get("train", {}).get("data", {}).get("window_p", 0) > 0 else "whole"
+
+
 def load_generator(
     path_or_name: str | Path | None = None, *, device: str = "cpu", batch_size: int = 1,
-    window: str = "whole", window_context: float = 4.0, lora: str | Path | None = None,
+    window: str | None = None, window_context: float = 4.0, lora: str | Path | None = None,
 ) -> NegativeGenerator:
     """Load a generator.
 
@@ -181,7 +191,8 @@ def load_generator(
     ``model_index.json``, base + LoRA if it is a LoRA dir whose ``generator_lora.json`` names its
     base); any other string → a hub id for ``sd-inpaint``, from the local cache only.
     ``lora``: a diffusers LoRA dir applied on top of an ``sd-inpaint`` base (None = none).
-    ``window`` / ``window_context``: what the backend sees of each image (``NegativeGenerator``).
+    ``window`` / ``window_context``: what the backend sees of each image (``NegativeGenerator``);
+    None = as the checkpoint was trained (:func:`checkpoint_window`; ``"whole"`` for SD-inpaint).
     """
     if path_or_name is None or str(path_or_name) == "pixel":
         path_or_name = DEFAULT_CHECKPOINT
@@ -196,6 +207,7 @@ def load_generator(
         raise ValueError(f"{path}: a pixel checkpoint takes no LoRA ({lora})")
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         backend, digest = load_pixel(path, device=device)
+        window = window or checkpoint_window(path)
     elif path.is_dir() and (path / "model_index.json").is_file():
         backend, digest = load_sd_inpaint(path, device=device, lora=lora)
     elif path.exists():
@@ -205,5 +217,5 @@ def load_generator(
         )
     else:
         backend, digest = load_sd_inpaint(str(path_or_name), device=device, lora=lora)
-    return NegativeGenerator(backend, checkpoint_hash=digest, batch_size=batch_size, window=window,
-                             window_context=window_context)
+    return NegativeGenerator(backend, checkpoint_hash=digest, batch_size=batch_size,
+                             window=window or "whole", window_context=window_context)

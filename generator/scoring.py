@@ -97,6 +97,21 @@ class Scorers:
                 .numpy().astype(np.float64) for name in ("lesion", "audit", "fill")}
 
 
+def scorer_flags(probs: dict[str, np.ndarray], fill_gt: np.ndarray) -> list[dict[str, float]]:
+    """Per image, from ``Scorers.probabilities`` of the outputs and the GT negatives' fill scores:
+    ``lesion_flip = [p_lesion < 0.5]``, ``audit_flip = [p_audit < 0.5]``, ``fill_detected =
+    [p_fill ≥ 0.5]`` and ``fill_above_gt = [p_fill > p_fill_gt] + ½·[p_fill = p_fill_gt]``: the
+    detector's two-alternative choice against the GT's real tissue in the same region (0.5 =
+    indistinguishable from real tissue, independent of the detector's threshold)."""
+    return [
+        {"lesion_flip": float(les < 0.5), "audit_flip": float(aud < 0.5),
+         "fill_detected": float(fil >= 0.5),
+         "fill_above_gt": float(fil > fgt) + 0.5 * float(fil == fgt)}
+        for les, aud, fil, fgt in zip(probs["lesion"], probs["audit"], probs["fill"], fill_gt,
+                                      strict=True)
+    ]
+
+
 @torch.no_grad()
 def scorer_logits(
     model: ConvScorer, images: Sequence[np.ndarray], regions: Sequence[np.ndarray]

@@ -231,7 +231,8 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
         if ema is not None:
             ema.copy_to(params)
         extra = {"train": to_dict(cfg), "train_seconds": round(time.time() - t0, 1),
-                 "steps": step, "command": " ".join(sys.argv)}
+                 "steps": step, "command": " ".join(sys.argv),
+                 "inference": {"window": "lesion" if cfg.data.window_p > 0 else "whole"}}
         backend.save(out / "final", extra, unwrap=accelerator.unwrap_model)
     accelerator.end_training()
 

@@ -12,6 +12,7 @@ from generator.scoring import (
     ranking_score,
     save_scorers,
     score_negatives,
+    scorer_flags,
     scores_with_gt,
     texture_ratio_ring,
 )
@@ -78,3 +79,13 @@ def test_scorers_round_trip_and_ranking(tmp_path):
     assert ranking_score({**s, "outside_max_abs_diff": 0.1}) == float("-inf")
     better = {**s, "lesion_prob": 0.0}
     assert ranking_score(better) > ranking_score({**s, "lesion_prob": 1.0})
+
+
+def test_scorer_flags_thresholds_and_two_alternative_choice():
+    probs = {"lesion": np.array([0.2, 0.5, 0.9]), "audit": np.array([0.7, 0.1, 0.5]),
+             "fill": np.array([0.6, 0.3, 0.5])}
+    flags = scorer_flags(probs, fill_gt=np.array([0.4, 0.3, 0.8]))
+    assert [f["lesion_flip"] for f in flags] == [1.0, 0.0, 0.0]  # lesion gone: p < 0.5
+    assert [f["audit_flip"] for f in flags] == [0.0, 1.0, 0.0]
+    assert [f["fill_detected"] for f in flags] == [1.0, 0.0, 1.0]  # p >= 0.5
+    assert [f["fill_above_gt"] for f in flags] == [1.0, 0.5, 0.0]  # a tie counts half

@@ -173,3 +173,24 @@ def test_lesion_window_fill_equals_the_whole_path_on_the_window_crop(tiny_pixel_
     assert seen == [32]
     with pytest.raises(ValueError, match="window must be one of"):
         load_generator(tiny_pixel_dir, window="tile")
+
+
+def test_checkpoint_says_how_it_is_run(tiny_pixel_dir, tmp_path):
+    """A window-trained checkpoint loads in lesion-window mode, an older one as a whole image; an
+    explicit ``window`` wins."""
+    import json
+    import shutil
+
+    from generator.build import CONFIG_NAME
+
+    assert load_generator(tiny_pixel_dir).window == "whole"
+    ckpt = tmp_path / "win"
+    shutil.copytree(tiny_pixel_dir, ckpt)
+    meta = json.loads((ckpt / CONFIG_NAME).read_text())
+    meta["train"] = {"data": {"window_p": 0.75}}
+    (ckpt / CONFIG_NAME).write_text(json.dumps(meta))
+    assert load_generator(ckpt).window == "lesion"
+    assert load_generator(ckpt, window="whole").window == "whole"
+    meta["inference"] = {"window": "whole"}
+    (ckpt / CONFIG_NAME).write_text(json.dumps(meta))
+    assert load_generator(ckpt).window == "whole"
