@@ -52,6 +52,11 @@ def variants(steps: int) -> dict[str, dict]:
     return {
         "plain DPO": plain,
         "+ SDPO": {**plain, "loss": {**plain["loss"], "sdpo": True, "mu": 0.9}},
+        # issue 18: a guard with μ nearer 1 (the winner keeps more of its own gradient), and plain
+        # DPO first, SDPO from the middle of the run (DPO moves, SDPO then stops the winner's drift)
+        "+ SDPO μ 0.99": {**plain, "loss": {**plain["loss"], "sdpo": True, "mu": 0.99}},
+        "DPO → SDPO μ 0.99": {**plain, "loss": {**plain["loss"], "sdpo": True, "mu": 0.99,
+                                                "sdpo_from_step": steps // 2 + 1}},
         "+ MI regularizer": {**plain, "loss": {**plain["loss"], "mi_weight": 0.1,
                                                "copy_weight": 0.1}},
         "+ GT winners": {**plain, "pair_kinds": ["sample", "gt"]},
@@ -271,9 +276,40 @@ def write_table(path: Path, rows: dict, args, n_test: int, seconds: float, ref_d
                 f"| {name} | {t['psnr']:.2f} | {t['psnr'] - ref['train_domains/psnr']:+.2f} "
                 f"| {t['texture_ratio_gt']:.3f} | {100 * t['flip_lesion']:.0f}% "
                 f"| {100 * t['flip_audit']:.0f}% | {t['fill_prob']:.3f} |")
+    lines += ["", *pareto_lines(rows)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     print(path.read_text())
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names of the points no other point beats on both coordinates (higher is better on each),
+    sorted by the first. A point equal to another on both is kept."""
+    def dominated(a: tuple[float, float]) -> bool:
+        return any(b[0] >= a[0] and b[1] >= a[1] and b != a for b in points.values())
+
+    return sorted((n for n, p in points.items() if not dominated(p)), key=lambda n: points[n][0])
+
+
+def pareto_lines(rows: dict) -> list[str]:
+    """The flips-vs-PSNR Pareto front (issue 18) on the set where the lesion scorer is valid (the
+    training domains' test split when evaluated, else the held-out domain), and the goal check:
+    +10 points of flips over the reference at ≤ 0.5 dB PSNR loss, texture ratio in [0.7, 1.3]."""
+    key = "train_domains/" if "train_domains/psnr" in rows["reference"] else ""
+    ref = rows["reference"]
+    pts = {n: (r[f"{key}flip_lesion"], r[f"{key}psnr"]) for n, r in rows.items()}
+    out = [f"Pareto front, lesion-scorer flips vs PSNR in mask ({'training domains' if key else 'held-out domain'}): "
+           + " → ".join(f"{n} ({100 * pts[n][0]:.0f}%, {pts[n][1]:.2f} dB)" for n in pareto_front(pts)), ""]
+    for n, r in rows.items():
+        if n == "reference":
+            continue
+        dflip = 100 * (r[f"{key}flip_lesion"] - ref[f"{key}flip_lesion"])
+        dpsnr = r[f"{key}psnr"] - ref[f"{key}psnr"]
+        tex = r[f"{key}texture_ratio_gt"]
+        ok = dflip >= 10 and dpsnr >= -0.5 and 0.7 <= tex <= 1.3
+        out.append(f"- {n}: flips {dflip:+.0f} points, PSNR {dpsnr:+.2f} dB, texture {tex:.2f} → "
+                   f"goal {'met' if ok else 'missed'}")
+    return out
 
 
 if __name__ == "__main__":

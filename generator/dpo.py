@@ -73,6 +73,7 @@ class LossConfig:
     region: str = "hole"  # errors averaged over "hole" pixels only or "all" (C,H,W as in the paper)
     sdpo: bool = False  # Diffusion-SDPO: scale the loser's gradient so the winner's error can't rise
     mu: float = 0.9  # SDPO μ: share of ‖g_w‖² the winner keeps after the loser's push
+    sdpo_from_step: int = 0  # with sdpo: plain DPO before this step, SDPO from it (a DPO → SDPO schedule)
     sft_weight: float = 0.0  # supervised anchor: weight of the policy's winner error
     mi_weight: float = 0.0  # λ_MI of −Î(x̂0⊙(1−m), x⊙(1−m)) on the winner's one-step x̂0
     copy_weight: float = 0.0  # weight of the no-copy term (lesion correlation inside the hole)
@@ -176,6 +177,7 @@ def dpo_step_losses(
 
 def preference_step_losses(
     backend, batch: dict[str, torch.Tensor], lcfg: LossConfig, generator: torch.Generator,
+    *, step: int = 0,
 ) -> dict[str, torch.Tensor]:
     """All loss terms and diagnostics of one DPO step, for any backend (``generator.backends``).
 
@@ -186,6 +188,7 @@ def preference_step_losses(
     (``region: hole``; in latent space the latent cells the hole touches) or everything; then
     ``diffusion_dpo_loss`` (+ SDPO scale, + β-free winner anchor ``sft_weight·e_w``, + MI and
     no-copy terms on the winner's one-step x̂0 as an image, ``backend.image_estimate``).
+    ``step``: the optimiser step, for the DPO → SDPO schedule (``lcfg.sdpo_from_step``).
     """
     r_w, r_l, cond, region = backend.pair_batch(batch)
     b, device = r_w.shape[0], r_w.device
@@ -203,7 +206,7 @@ def preference_step_losses(
     e_w, e_l = per_sample_mse(p_w, y_w, weight), per_sample_mse(p_l, y_l, weight)
     re_w, re_l = per_sample_mse(q_w, y_w, weight), per_sample_mse(q_l, y_l, weight)
     lam = torch.ones(b, device=device)
-    if lcfg.sdpo:
+    if lcfg.sdpo and step >= lcfg.sdpo_from_step:
         lam = sdpo_lambda(mse_output_grad(p_w, y_w, weight), mse_output_grad(p_l, y_l, weight),
                           mu=lcfg.mu)
     out = diffusion_dpo_loss(e_w, scale_grad(e_l, lam), re_w, re_l, beta=lcfg.beta)
@@ -373,7 +376,7 @@ def train_dpo(cfg: DpoConfig, *, scorers=None, resume: str | None = None,
             batch = {k: v[idx] for k, v in data.items() if k != "difficulty"}
             with accelerator.accumulate(backend.model):
                 with accelerator.autocast():
-                    parts = preference_step_losses(backend, batch, cfg.loss, gen)
+                    parts = preference_step_losses(backend, batch, cfg.loss, gen, step=step)
                 accelerator.backward(parts["loss"])
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, cfg.optim.grad_clip)

@@ -187,3 +187,39 @@ def test_dpo_step_gives_winner_and_loser_the_same_noise_and_timestep():
     moved = dpo_step_losses(policy, reference, scheduler, other, TINY, LossConfig(beta=5000.0),
                             torch.Generator().manual_seed(2))
     assert abs(float(moved["dpo_loss"]) - math.log(2.0)) > 1e-3
+
+
+def test_dpo_then_sdpo_schedule_switches_the_loser_scale_at_its_step():
+    """sdpo_from_step k: plain DPO (λ = 1) before step k, the SDPO λ from k on — the same λ as
+    SDPO from the start on the same batch, noise and t."""
+    from generator.backends import PixelTrainBackend
+    from generator.dpo import LossConfig, preference_step_losses
+
+    torch.manual_seed(0)
+    ref = pixel_unet.build_unet(TINY).eval().requires_grad_(False)
+    policy = pixel_unet.build_unet(TINY)  # a different init: winner and loser gradients differ
+    backend = PixelTrainBackend(policy, pixel_unet.build_scheduler(TINY, kind="ddpm"), TINY,
+                                reference=ref)
+    batch = _tiny_pair_batch()
+
+    def lam(lcfg, step):
+        return preference_step_losses(backend, batch, lcfg, torch.Generator().manual_seed(3),
+                                      step=step)["sdpo_lambda"]
+
+    always = lam(LossConfig(beta=100.0, sdpo=True, mu=0.99), 1)
+    assert always.item() < 1.0  # μ near 1: the loser's push is scaled down
+    schedule = LossConfig(beta=100.0, sdpo=True, mu=0.99, sdpo_from_step=5)
+    assert lam(schedule, 4).item() == 1.0
+    assert_close(lam(schedule, 5), always)
+
+
+def test_dpo_bench_pareto_front_keeps_only_undominated_variants():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "bench_dpo.py"
+    spec = importlib.util.spec_from_file_location("bench_dpo", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    pts = {"a": (0.1, 20.0), "b": (0.2, 19.0), "c": (0.05, 19.5), "d": (0.2, 18.0), "e": (0.1, 20.0)}
+    assert mod.pareto_front(pts) == ["a", "e", "b"]  # c below a on both, d below b; ties kept
