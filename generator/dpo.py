@@ -45,7 +45,7 @@ from generator.backends import (
     make_optimizer,
     resolve_checkpoint,
 )
-from generator.build import load_pixel
+from generator.build import DEFAULT_CHECKPOINT, checkpoint_window, load_pixel
 from generator.masks import dilate
 from generator.modeling import pixel_unet
 from generator.pairs import read_pairs
@@ -350,8 +350,13 @@ def train_dpo(cfg: DpoConfig, *, scorers=None, resume: str | None = None,
         accelerator.log({f"val/{k}": v for k, v in m.items()}, step=step)
         return m
 
+    # the policy is run as its reference was (lesion window for a window-trained reference)
+    window = (checkpoint_window(cfg.reference or DEFAULT_CHECKPOINT)
+              if cfg.model.backend == "pixel" else "whole")
+
     def extra(step: int, **more) -> dict:
-        return {"dpo": to_dict(cfg), "reference": ref_hash, "step": step, **more}
+        return {"dpo": to_dict(cfg), "reference": ref_hash, "step": step,
+                "inference": {"window": window}, **more}
 
     first = 1
     if resume:
