@@ -26,7 +26,12 @@ import torch  # noqa: E402
 from generator.build import load_generator  # noqa: E402
 from generator.masks import dilate  # noqa: E402
 from generator.modeling import pixel_unet  # noqa: E402
-from generator.scoring import SCORERS_DIR, load_scorers, scores_with_gt  # noqa: E402
+from generator.scoring import (  # noqa: E402
+    SCORERS_DIR,
+    load_scorers,
+    scorer_flags,
+    scores_with_gt,
+)
 from shared.benchmark import load_manifest  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
 from shared.metrics import bootstrap_ci, paired_bootstrap_ci  # noqa: E402
@@ -140,13 +145,8 @@ def _domain_section(args, domain: str, gen, scorers) -> list[str]:
         probs_of = {name: scorers.probabilities(outputs[name], regions) for name in rows}
         fill_gt = probs_of["GT negative (ceiling)"]["fill"]
         for name, probs in probs_of.items():
-            for r, les, aud, fil, fgt in zip(rows[name], probs["lesion"], probs["audit"],
-                                             probs["fill"], fill_gt, strict=True):
-                # fill_above_gt: the detector finds this region more fill-like than the GT's real
-                # tissue in the same region (ties count half): 0.5 = indistinguishable from real
-                r.update(lesion_flip=float(les < 0.5), audit_flip=float(aud < 0.5),
-                         fill_detected=float(fil >= 0.5),
-                         fill_above_gt=float(fil > fgt) + 0.5 * float(fil == fgt))
+            for r, flags in zip(rows[name], scorer_flags(probs, fill_gt), strict=True):
+                r.update(flags)  # fill_above_gt: 2AFC vs the GT's real tissue, 0.5 = indistinguishable
     metrics = ["psnr", "ssim", "mse", "texture_ratio_gt", "outside_max_abs_diff"]
     if scorers is not None:
         metrics += ["lesion_flip", "audit_flip", "fill_detected", "fill_above_gt"]
