@@ -110,6 +110,8 @@ def test_checkpoint_hash_tracks_weights(tiny_pixel_dir, tmp_path):
 def test_embedded_default_loads():
     gen = load_generator()
     assert gen.backend.name == "pixel" and len(gen.checkpoint_hash) == 64
+    # the committed default was trained on windows (issue 18) and is run on them at native scale
+    assert gen.window == "lesion" and gen.backend.max_side == 2 * gen.backend.resolution
 
 
 def test_ancestral_sampling_is_finite_for_any_step_count(gen):
