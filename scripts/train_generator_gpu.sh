@@ -28,6 +28,8 @@
 # reference_dg2_biharmonic; session 4 ran it once, MINUTES=6.5, on one H100 (4236 and 2706 steps).
 # It did not help the held-out domain and cost the training domains (numbers in the config's
 # header and bench/results/generator_dg2.md); its weights were not kept.
+# RECIPE=windows runs configs/generator/pixel_reference_gpu_windows.yaml (the window training of
+# issue 18, from the biharmonic variant; needs data/bench128, --size 128) once, reference_windows.
 # PY (default python3) and EXTRA (overrides for a quick CPU check) are read from the environment.
 set -uo pipefail
 DEST=${1:-}
@@ -49,7 +51,8 @@ case $RECIPE in
         [reference_dg_noaug]="$BIHARMONIC data.photometric_p=0 data.aux_per_source=0"
       ) ;;
   dg2) VARIANTS=([reference_dg2]="optim.num_workers=6" [reference_dg2_biharmonic]="optim.num_workers=6 $BIHARMONIC") ;;
-  *) echo "unknown RECIPE=$RECIPE (dg or dg2)"; exit 2 ;;
+  windows) VARIANTS=([reference_windows]="") ;;  # issue 18: multi-scale windows, split by source
+  *) echo "unknown RECIPE=$RECIPE (dg, dg2 or windows)"; exit 2 ;;
 esac
 pids=()
 for name in "${!VARIANTS[@]}"; do
