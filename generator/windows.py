@@ -65,7 +65,6 @@ def draw_window(
     h, w = image.shape
     z = float(np.exp(rng.uniform(*np.log(cfg.zoom))))
     z = min(z, 0.9 * min(h, w) / s)  # a frame smaller than the window at this zoom: zoom less
-    z = max(z, min(h, w) / s / 8) if min(h, w) < s else z  # small frames (64² emri) get upsampled
     theta = rng.uniform(0, 2 * np.pi) if cfg.rotate else int(rng.integers(4)) * np.pi / 2
     ys, xs = np.nonzero(tissue)
     src = ndimage.gaussian_filter(image, 0.5 * (z - 1)) if z > 1.2 else image
