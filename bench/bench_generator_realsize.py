@@ -108,7 +108,9 @@ def parse_generators(specs: list[str]) -> dict[str, NegativeGenerator]:
             raise SystemExit(f"--generator wants NAME=SPEC, got {spec!r}")
         # each checkpoint runs as it was trained (generator.build.checkpoint_window): a
         # window-trained model on lesion windows, a whole-image model on the whole image
+        path, _, flag = path.partition(",")  # SPEC,native-coarse: the native-coarse experiment
         out[name] = load_generator(None if path == "embedded" else path)
+        out[name].native_coarse = flag == "native-coarse"
     return out
 
 

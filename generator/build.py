@@ -63,6 +63,11 @@ class PixelBackend:
     def device(self) -> torch.device:
         return self.unet.device
 
+    @torch.no_grad()
+    def coarse(self, images: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+        """The classical fill the model's residual is added to (its conditioning's coarse channel)."""
+        return pixel_unet.condition(images.to(self.device), holes.to(self.device), self.cfg)[:, 2:3]
+
     def fill(
         self,
         images: torch.Tensor,

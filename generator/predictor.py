@@ -163,13 +163,17 @@ class NegativeGenerator:
     """
 
     def __init__(self, backend: FillBackend, *, checkpoint_hash: str, batch_size: int = 1,
-                 window: str = "whole", window_context: float = 4.0):
+                 window: str = "whole", window_context: float = 4.0, native_coarse: bool = False):
         if window not in WINDOWS:
             raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
         if window_context < 1:
             raise ValueError(f"window_context must be >= 1, got {window_context}")
         self.window = window
         self.window_context = window_context
+        # experiment (off by default): where a view was zoomed out onto the grid, put the model's
+        # learned residual (fill − its coarse channel, upsampled) on a coarse fill computed at the
+        # input's own resolution instead of upsampling the whole fill (grayscale pixel backend)
+        self.native_coarse = native_coarse
         self.backend = backend
         self.checkpoint_hash = checkpoint_hash
         # Rows (image × sample) per backend call. 1 makes every result independent of what it was
@@ -301,7 +305,10 @@ class NegativeGenerator:
             for j, f in zip(idx, out, strict=True):
                 filled[j] = f
         out = []
-        for (i, _), (image, region, win, _), f in zip(rows, views, filled, strict=True):
+        for (i, _), (image, region, win, side), f in zip(rows, views, filled, strict=True):
+            if (self.native_coarse and hasattr(self.backend, "coarse") and image.ndim == 2
+                    and f.shape[0] != max(image.shape) and see_through_px == 0):
+                f = self._residual_on_native_coarse(image, region, f, side)
             fill = self._to_input_space(image, region, f, see_through=see_through_px > 0)
             if win is not None:  # the window's fill inside a copy of the whole image
                 top, left, n = win
@@ -310,6 +317,15 @@ class NegativeGenerator:
                 fill = full
             out.append(fill)
         return out
+
+    def _residual_on_native_coarse(self, image, region, fill, side) -> np.ndarray:
+        """(H, W, 1) fill = coarse(image at H×W) + upsample(fill − coarse(image at the grid))."""
+        grid_coarse = self.backend.coarse(_resize(image, side)[None], _resize_hole(region, side)[None])
+        residual = fill[..., 0] - grid_coarse[0, 0].cpu().numpy()
+        native = self.backend.coarse(torch.from_numpy(np.ascontiguousarray(image))[None, None],
+                                     torch.from_numpy(region.astype(np.float32))[None, None])
+        up = _upsample(residual[..., None].astype(np.float32), image.shape[:2])[..., 0]
+        return np.clip(native[0, 0].cpu().numpy() + up, 0.0, 1.0)[..., None].astype(np.float32)
 
     def _to_input_space(
         self, image: np.ndarray, region: np.ndarray, fill: np.ndarray, *, see_through: bool = False
