@@ -50,7 +50,6 @@ from scipy import ndimage  # noqa: E402
 from bench.bench_generator import _kept_reading  # noqa: E402
 from generator.build import load_generator  # noqa: E402
 from generator.masks import dilate  # noqa: E402
-from generator.modeling import pixel_unet  # noqa: E402
 from generator.predictor import NegativeGenerator, lesion_window  # noqa: E402
 from generator.scoring import (  # noqa: E402
     SCORERS_DIR,
@@ -80,20 +79,19 @@ class CoarsePriorBackend:
     ``pixel_unet.condition`` inside the hole (harmonic or biharmonic per the model's config)."""
 
     def __init__(self, backend):
-        self.name, self.channels = "coarse-prior", backend.channels
-        self.resolution, self.cfg = backend.resolution, backend.cfg
+        self.name, self.channels, self.backend = "coarse-prior", backend.channels, backend
+        self.resolution = backend.resolution
         self.max_side = getattr(backend, "max_side", backend.resolution)  # same window grids
 
     def fill(self, images, holes, generators, *, steps, strength, see_through_px=0.0) -> np.ndarray:
-        cond = pixel_unet.condition(images, holes, self.cfg)
-        out = pixel_unet.compose(torch.zeros_like(holes), cond, self.cfg)
+        out = self.backend.coarse(images, holes).clamp(0.0, 1.0)  # PixelBackend.coarse
         return out.permute(0, 2, 3, 1).float().cpu().numpy()
 
 
 def coarse_prior(gen: NegativeGenerator) -> NegativeGenerator | None:
     """``gen`` with its learned residual dropped (same window, resizing and paste-back); None for
     a backend without a coarse channel (sd-inpaint)."""
-    if not hasattr(gen.backend, "cfg"):
+    if not hasattr(gen.backend, "coarse"):
         return None
     return NegativeGenerator(CoarsePriorBackend(gen.backend), checkpoint_hash=gen.checkpoint_hash,
                              window=gen.window, window_context=gen.window_context)
