@@ -61,15 +61,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=60, help="validation positives per domain")
     p.add_argument("--layers", type=int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--betas", type=float, nargs="+", default=[0.03, 0.1, 0.3, 1.0])
+    p.add_argument("--external", action="append", default=[], metavar="DOMAIN=DIR",
+                   help="also score an external set (python -m shared.benchmark --external; all its "
+                        "images) under DOMAIN's prompts: shown, never used for the choice")
     p.add_argument("--out", default="bench/results/m2ib_selection.md")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     clip = build_clip(resolve_model_source(args.model))
     bundle = bundle_from_open_clip(clip.model.eval(), clip.tokenizer)
-    items = load_manifest(args.bench)
+    sets = [(d, d, [it for it in load_manifest(args.bench) if it.domain == d and it.split == "val"])
+            for d in DOMAINS]
+    for spec in args.external:
+        domain, _, root = spec.partition("=")
+        sets.append((f"{domain} (external)", domain,
+                     [it for it in load_manifest(root) if it.domain == domain]))
+    columns = [name for name, _, _ in sets]
     data, aurocs = {}, {}
-    for d in DOMAINS:
-        val = [it for it in items if it.domain == d and it.split == "val"]
+    for d, _, val in sets:
         tumors = sorted((it for it in val if it.label == "tumor"), key=lambda it: it.id)
         normals = [read_image(it.image) for it in val if it.label == "normal"]
         pos = [read_image(it.image) for it in tumors]
@@ -107,22 +115,22 @@ def main(argv: list[str] | None = None) -> int:
              "cells: pointing game / saliency mass inside the lesion. Rule: highest mean pointing "
              f"over the training domains ({', '.join(train)}), ties by lesion mass; "
              f"{HELD_OUT_DOMAIN} (held out) shown, not used.", "",
-             "| layer | β | " + " | ".join(DOMAINS) + " | training-domain mean |",
-             "|---|---|" + "---|" * (len(DOMAINS) + 1),
+             "| layer | β | " + " | ".join(columns) + " | training-domain mean |",
+             "|---|---|" + "---|" * (len(columns) + 1),
              "| zero-shot AUROC (all val positives vs GT negatives + normals) | | "
-             + " | ".join(f"{aurocs[d]:.3f}" for d in DOMAINS) + " | |"]
+             + " | ".join(f"{aurocs[d]:.3f}" for d in columns) + " | |"]
     for r in rows:
         mark = " **(chosen)**" if r is best else ""
         lines.append(f"| {r['layer']} | {r['beta']:g} | " + " | ".join(
-            f"{r[d][0]:.2f} / {r[d][1]:.2f}" for d in DOMAINS)
+            f"{r[d][0]:.2f} / {r[d][1]:.2f}" for d in columns)
             + f" | {r['score'][0]:.3f} / {r['score'][1]:.3f}{mark} |")
     lines += ["", f"Box IoU with the GT box at the chosen setting (layer {best['layer']}, β "
               f"{best['beta']:g}), saliency binarised then the largest component boxed:", "",
-              "| binarisation | " + " | ".join(DOMAINS) + " |", "|---|" + "---|" * len(DOMAINS)]
+              "| binarisation | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, kw in BINARIZE.items():
         ious = {d: np.mean([box_iou(mask_to_boxes(coarse_mask(s, **kw)), m) for s, m in zip(
-            maps_of[(best["layer"], best["beta"], d)], data[d][1], strict=True)]) for d in DOMAINS}
-        lines.append(f"| {name} | " + " | ".join(f"{ious[d]:.3f}" for d in DOMAINS) + " |")
+            maps_of[(best["layer"], best["beta"], d)], data[d][1], strict=True)]) for d in columns}
+        lines.append(f"| {name} | " + " | ".join(f"{ious[d]:.3f}" for d in columns) + " |")
     lines.append("")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines))

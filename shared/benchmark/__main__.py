@@ -23,6 +23,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--aux-per-source", type=int, default=0,
                    help="also N training-only positives on each auxiliary anatomy source "
                         "(leg X-ray, shoulder MR, abdominal CT)")
+    p.add_argument("--multi-source", type=int, default=0,
+                   help="also N training-only positives on every real training source at many "
+                        "scales and on procedural textures (shared.benchmark.multisource)")
     return p.parse_args(argv)
 
 
@@ -31,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = build_benchmark(args.out, domains=args.domains, n_per_domain=args.n_per_domain,
                                    size=args.size, seed=args.seed, progress=True,
-                                   external=args.external, aux_per_source=args.aux_per_source)
+                                   external=args.external, aux_per_source=args.aux_per_source,
+                                   multi_source=args.multi_source)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.benchmark import multisource
 from shared.benchmark.anatomy import AUX_SOURCES, SOURCES
 from shared.benchmark.external import EXTERNAL_SOURCES
 from shared.benchmark.lesions import RENDER_AS, caption, caption_negative, render, sample_lesion
@@ -58,7 +59,7 @@ def _splits(n: int, rng: np.random.Generator) -> list[str]:
 def build_benchmark(
     out: str | Path, *, domains: tuple[str, ...] | list[str] = DOMAINS, n_per_domain: int = 100,
     size: int = 224, seed: int = 0, progress: bool = False, external: bool = False,
-    aux_per_source: int = 0,
+    aux_per_source: int = 0, multi_source: int = 0,
 ) -> Path:
     """Write the benchmark under ``out`` and return the manifest's path.
 
@@ -85,14 +86,20 @@ def build_benchmark(
                              f"{sorted(EXTERNAL_SOURCES)}")
     if aux_per_source < 0 or (aux_per_source and external):
         raise ValueError("aux_per_source must be >= 0 and cannot be combined with external")
+    if multi_source < 0 or (multi_source and external):
+        raise ValueError("multi_source must be >= 0 and cannot be combined with external")
     out = Path(out)
     records, dpo_rows = [], []
     n_normal = math.ceil(NORMAL_FRACTION * n_per_domain)
     n_aux_normal = math.ceil(NORMAL_FRACTION * aux_per_source)
+    n_ms_normal = math.ceil(NORMAL_FRACTION * multi_source)
+    ms_domains = tuple(f"ms_{name}" for name in multisource.MS_SOURCES) if multi_source else ()
     tasks = [(d, i, lab) for d in domains for lab, n in (("tumor", n_per_domain), ("normal", n_normal))
              for i in range(n)]
     tasks += [(d, i, lab) for d in (AUX_DOMAINS if aux_per_source else ())
               for lab, n in (("tumor", aux_per_source), ("normal", n_aux_normal)) for i in range(n)]
+    tasks += [(d, i, lab) for d in ms_domains
+              for lab, n in (("tumor", multi_source), ("normal", n_ms_normal)) for i in range(n)]
     iterator = tasks
     if progress:
         from shared.progress import progress as progress_bar
@@ -109,29 +116,39 @@ def build_benchmark(
         split_of |= {(d, lab): ["train"] * n for d in AUX_DOMAINS
                      for lab, n in (("tumor", aux_per_source), ("normal", n_aux_normal))}
     index = {d: k for k, d in enumerate(DOMAINS + AUX_DOMAINS)}
+    index |= {d: 200 + k for k, d in enumerate(ms_domains)}
     for domain, i, label in iterator:
         rng = np.random.default_rng([seed, index[domain], i, label == "tumor"])
-        background, tissue = sources[domain].sample(rng, size)
-        split = split_of[(domain, label)][i]
         name = f"{domain}_{i:04d}.png" if label == "tumor" else f"{domain}_n{i:04d}.png"
+        if domain in ms_domains:  # every real training source at many scales, procedural textures
+            split = "train"
+            background, preset, lesion, positive, mask = multisource.draw_item(
+                domain[3:], rng, size, tumor=label == "tumor")
+            words = multisource.caption_domain(domain[3:], preset)
+        else:
+            split = split_of[(domain, label)][i]
+            background, tissue = sources[domain].sample(rng, size)
+            preset, lesion, words = domain, None, domain
+            if label == "tumor":
+                lesion = sample_lesion(domain, rng, tissue)
         image_rel = f"{domain}/{split}_images/{name}"
         mask_rel = f"{domain}/{split}_masks/{name}"
         if label == "tumor":
-            lesion = sample_lesion(domain, rng, tissue)
-            positive, mask = render(domain, background, lesion, rng)
+            if domain not in ms_domains:
+                positive, mask = render(preset, background, lesion, rng)
             neg_rel = f"{domain}/gt_negatives/{name}"
             write_png(out / neg_rel, to_uint8(background))
-            text, params = caption(domain, lesion), lesion.as_json()
-            dpo_rows.append(DpoRow(image_rel, neg_rel, text, caption_negative(domain)))
+            text, params = caption(words, lesion), lesion.as_json()
+            dpo_rows.append(DpoRow(image_rel, neg_rel, text, caption_negative(words)))
         else:
             positive, mask = to_uint8(background), np.zeros((size, size), bool)
-            neg_rel, text, params = None, caption_negative(domain), None
+            neg_rel, text, params = None, caption_negative(words), None
         write_png(out / image_rel, positive)
         write_png(out / mask_rel, mask)
         records.append({
             "id": name[:-4], "domain": domain, "split": split, "label": label,
             "image": image_rel, "mask": mask_rel, "gt_negative": neg_rel, "caption": text,
-            "caption_neg": caption_negative(domain), "lesion": params,
+            "caption_neg": caption_negative(words), "lesion": params,
         })
     manifest = out / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
@@ -139,7 +156,7 @@ def build_benchmark(
     (out / "benchmark.json").write_text(json.dumps(
         {"domains": list(domains), "n_per_domain": n_per_domain, "size": size, "seed": seed,
          "held_out_domain": HELD_OUT_DOMAIN, "external": external,
-         "aux_per_source": aux_per_source}, indent=2, sort_keys=True) + "\n")
+         "aux_per_source": aux_per_source, "multi_source": multi_source}, indent=2, sort_keys=True) + "\n")
     return manifest
 
 

@@ -167,6 +167,7 @@ MODALITY = {
     "extremity_xray": ("A leg X-ray", "bone lesion", "normal bone and soft tissue"),
     "shoulder_mri": ("A shoulder MRI", "soft-tissue mass", "normal shoulder tissue"),
     "abdomen_ct": ("An abdominal CT", "abdominal mass", "normal abdominal organs"),
+    "head_ct": ("A head CT", "brain lesion", "normal brain tissue"),
 }
 APPEARANCE = {
     "ring-enhancing": "ring-enhancing", "hypointense": "hypointense",

@@ -1,0 +1,78 @@
+"""Multi-source lesion data for the CLIP's pre-training (shared.benchmark.multisource)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.benchmark import build_benchmark, load_manifest
+from shared.benchmark import multisource as ms
+from shared.io import read_image, read_mask
+
+
+def test_window_crop_zooms_by_the_drawn_factor(monkeypatch):
+    """On a horizontal ramp of slope g per native pixel, a window of ``size·z`` native pixels
+    resized to ``size`` has slope g·z along one axis (either: 90° turns) and 0 along the other,
+    with z in ZOOM: catches an inverted zoom (slope g/z) or a crop that is not resized."""
+    g, n = 1.0 / 2048, 2048
+    ramp = np.tile(np.arange(n, dtype=np.float32) * g, (n, 1))
+    monkeypatch.setattr(ms, "frames", lambda name: [(ramp, np.ones((n, n), bool))])
+    rng = np.random.default_rng(0)
+    slopes = []
+    for _ in range(20):
+        img, tissue = ms.window_crop("mni_brain", rng, 64)
+        dy, dx = np.gradient(img[8:-8, 8:-8].astype(np.float64))
+        slope = max(np.abs(dx).mean(), np.abs(dy).mean()) / g
+        assert min(np.abs(dx).mean(), np.abs(dy).mean()) < 1e-3 * slope * g
+        slopes.append(slope)
+        assert not tissue[:8].any() and tissue[8:-8, 8:-8].all()
+    assert ms.ZOOM[0] - 0.05 <= min(slopes) and max(slopes) <= ms.ZOOM[1] + 0.05
+    assert max(slopes) - min(slopes) > 1.0  # the zoom varies
+
+
+def test_held_out_sources_are_refused():
+    with pytest.raises(ValueError, match="held-out"):
+        ms.window_crop("chest_xray", np.random.default_rng(0), 64)
+    assert not set(ms.MS_SOURCES) & {"chest_xray", "emri_head_mr", "abdomen_ct", "abdomen_mr",
+                                     "pelvis_us"}
+
+
+def test_procedural_texture_is_deterministic_and_in_range():
+    a, ta = ms.procedural(np.random.default_rng(3), 64)
+    b, _ = ms.procedural(np.random.default_rng(3), 64)
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1 and a.std() > 0.05
+    assert ta.sum() == (64 - 16) ** 2
+
+
+def test_positives_are_visible_and_exact_outside_the_mask():
+    """draw_item's lesions change their mask by at least MIN_VISIBLE on average (procedural
+    backgrounds always allow it) and leave every other pixel equal to the background."""
+    from shared.io import to_uint8
+
+    rng = np.random.default_rng(1)
+    for _ in range(6):
+        bg, preset, lesion, positive, mask = ms.draw_item("procedural", rng, 64, tumor=True)
+        assert mask.any() and preset in ("brain_mri", "chest_xray", "retina", "breast_us")
+        assert np.abs(positive[mask] / 255.0 - bg[mask]).mean() >= ms.MIN_VISIBLE
+        np.testing.assert_array_equal(positive[~mask], to_uint8(bg)[~mask])
+
+
+def test_multi_source_domains_are_training_only_and_leave_the_benchmark_unchanged(tmp_path):
+    plain = build_benchmark(tmp_path / "plain", domains=("brain_mri",), n_per_domain=3, size=64, seed=0)
+    more = build_benchmark(tmp_path / "ms", domains=("brain_mri",), n_per_domain=3, size=64, seed=0,
+                           multi_source=2)
+    base, items = load_manifest(plain), load_manifest(more)
+    same = [it for it in items if it.domain == "brain_mri"]
+    assert [it.id for it in same] == [it.id for it in base]
+    for a, b in zip(base, same, strict=True):
+        assert a.image.read_bytes() == b.image.read_bytes() and a.caption == b.caption
+    extra = [it for it in items if it.domain.startswith("ms_")]
+    assert {it.domain for it in extra} == {f"ms_{s}" for s in ms.MS_SOURCES}
+    assert {it.split for it in extra} == {"train"} and len(extra) == len(ms.MS_SOURCES) * (2 + 1)
+    ct = next(it for it in extra if it.domain == "ms_head_ct" and it.label == "tumor")
+    assert ct.caption.startswith("A head CT showing")
+    assert next(it for it in extra if it.domain == "ms_head_ct" and it.label == "normal").caption \
+        == "A head CT showing normal brain tissue with no signs of pathology."
+    outside = ~read_mask(ct.mask)
+    np.testing.assert_array_equal(read_image(ct.image)[outside], read_image(ct.gt_negative)[outside])
