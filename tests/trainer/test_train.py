@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,3 +118,23 @@ def test_wise_alpha_exports_the_midpoint_of_start_and_fine_tune(tiny_bench, tmp_
     assert moved  # the fine-tune changed something, so the midpoint is a real test
     for k in before:
         torch.testing.assert_close(half[k], (before[k] + full[k]) / 2, rtol=0, atol=1e-6, msg=k)
+
+
+def test_multisource_gpu_config_runs_at_toy_size(tmp_path):
+    """configs/embedded/pretrain_clip_multisource_gpu.yaml, data and all, at toy size: a benchmark
+    with multi-source domains, 2 steps of batch 4, the config's objective, augmentation and
+    held-out domain; the multi-source images are in the training set and the chest is not."""
+    from finetune.data import load_samples
+    from shared.benchmark import build_benchmark
+
+    bench = tmp_path / "bench"
+    build_benchmark(bench, domains=("brain_mri", "chest_xray"), n_per_domain=3, size=64, seed=0,
+                    multi_source=1)
+    path = Path(__file__).resolve().parents[2] / "configs" / "embedded" / "pretrain_clip_multisource_gpu.yaml"
+    cfg = load_train_config(path, [f"data.root={bench}", f"output_dir={tmp_path / 'run'}",
+                                   "batch_size=4", "optim.max_steps=2", "optim.warmup_steps=1",
+                                   "num_threads=1", "checkpoint_every=0"])
+    domains = {x.domain for x in load_samples(cfg.data)}
+    assert "ms_procedural" in domains and "ms_head_ct" in domains and "chest_xray" not in domains
+    out = train(cfg)
+    assert (Path(out) / "model" / "open_clip_model.safetensors").is_file()
