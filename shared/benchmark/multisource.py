@@ -121,20 +121,23 @@ def draw_item(name: str, rng: np.random.Generator, size: int, *, tumor: bool):
     Normals (``tumor=False``) get ``lesion`` and ``positive`` None, a random preset for the words."""
     from shared.benchmark.lesions import render
 
+    last = None
     for _ in range(TRIES):
         bg, tissue = background(name, rng, size)
         preset, lesion = draw_lesion(name, rng, tissue)
         if float(bg.std()) < MIN_STD:
             continue
         if not tumor:
-            return bg, preset, None, None, np.zeros((size, size), bool)
+            break
         positive, mask = render(preset, bg, lesion, rng)
-        change = np.abs(positive[mask].astype(np.float64) / 255.0 - bg[mask]).mean() if mask.any() else 0.0
-        if change >= MIN_VISIBLE:
+        last = (bg, preset, lesion, positive, mask)
+        if mask.any() and np.abs(positive[mask] / 255.0 - bg[mask]).mean() >= MIN_VISIBLE:
             break
     if not tumor:
         return bg, preset, None, None, np.zeros((size, size), bool)
-    return bg, preset, lesion, positive, mask
+    if last is None:  # every background was flat: keep the last one, lesion and all
+        last = (bg, preset, lesion, *render(preset, bg, lesion, rng))
+    return last
 
 
 def draw_lesion(name: str, rng: np.random.Generator, tissue: np.ndarray) -> tuple[str, Lesion]:

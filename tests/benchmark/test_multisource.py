@@ -76,3 +76,16 @@ def test_multi_source_domains_are_training_only_and_leave_the_benchmark_unchange
         == "A head CT showing normal brain tissue with no signs of pathology."
     outside = ~read_mask(ct.mask)
     np.testing.assert_array_equal(read_image(ct.image)[outside], read_image(ct.gt_negative)[outside])
+
+
+def test_flat_backgrounds_still_give_a_consistent_pair(monkeypatch):
+    """When every draw is flat (a saturated window), the item returned is one draw — background,
+    positive and mask belong together — never a positive of one draw with another's background."""
+    from shared.io import to_uint8
+
+    calls = iter(range(100))
+    monkeypatch.setattr(ms, "background", lambda name, rng, size: (
+        np.full((size, size), 0.1 * (next(calls) % 7) + 0.2, np.float32), np.ones((size, size), bool)))
+    bg, _, lesion, positive, mask = ms.draw_item("mni_brain", np.random.default_rng(0), 32, tumor=True)
+    assert lesion is not None and mask.any()
+    np.testing.assert_array_equal(positive[~mask], to_uint8(bg)[~mask])
