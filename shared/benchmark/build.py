@@ -128,14 +128,13 @@ def build_benchmark(
         else:
             split = split_of[(domain, label)][i]
             background, tissue = sources[domain].sample(rng, size)
-            preset, lesion, words = domain, None, domain
+            lesion, words = None, domain
             if label == "tumor":
                 lesion = sample_lesion(domain, rng, tissue)
+                positive, mask = render(domain, background, lesion, rng)
         image_rel = f"{domain}/{split}_images/{name}"
         mask_rel = f"{domain}/{split}_masks/{name}"
         if label == "tumor":
-            if domain not in ms_domains:
-                positive, mask = render(preset, background, lesion, rng)
             neg_rel = f"{domain}/gt_negatives/{name}"
             write_png(out / neg_rel, to_uint8(background))
             text, params = caption(words, lesion), lesion.as_json()

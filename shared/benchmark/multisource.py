@@ -33,8 +33,9 @@ from dataclasses import replace
 import numpy as np
 from skimage.transform import resize
 
+from shared.benchmark.anatomy import _clear_border
 from shared.benchmark.lesions import PRESETS, Lesion, sample_lesion
-from shared.benchmark.realsize import PRESET_OF
+from shared.benchmark.realsize import PRESET_OF, _square_around
 from shared.benchmark.sources import SOURCES, TRAIN, check_training_sources, frames
 
 ZOOM = (1.0, 4.0)  # native pixels per output pixel, log-uniform (capped by the frame's side)
@@ -64,8 +65,7 @@ def window_crop(name: str, rng: np.random.Generator, size: int) -> tuple[np.ndar
     ys, xs = np.nonzero(tissue)
     k = int(rng.integers(ys.size)) if ys.size else None
     cy, cx = (int(ys[k]), int(xs[k])) if k is not None else (h // 2, w // 2)
-    top = int(np.clip(cy - side // 2, 0, h - side))
-    left = int(np.clip(cx - side // 2, 0, w - side))
+    top, left = _square_around(h, side, cy), _square_around(w, side, cx)
     img = image[top : top + side, left : left + side]
     tis = tissue[top : top + side, left : left + side]
     turns, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
@@ -75,9 +75,7 @@ def window_crop(name: str, rng: np.random.Generator, size: int) -> tuple[np.ndar
     img = resize(np.ascontiguousarray(img, dtype=np.float64), (size, size), order=1,
                  anti_aliasing=side > size)
     tis = resize(np.ascontiguousarray(tis), (size, size), order=0, anti_aliasing=False).astype(bool)
-    m = size // 8
-    tis[:m], tis[-m:], tis[:, :m], tis[:, -m:] = False, False, False, False
-    return np.clip(img, 0.0, 1.0).astype(np.float32), tis
+    return np.clip(img, 0.0, 1.0).astype(np.float32), _clear_border(tis)
 
 
 def procedural(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,10 +100,7 @@ def procedural(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
         x = x + rng.uniform(-2.5, 2.5) / (1.0 + np.exp((np.hypot(u, v) - 1.0) * 12.0))
     lo, hi = np.percentile(x, [1, 99])
     x = np.clip((x - lo) / max(hi - lo, 1e-8), 0.0, 1.0) ** np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
-    tissue = np.zeros((size, size), bool)
-    m = size // 8
-    tissue[m:-m, m:-m] = True
-    return x.astype(np.float32), tissue
+    return x.astype(np.float32), _clear_border(np.ones((size, size), bool))
 
 
 def background(name: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
