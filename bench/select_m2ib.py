@@ -69,15 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     clip = build_clip(resolve_model_source(args.model))
     bundle = bundle_from_open_clip(clip.model.eval(), clip.tokenizer)
-    sets = [(d, d, [it for it in load_manifest(args.bench) if it.domain == d and it.split == "val"])
-            for d in DOMAINS]
+    sets = {d: [it for it in load_manifest(args.bench) if it.domain == d and it.split == "val"]
+            for d in DOMAINS}
     for spec in args.external:
-        domain, _, root = spec.partition("=")
-        sets.append((f"{domain} (external)", domain,
-                     [it for it in load_manifest(root) if it.domain == domain]))
-    columns = [name for name, _, _ in sets]
+        domain, sep, root = spec.partition("=")
+        if not sep:
+            p.error(f"--external {spec!r}: expected DOMAIN=DIR")
+        sets[f"{domain} (external)"] = [it for it in load_manifest(root) if it.domain == domain]
+    columns = list(sets)
     data, aurocs = {}, {}
-    for d, _, val in sets:
+    for d, val in sets.items():
         tumors = sorted((it for it in val if it.label == "tumor"), key=lambda it: it.id)
         normals = [read_image(it.image) for it in val if it.label == "normal"]
         pos = [read_image(it.image) for it in tumors]
