@@ -83,18 +83,22 @@ class CoarsePriorBackend:
         self.resolution = backend.resolution
         self.max_side = getattr(backend, "max_side", backend.resolution)  # same window grids
 
+    def coarse(self, images, holes):  # so a native-coarse generator composes on it as on the model
+        return self.backend.coarse(images, holes)
+
     def fill(self, images, holes, generators, *, steps, strength, see_through_px=0.0) -> np.ndarray:
         out = self.backend.coarse(images, holes).clamp(0.0, 1.0)  # PixelBackend.coarse
         return out.permute(0, 2, 3, 1).float().cpu().numpy()
 
 
 def coarse_prior(gen: NegativeGenerator) -> NegativeGenerator | None:
-    """``gen`` with its learned residual dropped (same window, resizing and paste-back); None for
-    a backend without a coarse channel (sd-inpaint)."""
+    """``gen`` with its learned residual dropped (same window, resizing, native coarse fill and
+    paste-back); None for a backend without a coarse channel (sd-inpaint)."""
     if not hasattr(gen.backend, "coarse"):
         return None
     return NegativeGenerator(CoarsePriorBackend(gen.backend), checkpoint_hash=gen.checkpoint_hash,
-                             window=gen.window, window_context=gen.window_context)
+                             window=gen.window, window_context=gen.window_context,
+                             native_coarse=gen.native_coarse)
 
 
 def parse_generators(specs: list[str]) -> dict[str, NegativeGenerator]:
@@ -106,9 +110,14 @@ def parse_generators(specs: list[str]) -> dict[str, NegativeGenerator]:
             raise SystemExit(f"--generator wants NAME=SPEC, got {spec!r}")
         # each checkpoint runs as it was trained (generator.build.checkpoint_window): a
         # window-trained model on lesion windows, a whole-image model on the whole image
-        path, _, flag = path.partition(",")  # SPEC,native-coarse: the native-coarse experiment
-        out[name] = load_generator(None if path == "embedded" else path)
-        out[name].native_coarse = flag == "native-coarse"
+        # SPEC,native-coarse / SPEC,upsampled-coarse: force NegativeGenerator.native_coarse on /
+        # off (default: as the checkpoint says, generator.build.checkpoint_native_coarse)
+        path, _, flag = path.partition(",")
+        if flag not in ("", "native-coarse", "upsampled-coarse"):
+            raise SystemExit(f"--generator {spec!r}: unknown flag {flag!r}; expected native-coarse "
+                             "or upsampled-coarse")
+        native = {"": None, "native-coarse": True, "upsampled-coarse": False}[flag]
+        out[name] = load_generator(None if path == "embedded" else path, native_coarse=native)
     return out
 
 
@@ -400,7 +409,9 @@ def header(args, argv: list[str], gens, scorers) -> list[str]:
         "finds the output more fill-like than the GT), flip rate = P(lesion scorer < 0.5), both "
         "on the lesion window (≥ 64², context 4) and averaged over samples; s/img = seconds per "
         "image for all samples, 1 CPU thread. Coarse prior = the model's own classical fill "
-        "(its conditioning's coarse channel, same window) without the learned residual.", "",
+        "(its conditioning's coarse channel, same window) without the learned residual; for a "
+        "native-coarse generator, a window zoomed out onto the grid gets scikit-image's exact "
+        "biharmonic fill at the input's resolution instead (what its residual is added to).", "",
         "Goals (column 'goals', per size × source): low PSNR ≥ biharmonic + 1 dB (mean paired Δ); "
         "PSNR mean ≥ biharmonic's PSNR; every sample's texture in [0.7, 1.3]; fill 2AFC 0.5 ± 0.1; "
         "flip rate ≥ the GT's − 0.05; outside max 0.", "",

@@ -185,9 +185,18 @@ def checkpoint_window(path: str | Path) -> str:
     return "lesion" if meta.get("train", {}).get("data", {}).get("window_p", 0) > 0 else "whole"
 
 
+def checkpoint_native_coarse(path: str | Path) -> bool:
+    """Whether a pixel checkpoint puts its learned residual on a native-resolution biharmonic fill
+    where a window is zoomed out onto its grid (``NegativeGenerator.native_coarse``): its
+    ``inference.native_coarse`` (written by window training since session 12), else False."""
+    meta = json.loads((Path(path) / CONFIG_NAME).read_text())
+    return bool(meta.get("inference", {}).get("native_coarse", False))
+
+
 def load_generator(
     path_or_name: str | Path | None = None, *, device: str = "cpu", batch_size: int = 1,
     window: str | None = None, window_context: float = 4.0, lora: str | Path | None = None,
+    native_coarse: bool | None = None,
 ) -> NegativeGenerator:
     """Load a generator.
 
@@ -198,6 +207,7 @@ def load_generator(
     ``lora``: a diffusers LoRA dir applied on top of an ``sd-inpaint`` base (None = none).
     ``window`` / ``window_context``: what the backend sees of each image (``NegativeGenerator``);
     None = as the checkpoint was trained (:func:`checkpoint_window`; ``"whole"`` for SD-inpaint).
+    ``native_coarse``: None = as the checkpoint says (:func:`checkpoint_native_coarse`; pixel only).
     """
     if path_or_name is None or str(path_or_name) == "pixel":
         path_or_name = DEFAULT_CHECKPOINT
@@ -213,6 +223,8 @@ def load_generator(
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         backend, digest = load_pixel(path, device=device)
         window = window or checkpoint_window(path)
+        if native_coarse is None:
+            native_coarse = checkpoint_native_coarse(path)
     elif path.is_dir() and (path / "model_index.json").is_file():
         backend, digest = load_sd_inpaint(path, device=device, lora=lora)
     elif path.exists():
@@ -223,4 +235,5 @@ def load_generator(
     else:
         backend, digest = load_sd_inpaint(str(path_or_name), device=device, lora=lora)
     return NegativeGenerator(backend, checkpoint_hash=digest, batch_size=batch_size,
-                             window=window or "whole", window_context=window_context)
+                             window=window or "whole", window_context=window_context,
+                             native_coarse=bool(native_coarse))

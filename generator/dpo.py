@@ -45,7 +45,12 @@ from generator.backends import (
     make_optimizer,
     resolve_checkpoint,
 )
-from generator.build import DEFAULT_CHECKPOINT, checkpoint_window, load_pixel
+from generator.build import (
+    DEFAULT_CHECKPOINT,
+    checkpoint_native_coarse,
+    checkpoint_window,
+    load_pixel,
+)
 from generator.masks import dilate
 from generator.modeling import pixel_unet
 from generator.pairs import read_pairs
@@ -351,12 +356,13 @@ def train_dpo(cfg: DpoConfig, *, scorers=None, resume: str | None = None,
         return m
 
     # the policy is run as its reference was (lesion window for a window-trained reference)
-    window = (checkpoint_window(cfg.reference or DEFAULT_CHECKPOINT)
-              if cfg.model.backend == "pixel" else "whole")
+    pixel_ref = cfg.reference or DEFAULT_CHECKPOINT
+    window = checkpoint_window(pixel_ref) if cfg.model.backend == "pixel" else "whole"
+    native = cfg.model.backend == "pixel" and checkpoint_native_coarse(pixel_ref)
 
     def extra(step: int, **more) -> dict:
         return {"dpo": to_dict(cfg), "reference": ref_hash, "step": step,
-                "inference": {"window": window}, **more}
+                "inference": {"window": window, "native_coarse": native}, **more}
 
     first = 1
     if resume:

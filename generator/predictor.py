@@ -159,6 +159,8 @@ class NegativeGenerator:
       ``side / max_side`` beyond it. The embedded model trains on windows at 1–4 input pixels per
       model pixel (``generator.windows``), so the zoom is within training up to a 512-pixel window
       (a 128-pixel lesion at context 4); larger lesions are filled coarser still (no tiling).
+      With ``native_coarse`` a zoomed-out window's fill is composed at the input's resolution:
+      exact biharmonic fill of the window + the upsampled learned residual (fill − coarse channel).
     The fill is pasted back exactly either way: outside the dilated mask the output is the input.
     """
 
@@ -170,9 +172,10 @@ class NegativeGenerator:
             raise ValueError(f"window_context must be >= 1, got {window_context}")
         self.window = window
         self.window_context = window_context
-        # experiment (off by default): where a view was zoomed out onto the grid, put the model's
-        # learned residual (fill − its coarse channel, upsampled) on a coarse fill computed at the
-        # input's own resolution instead of upsampling the whole fill (grayscale pixel backend)
+        # where a view was zoomed out onto the grid, put the model's learned residual (fill − its
+        # coarse channel, upsampled) on an exact biharmonic fill at the input's own resolution
+        # instead of upsampling the whole fill (grayscale pixel backend; the committed default
+        # does, per its checkpoint: generator.build.checkpoint_native_coarse)
         self.native_coarse = native_coarse
         self.backend = backend
         self.checkpoint_hash = checkpoint_hash

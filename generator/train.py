@@ -232,7 +232,9 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
             ema.copy_to(params)
         extra = {"train": to_dict(cfg), "train_seconds": round(time.time() - t0, 1),
                  "steps": step, "command": " ".join(sys.argv),
-                 "inference": {"window": "lesion" if cfg.data.window_p > 0 else "whole"}}
+                 # window-trained: run on lesion windows, residual on a native biharmonic fill
+                 "inference": {"window": "lesion" if cfg.data.window_p > 0 else "whole",
+                               "native_coarse": cfg.data.window_p > 0}}
         backend.save(out / "final", extra, unwrap=accelerator.unwrap_model)
     accelerator.end_training()
 

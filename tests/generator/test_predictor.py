@@ -110,8 +110,10 @@ def test_checkpoint_hash_tracks_weights(tiny_pixel_dir, tmp_path):
 def test_embedded_default_loads():
     gen = load_generator()
     assert gen.backend.name == "pixel" and len(gen.checkpoint_hash) == 64
-    # the committed default was trained on windows (issue 18) and is run on them at native scale
+    # the committed default was trained on windows (issue 18) and is run on them at native scale,
+    # a zoomed-out window's residual on an exact native biharmonic fill (session 12)
     assert gen.window == "lesion" and gen.backend.max_side == 2 * gen.backend.resolution
+    assert gen.native_coarse
 
 
 def test_ancestral_sampling_is_finite_for_any_step_count(gen):
@@ -196,11 +198,18 @@ def test_checkpoint_says_how_it_is_run(tiny_pixel_dir, tmp_path):
     meta["inference"] = {"window": "whole"}
     (ckpt / CONFIG_NAME).write_text(json.dumps(meta))
     assert load_generator(ckpt).window == "whole"
+    # the native coarse fill: off unless the checkpoint says so; an explicit argument wins
+    assert not load_generator(ckpt).native_coarse
+    meta["inference"] = {"window": "lesion", "native_coarse": True}
+    (ckpt / CONFIG_NAME).write_text(json.dumps(meta))
+    assert load_generator(ckpt).native_coarse
+    assert not load_generator(ckpt, native_coarse=False).native_coarse
+    assert not load_generator(tiny_pixel_dir).native_coarse
 
 
 def test_native_coarse_puts_the_residual_on_a_full_resolution_coarse_fill(tiny_pixel_dir):
     """With a backend whose fill is its own coarse channel (residual 0), the native-coarse
-    experiment returns scikit-image's exact biharmonic fill at the input's resolution; the default
+    mode returns scikit-image's exact biharmonic fill at the input's resolution; the default
     returns the grid's coarse fill upsampled, which differs on a zoomed-out view."""
     from skimage.restoration import inpaint_biharmonic
 
