@@ -73,6 +73,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]] | None] = {
     "stage1+2-cf-gt": ("stage12.yaml", ("objective.stage2_form=counterfactual",
                                         "negatives.source=gt")),
     "stage1+2-cf": ("stage12.yaml", ("objective.stage2_form=counterfactual",)),
+    # Stage 2 tied to the captions M2IB reads (losses.stage2_text): prompt faithfulness
+    "stage1+2-text-gt": ("stage12.yaml", ("objective.stage2_form=text", "negatives.source=gt")),
+    "stage1+2-text": ("stage12.yaml", ("objective.stage2_form=text",)),
 }
 
 

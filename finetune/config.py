@@ -99,7 +99,9 @@ class ObjectiveConfig:
     # Stage 2's form: "hinge" = losses.stage2 (negative patches vs the tumour prototype + global
     # hinge on cos(negative, positive)); "counterfactual" = losses.stage2_counterfactual (tokens
     # differ inside the mask, agree outside) and each negative enters the image-text InfoNCE with
-    # its lesion-free caption
+    # its lesion-free caption; "text" = losses.stage2_text (the lesion, and only it, moves the
+    # image and its patches from the lesion-free caption to the lesion caption; the twin says
+    # what the lesion contributes)
     stage2_form: str = "hinge"
     # clip+dense: weight and temperature of losses.patch_text_loss (patch embeddings scored
     # between their image's lesion and lesion-free captions, target = patch lesion fraction)
@@ -192,8 +194,9 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
     ob = cfg.objective
     if not 0.0 <= ob.stage2_start_frac <= ob.stage2_end_frac <= 1.0:
         raise ConfigError("objective.stage2_start_frac <= stage2_end_frac must lie in [0, 1]")
-    if ob.stage2_form not in ("hinge", "counterfactual"):
-        raise ConfigError(f"objective.stage2_form={ob.stage2_form!r}; expected hinge | counterfactual")
+    if ob.stage2_form not in ("hinge", "counterfactual", "text"):
+        raise ConfigError(f"objective.stage2_form={ob.stage2_form!r}; expected hinge | "
+                          "counterfactual | text")
     if ob.anchor_dense_weight < 0:
         raise ConfigError(f"objective.anchor_dense_weight must be >= 0, got {ob.anchor_dense_weight}")
     if ob.dense_tau <= 0:

@@ -26,8 +26,8 @@ class ClipFeatures(nn.Module):
     ``image_emb`` (B, D), ``text_emb`` (B, D), ``logit_scale`` (scalar, exp applied),
     ``patch_tokens`` (B, N, W) and ``patch_emb`` (B, N, D: the tokens through the image head, as
     the CLS token goes) when ``with_tokens``, ``attn`` list of (B, H, T, T) when
-    ``entropy_blocks``, ``neg_image_emb`` (B, D) / ``neg_patch_tokens`` (B, N, W) when
-    ``neg_pixels`` is given, ``text_neg_emb`` (B, D) when ``text_neg`` is given.
+    ``entropy_blocks``, ``neg_image_emb`` (B, D) / ``neg_patch_tokens`` (B, N, W) /
+    ``neg_patch_emb`` (B, N, D) when ``neg_pixels`` is given, ``text_neg_emb`` (B, D) when ``text_neg`` is given.
     Embeddings are not normalised (losses normalise).
     """
 
@@ -64,6 +64,7 @@ class ClipFeatures(nn.Module):
             out["neg_image_emb"] = neg_emb
             if neg_tokens is not None:
                 out["neg_patch_tokens"] = neg_tokens
+                out["neg_patch_emb"] = self.clip.visual.head(neg_tokens)
         if text_neg is not None:
             out["text_neg_emb"] = self.clip.encode_text(text_neg)
         return out

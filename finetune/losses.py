@@ -333,6 +333,58 @@ def stage2_counterfactual(
             "outside_loss": outside.mean()}
 
 
+def stage2_text(
+    pos_patch_emb: torch.Tensor, neg_patch_emb: torch.Tensor, pos_emb: torch.Tensor,
+    neg_emb: torch.Tensor, text_emb: torch.Tensor, text_neg_emb: torch.Tensor,
+    pos_soft_mask: torch.Tensor, *, temperature: float = 0.1,
+) -> dict[str, torch.Tensor]:
+    """Caption-grounded counterfactual Stage 2: the lesion, and only the lesion, is what moves an
+    image from its lesion-free caption T⁻ to its lesion caption T.
+
+    A positive and its lesion-free twin differ only inside the mask, so the twin says what the
+    lesion contributes. With s(v) = cos(v, T) − cos(v, T⁻) (the caption margin of an embedding):
+    - dense, at the lesion's location (patch embeddings through the image head, as
+      :func:`patch_text_loss` reads them; MaskCLIP, Zhou et al. ECCV 2022): the positive's patches
+      read as T, the twin's patches at the same place as T⁻:
+      ``L_dense = Σ_n m_n [softplus(−s(p⁺_n)/τ) + softplus(s(p⁻_n)/τ)] / (2 Σ_n m_n)``;
+    - global (a pairwise Bradley–Terry preference, as Diffusion-/CLIP-DPO compare a preferred and
+      a dispreferred sample, here without a reference model): the positive's image embedding
+      prefers T over T⁻ by more than its twin's does:
+      ``L_global = softplus(−(s(e⁺) − s(e⁻))/τ)``.
+    ``loss = L_dense + L_global``, means over pairs whose positive has lesion patches. Unlike the
+    hinge of :func:`stage2` it never pushes the twin's embedding away from the positive as a
+    whole, and unlike :func:`stage2_counterfactual` it ties the difference to the captions that
+    M2IB's saliency is computed for (prompt faithfulness: the lesion-free caption should not find
+    the lesion). Shapes: *_patch_emb (B, N, D), *_emb / text_* (B, D), pos_soft_mask (B, N) in
+    [0, 1]. Returns ``loss``, ``dense_loss``, ``global_loss``.
+    """
+    b, n, d = pos_patch_emb.shape
+    if neg_patch_emb.shape != (b, n, d) or pos_soft_mask.shape != (b, n) or any(
+            t.shape != (b, d) for t in (pos_emb, neg_emb, text_emb, text_neg_emb)):
+        raise ValueError("stage2_text shapes: patch embeddings (B, N, D) x2, mask (B, N), "
+                         f"embeddings (B, D) x4; got {tuple(pos_patch_emb.shape)}, "
+                         f"{tuple(neg_patch_emb.shape)}, {tuple(pos_soft_mask.shape)}, "
+                         f"{[tuple(t.shape) for t in (pos_emb, neg_emb, text_emb, text_neg_emb)]}")
+    valid = pos_soft_mask.sum(1) > 0
+    if not bool(valid.any()):
+        zero = pos_patch_emb.sum() * 0.0
+        return {"loss": zero, "dense_loss": zero, "global_loss": zero}
+    direction = F.normalize(text_emb[valid], dim=-1) - F.normalize(text_neg_emb[valid], dim=-1)
+
+    def margin(v: torch.Tensor) -> torch.Tensor:  # s(v) for (B', N, D) or (B', D)
+        v = F.normalize(v, dim=-1)
+        return (torch.einsum("bnd,bd->bn", v, direction) if v.dim() == 3
+                else (v * direction).sum(-1))
+
+    m = pos_soft_mask[valid]
+    s_pos, s_neg = margin(pos_patch_emb[valid]), margin(neg_patch_emb[valid])
+    dense = (m * (F.softplus(-s_pos / temperature) + F.softplus(s_neg / temperature))).sum(1) \
+        / (2 * m.sum(1))
+    glob = F.softplus(-(margin(pos_emb[valid]) - margin(neg_emb[valid])) / temperature)
+    return {"loss": dense.mean() + glob.mean(), "dense_loss": dense.mean(),
+            "global_loss": glob.mean()}
+
+
 def patch_text_loss(
     patch_emb: torch.Tensor, text_emb: torch.Tensor, text_neg_emb: torch.Tensor,
     soft_mask: torch.Tensor, valid: torch.Tensor, *, temperature: float = 0.1,

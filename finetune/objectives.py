@@ -45,10 +45,10 @@ DENSE_ANCHORED = ("clip", "dpo", "stage1", "stage2", "stage1+2")
 
 
 def needs_of(cfg: ObjectiveConfig) -> Needs:
-    """What the configured objective needs; Stage 2's counterfactual form also encodes the
-    negatives' captions (they enter the InfoNCE), the hinge form does not."""
+    """What the configured objective needs; Stage 2's counterfactual and text forms also encode
+    the negatives' captions (InfoNCE / caption margins), the hinge form does not."""
     needs = NEEDS[cfg.name]
-    if cfg.name in ("stage2", "stage1+2") and cfg.stage2_form == "counterfactual":
+    if cfg.name in ("stage2", "stage1+2") and cfg.stage2_form in ("counterfactual", "text"):
         needs = replace(needs, text_neg=True)
     if cfg.anchor_dense_weight > 0 and cfg.name in DENSE_ANCHORED:
         needs = replace(needs, tokens=True, text_neg=True)
@@ -114,7 +114,8 @@ def compute_objective(
       (roll by one) + anchor; ``stage2``: ``losses.stage2`` (positive vs its negative) + anchor;
     - ``stage1+2``: both, Stage 2 scaled by the curriculum :func:`stage2_weight`;
       ``stage2_form: counterfactual`` swaps Stage 2 for ``losses.stage2_counterfactual`` and puts
-      every negative, with its lesion-free caption, into the InfoNCE anchor;
+      every negative, with its lesion-free caption, into the InfoNCE anchor; ``stage2_form:
+      text`` swaps it for ``losses.stage2_text`` (caption margins of the positive vs its twin);
     - ``anchor_dense_weight`` > 0 adds ``anchor_dense_weight · losses.patch_text_loss`` to the
       loss of clip, dpo and the Stage objectives (their anchor keeps the pre-training's term).
 
@@ -178,6 +179,13 @@ def compute_objective(
                                                   margin=cfg.stage2_margin)
                 parts.update({"stage2_inside_loss": s2["inside_loss"],
                               "stage2_outside_loss": s2["outside_loss"]})
+            elif cfg.stage2_form == "text":
+                s2 = losses.stage2_text(
+                    _global(out, "patch_emb"), _global(out, "neg_patch_emb"), image_emb,
+                    _global(out, "neg_image_emb"), text_emb, _global(out, "text_neg_emb"), soft,
+                    temperature=cfg.proto_tau)
+                parts.update({"stage2_dense_loss": s2["dense_loss"],
+                              "stage2_global_loss": s2["global_loss"]})
             else:
                 s2 = losses.stage2(tokens, soft, _global(out, "neg_patch_tokens"), image_emb,
                                    _global(out, "neg_image_emb"), temperature=cfg.proto_tau,

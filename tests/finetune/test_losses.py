@@ -273,3 +273,42 @@ def test_stage2_counterfactual_closed_form():
     neg2[0, 1] = -pos[0, 1]
     out2 = stage2_counterfactual(pos, neg2, mask)
     torch.testing.assert_close(out2["outside_loss"], torch.tensor(0.5 * (0.5 * 2 / 2.5)))
+
+
+def test_stage2_text_closed_form():
+    """Hand-built embeddings with known caption margins. T = e0, T⁻ = e1, so s(v) = v̂₀ − v̂₁:
+    a lesion patch on T (s = 1) and its twin's patch on T⁻ (s = −1) each cost softplus(−1/τ);
+    background patches (m = 0) never count; the pair without lesion is skipped."""
+    import torch.nn.functional as F
+
+    from finetune.losses import stage2_text
+
+    tau, d = 0.5, 4
+    e = torch.eye(d)
+    text, text_neg = e[0].expand(3, d), e[1].expand(3, d)
+    pos_p, neg_p = torch.randn(3, 2, d), torch.randn(3, 2, d)  # patch 1 is background
+    mask = torch.tensor([[1.0, 0.0], [0.5, 0.0], [0.0, 0.0]])
+    pos_p[:2, 0], neg_p[:2, 0] = e[0], e[1]  # the right way round at the lesion
+    pos_e, neg_e = e[0].expand(3, d).clone(), e[2].expand(3, d).clone()  # s(e⁺) = 1, s(e⁻) = 0
+    out = stage2_text(pos_p, neg_p, pos_e, neg_e, text, text_neg, mask, temperature=tau)
+    right = F.softplus(torch.tensor(-1 / tau))
+    torch.testing.assert_close(out["dense_loss"], right)  # (sp(−2) + sp(−2)) / 2 on both pairs
+    torch.testing.assert_close(out["global_loss"], F.softplus(torch.tensor(-1 / tau)))
+    torch.testing.assert_close(out["loss"], out["dense_loss"] + out["global_loss"])
+    # background patches and the lesion-free pair do not count
+    pos_b, neg_b = pos_p.clone(), neg_p.clone()
+    pos_b[:, 1], neg_b[:, 1], pos_b[2], neg_b[2] = 5.0, -3.0, 7.0, 2.0
+    torch.testing.assert_close(
+        stage2_text(pos_b, neg_b, pos_e, neg_e, text, text_neg, mask, temperature=tau)["loss"],
+        out["loss"])
+    # swapped twins (the positive's lesion reads as lesion-free) cost softplus(+1/τ)
+    swapped = stage2_text(neg_p, pos_p, neg_e, pos_e, text, text_neg, mask, temperature=tau)
+    torch.testing.assert_close(swapped["dense_loss"], F.softplus(torch.tensor(1 / tau)))
+    torch.testing.assert_close(swapped["global_loss"], F.softplus(torch.tensor(1 / tau)))
+    # a gradient step on the positive's lesion patch raises its caption margin
+    p = pos_p.clone().requires_grad_(True)
+    q = torch.randn(3, 2, d)
+    stage2_text(p, q, pos_e, neg_e, text, text_neg, mask)["loss"].backward()
+    assert (p.grad[0, 0, 0] - p.grad[0, 0, 1]) < 0 and torch.all(p.grad[:, 1] == 0)
+    none = stage2_text(pos_p, neg_p, pos_e, neg_e, text, text_neg, torch.zeros(3, 2))
+    assert float(none["loss"]) == 0.0

@@ -165,6 +165,26 @@ def test_counterfactual_stage2_puts_negatives_with_their_captions_into_infonce()
                                                                 out["logit_scale"]))
 
 
+def test_text_stage2_objective_is_anchor_plus_weighted_stage2_text():
+    """stage2_form text: plain InfoNCE anchor (negatives stay out of it) + w · losses.stage2_text
+    on the positives' and negatives' patch embeddings and the two captions; needs the captions."""
+    from finetune.config import ObjectiveConfig
+    from finetune.losses import stage2_text
+    from finetune.objectives import clip_infonce, compute_objective, needs_of
+
+    out, batch = _features(seed=3)
+    g = torch.Generator().manual_seed(9)
+    out["neg_patch_emb"] = torch.randn(out["patch_emb"].shape, generator=g)
+    cfg = ObjectiveConfig(name="stage2", stage2_form="text", stage2_weight=0.5, proto_tau=0.2)
+    parts = compute_objective("stage2", cfg, out, batch, step=0, max_steps=10)
+    want_clip = clip_infonce(out["image_emb"], out["text_emb"], out["logit_scale"])
+    s2 = stage2_text(out["patch_emb"], out["neg_patch_emb"], out["image_emb"], out["neg_image_emb"],
+                     out["text_emb"], out["text_neg_emb"], batch["soft_mask"], temperature=0.2)
+    torch.testing.assert_close(parts["loss"], want_clip + 0.5 * s2["loss"])
+    torch.testing.assert_close(parts["stage2_dense_loss"], s2["dense_loss"])
+    assert needs_of(cfg).text_neg and needs_of(cfg).negatives and needs_of(cfg).tokens
+
+
 def test_clip_dense_objective_is_infonce_plus_weighted_patch_loss():
     from finetune.config import ObjectiveConfig
     from finetune.objectives import clip_infonce, compute_objective
@@ -214,3 +234,6 @@ def test_counterfactual_form_trains_end_to_end_and_only_it_encodes_negative_capt
         tiny_bench, tmp_path / "run",
         objective={"name": "stage1+2", "stage2_form": "counterfactual"}))
     assert (train(cfg) / "model").is_dir()  # a missing text_neg would fail in the objective
+    cfg = load_train_config(tiny_overrides(
+        tiny_bench, tmp_path / "run_text", objective={"name": "stage1+2", "stage2_form": "text"}))
+    assert (train(cfg) / "model").is_dir()  # neg_patch_emb from the forward pass
