@@ -39,6 +39,7 @@ from finetune.ablation_eval import (  # noqa: F401  (CachedEncoder, EvalSet: the
     load_eval_set,
 )
 from finetune.ablation_report import (
+    UTILITY_PAIRS,
     build_rows,
     compare,
     negative_utility,
@@ -255,8 +256,10 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
             "n_pos": cfg.n_positives, "n_neg": len(any_run["p_neg"]) if any_run else 0,
             "completed": {v: sorted(r) for v, r in results.items()},
             "n_resamples": cfg.n_resamples, "timings_s": timings}
-    meta["utility"] = {m: u for m in ("dice", "faithfulness") if (u := negative_utility(
-        results, m, n_resamples=cfg.n_resamples, seed=cfg.eval_seed)) is not None}
+    meta["utility"] = [(gen, gt, m, u) for gen, gt in UTILITY_PAIRS
+                       for m in ("dice", "faithfulness") if (u := negative_utility(
+                           results, m, generated=gen, gt=gt, n_resamples=cfg.n_resamples,
+                           seed=cfg.eval_seed)) is not None]
     if "stage1+2-gt" in results and "stage1" in results:  # what exact negatives add to Stage 1
         meta["gt_gain"] = {m: compare(results["stage1+2-gt"], results["stage1"], m,
                                       n_resamples=cfg.n_resamples, seed=cfg.eval_seed)

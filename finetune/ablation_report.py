@@ -124,15 +124,23 @@ def build_rows(results: Mapping[str, Mapping[int, dict]], references: Mapping[st
 
 
 
+# (generated-negatives variant, its exact-negatives twin): the pairs a report gives U for, one per
+# Stage 2 form (hinge, token counterfactual, caption-tied text)
+UTILITY_PAIRS = (("stage1+2", "stage1+2-gt"), ("stage1+2-cf", "stage1+2-cf-gt"),
+                 ("stage1+2-text", "stage1+2-text-gt"))
+
+
 def negative_utility(results: Mapping[str, Mapping[int, dict]], metric: str, *,
-                     generated: str = "stage1+2", n_resamples: int = 2000,
+                     generated: str = "stage1+2", gt: str = "stage1+2-gt",
+                     n_resamples: int = 2000,
                      seed: int = 0) -> tuple[float, float, float] | None:
-    """Negative utility ``U = (generated − Stage 1) / (Stage 1+2 GT − Stage 1)`` on a per-image
-    metric, with a 95% bootstrap CI over images (the same resampled images in numerator and
+    """Negative utility ``U = (generated − Stage 1) / (GT − Stage 1)`` on a per-image metric,
+    ``generated`` and ``gt`` being the same Stage 2 form trained on generated and on exact
+    negatives, with a 95% bootstrap CI over images (the same resampled images in numerator and
     denominator; per-image values averaged over seeds first). 1 = the generated negatives do
     what exact ones do; 0 = no more than Stage 1. ``None`` when a variant is missing. The ratio is
     unstable when the GT gain is near 0: read it with the GT row's own CI."""
-    names = ("stage1", generated, "stage1+2-gt")
+    names = ("stage1", generated, gt)
     if any(v not in results for v in names):
         return None
     s1, gen, gt = (per_image_mean(results[v], metric) for v in names)
@@ -197,8 +205,8 @@ def render_report(rows: Sequence[dict], meta: dict) -> str:
     for label, d in meta.get("gt_gain", {}).items():
         lines.append(f"Stage 1+2 with exact GT negatives − Stage 1 on {label}: {_fmt_delta(d)} "
                      "(paired bootstrap over images).")
-    for label, u in meta.get("utility", {}).items():
-        lines.append(f"Negative utility U on {label} = (stage1+2 − stage1) / (stage1+2-gt − "
+    for generated, gt, label, u in meta.get("utility", ()):
+        lines.append(f"Negative utility U on {label} = ({generated} − stage1) / ({gt} − "
                      f"stage1): {u[0]:+.2f} [{u[1]:+.2f}, {u[2]:+.2f}] (95% bootstrap CI over "
                      "images; unstable when the GT gain is near 0).")
     if meta.get("utility"):

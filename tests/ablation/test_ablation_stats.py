@@ -86,3 +86,29 @@ def test_negative_utility_closed_form():
     u, lo, hi = negative_utility(runs, "dice", n_resamples=200)
     assert u == pytest.approx(0.5) and lo == pytest.approx(0.5) and hi == pytest.approx(0.5)
     assert negative_utility({k: v for k, v in runs.items() if k != "stage1"}, "dice") is None
+
+
+def test_negative_utility_pairs_each_form_with_its_own_twin():
+    """U of the text form divides by the text form's exact-negative gain, not the hinge's: with
+    the hinge's GT gain 4 × the text's, a text-generated run at the text GT's level is U = 1 (a
+    denominator taken from the wrong twin would give 0.25); the report names the pair."""
+    from finetune.ablation_report import UTILITY_PAIRS, negative_utility, render_report
+
+    rng = np.random.default_rng(1)
+    s1 = rng.uniform(size=25)
+    gain = rng.uniform(0.05, 0.1, size=25)
+    run = lambda x: {0: {"dice": x.tolist()}}  # noqa: E731
+    runs = {"stage1": run(s1), "stage1+2-gt": run(s1 + 4 * gain),
+            "stage1+2-text-gt": run(s1 + gain), "stage1+2-text": run(s1 + gain)}
+    assert ("stage1+2-text", "stage1+2-text-gt") in UTILITY_PAIRS
+    u = negative_utility(runs, "dice", generated="stage1+2-text", gt="stage1+2-text-gt",
+                         n_resamples=100)
+    assert u == pytest.approx((1.0, 1.0, 1.0))
+    assert negative_utility(runs, "dice", n_resamples=100) is None  # no hinge-generated run
+    meta = {"domain": "d", "splits": ["test"], "command": "c", "steps": 1, "batch_size": 1,
+            "base_model": "m", "seeds": [0], "n_pos": 25, "n_neg": 0, "completed": {},
+            "n_resamples": 100, "timings_s": {},
+            "utility": [("stage1+2-text", "stage1+2-text-gt", "dice", u)]}
+    text = render_report([], meta)
+    assert ("Negative utility U on dice = (stage1+2-text − stage1) / (stage1+2-text-gt − stage1): "
+            "+1.00") in text
