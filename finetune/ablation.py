@@ -39,7 +39,6 @@ from finetune.ablation_eval import (  # noqa: F401  (CachedEncoder, EvalSet: the
     load_eval_set,
 )
 from finetune.ablation_report import (
-    UTILITY_PAIRS,
     build_rows,
     compare,
     negative_utility,
@@ -78,6 +77,10 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]] | None] = {
     "stage1+2-text-gt": ("stage12.yaml", ("objective.stage2_form=text", "negatives.source=gt")),
     "stage1+2-text": ("stage12.yaml", ("objective.stage2_form=text",)),
 }
+# (generated-negatives variant, its exact-negatives twin "<variant>-gt"): the pairs a report gives
+# the negative utility U for, one per Stage 2 form that has both (hinge, counterfactual, text)
+UTILITY_PAIRS = tuple((v, f"{v}-gt") for v in VARIANTS
+                      if v.startswith("stage1+2") and f"{v}-gt" in VARIANTS)
 
 
 @dataclass(frozen=True)

@@ -124,12 +124,6 @@ def build_rows(results: Mapping[str, Mapping[int, dict]], references: Mapping[st
 
 
 
-# (generated-negatives variant, its exact-negatives twin): the pairs a report gives U for, one per
-# Stage 2 form (hinge, token counterfactual, caption-tied text)
-UTILITY_PAIRS = (("stage1+2", "stage1+2-gt"), ("stage1+2-cf", "stage1+2-cf-gt"),
-                 ("stage1+2-text", "stage1+2-text-gt"))
-
-
 def negative_utility(results: Mapping[str, Mapping[int, dict]], metric: str, *,
                      generated: str = "stage1+2", gt: str = "stage1+2-gt",
                      n_resamples: int = 2000,
@@ -143,8 +137,8 @@ def negative_utility(results: Mapping[str, Mapping[int, dict]], metric: str, *,
     names = ("stage1", generated, gt)
     if any(v not in results for v in names):
         return None
-    s1, gen, gt = (per_image_mean(results[v], metric) for v in names)
-    num, den = gen - s1, gt - s1
+    s1, with_gen, with_gt = (per_image_mean(results[v], metric) for v in names)
+    num, den = with_gen - s1, with_gt - s1
     point = float(num.mean() / den.mean()) if den.mean() != 0 else float("nan")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(s1), size=(n_resamples, len(s1)))

@@ -92,7 +92,8 @@ def test_negative_utility_pairs_each_form_with_its_own_twin():
     """U of the text form divides by the text form's exact-negative gain, not the hinge's: with
     the hinge's GT gain 4 × the text's, a text-generated run at the text GT's level is U = 1 (a
     denominator taken from the wrong twin would give 0.25); the report names the pair."""
-    from finetune.ablation_report import UTILITY_PAIRS, negative_utility, render_report
+    from finetune.ablation import UTILITY_PAIRS
+    from finetune.ablation_report import negative_utility, render_report
 
     rng = np.random.default_rng(1)
     s1 = rng.uniform(size=25)
