@@ -14,6 +14,11 @@ coarse channel, on the same lesion window and grid — no learned part); the gen
 (``load_generator(spec)``: each as it was trained — a window-trained checkpoint on lesion windows at
 the image's own scale, an older one on the whole image; ``--samples`` samples, seeds ``seed + k``); on
 radiographs also the generator with ``see_through_px=1``; the GT negative as the scorers' reference.
+A texture-matched generator (``SPEC,texture-match``: biharmonic low frequencies + the learned
+residual's ring-matched high-pass) also gets its classical twin, *noise texture* (white noise in
+place of the learned residual). Specs of the same checkpoint share its diffusion samples
+(``bench/realsize_methods.py``), so e.g. ``default=embedded`` vs ``texture=embedded,texture-match``
+differ only in the composition.
 
 Metrics inside the region vs the GT negative: PSNR and SSIM of sample 0; low-frequency PSNR
 (both images blurred by a Gaussian of σ = 2 px first) of sample 0; PSNR and low-freq PSNR of the
@@ -37,8 +42,6 @@ import argparse
 import shlex
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,9 +51,16 @@ import torch  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from bench.bench_generator import _kept_reading  # noqa: E402
-from generator.build import load_generator  # noqa: E402
+from bench.realsize_methods import (  # noqa: E402  (the rows compared)
+    BIHARMONIC,
+    DILATION_PX,
+    GT,
+    Method,
+    methods_for,
+    parse_generators,
+)
 from generator.masks import dilate  # noqa: E402
-from generator.predictor import NegativeGenerator, lesion_window  # noqa: E402
+from generator.predictor import lesion_window  # noqa: E402
 from generator.scoring import (  # noqa: E402
     SCORERS_DIR,
     load_scorers,
@@ -61,101 +71,12 @@ from shared.benchmark.realsize import RealsizeItem, build_realsize  # noqa: E402
 from shared.benchmark.sources import HELD_OUT, SOURCES  # noqa: E402
 from shared.metrics import masked_psnr, masked_ssim, paired_bootstrap_ci, texture_ratio  # noqa: E402
 
-DILATION_PX = 2  # the generator's default dilation
 LOW_SIGMA = 2.0  # px: the low-frequency view compares G_σ * fill with G_σ * gt
 TEXTURE_BAND = (0.7, 1.3)
 PSNR_CAP = 100.0  # dB (MSE 1e-10): an exact fill scores this, not inf, so means and CIs stay finite
 SEEN_ANATOMY = ("mni_brain", "retina")  # training domains the benchmark also uses
 QUICK_SOURCES = ("emri_head_mr", "chest_xray")  # upsampled MR + a radiograph (see-through)
 SCORER_MIN_SIDE, SCORER_CONTEXT = 64, 4.0
-POSITIVE, BIHARMONIC, GT = "untouched positive", "biharmonic", "GT negative (reference)"
-
-
-# ----------------------------------------------------------------------------- methods
-
-
-class CoarsePriorBackend:
-    """A pixel backend's coarse fill alone: ``compose(r0 = 0)`` = the clamped coarse channel of
-    ``pixel_unet.condition`` inside the hole (harmonic or biharmonic per the model's config)."""
-
-    def __init__(self, backend):
-        self.name, self.channels, self.backend = "coarse-prior", backend.channels, backend
-        self.resolution = backend.resolution
-        self.max_side = getattr(backend, "max_side", backend.resolution)  # same window grids
-
-    def coarse(self, images, holes):  # so a native-coarse generator composes on it as on the model
-        return self.backend.coarse(images, holes)
-
-    def fill(self, images, holes, generators, *, steps, strength, see_through_px=0.0) -> np.ndarray:
-        out = self.backend.coarse(images, holes).clamp(0.0, 1.0)  # PixelBackend.coarse
-        return out.permute(0, 2, 3, 1).float().cpu().numpy()
-
-
-def coarse_prior(gen: NegativeGenerator) -> NegativeGenerator | None:
-    """``gen`` with its learned residual dropped (same window, resizing, native coarse fill and
-    paste-back); None for a backend without a coarse channel (sd-inpaint)."""
-    if not hasattr(gen.backend, "coarse"):
-        return None
-    return NegativeGenerator(CoarsePriorBackend(gen.backend), checkpoint_hash=gen.checkpoint_hash,
-                             window=gen.window, window_context=gen.window_context,
-                             native_coarse=gen.native_coarse)
-
-
-def parse_generators(specs: list[str]) -> dict[str, NegativeGenerator]:
-    """``NAME=SPEC`` → generators; SPEC is a checkpoint directory or "embedded"."""
-    out = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--generator wants NAME=SPEC, got {spec!r}")
-        # each checkpoint runs as it was trained (generator.build.checkpoint_window): a
-        # window-trained model on lesion windows, a whole-image model on the whole image
-        # SPEC,native-coarse / SPEC,upsampled-coarse: force NegativeGenerator.native_coarse on /
-        # off (default: as the checkpoint says, generator.build.checkpoint_native_coarse)
-        path, _, flag = path.partition(",")
-        if flag not in ("", "native-coarse", "upsampled-coarse"):
-            raise SystemExit(f"--generator {spec!r}: unknown flag {flag!r}; expected native-coarse "
-                             "or upsampled-coarse")
-        native = {"": None, "native-coarse": True, "upsampled-coarse": False}[flag]
-        out[name] = load_generator(None if path == "embedded" else path, native_coarse=native)
-    return out
-
-
-@dataclass(frozen=True)
-class Method:
-    """One row: ``run(image, mask) -> samples`` (each a float32 image like the input)."""
-
-    name: str
-    run: Callable[[np.ndarray, np.ndarray], list[np.ndarray]]
-    goals: bool = False  # judged against the goals (the generators' rows)
-
-
-def methods_for(source: str, gens: dict[str, NegativeGenerator], *, steps: int, samples: int,
-                seed: int) -> list[Method]:
-    """The rows for one source: baselines, each generator's coarse prior, the generators (and
-    their see-through mode on radiographs)."""
-    any_gen = next(iter(gens.values()))
-    rows = [Method(POSITIVE, lambda im, m: [im]),
-            Method(BIHARMONIC, lambda im, m: [any_gen.generate([im], [m], method="biharmonic")[0][0]
-                                             .image])]
-    for name, gen in gens.items():
-        coarse = coarse_prior(gen)
-        if coarse is not None:
-            rows.append(Method(f"coarse prior ({name})", _sampler(coarse, 1, seed, 1)))
-        rows.append(Method(name, _sampler(gen, steps, seed, samples), goals=True))
-        if SOURCES[source].modality == "xray":
-            rows.append(Method(f"{name} see-through σ=1", _sampler(gen, steps, seed, samples, 1.0),
-                               goals=True))
-    return rows
-
-
-def _sampler(gen: NegativeGenerator, steps: int, seed: int, samples: int, see_through: float = 0.0):
-    def run(image: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
-        res = gen.generate([image], [mask], num_samples=samples, seed=seed, steps=steps,
-                           dilation_px=DILATION_PX, see_through_px=see_through)[0]
-        return [r.image for r in res]
-
-    return run
 
 
 # ----------------------------------------------------------------------------- metrics

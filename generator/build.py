@@ -189,14 +189,24 @@ def checkpoint_native_coarse(path: str | Path) -> bool:
     """Whether a pixel checkpoint puts its learned residual on a native-resolution biharmonic fill
     where a window is zoomed out onto its grid (``NegativeGenerator.native_coarse``): its
     ``inference.native_coarse`` (written by window training since session 12), else False."""
+    return _inference_flag(path, "native_coarse")
+
+
+def checkpoint_texture_match(path: str | Path) -> bool:
+    """Whether a pixel checkpoint contributes only ring-matched texture on an exact biharmonic fill
+    (``NegativeGenerator.texture_match``): its ``inference.texture_match``, else False."""
+    return _inference_flag(path, "texture_match")
+
+
+def _inference_flag(path: str | Path, name: str) -> bool:
     meta = json.loads((Path(path) / CONFIG_NAME).read_text())
-    return bool(meta.get("inference", {}).get("native_coarse", False))
+    return bool(meta.get("inference", {}).get(name, False))
 
 
 def load_generator(
     path_or_name: str | Path | None = None, *, device: str = "cpu", batch_size: int = 1,
     window: str | None = None, window_context: float = 4.0, lora: str | Path | None = None,
-    native_coarse: bool | None = None,
+    native_coarse: bool | None = None, texture_match: bool | None = None,
 ) -> NegativeGenerator:
     """Load a generator.
 
@@ -208,6 +218,7 @@ def load_generator(
     ``window`` / ``window_context``: what the backend sees of each image (``NegativeGenerator``);
     None = as the checkpoint was trained (:func:`checkpoint_window`; ``"whole"`` for SD-inpaint).
     ``native_coarse``: None = as the checkpoint says (:func:`checkpoint_native_coarse`; pixel only).
+    ``texture_match``: None = as the checkpoint says (:func:`checkpoint_texture_match`; pixel only).
     """
     if path_or_name is None or str(path_or_name) == "pixel":
         path_or_name = DEFAULT_CHECKPOINT
@@ -225,6 +236,8 @@ def load_generator(
         window = window or checkpoint_window(path)
         if native_coarse is None:
             native_coarse = checkpoint_native_coarse(path)
+        if texture_match is None:
+            texture_match = checkpoint_texture_match(path)
     elif path.is_dir() and (path / "model_index.json").is_file():
         backend, digest = load_sd_inpaint(path, device=device, lora=lora)
     elif path.exists():
@@ -236,4 +249,4 @@ def load_generator(
         backend, digest = load_sd_inpaint(str(path_or_name), device=device, lora=lora)
     return NegativeGenerator(backend, checkpoint_hash=digest, batch_size=batch_size,
                              window=window or "whole", window_context=window_context,
-                             native_coarse=bool(native_coarse))
+                             native_coarse=bool(native_coarse), texture_match=bool(texture_match))

@@ -48,6 +48,7 @@ from generator.backends import (
 from generator.build import (
     DEFAULT_CHECKPOINT,
     checkpoint_native_coarse,
+    checkpoint_texture_match,
     checkpoint_window,
     load_pixel,
 )
@@ -359,10 +360,12 @@ def train_dpo(cfg: DpoConfig, *, scorers=None, resume: str | None = None,
     pixel_ref = cfg.reference or DEFAULT_CHECKPOINT
     window = checkpoint_window(pixel_ref) if cfg.model.backend == "pixel" else "whole"
     native = cfg.model.backend == "pixel" and checkpoint_native_coarse(pixel_ref)
+    texture = cfg.model.backend == "pixel" and checkpoint_texture_match(pixel_ref)
 
     def extra(step: int, **more) -> dict:
         return {"dpo": to_dict(cfg), "reference": ref_hash, "step": step,
-                "inference": {"window": window, "native_coarse": native}, **more}
+                "inference": {"window": window, "native_coarse": native, "texture_match": texture},
+                **more}
 
     first = 1
     if resume:

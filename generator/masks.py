@@ -50,6 +50,38 @@ def paste_back(original: np.ndarray, generated: np.ndarray, region: np.ndarray) 
     return np.where(sel, generated.astype(original.dtype), original)
 
 
+RING_PX = 4  # width of the tissue ring around a hole: the texture reference when there is no GT
+
+
+def ring_texture_gain(base: np.ndarray, texture: np.ndarray, image: np.ndarray, region: np.ndarray,
+                      *, sigma: float = 1.0, ring_px: int = RING_PX) -> float:
+    """The gain g ≥ 0 with which ``base + g · texture`` is as textured inside ``region`` as the
+    input is in the ring around it.
+
+    Texture energy is ``E(x) = mean over P of (x − G_σ * x)²`` (``shared.metrics``' high-frequency
+    energy); the high-pass is linear, so with ``a = hp(base)``, ``b = hp(texture)`` on the region's
+    pixels ``E(g) = A g² + B g + C`` (A = ⟨b²⟩, B = 2⟨ab⟩, C = ⟨a²⟩) and ``g`` is the positive root
+    of ``E(g) = E_ring`` (``E_ring`` = E(image) over ``dilate(region, ring_px) & ~region``). 0 when
+    the base alone is already at least as textured as the ring, when the texture or the ring is
+    flat, or when no ring exists. ``base``, ``texture``, ``image``: float HxW; region: bool HxW.
+    """
+    region = np.asarray(region, bool)
+    ring = dilate(region, ring_px) & ~region
+    if not region.any() or not ring.any():
+        return 0.0
+
+    def hp(x):
+        x = np.asarray(x, np.float64)
+        return x - ndimage.gaussian_filter(x, sigma)
+
+    target = float(np.mean(hp(image)[ring] ** 2))
+    a, b = hp(base)[region], hp(texture)[region]
+    qa, qb, qc = float(np.mean(b * b)), 2.0 * float(np.mean(a * b)), float(np.mean(a * a)) - target
+    if qa <= 0.0 or qc >= 0.0:
+        return 0.0
+    return (-qb + np.sqrt(qb * qb - 4.0 * qa * qc)) / (2.0 * qa)
+
+
 def coarse_fill(image: torch.Tensor, mask: torch.Tensor, *, levels: int = 6) -> torch.Tensor:
     """Smooth fill of the masked pixels by multi-scale normalised convolution (push-pull).
 

@@ -15,9 +15,10 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from skimage.restoration import inpaint_biharmonic
 
-from generator.masks import coarse_fill, dilate, paste_back
+from generator.masks import coarse_fill, dilate, paste_back, ring_texture_gain
 from shared.io import InputError
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 weights for RGB → gray
@@ -161,11 +162,17 @@ class NegativeGenerator:
       (a 128-pixel lesion at context 4); larger lesions are filled coarser still (no tiling).
       With ``native_coarse`` a zoomed-out window's fill is composed at the input's resolution:
       exact biharmonic fill of the window + the upsampled learned residual (fill − coarse channel).
+    texture_match (grayscale inputs, pixel backend, no see-through): every window's fill is
+      composed at the input's resolution from the exact biharmonic fill (its low frequencies)
+      and only the *high-pass* (σ = 1 input px) of the learned residual, scaled so the fill is as
+      textured as the tissue ring around the hole (:func:`generator.masks.ring_texture_gain`):
+      the learned model supplies texture, not the coarse structure it gets wrong on unseen anatomy.
     The fill is pasted back exactly either way: outside the dilated mask the output is the input.
     """
 
     def __init__(self, backend: FillBackend, *, checkpoint_hash: str, batch_size: int = 1,
-                 window: str = "whole", window_context: float = 4.0, native_coarse: bool = False):
+                 window: str = "whole", window_context: float = 4.0, native_coarse: bool = False,
+                 texture_match: bool = False):
         if window not in WINDOWS:
             raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
         if window_context < 1:
@@ -177,6 +184,7 @@ class NegativeGenerator:
         # instead of upsampling the whole fill (grayscale pixel backend; the committed default
         # does, per its checkpoint: generator.build.checkpoint_native_coarse)
         self.native_coarse = native_coarse
+        self.texture_match = texture_match
         self.backend = backend
         self.checkpoint_hash = checkpoint_hash
         # Rows (image × sample) per backend call. 1 makes every result independent of what it was
@@ -309,8 +317,10 @@ class NegativeGenerator:
                 filled[j] = f
         out = []
         for (i, _), (image, region, win, side), f in zip(rows, views, filled, strict=True):
-            if (self.native_coarse and hasattr(self.backend, "coarse") and image.ndim == 2
-                    and f.shape[0] != max(image.shape) and see_through_px == 0):
+            native = hasattr(self.backend, "coarse") and image.ndim == 2 and see_through_px == 0
+            if native and self.texture_match:
+                f = self._texture_on_native_coarse(image, region, f, side)
+            elif native and self.native_coarse and f.shape[0] != max(image.shape):
                 f = self._residual_on_native_coarse(image, region, f, side)
             fill = self._to_input_space(image, region, f, see_through=see_through_px > 0)
             if win is not None:  # the window's fill inside a copy of the whole image
@@ -327,13 +337,28 @@ class NegativeGenerator:
         The native fill is scikit-image's exact biharmonic solve (a sparse direct solver): the
         model's own 100-step conjugate-gradient coarse fill is far from converged on holes of a
         few hundred native pixels (session 10: no gain with it at 512²)."""
-        from skimage.restoration import inpaint_biharmonic
 
+        native, up = self._native_and_residual(image, region, fill, side)
+        return np.clip(native + up, 0.0, 1.0)[..., None].astype(np.float32)
+
+    def _texture_on_native_coarse(self, image, region, fill, side) -> np.ndarray:
+        """(H, W, 1) fill = biharmonic(image) + g · high-pass(residual) inside the region, with g
+        from :func:`generator.masks.ring_texture_gain` (texture energy = the ring's)."""
+        native, up = self._native_and_residual(image, region, fill, side)
+        texture = np.where(region, up - ndimage.gaussian_filter(up, 1.0), 0.0)
+        gain = ring_texture_gain(native, texture, image, region)
+        return np.clip(native + gain * texture, 0.0, 1.0)[..., None].astype(np.float32)
+
+    def _native_and_residual(self, image, region, fill, side) -> tuple[np.ndarray, np.ndarray]:
+        """The exact biharmonic fill of ``image`` (float64, H×W) and the learned residual (fill −
+        the backend's coarse channel on the grid) at the input's resolution."""
         grid_coarse = self.backend.coarse(_resize(image, side)[None], _resize_hole(region, side)[None])
         residual = fill[..., 0] - grid_coarse[0, 0].cpu().numpy()
         native = inpaint_biharmonic(image.astype(np.float64), region)
+        if residual.shape == image.shape:
+            return native, residual.astype(np.float64)
         up = _upsample(residual[..., None].astype(np.float32), image.shape[:2])[..., 0]
-        return np.clip(native + up, 0.0, 1.0)[..., None].astype(np.float32)
+        return native, up.astype(np.float64)
 
     def _to_input_space(
         self, image: np.ndarray, region: np.ndarray, fill: np.ndarray, *, see_through: bool = False

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from generator.masks import dilate
+from generator.masks import RING_PX, dilate
 from generator.modeling.scorers import (
     SCORER_CONFIGS,
     WHOLE_IMAGE_CONFIGS,
@@ -37,7 +37,6 @@ from shared.metrics import (
 )
 
 SCORERS_DIR = Path(__file__).resolve().parent / "weights" / "scorers"  # embedded, committed
-RING_PX = 4  # width of the tissue ring around the hole used as the texture reference without GT
 
 
 def _gray(x: np.ndarray) -> np.ndarray:

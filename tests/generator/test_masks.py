@@ -26,3 +26,27 @@ def test_dilate_keeps_the_input_and_edge_cases():
     assert dilate(mask, 1).sum() == 5 and dilate(mask, 2).sum() == 13  # digital disks
     with pytest.raises(ValueError, match=">= 0"):
         dilate(mask, -1)
+
+
+def test_ring_texture_gain_makes_the_fill_as_textured_as_the_ring():
+    """Closed form: with g from ring_texture_gain, E_hf(base + g·texture) over the region equals
+    E_hf(image) over the ring (the cross term ⟨ab⟩ included: a bare energy ratio misses it)."""
+    from generator.masks import RING_PX, ring_texture_gain
+    from shared.metrics import high_frequency_energy
+
+    rng = np.random.default_rng(0)
+    image = 0.5 + 0.05 * rng.standard_normal((64, 64))  # tissue texture everywhere
+    region = np.zeros((64, 64), bool)
+    region[24:40, 20:44] = True
+    base = image.copy()
+    base[region] = 0.5 + 0.01 * rng.standard_normal(int(region.sum()))  # a fill, a little textured
+    texture = np.where(region, rng.standard_normal((64, 64)) + 0.3 * (base - 0.5) / 0.01, 0.0)
+    g = ring_texture_gain(base, texture, image, region)
+    ring = dilate(region, RING_PX) & ~region
+    want = high_frequency_energy(image, ring)
+    assert g > 0
+    assert high_frequency_energy(base + g * texture, region) == pytest.approx(want, rel=1e-9)
+    # a base already more textured than the ring gets no texture; no ring, no texture
+    assert ring_texture_gain(image + 0.2 * rng.standard_normal((64, 64)), texture, image, region) == 0
+    assert ring_texture_gain(base, texture, image, np.ones((64, 64), bool)) == 0
+    assert ring_texture_gain(base, np.zeros((64, 64)), image, region) == 0

@@ -227,3 +227,43 @@ def test_native_coarse_puts_the_residual_on_a_full_resolution_coarse_fill(tiny_p
     np.testing.assert_allclose(native[region], np.clip(want, 0, 1)[region], atol=1e-5)
     assert np.array_equal(native[~region], image[~region])
     assert np.abs(plain[region] - native[region]).max() > 1e-3  # 96 → 32 grid: not the same
+
+
+def test_texture_match_keeps_the_biharmonic_low_pass_and_the_ring_texture(tiny_pixel_dir):
+    """texture_match: with no learned residual the fill is scikit-image's exact biharmonic fill;
+    with a residual, only its high-pass is added, scaled so the fill is as textured as the ring
+    (texture_ratio_ring = 1 up to clipping), and outside the region the input stays exact."""
+    from scipy import ndimage
+    from skimage.restoration import inpaint_biharmonic
+
+    from generator.scoring import texture_ratio_ring
+
+    gen = load_generator(tiny_pixel_dir, window="whole", texture_match=True)
+    assert gen.texture_match and not load_generator(tiny_pixel_dir).texture_match
+    b = gen.backend
+    coarse_only = lambda images, holes, gens, **k: b.coarse(images, holes).permute(0, 2, 3, 1).numpy()  # noqa: E731
+    rng = np.random.default_rng(3)
+    image = np.clip(0.5 + 0.08 * rng.standard_normal((64, 64)), 0, 1).astype(np.float32)
+    image = ndimage.gaussian_filter(image, 0.7).astype(np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[24:38, 20:40] = True
+    region = dilate(mask, 2)
+    b.fill = coarse_only
+    flat = gen.generate([image], [mask], steps=1)[0][0].image
+    want = np.clip(inpaint_biharmonic(image.astype(np.float64), region), 0, 1)
+    np.testing.assert_allclose(flat[region], want[region], atol=1e-5)
+    assert texture_ratio_ring(flat, image, region) < 0.2  # biharmonic alone is smooth
+
+    def noisy(images, holes, gens, **k):
+        out = coarse_only(images, holes, gens)
+        return out + 0.3 * rng.standard_normal(out.shape) * holes.permute(0, 2, 3, 1).numpy()
+
+    b.fill = noisy
+    out = gen.generate([image], [mask], steps=1)[0][0].image
+    assert np.array_equal(out[~region], image[~region])
+    assert texture_ratio_ring(out, image, region) == pytest.approx(1.0, abs=0.02)
+    # the low frequencies stay the biharmonic fill's: the added part is high-pass
+    lo = lambda x: ndimage.gaussian_filter(x.astype(np.float64), 2.0)  # noqa: E731
+    assert np.abs(lo(out) - lo(want))[region].mean() < 0.25 * np.abs(out - want)[region].mean()
+    gen.texture_match = False  # the full residual: far more than the ring's texture
+    assert texture_ratio_ring(gen.generate([image], [mask], steps=1)[0][0].image, image, region) > 3
