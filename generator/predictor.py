@@ -14,11 +14,16 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy import ndimage
 from skimage.restoration import inpaint_biharmonic
 
-from generator.masks import coarse_fill, dilate, paste_back, ring_texture_gain
+from generator.compose import (
+    hole_to_grid,
+    residual_on_native_coarse,
+    texture_on_native_coarse,
+    to_grid,
+    upsample,
+)
+from generator.masks import coarse_fill, dilate, paste_back
 from shared.io import InputError
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 weights for RGB → gray
@@ -78,34 +83,6 @@ def _check_pair(i: int, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray
             raise GenerationInputError(f"mask {i} is not binary (expected bool or 0/1 values)")
         mask = mask.astype(bool)
     return image.astype(np.float32, copy=False), mask
-
-
-def _resize(x: np.ndarray, side: int) -> torch.Tensor:
-    """HxW or HxWxC float → (C, side, side), antialiased bilinear."""
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
-    if t.shape[-2:] == (side, side):
-        return t
-    return F.interpolate(t[None], size=(side, side), mode="bilinear", antialias=True)[0]
-
-
-def _resize_hole(region: np.ndarray, side: int) -> torch.Tensor:
-    """Bool HxW → (1, side, side) float; any overlap with the region makes a hole pixel."""
-    t = torch.from_numpy(region.astype(np.float32))[None, None]
-    if t.shape[-2:] != (side, side):
-        t = F.adaptive_max_pool2d(t, side) if min(region.shape) >= side else F.interpolate(
-            t, size=(side, side), mode="nearest"
-        )
-    return (t[0] > 0).float()
-
-
-def _upsample(fill: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(R,R,C) → (H,W,C) bilinear."""
-    if fill.shape[:2] == shape:
-        return fill
-    t = torch.from_numpy(np.ascontiguousarray(fill)).permute(2, 0, 1)[None]
-    t = F.interpolate(t, size=shape, mode="bilinear", align_corners=False)
-    return t[0].permute(1, 2, 0).numpy()
 
 
 WINDOWS = ("whole", "lesion")
@@ -305,8 +282,8 @@ class NegativeGenerator:
                     model_in = image if image.ndim == 2 else image @ LUMA
                 else:
                     model_in = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-                batch_img.append(_resize(model_in, side))
-                batch_hole.append(_resize_hole(region, side))
+                batch_img.append(to_grid(model_in, side))
+                batch_hole.append(hole_to_grid(region, side))
                 i, k = rows[j]
                 gens.append(torch.Generator().manual_seed(seeds[i] + k))
             out = self.backend.fill(
@@ -319,9 +296,9 @@ class NegativeGenerator:
         for (i, _), (image, region, win, side), f in zip(rows, views, filled, strict=True):
             native = hasattr(self.backend, "coarse") and image.ndim == 2 and see_through_px == 0
             if native and self.texture_match:
-                f = self._texture_on_native_coarse(image, region, f, side)
+                f = texture_on_native_coarse(self.backend, image, region, f, side)
             elif native and self.native_coarse and f.shape[0] != max(image.shape):
-                f = self._residual_on_native_coarse(image, region, f, side)
+                f = residual_on_native_coarse(self.backend, image, region, f, side)
             fill = self._to_input_space(image, region, f, see_through=see_through_px > 0)
             if win is not None:  # the window's fill inside a copy of the whole image
                 top, left, n = win
@@ -330,35 +307,6 @@ class NegativeGenerator:
                 fill = full
             out.append(fill)
         return out
-
-    def _residual_on_native_coarse(self, image, region, fill, side) -> np.ndarray:
-        """(H, W, 1) fill = biharmonic(image at H×W) + upsample(fill − coarse(image at the grid)).
-
-        The native fill is scikit-image's exact biharmonic solve (a sparse direct solver): the
-        model's own 100-step conjugate-gradient coarse fill is far from converged on holes of a
-        few hundred native pixels (session 10: no gain with it at 512²)."""
-
-        native, up = self._native_and_residual(image, region, fill, side)
-        return np.clip(native + up, 0.0, 1.0)[..., None].astype(np.float32)
-
-    def _texture_on_native_coarse(self, image, region, fill, side) -> np.ndarray:
-        """(H, W, 1) fill = biharmonic(image) + g · high-pass(residual) inside the region, with g
-        from :func:`generator.masks.ring_texture_gain` (texture energy = the ring's)."""
-        native, up = self._native_and_residual(image, region, fill, side)
-        texture = np.where(region, up - ndimage.gaussian_filter(up, 1.0), 0.0)
-        gain = ring_texture_gain(native, texture, image, region)
-        return np.clip(native + gain * texture, 0.0, 1.0)[..., None].astype(np.float32)
-
-    def _native_and_residual(self, image, region, fill, side) -> tuple[np.ndarray, np.ndarray]:
-        """The exact biharmonic fill of ``image`` (float64, H×W) and the learned residual (fill −
-        the backend's coarse channel on the grid) at the input's resolution."""
-        grid_coarse = self.backend.coarse(_resize(image, side)[None], _resize_hole(region, side)[None])
-        residual = fill[..., 0] - grid_coarse[0, 0].cpu().numpy()
-        native = inpaint_biharmonic(image.astype(np.float64), region)
-        if residual.shape == image.shape:
-            return native, residual.astype(np.float64)
-        up = _upsample(residual[..., None].astype(np.float32), image.shape[:2])[..., 0]
-        return native, up.astype(np.float64)
 
     def _to_input_space(
         self, image: np.ndarray, region: np.ndarray, fill: np.ndarray, *, see_through: bool = False
@@ -369,11 +317,11 @@ class NegativeGenerator:
         which the model never saw, is added back, so the fill keeps the anatomy at full resolution;
         it stays at or below the input (``fill ≤ input`` at the model's grid carries over).
         """
-        up = _upsample(fill, image.shape[:2])
+        up = upsample(fill, image.shape[:2])
         if see_through and up.shape[2] == 1 and fill.shape[:2] != image.shape[:2]:
             gray = image if image.ndim == 2 else image @ LUMA
             side = fill.shape[0]
-            seen = _upsample(_resize(gray, side).permute(1, 2, 0).numpy(), image.shape[:2])[..., 0]
+            seen = upsample(to_grid(gray, side).permute(1, 2, 0).numpy(), image.shape[:2])[..., 0]
             up = np.minimum(up[..., 0] + (gray - seen), gray)[..., None]  # min: float round-off only
         if image.ndim == 2:
             return up.mean(axis=2) if up.shape[2] == 3 else up[..., 0]

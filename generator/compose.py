@@ -1,0 +1,74 @@
+"""How a window's fill reaches the input's resolution: resizing between the input and the model's
+grid, and the two native-resolution compositions of ``NegativeGenerator`` (``native_coarse``,
+``texture_match``). Pure functions of numpy arrays and a backend with a ``coarse`` channel."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from skimage.restoration import inpaint_biharmonic
+
+from generator.masks import ring_texture_gain
+
+TEXTURE_SIGMA = 1.0  # px: the high-pass band texture_match keeps (shared.metrics.high_pass's σ)
+
+
+def to_grid(x: np.ndarray, side: int) -> torch.Tensor:
+    """HxW or HxWxC float → (C, side, side), antialiased bilinear."""
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+    if t.shape[-2:] == (side, side):
+        return t
+    return F.interpolate(t[None], size=(side, side), mode="bilinear", antialias=True)[0]
+
+
+def hole_to_grid(region: np.ndarray, side: int) -> torch.Tensor:
+    """Bool HxW → (1, side, side) float; any overlap with the region makes a hole pixel."""
+    t = torch.from_numpy(region.astype(np.float32))[None, None]
+    if t.shape[-2:] != (side, side):
+        t = F.adaptive_max_pool2d(t, side) if min(region.shape) >= side else F.interpolate(
+            t, size=(side, side), mode="nearest"
+        )
+    return (t[0] > 0).float()
+
+
+def upsample(fill: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(R,R,C) → (H,W,C) bilinear."""
+    if fill.shape[:2] == shape:
+        return fill
+    t = torch.from_numpy(np.ascontiguousarray(fill)).permute(2, 0, 1)[None]
+    t = F.interpolate(t, size=shape, mode="bilinear", align_corners=False)
+    return t[0].permute(1, 2, 0).numpy()
+
+
+def residual_on_native_coarse(backend, image, region, fill, side) -> np.ndarray:
+    """(H, W, 1) fill = biharmonic(image at H×W) + upsample(fill − coarse(image at the grid)).
+
+    The native fill is scikit-image's exact biharmonic solve (a sparse direct solver): the
+    model's own 100-step conjugate-gradient coarse fill is far from converged on holes of a
+    few hundred native pixels (session 10: no gain with it at 512²)."""
+    native, up = native_and_residual(backend, image, region, fill, side)
+    return np.clip(native + up, 0.0, 1.0)[..., None].astype(np.float32)
+
+
+def texture_on_native_coarse(backend, image, region, fill, side) -> np.ndarray:
+    """(H, W, 1) fill = biharmonic(image) + g · high-pass(residual) inside the region, with g
+    from :func:`generator.masks.ring_texture_gain` (texture energy = the ring's)."""
+    native, up = native_and_residual(backend, image, region, fill, side)
+    texture = np.where(region, up - ndimage.gaussian_filter(up, TEXTURE_SIGMA), 0.0)
+    gain = ring_texture_gain(native, texture, image, region, sigma=TEXTURE_SIGMA)
+    return np.clip(native + gain * texture, 0.0, 1.0)[..., None].astype(np.float32)
+
+
+def native_and_residual(backend, image, region, fill, side) -> tuple[np.ndarray, np.ndarray]:
+    """The exact biharmonic fill of ``image`` (float64, H×W) and the learned residual (fill −
+    the backend's coarse channel on the ``side``² grid) at the input's resolution."""
+    grid_coarse = backend.coarse(to_grid(image, side)[None], hole_to_grid(region, side)[None])
+    residual = fill[..., 0] - grid_coarse[0, 0].cpu().numpy()
+    native = inpaint_biharmonic(image.astype(np.float64), region)
+    if residual.shape == image.shape:
+        return native, residual.astype(np.float64)
+    up = upsample(residual[..., None].astype(np.float32), image.shape[:2])[..., 0]
+    return native, up.astype(np.float64)
