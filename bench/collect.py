@@ -11,7 +11,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ORDER = ["demo", "generator", "generator_realsize_256", "generator_realsize_512", "generator_realsize_512_native_exact",
-         "generator_realsize_committed", "generator_projection", "generator_projection_biharmonic",
+         "generator_realsize_committed", "generator_texture_match", "generator_texture_match_val_256",
+         "generator_texture_match_val_512", "generator_projection", "generator_projection_biharmonic",
          "generator_biharmonic", "generator_sampling",
          "clip_protocol", "m2ib_selection", "m2ib_boxes", "negatives_experiment", "stage2_text",
          "stage2_strength",
