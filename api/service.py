@@ -47,7 +47,7 @@ def build_generator(settings: Settings) -> Any:
 
     rows = settings.predictor_batch_rows or settings.max_batch
     return load_generator(settings.generator, device=settings.device, batch_size=rows,
-                          lora=settings.generator_lora)
+                          lora=settings.generator_lora, texture_match=settings.texture_match)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     # `generator/train.py` / `generator/dpo.py` with model.backend sd-inpaint); None = the base
     # alone. The checkpoint hash (negative ids, provenance) covers base and LoRA.
     generator_lora: str | None = None
+    # Pixel generator only: True = the learned model adds only texture matched to the tissue ring
+    # around the hole on an exact biharmonic fill (NegativeGenerator.texture_match; closer to
+    # biharmonic in fidelity, in the texture band, bench/results/generator_texture_match.md);
+    # None = as the checkpoint says (off for the embedded default). Changes the checkpoint hash.
+    texture_match: bool | None = None
     # torch device the generator runs on ("cpu", "cuda", "cuda:1"); one batching worker per device.
     device: str = "cpu"
     # Rows (image x sample) per backend call inside the predictor; None = max_batch. The

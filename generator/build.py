@@ -26,6 +26,7 @@ from diffusers import DDIMScheduler, UNet2DModel
 
 from generator.modeling import pixel_unet, sd_inpaint
 from generator.predictor import NegativeGenerator
+from shared.config import ConfigError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_CHECKPOINT = WEIGHTS_DIR / "pixel_reference"  # the embedded default (committed)
@@ -233,11 +234,18 @@ def load_generator(
         raise ValueError(f"{path}: a pixel checkpoint takes no LoRA ({lora})")
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         backend, digest = load_pixel(path, device=device)
-        window = window or checkpoint_window(path)
-        if native_coarse is None:
-            native_coarse = checkpoint_native_coarse(path)
-        if texture_match is None:
-            texture_match = checkpoint_texture_match(path)
+        own = {"window": checkpoint_window(path), "native_coarse": checkpoint_native_coarse(path),
+               "texture_match": checkpoint_texture_match(path)}
+        asked = {"window": window, "native_coarse": native_coarse, "texture_match": texture_match}
+        # an override that changes the outputs changes the hash (content-addressed stores and
+        # caches key on it); as the checkpoint says, the hash is the checkpoint's own
+        changed = {k: v for k, v in asked.items() if v is not None and v != own[k]}
+        if changed:
+            digest = hashlib.sha256(f"{digest}|{json.dumps(changed, sort_keys=True)}".encode()).hexdigest()
+        window, native_coarse, texture_match = ({**own, **changed}[k] for k in own)
+    elif native_coarse or texture_match:
+        raise ConfigError(f"{path_or_name}: native_coarse / texture_match apply to pixel checkpoints "
+                         "only (they compose on the pixel model's coarse channel)")
     elif path.is_dir() and (path / "model_index.json").is_file():
         backend, digest = load_sd_inpaint(path, device=device, lora=lora)
     elif path.exists():

@@ -196,6 +196,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--generator", default=None, help="checkpoint dir or hub id (default: embedded)")
     p.add_argument("--lora", default=None,
                    help="diffusers LoRA dir on top of an sd-inpaint --generator (its hash joins the ids)")
+    p.add_argument("--texture-match", action=argparse.BooleanOptionalAction, default=None,
+                   help="pixel generator: biharmonic fill + ring-matched learned texture "
+                        "(NegativeGenerator.texture_match; default: as the checkpoint says)")
     p.add_argument("--scorers", default="embedded", help="scorer dir, 'embedded', or 'none'")
     p.add_argument("--split", default=None, help="only this split (default: all)")
     p.add_argument("--domains", nargs="*", default=None, help="only these domains/tasks")
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     items = list_items(args.data, split=args.split, domains=args.domains)
     if args.limit:
         items = items[: args.limit]
-    generator = load_generator(args.generator, lora=args.lora,
+    generator = load_generator(args.generator, lora=args.lora, texture_match=args.texture_match,
                                device=resolve_device(args.device, state))
     scorers = None
     if args.scorers == "embedded" and not (SCORERS_DIR / "lesion.safetensors").is_file():

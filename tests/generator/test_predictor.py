@@ -267,3 +267,27 @@ def test_texture_match_keeps_the_biharmonic_low_pass_and_the_ring_texture(tiny_p
     assert np.abs(lo(out) - lo(want))[region].mean() < 0.25 * np.abs(out - want)[region].mean()
     gen.texture_match = False  # the full residual: far more than the ring's texture
     assert texture_ratio_ring(gen.generate([image], [mask], steps=1)[0][0].image, image, region) > 3
+
+
+def test_composition_overrides_change_the_checkpoint_hash(tiny_pixel_dir):
+    """Stores and caches key on checkpoint_hash: an override that changes the outputs must change
+    it, one that repeats what the checkpoint says must not."""
+    base = load_generator(tiny_pixel_dir)
+    same = load_generator(tiny_pixel_dir, window=base.window, native_coarse=base.native_coarse,
+                          texture_match=base.texture_match)
+    assert same.checkpoint_hash == base.checkpoint_hash
+    hashes = {base.checkpoint_hash,
+              load_generator(tiny_pixel_dir, texture_match=True).checkpoint_hash,
+              load_generator(tiny_pixel_dir, native_coarse=True).checkpoint_hash,
+              load_generator(tiny_pixel_dir, window="lesion" if base.window == "whole" else "whole")
+              .checkpoint_hash}
+    assert len(hashes) == 4
+
+
+def test_texture_match_on_a_non_pixel_generator_is_a_config_error():
+    """SD-inpaint has no coarse channel to compose on: asking for the composition is an error
+    naming the problem (not silently ignored, and before any hub lookup)."""
+    from shared.config import ConfigError
+
+    with pytest.raises(ConfigError, match="pixel checkpoints only"):
+        load_generator("some-org/some-inpainting-model", texture_match=True)
