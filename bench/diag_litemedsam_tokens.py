@@ -38,7 +38,7 @@ import torch.nn.functional as F  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from finetune.evaluation.segmenters import LiteMedSAMSegmenter, _rgb  # noqa: E402
+from finetune.evaluation.segmenters import LiteMedSAMSegmenter, _rgb, litemedsam_input  # noqa: E402
 from shared.benchmark import load_manifest  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
 
@@ -56,15 +56,7 @@ TRAIN_DOMAINS = ("brain_mri", "retina", "breast_us")
 
 def encoder_input(image: np.ndarray, size: int = 256) -> torch.Tensor:
     """``LiteMedSAMSegmenter.segment``'s encoder input, byte for byte (so cache keys match)."""
-    rgb = _rgb(image)
-    h, w = rgb.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    t = torch.from_numpy(rgb).permute(2, 0, 1)[None]
-    t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-    lo, hi = t.min(), t.max()
-    t = (t - lo) / (hi - lo).clamp_min(1e-8)
-    return F.pad(t, (0, size - nw, 0, size - nh))
+    return litemedsam_input(_rgb(image), size)[0]
 
 
 def load_set(root: str, domain: str, n: int, cache: Path, encoder) -> dict:

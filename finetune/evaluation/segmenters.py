@@ -53,6 +53,20 @@ def _prepare(image, boxes, points) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _rgb(image), boxes, points
 
 
+def litemedsam_input(rgb: np.ndarray, size: int = 256) -> tuple[torch.Tensor, float, tuple[int, int]]:
+    """MedSAM-Lite's encoder input for an RGB float image: longest side → ``size`` (antialiased
+    bilinear), min-max to [0, 1], zero padding bottom/right. Returns the (1, 3, size, size)
+    tensor, the scale and the resized (h, w) before padding."""
+    h, w = rgb.shape[:2]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    t = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    lo, hi = t.min(), t.max()
+    t = (t - lo) / (hi - lo).clamp_min(1e-8)
+    return F.pad(t, (0, size - nw, 0, size - nh)), scale, (nh, nw)
+
+
 class LiteMedSAMSegmenter:
     """LiteMedSAM (TinyViT encoder, SAM decoder; 256² input), MedSAM-Lite's own preprocessing:
     longest side -> 256, min-max to [0, 1], zero padding bottom/right; logits cropped back and
@@ -85,14 +99,8 @@ class LiteMedSAMSegmenter:
         if len(boxes) == 0 and len(points) == 0:  # nothing to prompt with: empty prediction
             return np.zeros((h, w), dtype=bool)
         s = self.image_size
-        scale = s / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        t = torch.from_numpy(rgb).permute(2, 0, 1)[None]
-        t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-        lo, hi = t.min(), t.max()
-        t = (t - lo) / (hi - lo).clamp_min(1e-8)
-        t = F.pad(t, (0, s - nw, 0, s - nh)).to(self.device)
-        embedding = self.model.image_encoder(t)  # (1, 256, 64, 64)
+        t, scale, (nh, nw) = litemedsam_input(rgb, s)
+        embedding = self.model.image_encoder(t.to(self.device))  # (1, 256, 64, 64)
         net = self.model
         if len(boxes):
             box_t = torch.as_tensor(boxes * scale, dtype=torch.float32, device=self.device)
