@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from skimage.restoration import inpaint_biharmonic
 
 from generator.masks import ring_texture_gain
+from shared.metrics import high_pass
 
 TEXTURE_SIGMA = 1.0  # px: the high-pass band texture_match keeps (shared.metrics.high_pass's σ)
 
@@ -43,32 +43,38 @@ def upsample(fill: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return t[0].permute(1, 2, 0).numpy()
 
 
-def residual_on_native_coarse(backend, image, region, fill, side) -> np.ndarray:
-    """(H, W, 1) fill = biharmonic(image at H×W) + upsample(fill − coarse(image at the grid)).
+def native_base(backend, image, region, side) -> tuple[np.ndarray, np.ndarray]:
+    """What every sample of one view shares: the exact biharmonic fill of ``image`` at its own
+    resolution (float64, H×W) and the backend's coarse channel on the ``side``² grid (what its
+    learned residual was added to). Computed once per view, not per sample."""
+    grid_coarse = backend.coarse(to_grid(image, side)[None], hole_to_grid(region, side)[None])
+    native = inpaint_biharmonic(image.astype(np.float64), region)
+    return native, grid_coarse[0, 0].cpu().numpy()
+
+
+def residual_on_native_coarse(base, image, fill) -> np.ndarray:
+    """(H, W, 1) fill = biharmonic(image at H×W) + upsample(fill − coarse(image at the grid));
+    ``base`` from :func:`native_base`.
 
     The native fill is scikit-image's exact biharmonic solve (a sparse direct solver): the
     model's own 100-step conjugate-gradient coarse fill is far from converged on holes of a
     few hundred native pixels (session 10: no gain with it at 512²)."""
-    native, up = native_and_residual(backend, image, region, fill, side)
+    native, up = base[0], _residual(base, image, fill)
     return np.clip(native + up, 0.0, 1.0)[..., None].astype(np.float32)
 
 
-def texture_on_native_coarse(backend, image, region, fill, side) -> np.ndarray:
+def texture_on_native_coarse(base, image, region, fill) -> np.ndarray:
     """(H, W, 1) fill = biharmonic(image) + g · high-pass(residual) inside the region, with g
     from :func:`generator.masks.ring_texture_gain` (texture energy = the ring's)."""
-    native, up = native_and_residual(backend, image, region, fill, side)
-    texture = np.where(region, up - ndimage.gaussian_filter(up, TEXTURE_SIGMA), 0.0)
+    native, up = base[0], _residual(base, image, fill)
+    texture = np.where(region, high_pass(up, TEXTURE_SIGMA), 0.0)
     gain = ring_texture_gain(native, texture, image, region, sigma=TEXTURE_SIGMA)
     return np.clip(native + gain * texture, 0.0, 1.0)[..., None].astype(np.float32)
 
 
-def native_and_residual(backend, image, region, fill, side) -> tuple[np.ndarray, np.ndarray]:
-    """The exact biharmonic fill of ``image`` (float64, H×W) and the learned residual (fill −
-    the backend's coarse channel on the ``side``² grid) at the input's resolution."""
-    grid_coarse = backend.coarse(to_grid(image, side)[None], hole_to_grid(region, side)[None])
-    residual = fill[..., 0] - grid_coarse[0, 0].cpu().numpy()
-    native = inpaint_biharmonic(image.astype(np.float64), region)
+def _residual(base, image, fill) -> np.ndarray:
+    """The learned residual (fill − the grid's coarse channel) at the input's resolution, float64."""
+    residual = fill[..., 0] - base[1]
     if residual.shape == image.shape:
-        return native, residual.astype(np.float64)
-    up = upsample(residual[..., None].astype(np.float32), image.shape[:2])[..., 0]
-    return native, up.astype(np.float64)
+        return residual.astype(np.float64)
+    return upsample(residual[..., None].astype(np.float32), image.shape[:2])[..., 0].astype(np.float64)

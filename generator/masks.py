@@ -65,17 +65,14 @@ def ring_texture_gain(base: np.ndarray, texture: np.ndarray, image: np.ndarray, 
     the base alone is already at least as textured as the ring, when the texture or the ring is
     flat, or when no ring exists. ``base``, ``texture``, ``image``: float HxW; region: bool HxW.
     """
+    from shared.metrics import high_frequency_energy, high_pass
+
     region = np.asarray(region, bool)
     ring = dilate(region, ring_px) & ~region
     if not region.any() or not ring.any():
         return 0.0
-
-    def hp(x):
-        x = np.asarray(x, np.float64)
-        return x - ndimage.gaussian_filter(x, sigma)
-
-    target = float(np.mean(hp(image)[ring] ** 2))
-    a, b = hp(base)[region], hp(texture)[region]
+    target = high_frequency_energy(image, ring, sigma)
+    a, b = high_pass(base, sigma)[region], high_pass(texture, sigma)[region]
     qa, qb, qc = float(np.mean(b * b)), 2.0 * float(np.mean(a * b)), float(np.mean(a * a)) - target
     if qa <= 0.0 or qc >= 0.0:
         return 0.0

@@ -18,6 +18,7 @@ from skimage.restoration import inpaint_biharmonic
 
 from generator.compose import (
     hole_to_grid,
+    native_base,
     residual_on_native_coarse,
     texture_on_native_coarse,
     to_grid,
@@ -292,13 +293,15 @@ class NegativeGenerator:
             )
             for j, f in zip(idx, out, strict=True):
                 filled[j] = f
-        out = []
+        out, bases = [], {}  # bases: image index -> native_base, shared by its samples
         for (i, _), (image, region, win, side), f in zip(rows, views, filled, strict=True):
             native = hasattr(self.backend, "coarse") and image.ndim == 2 and see_through_px == 0
-            if native and self.texture_match:
-                f = texture_on_native_coarse(self.backend, image, region, f, side)
-            elif native and self.native_coarse and f.shape[0] != max(image.shape):
-                f = residual_on_native_coarse(self.backend, image, region, f, side)
+            texture = native and self.texture_match
+            if texture or (native and self.native_coarse and f.shape[0] != max(image.shape)):
+                if i not in bases:
+                    bases[i] = native_base(self.backend, image, region, side)
+                f = (texture_on_native_coarse(bases[i], image, region, f) if texture
+                     else residual_on_native_coarse(bases[i], image, f))
             fill = self._to_input_space(image, region, f, see_through=see_through_px > 0)
             if win is not None:  # the window's fill inside a copy of the whole image
                 top, left, n = win
