@@ -15,7 +15,10 @@ every caption equal to the row's as a target — the exact negatives of one doma
 lesion-free caption) + ``finetune.losses.patch_text_loss`` (each positive's patch embeddings
 between its caption and its lesion-free caption, target = the patch's lesion fraction).
 Data: the first 120 training positives of each training domain and their exact negatives
-(``data/bench128_n750``, chest_xray held out); horizontal flips of the token map. Settings fixed
+(``data/bench128_n750``, chest_xray held out); with ``--multi-source`` also the first 60 pairs of
+each of the seven sources of ``data/bench128_n750_ms`` (lesions on every training anatomy source
+at 1-4x zoom and on procedural textures; no held-out source among them); horizontal flips of the
+token map. Settings fixed
 before the run, nothing selected on any split: 800 steps, 16 pairs a batch, AdamW 3e-4,
 weight decay 0.05, 50 warm-up steps, cosine to 5 %.
 
@@ -49,11 +52,14 @@ from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 from bench.tinyvit_tokens import (  # noqa: E402  (the cached frozen tokens and the item lists)
     EVAL_SETS,
+    MS_ROOT,
+    MS_SOURCES,
     N_EVAL_NEG,
     TRAIN_DOMAINS,
     TRAIN_ROOT,
     cached_tokens,
     eval_items,
+    ms_items,
     train_items,
 )
 from finetune.losses import patch_text_loss  # noqa: E402
@@ -111,10 +117,13 @@ def text_table(captions: list[str]) -> dict[str, torch.Tensor]:
     return dict(zip(unique, emb, strict=True))
 
 
-def training_data():
+def training_data(multi_source: bool = False):
     """One dict per training positive whose tokens and exact negative's tokens are cached."""
-    rows, root = [], Path(TRAIN_ROOT)
-    for e in train_items():
+    rows = []
+    items = [(Path(TRAIN_ROOT), e) for e in train_items()]
+    if multi_source:
+        items += [(Path(MS_ROOT), e) for e in ms_items()]
+    for root, e in items:
         tp, tn = cached_tokens(read_image(root / e.image)), cached_tokens(read_image(root / e.gt_negative))
         if tp is not None and tn is not None:
             mask = read_mask(root / e.mask)
@@ -251,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("bench/results/tinyvit_head.md"))
     p.add_argument("--steps", type=int, default=TRAIN["steps"], help="toy runs only")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--multi-source", action="store_true",
+                   help="add 60 pairs of each bench128_n750_ms source to the training data")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     TRAIN["steps"] = args.steps
@@ -261,8 +272,8 @@ def main(argv: list[str] | None = None) -> None:
         print(msg, flush=True)
         logs.append(msg)
 
-    rows = training_data()
-    counts = {d: sum(r["domain"] == d for r in rows) for d in TRAIN_DOMAINS}
+    rows = training_data(args.multi_source)
+    counts = {d: sum(r["domain"] == d for r in rows) for d in TRAIN_DOMAINS + MS_SOURCES}
     log(f"training pairs: {len(rows)} {counts}")
     eval_caps = [e.caption for root, dom in EVAL_SETS.values() for e in eval_items(root, dom)[0]]
     eval_caps += [e.caption_neg for root, dom in EVAL_SETS.values() for e in eval_items(root, dom)[0][:1]]

@@ -41,6 +41,13 @@ EVAL_SETS = {  # name -> (benchmark root, domain); test split
     "chest_xray (held-out domain)": ("data/bench128_n750", "chest_xray"),
 }
 N_TRAIN, N_EVAL_POS, N_EVAL_NEG = 120, 150, 30
+# More anatomy sources for the head's training (``--multi-source``): lesions injected into every
+# training source at 1-4x zoom and on procedural textures (``python -m shared.benchmark --out
+# data/bench128_n750_ms --n-per-domain 750 --size 128 --seed 0 --multi-source 250``); none of them
+# is a held-out source.
+MS_ROOT, N_MS = "data/bench128_n750_ms", 60
+MS_SOURCES = ("ms_mni_brain", "ms_shoulder_mri", "ms_head_ct", "ms_extremity_xray", "ms_retina",
+              "ms_breast_us", "ms_procedural")
 
 
 def key_of(image: np.ndarray) -> tuple[str, torch.Tensor]:
@@ -68,12 +75,17 @@ def cached_tokens(image: np.ndarray, encoder=None) -> torch.Tensor | None:
     return tok
 
 
-def train_items(n: int = N_TRAIN) -> list:
+def train_items(n: int = N_TRAIN, root: str = TRAIN_ROOT, domains=TRAIN_DOMAINS) -> list:
     """Per training domain the first ``n`` training positives (each computed with its exact
     negative), interleaved across domains so that a partial run covers every domain."""
-    per = [[e for e in load_manifest(Path(TRAIN_ROOT)) if e.domain == d and e.split == "train"
-            and e.label == "tumor"][:n] for d in TRAIN_DOMAINS]
+    manifest = load_manifest(Path(root))
+    per = [[e for e in manifest if e.domain == d and e.split == "train" and e.label == "tumor"][:n]
+           for d in domains]
     return [e for group in zip(*per, strict=True) for e in group]
+
+
+def ms_items() -> list:
+    return train_items(N_MS, MS_ROOT, MS_SOURCES)
 
 
 def eval_items(root: str, domain: str) -> tuple[list, list]:
@@ -83,7 +95,9 @@ def eval_items(root: str, domain: str) -> tuple[list, list]:
     return pos, normals
 
 
-def work_list() -> list[Path]:
+def work_list(multi_source: bool = False) -> list[Path]:
+    if multi_source:
+        return [Path(MS_ROOT) / p for e in ms_items() for p in (e.image, e.gt_negative)]
     paths = []
     for root, dom in EVAL_SETS.values():
         pos, normals = eval_items(root, dom)
@@ -99,13 +113,14 @@ def work_list() -> list[Path]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shard", default="0/1")
+    p.add_argument("--multi-source", action="store_true", help="the MS_SOURCES training items")
     args = p.parse_args()
     i, n = map(int, args.shard.split("/"))
     torch.set_num_threads(1)
     from finetune.evaluation.segmenters import LiteMedSAMSegmenter
 
     encoder = LiteMedSAMSegmenter().model.image_encoder
-    todo = work_list()[i::n]
+    todo = work_list(args.multi_source)[i::n]
     t0 = time.time()
     for k, path in enumerate(todo):
         cached_tokens(read_image(path), encoder)
