@@ -10,9 +10,10 @@ Vision tower: LiteMedSAM's image encoder (the segmenter's own input and weights,
 ``bench/tinyvit_tokens.py``) → a timm ``VisionTransformer`` (patch 2 over the 32² token map, so a
 16 × 16 grid with a class token, width 192, 2 blocks, 3 heads) → one linear projection into the
 embedded CLIP's text space. Text tower: the committed embedded CLIP's, frozen. Objective: the
-embedded CLIP's pre-training objective (``clip+dense``): symmetric InfoNCE over the batch (with
-every caption equal to the row's as a target — the exact negatives of one domain share one
-lesion-free caption) + ``finetune.losses.patch_text_loss`` (each positive's patch embeddings
+embedded CLIP's pre-training objective (``clip+dense``): symmetric InfoNCE over the batch
+(``finetune.objectives.clip_infonce``; the exact negatives of one domain share one lesion-free
+caption, and with equal text embeddings the identity targets give the same loss as counting every
+equal caption as a target) + ``finetune.losses.patch_text_loss`` (each positive's patch embeddings
 between its caption and its lesion-free caption, target = the patch's lesion fraction).
 Data: the first 120 training positives of each training domain and their exact negatives
 (``data/bench128_n750``, chest_xray held out); with ``--multi-source`` also the first 60 pairs of
@@ -63,25 +64,12 @@ from bench.tinyvit_tokens import (  # noqa: E402  (the cached frozen tokens and 
     train_items,
 )
 from finetune.losses import patch_text_loss  # noqa: E402
+from finetune.objectives import clip_infonce  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
 
 HEAD = {"width": 192, "depth": 2, "heads": 3}
 TRAIN = {"steps": 800, "pairs": 16, "lr": 3e-4, "weight_decay": 0.05, "warmup": 50,
          "min_lr_ratio": 0.05, "dense_tau": 0.1, "seed": 0}
-
-
-def multi_positive_infonce(image_emb: torch.Tensor, text_emb: torch.Tensor, same: torch.Tensor,
-                           logit_scale: torch.Tensor) -> torch.Tensor:
-    """CLIP InfoNCE (Radford et al. 2021) with every equal caption as a target.
-
-    ``L = ½ [H(Q, softmax(s Î Tᵀ)) + H(Qᵀ, softmax(s T Îᵀ))]``, Q = row-normalised ``same``
-    (B, B; ``same[i, j]`` = caption i equals caption j), H the cross-entropy with soft targets;
-    Î, T the L2-normalised (B, D) embeddings, ``s`` the exponentiated scale. With all captions
-    distinct it is ``finetune.objectives.clip_infonce``. Scalar, mean over the batch.
-    """
-    logits = logit_scale * F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
-    q = same.float() / same.float().sum(1, keepdim=True)
-    return 0.5 * (F.cross_entropy(logits, q) + F.cross_entropy(logits.T, q.T))
 
 
 class TokenHead(torch.nn.Module):
@@ -163,9 +151,8 @@ def train_head(rows, table, log) -> TokenHead:
         img, patch = head(x)
         t_pos = torch.stack([table[c] for c in caps])
         t_neg = torch.stack([table[c] for c in caps_neg])
-        same = torch.tensor([[a == b for b in caps] for a in caps])
         valid = torch.tensor([c != n for c, n in zip(caps, caps_neg, strict=True)])
-        clip = multi_positive_infonce(img, t_pos, same, head.logit_scale.exp().clamp(max=100))
+        clip = clip_infonce(img, t_pos, head.logit_scale.exp().clamp(max=100))
         dense = patch_text_loss(patch, t_pos, t_neg, torch.stack(masks).flatten(1), valid,
                                 temperature=TRAIN["dense_tau"])
         loss = clip + dense["loss"]
