@@ -260,6 +260,9 @@ def main(argv: list[str] | None = None) -> None:
         logs.append(msg)
 
     rows = training_data(args.multi_source)
+    if not rows:
+        raise SystemExit("no cached training tokens under runs/tinyvit_tokens: run "
+                         "bench/tinyvit_tokens.py first (see this script's docstring)")
     counts = {d: sum(r["domain"] == d for r in rows) for d in TRAIN_DOMAINS + MS_SOURCES}
     log(f"training pairs: {len(rows)} {counts}")
     eval_caps = [e.caption for root, dom in EVAL_SETS.values() for e in eval_items(root, dom)[0]]
