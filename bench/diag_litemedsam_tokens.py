@@ -38,19 +38,12 @@ import torch.nn.functional as F  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
+from bench.tinyvit_tokens import EVAL_SETS as SETS  # noqa: E402  (name -> (root, domain), test split)
 from finetune.evaluation.segmenters import LiteMedSAMSegmenter, _rgb, litemedsam_input  # noqa: E402
 from shared.benchmark import load_manifest  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
 
 GRID = 32  # tokens per side after pooling the 64² embedding
-SETS = {  # name -> (benchmark root, domain)
-    "brain_mri": ("data/bench128_n750", "brain_mri"),
-    "retina": ("data/bench128_n750", "retina"),
-    "breast_us": ("data/bench128_n750", "breast_us"),
-    "head MR (external)": ("data/external_brain128", "brain_mri"),
-    "ultrasound (external)": ("data/external_breast128", "breast_us"),
-    "chest_xray (held-out domain)": ("data/bench128_n750", "chest_xray"),
-}
 TRAIN_DOMAINS = ("brain_mri", "retina", "breast_us")
 
 
