@@ -247,11 +247,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("bench/results/tinyvit_head.md"))
     p.add_argument("--steps", type=int, default=TRAIN["steps"], help="toy runs only")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=TRAIN["seed"], help="head init and batch order")
     p.add_argument("--multi-source", action="store_true",
                    help="add 60 pairs of each bench128_n750_ms source to the training data")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    TRAIN["steps"] = args.steps
+    TRAIN["steps"], TRAIN["seed"] = args.steps, args.seed
     t0 = time.time()
     logs: list[str] = []
 
