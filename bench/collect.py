@@ -16,8 +16,8 @@ ORDER = ["demo", "generator", "generator_realsize_256", "generator_realsize_512"
          "generator_biharmonic", "generator_sampling",
          "clip_protocol", "m2ib_selection", "m2ib_boxes", "negatives_experiment", "stage2_text",
          "stage2_strength",
-         "anchor_experiment", "clip_aux_anatomy", "clip_multisource", "litemedsam_tokens", "tinyvit_head_rule", "tinyvit_head",
-         "tinyvit_head_ms", "heldout_text",
+         "anchor_experiment", "clip_aux_anatomy", "clip_multisource", "litemedsam_tokens", "tinyvit_head_rule", "tinyvit_head", "tinyvit_head_seed1",
+         "tinyvit_head_ms", "tinyvit_head_ms_seed1", "heldout_text",
          "embedded_models", "dpo",
          "attack", "service", "stage1", "m2ib", "trainer", "ablation"]
 
