@@ -25,7 +25,6 @@ aware head on these tokens could do. It trains on the *test* positives of the tr
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -39,17 +38,12 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from bench.tinyvit_tokens import EVAL_SETS as SETS  # noqa: E402  (name -> (root, domain), test split)
-from finetune.evaluation.segmenters import LiteMedSAMSegmenter, _rgb, litemedsam_input  # noqa: E402
+from bench.tinyvit_tokens import TRAIN_DOMAINS, key_of  # noqa: E402
+from finetune.evaluation.segmenters import LiteMedSAMSegmenter  # noqa: E402
 from shared.benchmark import load_manifest  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
 
 GRID = 32  # tokens per side after pooling the 64² embedding
-TRAIN_DOMAINS = ("brain_mri", "retina", "breast_us")
-
-
-def encoder_input(image: np.ndarray, size: int = 256) -> torch.Tensor:
-    """``LiteMedSAMSegmenter.segment``'s encoder input, byte for byte (so cache keys match)."""
-    return litemedsam_input(_rgb(image), size)[0]
 
 
 def load_set(root: str, domain: str, n: int, cache: Path, encoder) -> dict:
@@ -59,8 +53,7 @@ def load_set(root: str, domain: str, n: int, cache: Path, encoder) -> dict:
     feats, raws, labels, computed = [], [], [], 0
     for e in items:
         image, mask = read_image(e.image), read_mask(e.mask)
-        x = encoder_input(image)
-        key = hashlib.sha1(x.contiguous().numpy().tobytes()).hexdigest()
+        key, x = key_of(image)
         path = cache / f"{key}.pt"
         if path.is_file():
             emb = torch.load(path, weights_only=True)

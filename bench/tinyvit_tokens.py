@@ -13,7 +13,6 @@ normals and exact negatives) so that shards are disjoint and a rerun only fills 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from finetune.ablation_eval import embedding_key  # noqa: E402
 from finetune.evaluation.segmenters import _rgb, litemedsam_input  # noqa: E402
 from shared.benchmark import load_manifest  # noqa: E402
 from shared.io import read_image  # noqa: E402
@@ -51,8 +51,9 @@ MS_SOURCES = ("ms_mni_brain", "ms_shoulder_mri", "ms_head_ct", "ms_extremity_xra
 
 
 def key_of(image: np.ndarray) -> tuple[str, torch.Tensor]:
+    """The segmenter's encoder input for ``image`` and its embedding-cache key."""
     x = litemedsam_input(_rgb(image), 256)[0]
-    return hashlib.sha1(x.contiguous().numpy().tobytes()).hexdigest(), x
+    return embedding_key(x), x
 
 
 def cached_tokens(image: np.ndarray, encoder=None) -> torch.Tensor | None:

@@ -33,6 +33,12 @@ if TYPE_CHECKING:
     from finetune.ablation import AblationConfig
 
 
+def embedding_key(x: torch.Tensor) -> str:
+    """The cache key of an encoder input: sha1 of its bytes (``CachedEncoder``'s on-disk name, also
+    used by the benches that read that cache)."""
+    return hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
 class CachedEncoder(torch.nn.Module):
     """Wraps LiteMedSAM's image encoder: the output for an input tensor already seen (same
     bytes) is returned from memory (and from ``cache_dir`` across processes, if given), so each
@@ -46,7 +52,7 @@ class CachedEncoder(torch.nn.Module):
         self.calls = 0  # real encoder forwards (for tests and timing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        key = hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        key = embedding_key(x)
         if key in self.cache:
             return self.cache[key]
         path = self.cache_dir / f"{key}.pt" if self.cache_dir else None
