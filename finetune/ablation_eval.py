@@ -117,7 +117,7 @@ def load_eval_set(cfg: AblationConfig, domain: str | None = None) -> EvalSet:
 
 def eval_config(cfg: AblationConfig, mode: str) -> EvalConfig:
     return EvalConfig(mode=mode, saliency="m2ib", m2ib=cfg.m2ib, seed=cfg.eval_seed,
-                      box_dilation_px=cfg.box_dilation_px)
+                      box_dilation_px=cfg.box_dilation_px, component=cfg.box_component)
 
 
 def evaluate_oracle(cfg: AblationConfig, data: EvalSet, segmenter) -> dict:

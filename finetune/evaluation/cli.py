@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--binarize", default="kmeans", choices=("kmeans", "threshold"))
     p.add_argument("--threshold", type=float, default=0.3)
     p.add_argument("--num-components", type=int, default=1)
+    p.add_argument("--component", default="largest", choices=("largest", "peak"),
+                   help="coarse-mask component to prompt with: the largest (upstream) or the one "
+                        "holding the saliency maximum")
     p.add_argument("--prompt-kind", default="union", choices=("union", "components", "points"))
     p.add_argument("--box-dilation", type=int, default=0, help="grow box prompts by this many px")
     p.add_argument("--num-points", type=int, default=10)
@@ -170,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = EvalConfig(
         mode=args.mode, saliency=args.saliency, m2ib=_m2ib_config(args, bundle),
         binarize=args.binarize, threshold=args.threshold, num_components=args.num_components,
-        prompt=args.prompt_kind, box_dilation_px=args.box_dilation, num_points=args.num_points,
+        component=args.component, prompt=args.prompt_kind, box_dilation_px=args.box_dilation,
+        num_points=args.num_points,
         seed=args.seed,
     )
     segmenter = None

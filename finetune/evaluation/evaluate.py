@@ -41,6 +41,7 @@ class EvalConfig:
     binarize: Literal["kmeans", "threshold"] = "kmeans"  # saliency -> coarse mask
     threshold: float = 0.3  # used when binarize == "threshold" (upstream default)
     num_components: int = 1  # keep this many largest components of the coarse mask
+    component: Literal["largest", "peak"] = "largest"  # or the component holding the map's max
     prompt: Literal["union", "components", "points"] = "union"  # one box, a box each, or points
     box_dilation_px: int = 0  # grow boxes (M2IB maps are peaky -> boxes too small)
     num_points: int = 10  # point prompts sampled from the coarse mask (prompt == "points")
@@ -101,7 +102,13 @@ def compute_saliency(
     return centre_box(images)
 
 
-def _prompts_from(mask: np.ndarray, cfg: EvalConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def saliency_to_coarse(saliency: np.ndarray, cfg: EvalConfig) -> np.ndarray:
+    """A saliency map (H, W) -> the coarse bool mask the prompts are drawn from (cfg's rule)."""
+    return coarse_mask(saliency, method=cfg.binarize, threshold=cfg.threshold,
+                       num_components=cfg.num_components, component=cfg.component, seed=cfg.seed)
+
+
+def prompts_from_mask(mask: np.ndarray, cfg: EvalConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(boxes (K, 4), points (P, 2)) from a bool mask per the prompt kind."""
     if cfg.prompt == "points":
         return np.zeros((0, 4), dtype=np.int64), sample_points(mask, cfg.num_points, seed=seed)
@@ -154,11 +161,8 @@ def evaluate_dataset(
             maps = compute_saliency(bundle, images, texts, cfg, first_index=start)
         for i, (p, image, gt, sal) in enumerate(zip(chunk, images, gts, maps, strict=True)):
             seed = cfg.seed + start + i
-            coarse = gt if sal is None else coarse_mask(
-                sal, method=cfg.binarize, threshold=cfg.threshold,
-                num_components=cfg.num_components, seed=cfg.seed,
-            )
-            boxes, points = _prompts_from(coarse, cfg, seed)
+            coarse = gt if sal is None else saliency_to_coarse(sal, cfg)
+            boxes, points = prompts_from_mask(coarse, cfg, seed)
             if cfg.mode == "saliency":
                 pred = coarse
             elif len(boxes) or len(points):

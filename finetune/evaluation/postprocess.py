@@ -17,6 +17,7 @@ from sklearn.cluster import KMeans
 
 BinarizeMethod = Literal["kmeans", "threshold"]
 BoxMode = Literal["union", "components"]
+ComponentRule = Literal["largest", "peak"]
 
 # 8-connectivity, as cv2.connectedComponentsWithStats uses by default upstream.
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -68,18 +69,34 @@ def keep_largest_components(mask: np.ndarray, k: int) -> np.ndarray:
     return np.isin(labels, order)
 
 
+def keep_peak_component(mask: np.ndarray, saliency: np.ndarray) -> np.ndarray:
+    """Keep the 8-connected component of ``mask`` that holds the saliency maximum (the pixel the
+    pointing game scores; first maximum in row-major order on ties). Empty if that pixel is not
+    foreground (e.g. a threshold above the map's maximum)."""
+    mask = np.asarray(mask, dtype=bool)
+    labels, _ = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    peak = labels.flat[int(np.argmax(saliency))]
+    return labels == peak if peak else np.zeros_like(mask)
+
+
 def coarse_mask(
     saliency: np.ndarray,
     *,
     method: BinarizeMethod = "kmeans",
     threshold: float = 0.3,
     num_components: int = 1,
+    component: ComponentRule = "largest",
     seed: int = 0,
 ) -> np.ndarray:
-    """Saliency (H, W) -> coarse bool mask: binarize, then keep the largest components.
+    """Saliency (H, W) -> coarse bool mask: binarize, then keep components.
 
-    An all-empty result is a legitimate outcome (the caller counts it), never an error.
+    ``component``: "largest" keeps the ``num_components`` largest (upstream); "peak" keeps the one
+    component holding the map's maximum, so the prompt sits where the pointing game looks
+    (``num_components`` is then ignored). An all-empty result is a legitimate outcome (the caller
+    counts it), never an error.
     """
+    if component not in ("largest", "peak"):
+        raise ValueError(f"unknown component rule {component!r}; expected 'largest' or 'peak'")
     if method == "kmeans":
         mask = kmeans_binarize(saliency, seed=seed)
     elif method == "threshold":
@@ -88,6 +105,8 @@ def coarse_mask(
         raise ValueError(f"unknown binarize method {method!r}; expected 'kmeans' or 'threshold'")
     if not mask.any():
         return mask
+    if component == "peak":
+        return keep_peak_component(mask, saliency)
     return keep_largest_components(mask, num_components)
 
 

@@ -4,6 +4,7 @@ import pytest
 from finetune.evaluation.postprocess import (
     coarse_mask,
     keep_largest_components,
+    keep_peak_component,
     kmeans_binarize,
     mask_to_boxes,
     sample_points,
@@ -52,6 +53,41 @@ def test_keep_largest_components_exact_k():
     assert keep_largest_components(d, 1).sum() == 4
     with pytest.raises(ValueError, match=">= 1"):
         keep_largest_components(m, 0)
+
+
+def test_peak_component_is_the_one_holding_the_maximum_not_the_largest():
+    sal = np.full((16, 16), 0.05)
+    sal[1:9, 1:9] = 0.6  # large, warm blob (64 px)
+    sal[12:14, 12:14] = 0.7  # small blob holding the peak (4 px)
+    sal[13, 12] = 1.0  # the maximum, off the diagonal: a transposed argmax lands on (12, 13)
+    largest = coarse_mask(sal, method="threshold", threshold=0.5)
+    peak = coarse_mask(sal, method="threshold", threshold=0.5, component="peak")
+    assert largest.sum() == 64 and largest[1:9, 1:9].all()
+    assert peak.sum() == 4 and peak[12:14, 12:14].all()
+    np.testing.assert_array_equal(mask_to_boxes(peak), [[12, 12, 13, 13]])
+    # the peak's pixel is foreground of the 2-means mask too, so the same component comes back
+    np.testing.assert_array_equal(coarse_mask(sal, component="peak"), peak)
+    # a threshold above the maximum: no foreground, nothing to keep
+    assert not coarse_mask(sal, method="threshold", threshold=1.0, component="peak").any()
+    # the peak outside every component (possible for a hand-made mask): empty, not a wrong pick
+    assert not keep_peak_component(largest, sal).any()
+    with pytest.raises(ValueError, match="component rule"):
+        coarse_mask(sal, component="biggest")
+
+
+def test_pipeline_config_honours_the_component_rule():
+    from finetune.evaluation.evaluate import EvalConfig, prompts_from_mask, saliency_to_coarse
+
+    sal = np.zeros((20, 20))
+    sal[0:10, 0:10] = 0.8
+    sal[15:18, 15:18] = 0.9
+    cfg = EvalConfig(binarize="threshold", threshold=0.5, component="peak", box_dilation_px=1)
+    boxes, points = prompts_from_mask(saliency_to_coarse(sal, cfg), cfg, 0)
+    np.testing.assert_array_equal(boxes, [[14, 14, 18, 18]])
+    assert points.shape == (0, 2)
+    default = EvalConfig(binarize="threshold", threshold=0.5, component="largest")
+    np.testing.assert_array_equal(prompts_from_mask(saliency_to_coarse(sal, default), default, 0)[0],
+                                  [[0, 0, 9, 9]])
 
 
 def test_boxes_union_components_and_dilation():
