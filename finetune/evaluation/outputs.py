@@ -81,7 +81,9 @@ def write_markdown_report(path: str | Path, results: EvalResults, *, title: str,
         f"# {title}", "",
         f"- images: {s['n_images']}; mode `{cfg['mode']}`; saliency `{cfg['saliency']}`; "
         f"prompt `{cfg['prompt']}` (box dilation {cfg['box_dilation_px']} px); "
-        f"binarize `{cfg['binarize']}`, {cfg['num_components']} component(s)",
+        f"binarize `{cfg['binarize']}`, "
+        + ("the component holding the saliency maximum" if cfg.get("component") == "peak"
+           else f"{cfg['num_components']} largest component(s)"),
         f"- empty coarse masks: {s['n_empty_coarse']} (their prediction is empty and scores 0 "
         f"unless the ground truth is empty too); empty predictions: {s['n_empty_prediction']}",
         "", "| metric | mean ± std [95% bootstrap CI] |", "|---|---|",
