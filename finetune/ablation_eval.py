@@ -19,7 +19,7 @@ import torch
 from sklearn.metrics import silhouette_samples
 
 from finetune.evaluation.clip_bundle import ClipBundle
-from finetune.evaluation.evaluate import EvalConfig, evaluate_dataset
+from finetune.evaluation.evaluate import BOX_RULES, EvalConfig, evaluate_dataset
 from finetune.evaluation.m2ib import m2ib_saliency
 from finetune.evaluation.prompts import PromptSet
 from finetune.evaluation.segmenters import LiteMedSAMSegmenter
@@ -117,21 +117,28 @@ def load_eval_set(cfg: AblationConfig, domain: str | None = None) -> EvalSet:
 
 def eval_config(cfg: AblationConfig, mode: str) -> EvalConfig:
     return EvalConfig(mode=mode, saliency="m2ib", m2ib=cfg.m2ib, seed=cfg.eval_seed,
-                      box_dilation_px=cfg.box_dilation_px, component=cfg.box_component)
+                      component=cfg.box_component, box_dilation_px=cfg.box_dilation_px,
+                      box_dilation_frac=cfg.box_dilation_frac)
+
+
+def reference_config(cfg: AblationConfig, mode: str, saliency: str = "m2ib") -> EvalConfig:
+    """The reference rows' settings: their boxes are exact (the GT box, the fixed centre box),
+    so the model's box rule (component, dilation) does not apply to them."""
+    return replace(eval_config(cfg, mode), saliency=saliency, **BOX_RULES["upstream"])
 
 
 def evaluate_oracle(cfg: AblationConfig, data: EvalSet, segmenter) -> dict:
     """Dice/IoU/NSD per image with the GT mask's box as the prompt (upper bound)."""
     res = evaluate_dataset(None, data.pairs, segmenter=segmenter, prompts=None,
-                           cfg=eval_config(cfg, "oracle"))
+                           cfg=reference_config(cfg, "oracle"))
     return {m: [getattr(r.score, m) for r in res.images] for m in ("dice", "iou", "nsd")}
 
 
 def evaluate_centre_box(cfg: AblationConfig, data: EvalSet, segmenter) -> dict:
     """Dice/IoU/NSD per image with a fixed centre box as the "saliency" (the floor any saliency
     must beat; model-independent)."""
-    ecfg = replace(eval_config(cfg, "segmenter"), saliency="centre_box")
-    res = evaluate_dataset(None, data.pairs, segmenter=segmenter, prompts=None, cfg=ecfg)
+    res = evaluate_dataset(None, data.pairs, segmenter=segmenter, prompts=None,
+                           cfg=reference_config(cfg, "segmenter", "centre_box"))
     return {m: [getattr(r.score, m) for r in res.images] for m in ("dice", "iou", "nsd")}
 
 

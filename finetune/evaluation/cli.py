@@ -21,6 +21,7 @@ from finetune.evaluation.evaluate import (
     MODES,
     SALIENCY_METHODS,
     EvalConfig,
+    default_box_rule,
     evaluate_classification,
     evaluate_dataset,
 )
@@ -65,11 +66,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--binarize", default="kmeans", choices=("kmeans", "threshold"))
     p.add_argument("--threshold", type=float, default=0.3)
     p.add_argument("--num-components", type=int, default=1)
-    p.add_argument("--component", default="largest", choices=("largest", "peak"),
+    p.add_argument("--component", default=None, choices=("largest", "peak"),
                    help="coarse-mask component to prompt with: the largest (upstream) or the one "
-                        "holding the saliency maximum")
+                        "holding the saliency maximum (default: the model's rule, see "
+                        "evaluate.BOX_RULES)")
     p.add_argument("--prompt-kind", default="union", choices=("union", "components", "points"))
-    p.add_argument("--box-dilation", type=int, default=0, help="grow box prompts by this many px")
+    p.add_argument("--box-dilation", type=int, default=None,
+                   help="grow box prompts by this many px (default: the model's rule)")
+    p.add_argument("--box-dilation-frac", type=float, default=None,
+                   help="and by this fraction of the image's longer side (default: the model's "
+                        "rule; embedded: 4/128)")
     p.add_argument("--num-points", type=int, default=10)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--positives-only", action="store_true",
@@ -105,6 +111,16 @@ def _prompts(args: argparse.Namespace, task: str) -> PromptSet | None:
         return load_prompts(args.prompt_file)
     default = PROMPT_DIR / f"{task}.txt"
     return load_prompts(default) if default.is_file() else None
+
+
+def _box_rule(args: argparse.Namespace, bundle=None) -> dict:
+    """The model's post-processing rule (``evaluate.default_box_rule``), then explicit flags."""
+    rule = default_box_rule(bundle)
+    given = {"component": args.component, "box_dilation_px": args.box_dilation,
+             "box_dilation_frac": args.box_dilation_frac}
+    if (args.box_dilation or 0) < 0 or (args.box_dilation_frac or 0) < 0:
+        raise ConfigError("--box-dilation and --box-dilation-frac must be >= 0")
+    return rule | {k: v for k, v in given.items() if v is not None}
 
 
 def _m2ib_config(args: argparse.Namespace, bundle=None) -> M2IBConfig:
@@ -173,8 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = EvalConfig(
         mode=args.mode, saliency=args.saliency, m2ib=_m2ib_config(args, bundle),
         binarize=args.binarize, threshold=args.threshold, num_components=args.num_components,
-        component=args.component, prompt=args.prompt_kind, box_dilation_px=args.box_dilation,
-        num_points=args.num_points,
+        prompt=args.prompt_kind, num_points=args.num_points, **_box_rule(args, bundle),
         seed=args.seed,
     )
     segmenter = None

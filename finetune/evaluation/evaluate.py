@@ -44,6 +44,7 @@ class EvalConfig:
     component: Literal["largest", "peak"] = "largest"  # or the component holding the map's max
     prompt: Literal["union", "components", "points"] = "union"  # one box, a box each, or points
     box_dilation_px: int = 0  # grow boxes (M2IB maps are peaky -> boxes too small)
+    box_dilation_frac: float = 0.0  # and by this fraction of the image's longer side (rounded)
     num_points: int = 10  # point prompts sampled from the coarse mask (prompt == "points")
     nsd_tolerance_px: float = 2.0  # NSD boundary tolerance
     seed: int = 0  # saliency noise (image i: seed + i), k-means init and point sampling
@@ -102,6 +103,22 @@ def compute_saliency(
     return centre_box(images)
 
 
+# Post-processing rules per model family, as the M2IB presets (m2ib.default_config): upstream's
+# for any model; for the embedded model the rule chosen on the validation split by
+# bench/select_box_rule.py (bench/results/box_rule_val.md): the 2-means component holding the
+# saliency maximum, its box grown by 4 px per 128 px of image side (4 px at the model's 128²).
+BOX_RULES: dict[str, dict] = {
+    "upstream": {"component": "largest", "box_dilation_px": 0, "box_dilation_frac": 0.0},
+    "embedded": {"component": "peak", "box_dilation_px": 0, "box_dilation_frac": 4 / 128},
+}
+
+
+def default_box_rule(bundle: ClipBundle | None) -> dict:
+    """The post-processing a model gets when none is named (EvalConfig fields)."""
+    embedded = bundle is not None and bundle.num_blocks == 6 and bundle.image_size == 128
+    return dict(BOX_RULES["embedded" if embedded else "upstream"])
+
+
 def saliency_to_coarse(saliency: np.ndarray, cfg: EvalConfig) -> np.ndarray:
     """A saliency map (H, W) -> the coarse bool mask the prompts are drawn from (cfg's rule)."""
     return coarse_mask(saliency, method=cfg.binarize, threshold=cfg.threshold,
@@ -112,7 +129,10 @@ def prompts_from_mask(mask: np.ndarray, cfg: EvalConfig, seed: int) -> tuple[np.
     """(boxes (K, 4), points (P, 2)) from a bool mask per the prompt kind."""
     if cfg.prompt == "points":
         return np.zeros((0, 4), dtype=np.int64), sample_points(mask, cfg.num_points, seed=seed)
-    boxes = mask_to_boxes(mask, mode=cfg.prompt, dilation_px=cfg.box_dilation_px)
+    if cfg.box_dilation_px < 0 or cfg.box_dilation_frac < 0:
+        raise ValueError("box dilation must be >= 0 (pixels and fraction of the image side)")
+    dilation = cfg.box_dilation_px + round(cfg.box_dilation_frac * max(mask.shape))
+    boxes = mask_to_boxes(mask, mode=cfg.prompt, dilation_px=dilation)
     return boxes, np.zeros((0, 2))
 
 

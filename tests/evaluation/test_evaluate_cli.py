@@ -60,6 +60,38 @@ def test_oracle_mode_closed_form(dataset):
     assert res.summary["metrics"]["dice"]["mean"] == pytest.approx(np.mean([r.score.dice for r in res.images]))
 
 
+def test_ablation_reference_rows_keep_exact_boxes(dataset):
+    """The ablation's default box rule dilates saliency boxes (the embedded rule); its oracle row
+    must still prompt with the GT box itself, or the upper bound moves with the rule."""
+    from finetune.ablation import load_ablation_config
+    from finetune.ablation_eval import eval_config, reference_config
+
+    abl = load_ablation_config({})
+    assert eval_config(abl, "segmenter").box_dilation_frac > 0  # the rule the reference must drop
+    pairs = list_pairs(dataset.parent, "toy", "test")
+    res = evaluate_dataset(None, pairs, segmenter=BoxFill(), prompts=None,
+                           cfg=reference_config(abl, "oracle"))
+    for r, (i, size) in zip(res.images, enumerate(SIZES), strict=True):
+        _, gt = blob_image(10 + i, size)
+        ys, xs = np.nonzero(gt)
+        assert r.boxes == [[xs.min(), ys.min(), xs.max(), ys.max()]]
+
+
+def test_box_dilation_fraction_follows_the_image_size():
+    """4/128 of the longer side: 4 px at 128², 8 px at 256 × 200 (the rule chosen at 128² keeps
+    its meaning on a user's larger scans)."""
+    from finetune.evaluation.evaluate import prompts_from_mask
+
+    cfg = EvalConfig(box_dilation_frac=4 / 128)
+    for shape, grow in (((128, 128), 4), ((200, 256), 8)):
+        m = np.zeros(shape, dtype=bool)
+        m[50:60, 70:90] = True
+        boxes, _ = prompts_from_mask(m, cfg, 0)
+        np.testing.assert_array_equal(boxes, [[70 - grow, 50 - grow, 89 + grow, 59 + grow]])
+    with pytest.raises(ValueError, match="box dilation"):
+        prompts_from_mask(m, EvalConfig(box_dilation_frac=-0.1), 0)
+
+
 def test_empty_saliency_gives_empty_prediction_counted(dataset, monkeypatch):
     monkeypatch.setattr(evaluate_mod, "compute_saliency",
                         lambda bundle, images, prompts, cfg, first_index=0: [np.zeros(im.shape[:2]) for im in images])
@@ -162,6 +194,14 @@ def test_defaults_follow_the_model_on_a_fresh_folder(tmp_path):
     assert summary["n_images"] == 1 and summary["segmenter"] == "litemedsam"
     assert summary["config"]["m2ib"]["layer"] == PRESETS["embedded"].layer
     assert summary["config"]["m2ib"]["beta"] == PRESETS["embedded"].beta
+    # and the embedded model's box rule (chosen on validation, bench/results/box_rule_val.md)
+    assert summary["config"]["component"] == "peak"
+    assert summary["config"]["box_dilation_frac"] == pytest.approx(4 / 128)
+    # an explicit flag wins over the model's rule, the rest of the rule stays
+    summary = cli.main(["--data", str(task), "--steps", "1", "--samples", "1", "--component",
+                        "largest", "--out", str(tmp_path / "out2")])
+    assert summary["config"]["component"] == "largest"
+    assert summary["config"]["box_dilation_frac"] == pytest.approx(4 / 128)
 
 
 @pytest.mark.parametrize("argv, says", [
