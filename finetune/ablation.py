@@ -39,6 +39,7 @@ from finetune.ablation_eval import (  # noqa: F401  (CachedEncoder, EvalSet: the
     load_eval_set,
 )
 from finetune.ablation_report import (
+    box_rule_text,
     build_rows,
     compare,
     negative_utility,
@@ -267,7 +268,9 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
             "batch_size": cfg.batch_size, "base_model": cfg.base_model, "seeds": list(cfg.seeds),
             "n_pos": cfg.n_positives, "n_neg": len(any_run["p_neg"]) if any_run else 0,
             "completed": {v: sorted(r) for v, r in results.items()},
-            "n_resamples": cfg.n_resamples, "timings_s": timings}
+            "n_resamples": cfg.n_resamples, "timings_s": timings,
+            "box_rule": box_rule_text(cfg.box_component, cfg.box_dilation_px,
+                                      cfg.box_dilation_frac, cfg.box_scale)}
     meta["utility"] = [(gen, gt, m, u) for gen, gt in UTILITY_PAIRS
                        for m in ("dice", "faithfulness") if (u := negative_utility(
                            results, m, generated=gen, gt=gt, n_resamples=cfg.n_resamples,

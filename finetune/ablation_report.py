@@ -171,6 +171,24 @@ def render_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def box_rule_text(component: str = "largest", dilation_px: int = 0, dilation_frac: float = 0.0,
+                  scale: float = 1.0) -> str:
+    """The saliency → box step in words, e.g. 'the component holding the saliency maximum → one
+    box grown by 4 px per 128 px of image side' (the embedded rule)."""
+    text = ("the component holding the saliency maximum" if component == "peak"
+            else "largest component") + " → one box"
+    grow = []
+    if dilation_px:
+        grow.append(f"{dilation_px} px")
+    if dilation_frac:
+        grow.append(f"{dilation_frac * 128:g} px per 128 px of image side")
+    if grow:
+        text += " grown by " + " + ".join(grow)
+    if scale != 1:
+        text += f", scaled ×{scale:g} about its centre"
+    return text
+
+
 def render_report(rows: Sequence[dict], meta: dict) -> str:
     """Full markdown report: what was run, then the table."""
     done = ", ".join(f"{v}: seeds {s}" for v, s in meta["completed"].items())
@@ -184,7 +202,8 @@ def render_report(rows: Sequence[dict], meta: dict) -> str:
         f"images). Training: {meta['steps']} steps × batch {meta['batch_size']} for every "
         f"variant, from `{meta['base_model']}`; seeds requested {meta['seeds']}.", "",
         f"Completed (variant: seeds): {done}.", "",
-        "Pipeline: M2IB saliency → 2-means + largest component → one box → LiteMedSAM; the "
+        f"Pipeline: M2IB saliency → 2-means → {meta.get('box_rule', box_rule_text())} → "
+        "LiteMedSAM; the "
         "oracle box is the GT mask's box, the centre box a fixed box in the middle (both "
         "model-independent). Pointing game: the saliency argmax lies in the GT mask. Prompt "
         "faithfulness: share of saliency mass inside the lesion with the positive caption minus "
