@@ -147,8 +147,10 @@ def run(cfg: DemoConfig) -> Path:
 
     t = time.perf_counter()
     _log("service: starting python -m api on 127.0.0.1 (embedded generator)")
+    # the service and the trainer take turns (negatives are fetched before training starts, the
+    # contact sheet after it), so the service gets the machine's threads, not half of them
     with generator_service(store_dir=out / "store", log_path=out / "service.log",
-                           threads=1) as url:
+                           threads=cfg.threads) as url:
         _log(f"service: ready at {url}")
         train_stage12_over_http(cfg, abl, url)
         sheet_items = [it for it in items if it.domain == cfg.domain and it.split == "test"
