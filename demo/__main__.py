@@ -19,6 +19,8 @@ per-variant results), so a re-run finishes in seconds. ``--smoke`` runs tiny siz
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -84,13 +86,12 @@ def ablation_config(cfg: DemoConfig, out: Path):
     from finetune.ablation import load_ablation_config
     from generator.build import DEFAULT_CHECKPOINT, hash_directory
 
-    # Trained models are reused by path: keying the folder by the generator checkpoint and the
-    # fine-tuning recipes (configs/embedded) makes new negatives or a new recipe retrain instead
-    # of reusing old results (the ablation refuses a stale recipe in its folder).
-    ablation_dir = out / (f"ablation-gen{hash_directory(DEFAULT_CHECKPOINT)[:10]}"
-                          f"-cfg{hash_directory(REPO / 'configs' / 'embedded')[:6]}")
-    return load_ablation_config(REPO / "configs" / "ablation" / "small.yaml", [
-        f"bench={REPO / cfg.bench}", f"output_dir={ablation_dir}", f"steps={cfg.steps}",
+    # Trained models are reused by path: keying the folder by the generator checkpoint, the
+    # fine-tuning recipes (configs/embedded) and the ablation's own settings (e.g. the box rule)
+    # makes new negatives, a new recipe or a new evaluation start a new folder instead of meeting
+    # the ablation's "holds results of another setup" refusal in the old one.
+    abl = load_ablation_config(REPO / "configs" / "ablation" / "small.yaml", [
+        f"bench={REPO / cfg.bench}", f"steps={cfg.steps}", f"threads={cfg.threads}",
         f"domain={cfg.domain}",
         f"batch_size={cfg.batch_size}", f"warmup_steps={max(1, cfg.steps // 10)}",
         f"n_positives={cfg.n_eval}", f"seeds=[{cfg.seed}]",
@@ -99,6 +100,11 @@ def ablation_config(cfg: DemoConfig, out: Path):
         # HTTP into this cache; the in-process predictor reads the same content-addressed keys.
         f"train_overrides=[negatives.source=inprocess,negatives.steps={cfg.generator_steps}]",
     ])
+    settings = {k: v for k, v in to_dict(abl).items() if k not in ("output_dir", "threads")}
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:6]
+    ablation_dir = out / (f"ablation-gen{hash_directory(DEFAULT_CHECKPOINT)[:10]}"
+                          f"-cfg{hash_directory(REPO / 'configs' / 'embedded')[:6]}-abl{key}")
+    return dataclasses.replace(abl, output_dir=str(ablation_dir))
 
 
 def train_stage12_over_http(cfg: DemoConfig, abl, url: str) -> Path:

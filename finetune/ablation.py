@@ -124,6 +124,7 @@ class AblationConfig:
     embedding_cache_dir: str = ""  # LiteMedSAM image embeddings on disk ("" = memory only)
     n_resamples: int = 2000  # bootstrap resamples of every CI
     max_patches_per_image: int = 0  # silhouette: cap patches per image (0 = all)
+    threads: int = 1  # torch threads of this process (1: runs side by side; the demo: its cores)
 
 
 def load_ablation_config(path: str | Path | dict | None, overrides: list[str] | None = None
@@ -146,6 +147,8 @@ def load_ablation_config(path: str | Path | dict | None, overrides: list[str] | 
         raise ConfigError(f"also_domains repeats the ablation's own domain {cfg.domain!r}")
     if cfg.n_positives < 2:
         raise ConfigError(f"n_positives must be >= 2, got {cfg.n_positives}")
+    if cfg.threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {cfg.threads}")
     if cfg.box_component not in ("largest", "peak"):
         raise ConfigError(f"box_component={cfg.box_component!r}; expected largest | peak")
     if cfg.box_dilation_px < 0 or cfg.box_dilation_frac < 0 or cfg.box_scale <= 0:
@@ -299,7 +302,7 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
 
 # fields that may change between runs sharing an output_dir (the rest define the results)
 _RESUMABLE = ("variants", "seeds", "table_path", "n_resamples", "embedding_cache_dir",
-              "also_domains")
+              "also_domains", "threads")
 
 
 def _check_same_setup(cfg: AblationConfig, path: Path) -> None:
@@ -319,7 +322,7 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
                  oracle_only: bool = False) -> Path:
     """Train and evaluate every (variant, seed) not yet done; returns the report path.
     ``oracle_only``: stop after the (model-independent) oracle pass."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_setup(cfg, out / "ablation_config.json")
@@ -347,6 +350,7 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
             continue
         start = time.perf_counter()
         source = train_variant(cfg, variant, seed)
+        torch.set_num_threads(cfg.threads)  # training set its own (TrainConfig.num_threads)
         clip = build_clip(source)
         bundle = bundle_from_open_clip(clip.model, clip.tokenizer)
         for d in todo:
