@@ -80,7 +80,9 @@ def write_markdown_report(path: str | Path, results: EvalResults, *, title: str,
     lines = [
         f"# {title}", "",
         f"- images: {s['n_images']}; mode `{cfg['mode']}`; saliency `{cfg['saliency']}`; "
-        f"prompt `{cfg['prompt']}` (box dilation {cfg['box_dilation_px']} px); "
+        f"prompt `{cfg['prompt']}` (box dilation {cfg['box_dilation_px']} px + "
+        f"{cfg.get('box_dilation_frac', 0.0):g} of the image side, scale "
+        f"{cfg.get('box_scale', 1.0):g}); "
         f"binarize `{cfg['binarize']}`, "
         + ("the component holding the saliency maximum" if cfg.get("component") == "peak"
            else f"{cfg['num_components']} largest component(s)"),
