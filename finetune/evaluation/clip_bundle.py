@@ -44,6 +44,11 @@ class ClipBundle:
         return len(self.trunk.blocks)
 
     @property
+    def is_embedded(self) -> bool:
+        """The embedded architecture (6 blocks at 128²): it gets its own M2IB preset and box rule."""
+        return self.num_blocks == 6 and self.image_size == 128
+
+    @property
     def num_prefix_tokens(self) -> int:
         return int(getattr(self.trunk, "num_prefix_tokens", 1))
 

@@ -118,8 +118,7 @@ BOX_RULES: dict[str, dict] = {
 
 def default_box_rule(bundle: ClipBundle | None) -> dict:
     """The post-processing a model gets when none is named (EvalConfig fields)."""
-    embedded = bundle is not None and bundle.num_blocks == 6 and bundle.image_size == 128
-    return dict(BOX_RULES["embedded" if embedded else "upstream"])
+    return dict(BOX_RULES["embedded" if bundle is not None and bundle.is_embedded else "upstream"])
 
 
 def saliency_to_coarse(saliency: np.ndarray, cfg: EvalConfig) -> np.ndarray:

@@ -88,7 +88,7 @@ PRESETS: dict[str, M2IBConfig] = {
 def default_config(bundle: ClipBundle) -> M2IBConfig:
     """The settings a model gets when none are named: the ``embedded`` preset for the embedded
     architecture (6 blocks at 128²), upstream's defaults (layer 9 of BiomedCLIP's 12) otherwise."""
-    if bundle.num_blocks == 6 and bundle.image_size == 128:
+    if bundle.is_embedded:
         return PRESETS["embedded"]
     return M2IBConfig()
 
