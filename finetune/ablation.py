@@ -49,6 +49,7 @@ from finetune.ablation_report import (
 from finetune.build import build_clip
 from finetune.config import load_train_config
 from finetune.evaluation.clip_bundle import bundle_from_open_clip
+from finetune.evaluation.evaluate import check_box_rule
 from finetune.evaluation.m2ib import PRESETS, M2IBConfig
 from finetune.train_loop import EXPORT, resolve_model_source, train
 from shared.benchmark import HELD_OUT_DOMAIN
@@ -149,10 +150,11 @@ def load_ablation_config(path: str | Path | dict | None, overrides: list[str] | 
         raise ConfigError(f"n_positives must be >= 2, got {cfg.n_positives}")
     if cfg.threads < 1:
         raise ConfigError(f"threads must be >= 1, got {cfg.threads}")
-    if cfg.box_component not in ("largest", "peak"):
-        raise ConfigError(f"box_component={cfg.box_component!r}; expected largest | peak")
-    if cfg.box_dilation_px < 0 or cfg.box_dilation_frac < 0 or cfg.box_scale <= 0:
-        raise ConfigError("box_dilation_px and box_dilation_frac must be >= 0, box_scale > 0")
+    try:
+        check_box_rule({"component": cfg.box_component, "box_dilation_px": cfg.box_dilation_px,
+                        "box_dilation_frac": cfg.box_dilation_frac, "box_scale": cfg.box_scale})
+    except ValueError as err:
+        raise ConfigError(f"ablation config: {err}") from None
     return cfg
 
 

@@ -21,6 +21,7 @@ from finetune.evaluation.evaluate import (
     MODES,
     SALIENCY_METHODS,
     EvalConfig,
+    check_box_rule,
     default_box_rule,
     evaluate_classification,
     evaluate_dataset,
@@ -120,11 +121,12 @@ def _box_rule(args: argparse.Namespace, bundle=None) -> dict:
     rule = default_box_rule(bundle)
     given = {"component": args.component, "box_dilation_px": args.box_dilation,
              "box_dilation_frac": args.box_dilation_frac, "box_scale": args.box_scale}
-    if (args.box_dilation or 0) < 0 or (args.box_dilation_frac or 0) < 0:
-        raise ConfigError("--box-dilation and --box-dilation-frac must be >= 0")
-    if args.box_scale is not None and args.box_scale <= 0:
-        raise ConfigError(f"--box-scale must be > 0, got {args.box_scale}")
-    return rule | {k: v for k, v in given.items() if v is not None}
+    rule |= {k: v for k, v in given.items() if v is not None}
+    try:
+        check_box_rule(rule)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return rule
 
 
 def _m2ib_config(args: argparse.Namespace, bundle=None) -> M2IBConfig:

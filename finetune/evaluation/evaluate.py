@@ -116,6 +116,16 @@ BOX_RULES: dict[str, dict] = {
 }
 
 
+def check_box_rule(rule: dict) -> None:
+    """ValueError naming the first bad field of a box rule (EvalConfig's component / box_* keys)."""
+    if rule.get("component", "largest") not in ("largest", "peak"):
+        raise ValueError(f"box component {rule['component']!r}; expected largest | peak")
+    if rule.get("box_dilation_px", 0) < 0 or rule.get("box_dilation_frac", 0.0) < 0:
+        raise ValueError("box dilation must be >= 0 (pixels and fraction of the image side)")
+    if rule.get("box_scale", 1.0) <= 0:
+        raise ValueError(f"box scale must be > 0, got {rule['box_scale']}")
+
+
 def default_box_rule(bundle: ClipBundle | None) -> dict:
     """The post-processing a model gets when none is named (EvalConfig fields)."""
     return dict(BOX_RULES["embedded" if bundle is not None and bundle.is_embedded else "upstream"])

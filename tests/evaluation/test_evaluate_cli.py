@@ -208,6 +208,8 @@ def test_defaults_follow_the_model_on_a_fresh_folder(tmp_path):
     ([], "no text prompt for task 'toy'"),  # a task without a built-in prompt file
     (["--prompt", "a tumor", "--layer", "9"], "pass --layer 0..5"),
     (["--prompt", "a tumor", "--preset", "brain"], "has 6 blocks"),
+    (["--prompt", "a tumor", "--box-scale", "0"], "box scale must be > 0"),
+    (["--prompt", "a tumor", "--box-dilation-frac", "-0.1"], "box dilation must be >= 0"),
 ])
 def test_user_mistakes_end_in_one_error_line(dataset, tmp_path, capsys, argv, says):
     """Through the module's entry point: exit status 2 and one `error:` line, no traceback."""
