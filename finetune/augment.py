@@ -38,6 +38,15 @@ class AugmentConfig:
     blur_prob: float = 0.3  # chance of a Gaussian blur
     max_blur_sigma: float = 1.0  # its σ in pixels, uniform in (0, max]
     max_noise: float = 0.04  # Gaussian noise std, uniform in [0, max]
+    # contrast randomisation (SynthSeg-style, Billot et al. 2023): with this chance, intensities
+    # pass through a random *non-monotone* piecewise-linear map (:func:`random_lut`), so tissue
+    # and lesion may swap brightness and no source's grey levels can be memorised; 0 = off
+    lut_prob: float = 0.0
+    lut_knots: int = 5
+    # resolution randomisation: with this chance the image is resized down by a factor uniform in
+    # [1, max_downsample] and back (bilinear), as a small frame upsampled to the model's size is
+    low_res_prob: float = 0.0
+    max_downsample: float = 1.0
 
 
 def _uniform(lo: float, hi: float, n: int) -> torch.Tensor:
@@ -75,6 +84,31 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return xp.view(b, c, h, w)
 
 
+def random_lut(x: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
+    """Per-sample piecewise-linear intensity map: ``x`` (B, P, S, S) in [0, 1], ``knots`` (B, K)
+    the map's values at K equally spaced inputs 0, 1/(K−1), …, 1 (any order: non-monotone)."""
+    k = knots.shape[1] - 1
+    pos = x.clamp(0, 1) * k
+    lo = pos.floor().clamp(max=k - 1)
+    frac = pos - lo
+    idx = lo.long().flatten(1)  # (B, P·S·S)
+    left = torch.gather(knots, 1, idx).view_as(x)
+    right = torch.gather(knots, 1, idx + 1).view_as(x)
+    return left + frac * (right - left)
+
+
+def _low_res(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Each sample of (B, P, S, S) resized to S / factor and back (bilinear; factor 1 = unchanged)."""
+    out = x.clone()
+    s = x.shape[-1]
+    for i in torch.nonzero(factor > 1).flatten().tolist():
+        small = max(4, round(s / float(factor[i])))
+        down = F.interpolate(x[i : i + 1], size=(small, small), mode="bilinear", antialias=True,
+                             align_corners=False)
+        out[i] = F.interpolate(down, size=(s, s), mode="bilinear", align_corners=False)[0]
+    return out
+
+
 def augment_batch(
     images: torch.Tensor, masks: torch.Tensor, negatives: torch.Tensor | None, cfg: AugmentConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -96,6 +130,15 @@ def augment_batch(
                         _uniform(0.0, cfg.max_blur_sigma, b), torch.zeros(b))
     if cfg.max_blur_sigma > 0 and bool((sigma > 0).any()):
         pix = _blur(pix, sigma)
+    if cfg.low_res_prob > 0 and cfg.max_downsample > 1:
+        factor = torch.where(torch.rand(b) < cfg.low_res_prob,
+                             _uniform(1.0, cfg.max_downsample, b), torch.ones(b))
+        pix = _low_res(pix, factor)
+    if cfg.lut_prob > 0:
+        use = torch.rand(b) < cfg.lut_prob
+        identity = torch.linspace(0, 1, cfg.lut_knots).expand(b, -1)
+        knots = torch.where(use[:, None], torch.rand(b, cfg.lut_knots), identity)
+        pix = random_lut(pix, knots)
     gamma = torch.exp(_uniform(math.log(cfg.gamma[0]), math.log(cfg.gamma[1]), b)).view(b, 1, 1, 1)
     pix = pix.clamp(0, 1) ** gamma
     mean = pix[:, :1].mean(dim=(2, 3), keepdim=True)  # the positive's mean, shared by its pair

@@ -206,6 +206,11 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
             and 0 <= a.contrast[0] <= a.contrast[1]):
         raise ConfigError("augment: zoom needs 1 <= lo <= hi, gamma 0 < lo <= hi, contrast "
                           f"0 <= lo <= hi; got zoom={a.zoom}, gamma={a.gamma}, contrast={a.contrast}")
+    if not (0 <= a.lut_prob <= 1 and 0 <= a.low_res_prob <= 1 and a.lut_knots >= 2
+            and a.max_downsample >= 1):
+        raise ConfigError("augment: lut_prob and low_res_prob need 0..1, lut_knots >= 2, "
+                          f"max_downsample >= 1; got lut_prob={a.lut_prob}, low_res_prob="
+                          f"{a.low_res_prob}, lut_knots={a.lut_knots}, max_downsample={a.max_downsample}")
     if ob.entropy_mode not in ("min", "max", "hinge"):
         raise ConfigError(f"objective.entropy_mode={ob.entropy_mode!r}; expected min | max | hinge")
 

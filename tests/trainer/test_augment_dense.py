@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from finetune.augment import AugmentConfig, augment_batch
+from finetune.augment import AugmentConfig, augment_batch, random_lut
 from finetune.losses import patch_text_loss
 
 NO_INTENSITY = dict(gamma=(1.0, 1.0), contrast=(1.0, 1.0), brightness=0.0, blur_prob=0.0,
@@ -78,6 +79,38 @@ def test_same_seed_same_batch_and_ranges_hold():
     assert not torch.equal(first[0], images)
     img_only = augment_batch(images, masks, None, cfg)
     assert img_only[2] is None and img_only[0].shape == images.shape
+
+
+def test_random_lut_closed_form():
+    """Knots at 0, 1/2, 1 with values 0.2, 1.0, 0.0: x = 1/4 → 0.6 (halfway up), x = 3/4 → 0.5
+    (halfway down: non-monotone), the knots themselves exact (fails on an off-by-one knot index
+    or interpolating towards the wrong neighbour)."""
+    knots = torch.tensor([[0.2, 1.0, 0.0]])
+    x = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]).view(1, 1, 1, 5)
+    out = random_lut(x, knots).flatten()
+    torch.testing.assert_close(out, torch.tensor([0.2, 0.6, 1.0, 0.5, 0.0]))
+    identity = torch.linspace(0, 1, 5)[None]
+    y = torch.rand(1, 2, 4, 4)
+    torch.testing.assert_close(random_lut(y, identity), y)
+
+
+def test_contrast_and_resolution_randomisation_keep_the_pair():
+    """With every sample remapped and resized, positive and negative still differ only near the
+    lesion (one draw per pair), and the draws change the image (the options are not ignored)."""
+    images, masks, negs = _batch(b=8)
+    cfg = AugmentConfig(enabled=True, flip=False, rot90=False, max_rotation_deg=0.0, zoom=(1.0, 1.0),
+                        max_shift=0.0, lut_prob=1.0, low_res_prob=1.0, max_downsample=2.0,
+                        **NO_INTENSITY)
+    torch.manual_seed(3)
+    a_img, a_mask, a_neg = augment_batch(images, masks, negs, cfg)
+    assert torch.equal(a_mask, masks)  # no geometry drawn
+    near = F.max_pool2d(masks.float()[:, None], 7, stride=1, padding=3)[:, 0] > 0
+    diff = (a_img.float() - a_neg.float()).abs()
+    assert diff[~near].max() <= 1
+    assert (a_img.float() - images.float()).abs().mean() > 10
+    off = dataclasses.replace(cfg, lut_prob=0.0, low_res_prob=0.0)
+    torch.manual_seed(3)
+    assert torch.equal(augment_batch(images, masks, negs, off)[0], images)
 
 
 def _unit(*vecs):
