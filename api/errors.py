@@ -24,7 +24,7 @@ ERROR_DOCS: dict[int, str] = {
     415: "unsupported_media_type: the body is not multipart/form-data or a file is not an image.",
     422: (
         "invalid_field, missing_field, invalid_id, unreadable_image, non_finite_image, "
-        "size_mismatch, empty_mask, non_binary_mask, over_budget: the input is wrong or asks "
+        "size_mismatch, empty_mask, non_binary_mask, no_context, over_budget: the input is wrong or asks "
         "for more work than one request may; the detail names the field or file."
     ),
     500: "internal_error: a bug; the detail says nothing more.",

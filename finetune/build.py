@@ -42,6 +42,7 @@ from finetune.modeling.clip_configs import (
     write_text_config,
 )
 from finetune.modeling.hf_port import open_clip_to_port, port_config, port_to_open_clip
+from shared.config import ConfigError
 
 EMBEDDED_DIR = Path(__file__).parent / "modeling" / "embedded"
 EMBEDDED_PRETRAINED_DIR = Path(__file__).parent / "weights" / "embedded"
@@ -49,8 +50,9 @@ LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"
 HF_PORT_WEIGHTS = "model.safetensors"
 
 
-class ModelSourceError(ValueError):
-    """The model name, directory or checkpoint given to :func:`build_clip` cannot be used."""
+class ModelSourceError(ConfigError):
+    """The model name, directory or checkpoint given to :func:`build_clip` cannot be used (a
+    user's mistake: the command-line entry points print it as one line)."""
 
 
 @dataclass(frozen=True)

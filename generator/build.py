@@ -137,7 +137,7 @@ def save_pixel_checkpoint(
 def read_pixel_config(path: str | Path) -> pixel_unet.PixelUNetConfig:
     meta = json.loads((Path(path) / CONFIG_NAME).read_text())
     if meta.get("backend") != "pixel":
-        raise ValueError(f"{path}/{CONFIG_NAME}: backend is {meta.get('backend')!r}, not 'pixel'")
+        raise ConfigError(f"{path}/{CONFIG_NAME}: backend is {meta.get('backend')!r}, not 'pixel'")
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["pixel"].items()}
     return pixel_unet.PixelUNetConfig(**fields)
 
@@ -170,7 +170,7 @@ def load_sd_inpaint(
     digest = hash_directory(resolve_local(path_or_id))
     if lora:
         if not (Path(lora) / "pytorch_lora_weights.safetensors").is_file():
-            raise ValueError(f"{lora}: not a diffusers LoRA dir (no pytorch_lora_weights.safetensors)")
+            raise ConfigError(f"{lora}: not a diffusers LoRA dir (no pytorch_lora_weights.safetensors)")
         pipe.load_lora_weights(str(lora))
         digest = lora_hash(digest, lora)
     return SDInpaintBackend(pipe), digest
@@ -228,10 +228,10 @@ def load_generator(
     if lora is None and path.is_dir() and lora_meta.is_file() and not (path / CONFIG_NAME).is_file():
         base = json.loads(lora_meta.read_text()).get("base")
         if not base:
-            raise ValueError(f"{lora_meta}: names no base pipeline; pass it with the LoRA")
+            raise ConfigError(f"{lora_meta}: names no base pipeline; pass it with the LoRA")
         path, path_or_name, lora = Path(base), base, path
     if lora and path.is_dir() and (path / CONFIG_NAME).is_file():
-        raise ValueError(f"{path}: a pixel checkpoint takes no LoRA ({lora})")
+        raise ConfigError(f"{path}: a pixel checkpoint takes no LoRA ({lora})")
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         backend, digest = load_pixel(path, device=device)
         own = {"window": checkpoint_window(path), "native_coarse": checkpoint_native_coarse(path),
@@ -249,7 +249,7 @@ def load_generator(
     elif path.is_dir() and (path / "model_index.json").is_file():
         backend, digest = load_sd_inpaint(path, device=device, lora=lora)
     elif path.exists():
-        raise ValueError(
+        raise ConfigError(
             f"{path}: neither a pixel checkpoint ({CONFIG_NAME}) nor a diffusers pipeline "
             "(model_index.json)"
         )

@@ -18,9 +18,12 @@ shared with ``generator/pairs.py``, which shards DPO pair generation the same wa
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +37,8 @@ import torch
 
 from generator.masks import dilate
 from generator.scoring import SCORERS_DIR, load_scorers, ranking_score, score_negatives
-from shared.datasets import DatasetError, DpoRow, list_pairs, list_tasks, write_dpo_csv
-from shared.io import read_image, read_mask, write_png
+from shared.datasets import SPLITS, DatasetError, DpoRow, list_pairs, list_tasks, write_dpo_csv
+from shared.io import InputError, read_image, read_mask, write_png
 from shared.launch import check_joined, use_cpu
 from shared.negatives_client import negative_params
 from shared.progress import progress
@@ -158,6 +161,18 @@ class Item:
     caption_neg: str
 
 
+def item_names(files: list[str]) -> list[str]:
+    """File names → item-id parts, one per file and all distinct: the stem with spaces as
+    underscores (``"benign (26).png"`` → ``benign_(26)``) where that is unique in the folder; a
+    file whose stem collides with another's (``x y.png`` / ``x_y.png``, ``a.png`` / ``a.jpg``)
+    keeps its whole name plus a short hash of it, so no negative overwrites another."""
+    stems = [Path(f).stem.replace(" ", "_") for f in files]
+    counts = Counter(stems)
+    return [stem if counts[stem] == 1
+            else f"{Path(f).name.replace(' ', '_')}-{hashlib.sha1(f.encode()).hexdigest()[:8]}"
+            for f, stem in zip(files, stems, strict=True)]
+
+
 def list_items(data: Path, *, split: str | None, domains: list[str] | None) -> list[Item]:
     """Tumor items of a benchmark (manifest.jsonl) or a MedCLIP-SAMv2 folder, sorted by id."""
     items = []
@@ -174,15 +189,13 @@ def list_items(data: Path, *, split: str | None, domains: list[str] | None) -> l
         for task in list_tasks(data):
             if domains and task not in domains:
                 continue
-            for s in [split] if split else ["train", "val", "test"]:
-                try:
-                    pairs = list_pairs(data, task, s)
-                except (FileNotFoundError, ValueError):
-                    continue
-                for p in pairs:
-                    stem = Path(p.name).stem.replace(" ", "_")
-                    items.append(Item(f"{task}_{s}_{stem}", p.image_path, p.mask_path, None,
-                                      f"A medical image showing a {task} lesion.",
+            for s in [split] if split else list(SPLITS):
+                if not (data / task / f"{s}_images").is_dir() and not (data / task / f"{s}_masks").is_dir():
+                    continue  # this task has no such split; a half-present split is an error
+                pairs = list_pairs(data, task, s)  # DatasetError names an image without its mask
+                for p, name in zip(pairs, item_names([p.name for p in pairs]), strict=True):
+                    items.append(Item(f"{task}_{s}_{name}", p.image_path, p.mask_path, None,
+                                      f"A medical image of {task} showing a lesion.",
                                       DEFAULT_CAPTION_NEG))
     if not items:
         raise DatasetError(f"{data}: no tumor items found (split={split}, domains={domains})")
@@ -200,7 +213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="pixel generator: biharmonic fill + ring-matched learned texture "
                         "(NegativeGenerator.texture_match; default: as the checkpoint says)")
     p.add_argument("--scorers", default="embedded", help="scorer dir, 'embedded', or 'none'")
-    p.add_argument("--split", default=None, help="only this split (default: all)")
+    p.add_argument("--split", default=None, choices=SPLITS, help="only this split (default: all)")
     p.add_argument("--domains", nargs="*", default=None, help="only these domains/tasks")
     p.add_argument("--num-samples", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -217,14 +230,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+EMPTY_MASK = "empty mask: no lesion to remove"
+
+
+def _finite(x):
+    """``x`` with every non-finite float replaced by None (strict JSON has no NaN; a score that
+    cannot be computed — e.g. the ring texture ratio of a lesion on a flat background — is null)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
 def process_item(item: Item, args, generator, scorers, out: Path) -> dict:
-    image, mask = read_image(item.image), read_mask(item.mask)
+    try:
+        image, mask = read_image(item.image), read_mask(item.mask)
+        if not mask.any():  # a lesion-free slice: no negative to make, no DPO pair to write
+            return {"id": item.id, "image": str(item.image), "mask": str(item.mask),
+                    "skipped": EMPTY_MASK}
+        params = negative_params(steps=args.steps, strength=args.strength,
+                                 dilation_px=args.dilation_px, method=args.method,
+                                 see_through_px=args.see_through_px)
+        results = generator.generate([image], [mask], num_samples=args.num_samples,
+                                     seed=args.seed, **params)[0]
+    except InputError as err:  # name the file: the generator only knows "image 0"
+        raise type(err)(f"{item.image} (mask {item.mask}): {err}") from None
     region = dilate(mask, args.dilation_px)
-    params = negative_params(steps=args.steps, strength=args.strength,
-                             dilation_px=args.dilation_px, method=args.method,
-                             see_through_px=args.see_through_px)
-    results = generator.generate([image], [mask], num_samples=args.num_samples, seed=args.seed,
-                                 **params)[0]
     gt = read_image(item.gt_negative) if item.gt_negative is not None else None
     scores = score_negatives(scorers, [r.image for r in results], [image] * len(results),
                              [region] * len(results), [gt] * len(results))
@@ -238,7 +272,7 @@ def process_item(item: Item, args, generator, scorers, out: Path) -> dict:
                           checkpoint=generator.checkpoint_hash)
         negatives.append({"path": str(rel), "seed": r.seed, "scores": s, "content_key": key})
     ranked = [ranking_score(s) if scorers is not None else 0.0 for s in scores]
-    return {
+    return _finite({
         "id": item.id, "image": str(item.image), "mask": str(item.mask),
         "gt_negative": None if item.gt_negative is None else str(item.gt_negative),
         "caption": item.caption, "caption_neg": item.caption_neg,
@@ -246,18 +280,22 @@ def process_item(item: Item, args, generator, scorers, out: Path) -> dict:
         "image_sha256": image_sha, "mask_sha256": mask_sha,
         "checkpoint": generator.checkpoint_hash,
         "scorers": scorers.checkpoint_hash if scorers is not None else None,
-    }
+    })
 
 
-def finalize(items: list[Item], data: Path, out: Path) -> None:
-    """Merge per-item records into manifest.jsonl and dpo_pairs.csv (main process only)."""
-    rows, lines = [], []
+def finalize(items: list[Item], data: Path, out: Path) -> int:
+    """Merge per-item records into manifest.jsonl and dpo_pairs.csv (main process only); items
+    skipped (empty masks) are counted in a warning, not written. Returns the number written."""
+    rows, lines, skipped = [], [], []
     for it in items:
         rec_path = out / "records" / f"{it.id}.json"
         if not rec_path.is_file():
             continue
         rec = json.loads(rec_path.read_text())
-        lines.append(json.dumps(rec, sort_keys=True))
+        if rec.get("skipped"):
+            skipped.append(rec)
+            continue
+        lines.append(json.dumps(_finite(rec), sort_keys=True, allow_nan=False))
         best = rec["negatives"][rec["best"]]
         try:
             pos = str(Path(rec["image"]).resolve().relative_to(data.resolve()))
@@ -266,6 +304,10 @@ def finalize(items: list[Item], data: Path, out: Path) -> None:
         rows.append(DpoRow(pos, best["path"], rec["caption"], rec["caption_neg"]))
     (out / "manifest.jsonl").write_text("".join(line + "\n" for line in lines))
     write_dpo_csv(out / "dpo_pairs.csv", rows)
+    if skipped:
+        print(f"warning: {len(skipped)} item(s) skipped, e.g. {skipped[0]['image']}: "
+              f"{skipped[0]['skipped']}", file=sys.stderr)
+    return len(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
               show=state.is_local_main_process)
 
     def merge() -> None:
-        finalize(items, args.data, out)
-        print(f"{len(items)} items in {out / 'manifest.jsonl'}")
+        n = finalize(items, args.data, out)
+        print(f"{n} items in {out / 'manifest.jsonl'}")
 
     finish(state, merge)
     return 0

@@ -37,6 +37,15 @@ class GenerationInputError(InputError):
     """A request the generator cannot serve (shapes, ranges, parameters); the message says why."""
 
 
+class NoContextError(GenerationInputError):
+    """The dilated mask covers the whole image: no tissue is left to fill the hole from."""
+
+
+def no_context_message(dilation_px: int) -> str:
+    return (f"the mask dilated by {dilation_px} px covers the whole image: no surrounding tissue is "
+            "left to fill the lesion from (use a smaller mask or dilation_px)")
+
+
 @dataclass(frozen=True)
 class NegativeResult:
     image: np.ndarray  # float32 [0,1], same shape as the input image (HxW or HxWx3)
@@ -228,6 +237,9 @@ class NegativeGenerator:
         if len(seeds) != len(pairs):
             raise GenerationInputError(f"{len(seeds)} seeds for {len(pairs)} images")
         regions = [dilate(m, dilation_px) for _, m in pairs]
+        for i, region in enumerate(regions):
+            if region.all():
+                raise NoContextError(f"image {i}: {no_context_message(dilation_px)}")
         fills: list[list[np.ndarray | None]] = [[None] * num_samples for _ in pairs]
         if method == "biharmonic":
             for i, ((image, _), region) in enumerate(zip(pairs, regions, strict=True)):

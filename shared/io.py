@@ -114,7 +114,7 @@ def decode_image(data: bytes, name: str = "image", *, max_pixels: int = MAX_PIXE
 def decode_mask(
     data: bytes, name: str = "mask", *, require_lesion: bool = False, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
-    """Decode a binary mask (0/1, 0/255 or bool) into a bool HxW array.
+    """Decode a binary mask (0/1, 0/255, 0/65535 in a 16-bit file, or bool) into a bool HxW array.
 
     Raises :class:`NonBinaryMaskError` for any other value (see the module's policy) and, when
     ``require_lesion``, :class:`EmptyMaskError` for an all-zero mask.
@@ -142,6 +142,8 @@ def _binarise(arr: np.ndarray, name: str, require_lesion: bool) -> np.ndarray:
             mask = arr == 1
         elif np.all(np.isin(values, (0, 255))):
             mask = arr == 255
+        elif arr.dtype.itemsize > 1 and np.all(np.isin(values, (0, 65535))):  # a 16-bit mask
+            mask = arr == 65535
         else:
             shown = ", ".join(str(v) for v in values[:6]) + (" ..." if values.size > 6 else "")
             raise NonBinaryMaskError(
@@ -236,8 +238,12 @@ def read_nifti_slices(
     """Read a NIfTI volume (.nii/.nii.gz) as 2-D float32 slices along ``axis``.
 
     ``window`` is (center, width) in the volume's units; by default the 0.5–99.5th percentile of
-    the non-zero voxels (robust for MR, where units are arbitrary).
+    the non-zero voxels (robust for MR, where units are arbitrary). Non-finite voxels (SPM, for
+    one, writes NaN outside the brain) are background: they take the volume's finite minimum,
+    with a warning that counts them; a volume with no finite voxel is a ``NonFiniteImageError``.
     """
+    import warnings
+
     import nibabel as nib
 
     path = Path(path)
@@ -253,6 +259,13 @@ def read_nifti_slices(
         raise InputError(f"{path}: expected a 3-D volume, got shape {volume.shape}")
     if axis not in (0, 1, 2):
         raise InputError(f"axis must be 0, 1 or 2, got {axis}")
+    finite = np.isfinite(volume)
+    if not finite.all():
+        if not finite.any():
+            raise NonFiniteImageError(f"{path}: no finite voxel (all NaN or inf)")
+        warnings.warn(f"{path}: {int((~finite).sum())} non-finite voxel(s) (NaN/inf) read as "
+                      "background (the volume's minimum)", stacklevel=2)
+        volume = np.where(finite, volume, volume[finite].min())
     center, width = window or percentile_window(volume)
     windowed = apply_window(volume, center, width)
     # Radiological display: rows run anterior->posterior, so transpose and flip the in-plane axes.

@@ -44,7 +44,8 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 async def check_budget(upload, settings) -> None:
     """422 ``over_budget`` when the request asks for more work than one request may
-    (``max_fill_pixels``, ``max_sample_steps``); the detail names the limit and the setting."""
+    (``max_fill_pixels``, ``max_sample_steps``; the detail names the limit and the setting), 422
+    ``no_context`` when the dilated mask leaves no tissue to fill from — before any work."""
     from generator.masks import dilate
 
     form = upload.form
@@ -54,6 +55,10 @@ async def check_budget(upload, settings) -> None:
                        f"num_samples x steps = {steps} exceeds the limit of "
                        f"{settings.max_sample_steps} (NEG_API_MAX_SAMPLE_STEPS)")
     fill = int((await asyncio.to_thread(dilate, upload.mask, form.dilation_px)).sum())
+    if fill == upload.mask.size:
+        from generator.predictor import no_context_message
+
+        raise ApiError(422, "no_context", no_context_message(form.dilation_px))
     if fill * form.num_samples > settings.max_fill_pixels:
         raise ApiError(422, "over_budget",
                        f"{fill} pixels to fill (mask dilated by {form.dilation_px} px) x "

@@ -186,6 +186,16 @@ def main(argv: list[str] | None = None) -> dict:
     if not pairs:
         raise ConfigError(f"no images to evaluate in task {task!r}, split {args.split!r} of {root}")
     prompts = _prompts(args, task)
+    if args.classification_csv is not None:  # a bad CSV fails now, not after the segmentation run
+        from finetune.evaluation.metrics_report import (
+            check_classification_images,
+            class_prompts_from_rows,
+            read_classification_csv,
+        )
+
+        rows = read_classification_csv(args.classification_csv)
+        check_classification_images(rows, args.classification_csv)
+        class_prompts_from_rows(rows)
     needs_model = args.mode != "oracle" and args.saliency != "centre_box"
     if needs_model and args.saliency in ("m2ib", "grad_x_input") and prompts is None:
         known = sorted(p.stem for p in PROMPT_DIR.glob("*.txt"))
@@ -219,6 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
         "segmenter": None if segmenter is None else segmenter.name,
         "seconds": round(time.perf_counter() - t0, 2),
     })
+    write_per_image_csv(out / "per_image.csv", results.images)  # kept if an extra step fails
+    write_summary_json(out / "summary.json", results.summary)
     extra = {}
     if args.classification_csv is not None:
         extra["classification"] = evaluate_classification(bundle or load_clip_bundle(args.model), args.classification_csv)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from shared.io import read_mask
+from shared.io import IMAGE_SUFFIXES, InputError, read_mask
 from shared.metrics import bootstrap_ci, dice, iou, nsd
 
 SEGMENTATION_METRICS = ("dice", "iou", "nsd")
@@ -27,8 +27,8 @@ class MissingPredictionError(ValueError):
     """A ground-truth image has no prediction (or a prediction has no ground truth)."""
 
 
-class ClassificationCsvError(ValueError):
-    """The classification CSV is malformed."""
+class ClassificationCsvError(InputError):
+    """The classification CSV is malformed or names an image that cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -111,9 +111,12 @@ class ClassificationRow:
 
 
 def read_classification_csv(path: str | Path) -> list[ClassificationRow]:
-    """Read ``image_path,class_label,caption`` (header required)."""
+    """Read ``image_path,class_label,caption`` (header required; a UTF-8 byte-order mark, as
+    spreadsheet programs write one, is accepted)."""
     path = Path(path)
-    with path.open(newline="", encoding="utf-8") as f:
+    if not path.is_file():
+        raise ClassificationCsvError(f"{path}: no such classification CSV")
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f, skipinitialspace=True)
         fields = [c.strip() for c in (reader.fieldnames or [])]
         need = ("image_path", "class_label", "caption")
@@ -125,10 +128,23 @@ def read_classification_csv(path: str | Path) -> list[ClassificationRow]:
             if not raw["image_path"] or not raw["class_label"]:
                 raise ClassificationCsvError(f"{path}:{i}: empty image_path or class_label")
             p = Path(raw["image_path"])
-            rows.append(ClassificationRow(p if p.is_absolute() else path.parent / p, raw["class_label"], raw["caption"]))
+            rows.append(ClassificationRow(p if p.is_absolute() else path.parent / p, raw["class_label"],
+                                          raw["caption"]))
     if not rows:
         raise ClassificationCsvError(f"{path}: no rows")
     return rows
+
+
+def check_classification_images(rows: Sequence[ClassificationRow], csv_path: str | Path) -> None:
+    """Every row's image exists and has a suffix the image reader takes; else one
+    :class:`ClassificationCsvError` naming the CSV, the data row and the file (a command-line run
+    checks this before its segmentation pass, so a typo does not cost the run)."""
+    for k, r in enumerate(rows, 1):
+        if not r.image_path.is_file():
+            raise ClassificationCsvError(f"{csv_path}: row {k}: image {r.image_path} does not exist")
+        if r.image_path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ClassificationCsvError(f"{csv_path}: row {k}: {r.image_path.name} is not an image "
+                                         f"this reader takes ({', '.join(IMAGE_SUFFIXES)})")
 
 
 def class_prompts_from_rows(rows: Sequence[ClassificationRow]) -> dict[str, list[str]]:

@@ -79,6 +79,11 @@ def _subsample(x: np.ndarray, y: np.ndarray, per_class: int, rng: np.random.Gene
     return x[np.sort(keep)], y[np.sort(keep)]
 
 
+class DegenerateFeaturesError(ValueError):
+    """Features t-SNE cannot embed (all identical, or NaN/inf): sklearn's Barnes-Hut code can
+    crash the process on them instead of raising."""
+
+
 def tsne_silhouette(
     features: np.ndarray, labels: np.ndarray, *, path: str | Path | None = None, title: str = "",
     class_names: Sequence[str] = ("background", "tumor"), seed: int = 0, max_iter: int = 500,
@@ -88,6 +93,9 @@ def tsne_silhouette(
     if len(np.unique(labels)) < 2:
         raise ValueError("t-SNE / silhouette need features from two classes")
     n = len(features)
+    if not np.isfinite(features).all() or float(np.ptp(features, axis=0).max()) < 1e-6:
+        raise DegenerateFeaturesError(f"t-SNE needs distinct, finite features; the {n} given are "
+                                      "identical or non-finite")
     perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
     emb = TSNE(
         n_components=2, perplexity=perplexity, init="pca", random_state=seed, max_iter=max_iter, n_jobs=1
@@ -137,12 +145,16 @@ def feature_analysis(
         rng = np.random.default_rng(seed)
         x, y = patch_features(bundle, pos_images, pos_masks)
         x, y = _subsample(x, y, max_patches_per_class, rng)
-        patches = tsne_silhouette(x, y, path=out_dir / f"tsne_{name}_patches.png",
-                                  title=f"{name}: patch tokens", seed=seed, max_iter=max_iter)
         emb = image_features(bundle, list(pos_images) + list(neg_images))
         lab = np.array([1] * len(pos_images) + [0] * len(neg_images))
-        images = tsne_silhouette(emb, lab, path=out_dir / f"tsne_{name}_images.png",
-                                 title=f"{name}: image embeddings", class_names=("negative", "positive"),
-                                 seed=seed, max_iter=max_iter)
-        report[name] = {"patches": patches, "images": images}
+        report[name] = {}
+        for kind, feats, labels, title, classes in (
+                ("patches", x, y, "patch tokens", ("background", "tumor")),
+                ("images", emb, lab, "image embeddings", ("negative", "positive"))):
+            try:
+                report[name][kind] = tsne_silhouette(
+                    feats, labels, path=out_dir / f"tsne_{name}_{kind}.png", title=f"{name}: {title}",
+                    class_names=classes, seed=seed, max_iter=max_iter)
+            except DegenerateFeaturesError as err:
+                report[name][kind] = {"skipped": str(err)}
     return report

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionInpaintPipeline
 
+from shared.config import ConfigError
+
 HEALTHY_PROMPT = "a medical image of healthy tissue, no tumor, no lesion"  # fixed for all requests
 
 
@@ -16,15 +18,20 @@ def load_pipeline(
     path_or_id: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> StableDiffusionInpaintPipeline:
     """Load from a local directory or a hub id, never touching the network (``local_files_only``)."""
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(
-        str(path_or_id),
-        local_files_only=True,
-        dtype=dtype,
-        safety_checker=None,
-        requires_safety_checker=False,
-    )
+    try:
+        pipe = StableDiffusionInpaintPipeline.from_pretrained(
+            str(path_or_id),
+            local_files_only=True,
+            dtype=dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError) as err:  # no such dir, not in the local hub cache, not a pipeline
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{path_or_id}: not a diffusers inpainting pipeline directory and not in "
+                          f"the local hub cache (nothing is downloaded): {first}") from err
     if pipe.unet.config.in_channels != 9:
-        raise ValueError(
+        raise ConfigError(
             f"{path_or_id}: UNet has {pipe.unet.config.in_channels} input channels; the inpainting "
             "backend needs the 9-channel inpainting UNet"
         )

@@ -80,6 +80,17 @@ def test_422_empty_mask(client):
     assert_error(post_pair(client, image, empty), 422, "empty_mask")
 
 
+def test_422_no_context_before_any_work(client, fake):
+    """A mask whose dilation covers the whole image leaves nothing to fill from: 422 no_context,
+    answered before the request reaches the generator."""
+    image, _ = make_pair(0)
+    full = encode_png(np.ones((32, 32), bool))
+    calls = len(fake.calls)
+    body = assert_error(post_pair(client, image, full), 422, "no_context")
+    assert "covers the whole image" in body["detail"]
+    assert len(fake.calls) == calls
+
+
 def test_422_non_binary_mask(client):
     image, _ = make_pair(0)
     grey = encode_png(np.full((32, 32), 0.5, np.float32))

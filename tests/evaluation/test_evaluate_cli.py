@@ -210,13 +210,15 @@ def test_defaults_follow_the_model_on_a_fresh_folder(tmp_path):
     (["--prompt", "a tumor", "--preset", "brain"], "has 6 blocks"),
     (["--prompt", "a tumor", "--box-scale", "0"], "box scale must be > 0"),
     (["--prompt", "a tumor", "--box-dilation-frac", "-0.1"], "box dilation must be >= 0"),
+    (["--prompt", "a tumor", "--model", "local-dir:/nope"], "is not an open_clip local dir"),
+    (["--prompt", "a tumor", "--classification-csv", "/nope.csv"], "no such classification CSV"),
 ])
 def test_user_mistakes_end_in_one_error_line(dataset, tmp_path, capsys, argv, says):
     """Through the module's entry point: exit status 2 and one `error:` line, no traceback."""
     from shared.cli import run
 
     with pytest.raises(SystemExit) as stop:
-        run(lambda: cli.main(["--model", "embedded", "--data", str(dataset), *argv,
+        run(lambda: cli.main(["--model", "embedded", "--data", str(dataset), "--steps", "1", *argv,
                               "--out", str(tmp_path / "o")]))
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.startswith("error: ") and says in err
@@ -236,3 +238,26 @@ def test_every_embedded_preset_fits_the_committed_model():
         _check(bundle, PRESETS[name])
         assert cli.parse_args(["--data", "x", "--out", "y", "--preset", name]).preset == name
     assert default_config(bundle) == PRESETS["embedded"]
+
+
+def test_classification_csv_is_checked_before_the_run_and_may_carry_a_bom(dataset, tmp_path):
+    """A CSV naming a missing image fails before any image is segmented (nothing written); a
+    header with a UTF-8 byte-order mark (as spreadsheets save it) is read."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image_path,class_label,caption\nnot_there.png,tumor,a tumor\n")
+    out = tmp_path / "o"
+    from finetune.evaluation.metrics_report import ClassificationCsvError
+
+    with pytest.raises(ClassificationCsvError, match="bad.csv: row 1: image .*not_there.png does not exist"):
+        cli.main(["--model", "embedded", "--data", str(dataset), "--prompt", "a tumor", "--steps", "1",
+                  "--out", str(out), "--classification-csv", str(bad)])
+    assert not out.exists()  # failed before the run: no model call, no overlay, no table
+    bom = tmp_path / "bom.csv"
+    bom.write_text("image_path,class_label,caption\n" + "".join(
+        f"{dataset / 'test_images' / n},{lab},{cap}\n" for n, lab, cap in [
+            ("case 0.png", "tumor", "a tumor"), ("case 1.png", "normal", "normal tissue")]),
+        encoding="utf-8-sig")
+    summary = cli.main(["--model", "embedded", "--data", str(dataset), "--prompt", "a tumor",
+                        "--steps", "1", "--samples", "1", "--out", str(tmp_path / "o2"),
+                        "--no-overlays", "--classification-csv", str(bom)])
+    assert summary["classification"]["n"] == 2

@@ -3,6 +3,7 @@ import pytest
 
 from finetune.evaluation.clip_bundle import preprocess
 from finetune.evaluation.tsne import (
+    DegenerateFeaturesError,
     _mask_fractions,
     feature_analysis,
     patch_features,
@@ -46,3 +47,23 @@ def test_feature_analysis_end_to_end(tiny_clip, tmp_path):
     assert report["before"] == report["after"]  # same model, same seed -> same numbers
     assert sorted(f.name for f in tmp_path.glob("*.png")) == [
         "tsne_after_images.png", "tsne_after_patches.png", "tsne_before_images.png", "tsne_before_patches.png"]
+
+
+def test_identical_or_non_finite_features_are_refused_not_embedded():
+    """sklearn's Barnes-Hut t-SNE can crash the process (segfault) on identical features, e.g.
+    one image under several masks; they are refused with an error the caller reports."""
+    same = np.ones((12, 8), np.float32)
+    labels = np.array([0, 1] * 6)
+    with pytest.raises(DegenerateFeaturesError, match="identical or non-finite"):
+        tsne_silhouette(same, labels)
+    nan = np.random.default_rng(0).random((12, 8)).astype(np.float32)
+    nan[3, 2] = np.nan
+    with pytest.raises(DegenerateFeaturesError):
+        tsne_silhouette(nan, labels)
+
+
+def test_feature_analysis_reports_a_degenerate_set_as_skipped(tiny_clip, tmp_path):
+    image, mask = blob_image(3, (32, 32))
+    report = feature_analysis({"model": tiny_clip}, [image, image], [mask, mask], [image, image],
+                              tmp_path, max_iter=250)
+    assert "skipped" in report["model"]["images"]  # four identical images: one embedding

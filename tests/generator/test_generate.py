@@ -60,3 +60,88 @@ def test_two_process_launch_writes_the_same_files(small_bench, tiny_pixel_dir, t
     # each rank generated its own share (3 + 2 of 5), not all items twice
     assert "rank 0/2: 3 generated" in proc.stdout and "rank 1/2: 2 generated" in proc.stdout
     assert _snapshot(one) == _snapshot(two)
+
+
+def _folder(root: Path, task: str, split: str, files: dict[str, tuple]) -> None:
+    """A MedCLIP-SAMv2 split: files = {name: (image, mask or None)} (mask None = no mask file)."""
+    import numpy as np
+
+    from shared.io import write_png
+
+    for name, (image, mask) in files.items():
+        write_png(root / task / f"{split}_images" / name, np.asarray(image, np.float32))
+        if mask is not None:
+            write_png(root / task / f"{split}_masks" / name, np.asarray(mask, np.float32))
+
+
+def _lesion(size=24):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    image = rng.random((size, size)).astype(np.float32)
+    mask = np.zeros((size, size), np.float32)
+    mask[8:13, 9:14] = 1.0
+    return image, mask
+
+
+def test_folder_item_ids_are_unique_per_file():
+    """'x y.png' and 'x_y.png' (and 'a.png' / 'a.jpg') would share the id built from the stem;
+    each gets its own, and unique stems keep the plain stem (fails if one negative overwrites
+    another or the usual ids change)."""
+    names = generate.item_names(["x y.png", "x_y.png", "a.png", "a.jpg", "benign (26).png"])
+    assert len(set(names)) == 5
+    assert names[4] == "benign_(26)"
+    assert names[0].startswith("x_y.png-") and names[1].startswith("x_y.png-")
+    assert names[2].startswith("a.png-") and names[3].startswith("a.jpg-")
+
+
+def test_folder_image_without_mask_is_an_error_not_a_dropped_split(tmp_path):
+    image, mask = _lesion()
+    _folder(tmp_path, "liver", "train", {"a.png": (image, mask), "b.png": (image, None)})
+    _folder(tmp_path, "liver", "test", {"c.png": (image, mask)})
+    with pytest.raises(generate.DatasetError, match="b.png: no mask"):
+        generate.list_items(tmp_path, split=None, domains=None)
+    # a split that does not exist at all is simply not there
+    assert [it.id for it in generate.list_items(tmp_path, split="test", domains=None)] == ["liver_test_c"]
+
+
+def test_empty_masks_are_skipped_with_a_warning_and_scores_are_strict_json(
+        tmp_path, tiny_pixel_dir, capsys):
+    import numpy as np
+
+    image, mask = _lesion()
+    flat = np.zeros_like(image)  # no texture in the ring around c's lesion: its ratio is undefined
+    _folder(tmp_path / "d", "liver", "test",
+            {"a.png": (image, mask), "b.png": (image, np.zeros_like(mask)), "c.png": (flat, mask)})
+    out = tmp_path / "out"
+    args = ["--data", str(tmp_path / "d"), "--out", str(out), "--generator", str(tiny_pixel_dir),
+            "--scorers", "none", "--num-samples", "1", "--steps", "1"]
+    assert generate.main(args) == 0
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    ids = [json.loads(x)["id"] for x in lines]  # json.loads of strict JSON: no NaN tokens
+    assert ids == ["liver_test_a", "liver_test_c"]
+    assert all("NaN" not in x for x in lines)
+    assert json.loads(lines[1])["negatives"][0]["scores"]["texture_ratio_ring"] is None
+    assert [r.filename for r in read_dpo_csv(out / "dpo_pairs.csv")] == [
+        "liver/test_images/a.png", "liver/test_images/c.png"]
+    err = capsys.readouterr().err
+    assert "1 item(s) skipped" in err and "b.png" in err and "empty mask" in err
+
+
+def test_mask_covering_the_image_is_one_error_naming_the_file(tmp_path, tiny_pixel_dir, capsys):
+    import numpy as np
+
+    image, _ = _lesion()
+    full = np.ones_like(image)
+    full[0, 0] = 0.0  # one known pixel, inside the 2-px dilation
+    _folder(tmp_path / "d", "liver", "test", {"z.png": (image, full)})
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "generator" / "generate.py"), "--data", str(tmp_path / "d"),
+         "--out", str(tmp_path / "o"), "--generator", str(tiny_pixel_dir), "--scorers", "none",
+         "--steps", "1"],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "z.png" in lines[0]
+    assert "covers the whole image" in lines[0]

@@ -60,6 +60,22 @@ def test_empty_mask_returns_input_unchanged(gen):
     assert np.array_equal(res[0][0].image, image)
 
 
+@pytest.mark.parametrize("method", ["diffusion", "biharmonic"])
+def test_mask_that_leaves_no_context_is_refused_before_any_work(gen, method):
+    """A dilated mask covering the whole image (scikit-image's solver fails on it with a numpy
+    message) is a NoContextError naming the image and the dilation, for every method."""
+    from generator.predictor import NoContextError
+
+    image, _ = toy_pair()
+    almost = np.ones(image.shape, bool)
+    almost[0, 0] = False  # one free pixel, inside the 2-px dilation
+    with pytest.raises(NoContextError, match="image 0: the mask dilated by 2 px covers the whole"):
+        gen.generate([image], [almost], method=method, steps=1)
+    free = np.ones(image.shape, bool)
+    free[:, :4] = False  # a 4-px strip survives the dilation: fillable
+    assert gen.generate([image], [free], method=method, steps=1)[0][0].image.shape == image.shape
+
+
 def test_biharmonic_method_fills_smoothly(gen):
     image, mask = toy_pair()
     res = gen.generate([image], [mask], method="biharmonic", dilation_px=1)[0][0]

@@ -49,3 +49,12 @@ def test_sd_inpaint_rejects_a_non_inpainting_unet(tiny_sd_dir, tmp_path):
 def test_unknown_hub_id_fails_offline():
     with pytest.raises(Exception):  # noqa: B017 - diffusers raises OSError/EnvironmentError variants
         load_generator("no-such-org/no-such-inpainting-model")
+
+
+def test_missing_checkpoint_is_one_config_error_not_a_diffusers_traceback(tmp_path):
+    """A path that does not exist (or an id absent from the offline cache) names itself."""
+    from generator.build import load_generator
+    from shared.config import ConfigError
+
+    with pytest.raises(ConfigError, match="nope: not a diffusers inpainting pipeline directory"):
+        load_generator(str(tmp_path / "nope"))

@@ -38,6 +38,8 @@ def test_masks_accept_01_0255_and_bool():
     np.testing.assert_array_equal(sio.decode_mask(_png(m * 255)), expected)
     np.testing.assert_array_equal(sio.decode_mask(_png(expected)), expected)
     np.testing.assert_array_equal(sio.decode_mask(sio.encode_png(expected)), expected)
+    # a 16-bit mask saved as 0/65535 (what many tools write) is as binary as 0/255
+    np.testing.assert_array_equal(sio.decode_mask(_png(m.astype(np.uint16) * 65535)), expected)
 
 
 def test_unreadable_bytes():
@@ -94,6 +96,25 @@ def test_png_round_trip_is_exact(tmp_path):
     u8 = rng.integers(0, 256, (20, 30), dtype=np.uint8)
     sio.write_png(tmp_path / "a" / "x.png", u8 / 255.0)
     np.testing.assert_array_equal(np.rint(sio.read_image(tmp_path / "a" / "x.png") * 255), u8)
+
+
+def test_nifti_non_finite_voxels_are_background_with_a_warning(tmp_path):
+    """One NaN voxel made every slice NaN (the percentile window turned NaN); now it reads as
+    the volume's minimum, the rest of the volume as without it, and a warning counts it."""
+    vol = np.zeros((6, 5, 4), np.float32)
+    vol[..., 2] = np.linspace(0, 200, 30).reshape(6, 5)
+    clean = vol.copy()
+    vol[0, 0, 1] = np.nan
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "n.nii.gz")
+    nib.save(nib.Nifti1Image(clean, np.eye(4)), tmp_path / "c.nii.gz")
+    with pytest.warns(UserWarning, match="1 non-finite voxel"):
+        slices = sio.read_nifti_slices(tmp_path / "n.nii.gz")
+    expected = sio.read_nifti_slices(tmp_path / "c.nii.gz")
+    for got, want in zip(slices, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    nib.save(nib.Nifti1Image(np.full((3, 3, 2), np.nan, np.float32), np.eye(4)), tmp_path / "a.nii.gz")
+    with pytest.raises(sio.NonFiniteImageError, match="no finite voxel"):
+        sio.read_nifti_slices(tmp_path / "a.nii.gz")
 
 
 def test_nifti_slices_with_window(tmp_path):
