@@ -4,7 +4,9 @@ Why: the benchmark's anatomy comes from few sources (one MNI volume, one radiogr
 photograph), so a CLIP trained on its images as they are learns *where* the anatomy is, not what a
 lesion looks like. Random geometry (flips, 90° turns, rotation, zoom, shift) and intensity
 (gamma, contrast, brightness, blur, noise) break that memory; a scan from another scanner or
-patient differs from the training anatomy in exactly these ways.
+patient differs from the training anatomy in exactly these ways. Optional and off by default:
+random non-monotone intensity maps (``lut_prob``, SynthSeg-style) and down-up resizing
+(``low_res_prob``) — measured in pre-training and not adopted (bench/results/clip_contrast_rand.md).
 
 One draw per sample is applied to the positive, its mask and its negative alike (a pair still
 differs only by the lesion). Geometry is one affine warp (``torch.nn.functional.affine_grid`` +
