@@ -202,4 +202,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from shared.cli import run as run_cli
+
+    run_cli(main)  # a mistyped key=value ends in one `error:` line

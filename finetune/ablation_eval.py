@@ -26,6 +26,7 @@ from finetune.evaluation.segmenters import LiteMedSAMSegmenter
 from finetune.evaluation.tsne import patch_features
 from finetune.evaluation.zero_shot import zero_shot_probs
 from shared.benchmark import load_manifest
+from shared.config import ConfigError
 from shared.datasets import Pair
 from shared.io import read_image, read_mask
 
@@ -98,7 +99,7 @@ def load_eval_set(cfg: AblationConfig, domain: str | None = None) -> EvalSet:
     tumors = [it for it in items if it.label == "tumor"]
     if len(tumors) < cfg.n_positives:
         where = f"splits {list(cfg.splits)}" if cfg.splits else "all splits"
-        raise ValueError(f"domain {domain!r} of {cfg.bench} has {len(tumors)} tumor items in "
+        raise ConfigError(f"domain {domain!r} of {cfg.bench} has {len(tumors)} tumor items in "
                          f"{where}, n_positives={cfg.n_positives} asked")
     tumors = tumors[: cfg.n_positives]
     normals = [it for it in items if it.label == "normal"]

@@ -22,8 +22,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from shared.config import ConfigError
 
-class AttentionCaptureError(ValueError):
+
+class AttentionCaptureError(ConfigError):
     """The model or block indices given to :func:`capture_attention` cannot be captured."""
 
 

@@ -181,6 +181,13 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
     bad = [p for p in cfg.trainable if p not in TRAINABLE_PARTS]
     if bad or not cfg.trainable:
         raise ConfigError(f"trainable={list(cfg.trainable)}; choose from {TRAINABLE_PARTS}")
+    if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
+        raise ConfigError(f"output_dir={cfg.output_dir!r} is a file, not a folder")
+    for key in ("grad_accum", "log_every", "num_threads"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.resume not in ("auto", "none") and not Path(cfg.resume).is_dir():
+        raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint folder (or auto | none)")
     per_step = world_size * cfg.grad_accum
     if cfg.batch_size % per_step or cfg.batch_size // per_step < 2:
         raise ConfigError(

@@ -22,11 +22,12 @@ import torch.nn.functional as F
 from finetune.config import DataConfig
 from shared.benchmark import load_manifest
 from shared.datasets import list_pairs, list_tasks, read_dpo_csv
-from shared.io import check_pair, read_image, read_mask
+from shared.io import InputError, check_pair, read_image, read_mask
 
 
-class TrainDataError(ValueError):
-    """The configured training data is missing, empty or inconsistent."""
+class TrainDataError(InputError):
+    """The configured training data is missing, empty or inconsistent (a user's mistake: the
+    entry points print it as one line)."""
 
 
 @dataclass

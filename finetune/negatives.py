@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 
 from finetune.config import TrainConfig
-from finetune.data import Sample, load_samples
+from finetune.data import Sample, TrainDataError, load_samples
 from shared.io import decode_image, encode_png, read_image
 from shared.negatives_client import NegativesClient, ServiceError, negative_ids, negative_params
 from shared.provenance import sha256_bytes
@@ -183,7 +183,7 @@ def _file_negatives(positives: Sequence[Sample], attr: str, what: str) -> dict:
     for s in positives:
         path = getattr(s, attr)
         if path is None or not Path(path).is_file():
-            raise NegativesUnavailableError(f"{s.id}: no {what} negative file ({path})")
+            raise TrainDataError(f"{s.id}: no {what} negative file ({path})")  # the user's data
         out[s.id] = _gray(read_image(path))
     return out
 

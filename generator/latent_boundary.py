@@ -231,4 +231,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from shared.cli import run
+
+    run(main)

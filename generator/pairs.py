@@ -119,7 +119,7 @@ def pair_items(cfg: PairsConfig) -> list:
     if cfg.max_items > 0:  # evenly spaced: the manifest is grouped by domain
         items = evenly_spaced(items, cfg.max_items)
     if not items:
-        raise ValueError(f"{cfg.root}: no tumor items in split {cfg.split!r} outside "
+        raise ConfigError(f"{cfg.root}: no tumor items in split {cfg.split!r} outside "
                          f"{cfg.held_out_domain!r}")
     return items
 
@@ -198,7 +198,7 @@ def build_pairs(cfg: PairsConfig, generator, scorers: Scorers, *, shard: Shard |
     are missing (other shards not finished). Positives already done with this run's key are
     skipped (resume)."""
     if cfg.samples_per_positive < 2:
-        raise ValueError(f"samples_per_positive must be >= 2, got {cfg.samples_per_positive}")
+        raise ConfigError(f"samples_per_positive must be >= 2, got {cfg.samples_per_positive}")
     out = Path(cfg.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     items = pair_items(cfg)
@@ -263,6 +263,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     return p, args
 
 
+def check_pairs_config(cfg: PairsConfig) -> None:
+    """One-line errors for values that would otherwise fail deep in the run (or never)."""
+    import torch
+
+    if cfg.samples_per_positive < 2:
+        raise ConfigError(f"samples_per_positive must be >= 2, got {cfg.samples_per_positive}")
+    if cfg.dilation_px < 0 or cfg.max_items < 0:
+        raise ConfigError(f"dilation_px and max_items must be >= 0, got {cfg.dilation_px} and "
+                          f"{cfg.max_items}")
+    if cfg.split not in ("train", "val", "test"):
+        raise ConfigError(f"split={cfg.split!r}; expected train | val | test")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device} but this machine has no CUDA device (use cpu)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every launched process (or ``--shard`` job) builds its slice; the main
     process merges once all have finished (with ``--shard``, whichever job completes the set)."""
@@ -273,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p, args = parse_args(argv)
     cfg = load_config(PairsConfig, args.config, args.overrides)
+    check_pairs_config(cfg)  # mistakes end here, before a model loads
     torch.set_num_threads(1)
     state = join_launch()
     if state.num_processes > 1 and args.num_shards > 1:

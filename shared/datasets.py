@@ -103,7 +103,7 @@ def read_dpo_csv(path: str | Path) -> list[DpoRow]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such CSV")
-    with path.open(newline="", encoding="utf-8") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM (spreadsheets) is read
         reader = csv.reader(fh, skipinitialspace=True)
         try:
             header = tuple(h.strip() for h in next(reader))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
+from pathlib import Path
 
 from shared.benchmark.build import DOMAINS, build_benchmark, load_manifest
 
@@ -31,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"error: --out {args.out} is a file, not a folder", file=sys.stderr)
+        return 2
     try:
         manifest = build_benchmark(args.out, domains=args.domains, n_per_domain=args.n_per_domain,
                                    size=args.size, seed=args.seed, progress=True,

@@ -22,7 +22,7 @@ from shared.benchmark.anatomy import AUX_SOURCES, SOURCES
 from shared.benchmark.external import EXTERNAL_SOURCES
 from shared.benchmark.lesions import RENDER_AS, caption, caption_negative, render, sample_lesion
 from shared.datasets import DpoRow, write_dpo_csv
-from shared.io import to_uint8, write_png
+from shared.io import InputError, to_uint8, write_png
 
 DOMAINS = ("brain_mri", "chest_xray", "retina", "breast_us")
 HELD_OUT_DOMAIN = "chest_xray"  # the "external" domain consumers hold out by default
@@ -168,10 +168,14 @@ def load_manifest(path: str | Path) -> list[BenchmarkItem]:
         raise FileNotFoundError(f"{path}: no benchmark manifest (build it with python -m shared.benchmark)")
     root = path.parent.resolve()
     items = []
-    for line in path.read_text().splitlines():
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
-        r = json.loads(line)
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            raise InputError(f"{path}:{n}: not a benchmark manifest line (JSON); pass the benchmark "
+                             "folder (python -m shared.benchmark builds one)") from None
         items.append(BenchmarkItem(
             id=r["id"], domain=r["domain"], split=r["split"], label=r["label"],
             image=root / r["image"], mask=root / r["mask"],

@@ -37,3 +37,17 @@ def test_demo_smoke_end_to_end(tmp_path, capsys):
     # in-domain protocol: every variant fine-tuned on the demo domain's training split only
     control = json.loads((ablation / "train" / "control" / "seed0" / "config.json").read_text())
     assert control["data"]["domains"] == ["brain_mri"]
+
+
+def test_a_mistyped_setting_is_one_error_line():
+    """`python -m demo foo=1` / `n_eval=abc` print `error: ...` and exit 2 (was a traceback)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    for arg, says in (("foo=1", "unknown config key"), ("n_eval=abc", "expected an integer")):
+        proc = subprocess.run([sys.executable, "-m", "demo", arg], cwd=repo, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and says in proc.stderr
+        assert "Traceback" not in proc.stderr

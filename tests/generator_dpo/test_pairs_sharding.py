@@ -104,3 +104,17 @@ def test_two_process_launch_writes_the_one_process_pairs(bench_root, tiny_refere
     proc = launch(2, tmp_path / "two")
     assert "rank 0/2: 2 generated" in proc.stdout and "rank 1/2: 1 generated" in proc.stdout
     assert _files(tmp_path / "two") == _files(tmp_path / "one")
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["samples_per_positive=1"], "samples_per_positive must be >= 2"),
+    (["dilation_px=-2"], "dilation_px and max_items must be >= 0"),
+    (["max_items=-3"], "dilation_px and max_items must be >= 0"),  # was: silently every positive
+    (["split=bogus"], "split='bogus'; expected train | val | test"),
+])
+def test_config_mistakes_end_before_any_model_loads(overrides, says, tmp_path):
+    from shared.config import ConfigError, load_config
+
+    cfg = load_config(pairs.PairsConfig, None, [f"out={tmp_path / 'p'}", *overrides])
+    with pytest.raises(ConfigError, match=says):
+        pairs.check_pairs_config(cfg)

@@ -163,3 +163,12 @@ def test_aux_lesion_domains_are_training_only_and_leave_the_benchmark_unchanged(
     outside = ~read_mask(xray.mask)
     assert read_mask(xray.mask).any()
     np.testing.assert_array_equal(read_image(xray.image)[outside], read_image(xray.gt_negative)[outside])
+
+
+def test_manifest_path_that_is_not_a_manifest_is_an_input_error(tmp_path):
+    from shared.benchmark import load_manifest
+    from shared.io import InputError
+
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(InputError, match="notes.txt:1: not a benchmark manifest line"):
+        load_manifest(tmp_path / "notes.txt")

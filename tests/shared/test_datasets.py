@@ -46,6 +46,10 @@ def test_dpo_csv_both_headers_and_round_trip(tmp_path):
     assert rows == [DpoRow("BUSI3/train_images/benign (26).png", "gen/benign (26).png",
                            "A breast ultrasound, benign tumor.", "No signs of pathology.")]
     assert read_dpo_csv(b) == [DpoRow("x.png", "y.png", "pos", "neg")]
+    bom = tmp_path / "bom.csv"  # as a spreadsheet saves it: UTF-8 with a byte-order mark
+    bom.write_text("imagepath,imagepath_neg,caption,caption_neg\nx.png,y.png,pos,neg\n",
+                   encoding="utf-8-sig")
+    assert read_dpo_csv(bom) == [DpoRow("x.png", "y.png", "pos", "neg")]
     out = write_dpo_csv(tmp_path / "c.csv", rows)
     assert out.read_text().splitlines()[0] == "filename,filename_neg,Caption,Caption_neg"
     assert read_dpo_csv(out) == rows

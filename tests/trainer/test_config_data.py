@@ -30,6 +30,13 @@ def test_other_refusals_name_the_field():
         validate(load_train_config({"negatives": {"see_through_px": -1.0}}))
     with pytest.raises(ConfigError, match="unknown config key"):
         load_train_config({"optim": {"warmup": 3}})
+    for key in ("grad_accum", "log_every", "num_threads"):  # were ZeroDivision / torch errors
+        with pytest.raises(ConfigError, match=f"{key} must be >= 1, got 0"):
+            validate(load_train_config({key: 0}))
+    with pytest.raises(ConfigError, match="resume='/nope': no such checkpoint folder"):
+        validate(load_train_config({"resume": "/nope"}))
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        validate(load_train_config({"output_dir": __file__}))
     validate(TrainConfig())  # defaults are valid
 
 

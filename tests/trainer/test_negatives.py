@@ -131,3 +131,23 @@ def test_see_through_px_reaches_the_generator_and_its_own_cache_keys(tiny_bench,
     resolve_negatives(seen, positives, generator=gen)  # not served from the plain run's cache
     assert gen.generated_images == 2 * len(positives)
     assert [c["see_through_px"] for c in gen.calls] == [0.0, 1.25]  # one batched call per run
+
+
+def test_a_missing_dpo_csv_negative_is_the_users_data_error(tmp_path):
+    """A DPO CSV row whose negative file is gone: one TrainDataError (an InputError: one `error:`
+    line at the command line) naming the row, not a RuntimeError from inside training."""
+    import numpy as np
+
+    from finetune.data import Sample, TrainDataError
+    from finetune.negatives import resolve_negatives
+    from shared.io import InputError
+
+    image = np.zeros((8, 8), np.float32)
+    mask = np.zeros((8, 8), bool)
+    mask[2:4, 2:4] = True
+    sample = Sample("liver/train_images/a.png", image, mask, "pos", "neg", "liver", True,
+                    tmp_path / "a.png", None, tmp_path / "gone.png")
+    cfg = load_train_config({"negatives": {"source": "dpo_csv"}})
+    with pytest.raises(TrainDataError, match="a.png: no DPO CSV negative file .*gone.png"):
+        resolve_negatives(cfg, [sample])
+    assert issubclass(TrainDataError, InputError)
