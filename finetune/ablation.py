@@ -377,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_ablation_config(args.config, args.overrides)
     command = "python -m finetune.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.report_only:
+        if not any(results_dir(cfg).glob("*__seed*.json")):
+            raise ConfigError(f"--report-only: {cfg.output_dir} holds no finished (variant, seed) "
+                              "result yet; run the ablation first")
         timings_path = Path(cfg.output_dir) / "timings.json"
         timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
         print(write_report(cfg, command, timings))

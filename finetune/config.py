@@ -138,7 +138,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16 (fp16 needs a GPU)
     trainable: tuple[str, ...] = ("image",)  # parts trained: image, text, logit_scale
     checkpoint_every: int = 50  # save_state every N steps (0 = only at the end)
-    keep_checkpoints: int = 2  # older step_* folders are deleted
+    keep_checkpoints: int = 2  # the newest N step_* folders are kept, older ones deleted (0 = all)
     resume: str = "auto"  # auto (latest in output_dir if any) | none | a checkpoint folder
     log_every: int = 10  # TensorBoard / monitor logging period (steps)
     export_hf_port: bool = False  # also write MedCLIP-SAMv2's HF-port layout
@@ -186,6 +186,9 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
     for key in ("grad_accum", "log_every", "num_threads"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    for key, zero in (("checkpoint_every", "only at the end"), ("keep_checkpoints", "keep all")):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0 (0 = {zero}), got {getattr(cfg, key)}")
     if cfg.resume not in ("auto", "none") and not Path(cfg.resume).is_dir():
         raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint folder (or auto | none)")
     per_step = world_size * cfg.grad_accum

@@ -12,6 +12,7 @@ Soft masks (design §4): the share of each ViT patch covered by the lesion mask,
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,7 +72,15 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 def _benchmark_samples(cfg: DataConfig) -> list[Sample]:
     items = load_manifest(cfg.root)
-    domains = set(cfg.domains) if cfg.domains else {it.domain for it in items}
+    known = {it.domain for it in items}
+    if set(cfg.domains) - known:
+        raise TrainDataError(f"data.domains names {sorted(set(cfg.domains) - known)}, not domains "
+                             f"of {cfg.root} (it has {sorted(known)})")
+    if set(cfg.held_out_domains) - known:  # a misspelt one would hold nothing out, silently
+        warnings.warn(f"data.held_out_domains {sorted(set(cfg.held_out_domains) - known)} are not "
+                      f"domains of {cfg.root} (it has {sorted(known)}): they hold nothing out",
+                      stacklevel=2)
+    domains = set(cfg.domains) if cfg.domains else known
     held = set(cfg.held_out_domains)
     clash = sorted(domains & held) if cfg.domains else []
     if clash:

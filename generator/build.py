@@ -253,6 +253,8 @@ def load_generator(
             f"{path}: neither a pixel checkpoint ({CONFIG_NAME}) nor a diffusers pipeline "
             "(model_index.json)"
         )
+    elif str(path_or_name).startswith(("/", ".", "~")) or str(path_or_name).count("/") > 1:
+        raise ConfigError(f"{path_or_name}: no such checkpoint folder (a hub id reads org/name)")
     else:
         backend, digest = load_sd_inpaint(str(path_or_name), device=device, lora=lora)
     return NegativeGenerator(backend, checkpoint_hash=digest, batch_size=batch_size,

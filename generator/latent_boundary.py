@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clf-steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    if a.vae_steps < 1 or a.clf_steps < 1:
+        p.error(f"--vae-steps and --clf-steps must be >= 1, got {a.vae_steps} and {a.clf_steps}")
     torch.set_num_threads(1)
     train_latent(a.root, a.out, held_out=a.held_out, vae_steps=a.vae_steps,
                  clf_steps=a.clf_steps, seed=a.seed)

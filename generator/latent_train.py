@@ -24,6 +24,7 @@ from generator.latent_boundary import (
     encode,
     save_latent,
 )
+from shared.io import InputError
 
 
 def _images(root: str, held_out: str, side: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,8 +32,13 @@ def _images(root: str, held_out: str, side: int) -> tuple[torch.Tensor, torch.Te
     from shared.benchmark import load_manifest
     from shared.io import read_image
 
+    items = load_manifest(root)
+    domains = sorted({it.domain for it in items})
+    if held_out and held_out not in domains:  # a misspelt one would hold nothing out, silently
+        raise InputError(f"held_out={held_out!r} is not a domain of {root} (it has {domains}; "
+                         "'' holds nothing out)")
     xs, ys = [], []
-    for it in load_manifest(root):
+    for it in items:
         if it.split != "train" or it.domain == held_out:
             continue
         entries = [(it.image, it.label == "tumor")]
@@ -47,7 +53,7 @@ def _images(root: str, held_out: str, side: int) -> tuple[torch.Tensor, torch.Te
             xs.append(t)
             ys.append(float(label))
     if not xs:
-        raise ValueError(f"{root}: no train images outside {held_out!r}")
+        raise InputError(f"{root}: no train images outside {held_out!r}")
     return torch.cat(xs), torch.tensor(ys)
 
 

@@ -27,6 +27,13 @@ def test_config_rejects_unknown_variant():
         load_ablation_config({"variants": ["none", "stage3"]})
 
 
+def test_report_only_before_any_result_says_so(tmp_path):
+    from finetune.ablation import main
+
+    with pytest.raises(ConfigError, match="holds no finished .* run the ablation first"):
+        main(["--report-only", f"output_dir={tmp_path / 'nothing'}"])  # was: "No such file"
+
+
 def test_presets_load():
     full = load_ablation_config("configs/ablation/full.yaml")
     assert len(full.variants) == 8 and len(full.seeds) >= 3 and full.n_positives >= 150

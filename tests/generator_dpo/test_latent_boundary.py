@@ -92,3 +92,19 @@ def test_train_save_load_round_trip(bench_root, tmp_path):
     z = torch.randn(2, 4, 16, 16)
     assert clf(z).shape == (2,)
     assert vae.decode(z).sample.shape == (2, 1, 32, 32)
+
+
+def test_a_misspelt_held_out_domain_or_zero_steps_is_refused(bench_root, tmp_path, capsys):
+    import pytest
+
+    from generator.latent_boundary import main
+    from shared.io import InputError
+
+    # was: trained on every domain, the misspelt one included, silently
+    with pytest.raises(InputError, match="held_out='retna' is not a domain of"):
+        train_latent(str(bench_root), tmp_path / "latent", held_out="retna", vae_steps=1,
+                     clf_steps=1, cfg=TINY)
+    assert not (tmp_path / "latent").exists()
+    with pytest.raises(SystemExit):
+        main(["--root", str(bench_root), "--out", str(tmp_path / "l"), "--vae-steps", "-5"])
+    assert "--vae-steps and --clf-steps must be >= 1, got -5" in capsys.readouterr().err

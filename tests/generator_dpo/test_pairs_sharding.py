@@ -118,3 +118,13 @@ def test_config_mistakes_end_before_any_model_loads(overrides, says, tmp_path):
     cfg = load_config(pairs.PairsConfig, None, [f"out={tmp_path / 'p'}", *overrides])
     with pytest.raises(ConfigError, match=says):
         pairs.check_pairs_config(cfg)
+
+
+@pytest.mark.parametrize("checkpoint", ["/nope", "./runs/none", "runs/none/model"])
+def test_a_missing_checkpoint_folder_is_named(checkpoint):
+    from generator.build import load_generator
+    from shared.config import ConfigError
+
+    # was: diffusers' repo-id validation message ("Repo id must use alphanumeric chars")
+    with pytest.raises(ConfigError, match=f"{checkpoint}: no such checkpoint folder"):
+        load_generator(checkpoint)

@@ -37,6 +37,10 @@ def test_other_refusals_name_the_field():
         validate(load_train_config({"resume": "/nope"}))
     with pytest.raises(ConfigError, match="is a file, not a folder"):
         validate(load_train_config({"output_dir": __file__}))
+    for key in ("checkpoint_every", "keep_checkpoints"):  # -1 kept every checkpoint, silently
+        with pytest.raises(ConfigError, match=f"{key} must be >= 0"):
+            validate(load_train_config({key: -1}))
+    validate(load_train_config({"keep_checkpoints": 0}))  # 0 = keep all, documented
     validate(TrainConfig())  # defaults are valid
 
 
@@ -93,6 +97,19 @@ def test_benchmark_samples_skip_held_out_and_other_splits(tiny_bench):
     assert any(not s.is_tumor for s in samples)
     tumors = load_samples(cfg, tumors_only=True)
     assert all(s.is_tumor and s.mask.any() for s in tumors)
+
+
+def test_unknown_domain_names_are_not_silent(tiny_bench):
+    from finetune.data import TrainDataError
+
+    cfg = load_train_config({"data": {"root": str(tiny_bench), "domains": ["brain_mr"]}}).data
+    with pytest.raises(TrainDataError, match=r"data.domains names \['brain_mr'\].*brain_mri"):
+        load_samples(cfg)
+    # a misspelt held-out domain holds nothing out: chest X-rays are trained on, with a warning
+    cfg = load_train_config({"data": {"root": str(tiny_bench), "held_out_domains": ["chest_xra"]}}).data
+    with pytest.warns(UserWarning, match=r"held_out_domains \['chest_xra'\].*hold nothing out"):
+        samples = load_samples(cfg)
+    assert "chest_xray" in {s.domain for s in samples}
 
 
 def test_gt_negatives_as_samples(tiny_bench):
