@@ -30,7 +30,8 @@ from finetune.losses import patch_soft_mask
 from finetune.negatives import resolve_negatives
 from finetune.objectives import compute_objective, needs_of
 from finetune.ot import not_converged_count
-from shared.config import to_dict
+from shared.config import ConfigError, to_dict
+from shared.io import write_json_atomic
 from shared.launch import check_joined, use_cpu
 from shared.progress import progress
 
@@ -97,9 +98,18 @@ def interpolate_weights(start: dict[str, torch.Tensor], tuned: dict[str, torch.T
     return out
 
 
+def _checkpoint_step(ckpt: Path) -> int | None:
+    """The step a checkpoint folder holds, None if it is incomplete (``trainer_state.json`` is
+    written last, atomically; a run killed before that leaves a folder without one)."""
+    try:
+        return int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _latest_checkpoint(output_dir: Path) -> Path | None:
     ckpts = sorted((output_dir / CHECKPOINTS).glob("step_*"))
-    ckpts = [c for c in ckpts if (c / "trainer_state.json").is_file()]
+    ckpts = [c for c in ckpts if _checkpoint_step(c) is not None]
     return ckpts[-1] if ckpts else None
 
 
@@ -142,7 +152,8 @@ def _save(accelerator: Accelerator, out: Path, step: int, keep: int) -> None:
     ckpt = out / CHECKPOINTS / f"step_{step:06d}"
     accelerator.save_state(str(ckpt))
     if accelerator.is_main_process:
-        (ckpt / "trainer_state.json").write_text(json.dumps({"step": step}) + "\n")
+        # written last and atomically: a kill -9 mid-save leaves no state file, never an empty one
+        write_json_atomic(ckpt / "trainer_state.json", {"step": step})
         old = sorted((out / CHECKPOINTS).glob("step_*"))[:-keep] if keep > 0 else []
         for path in old:
             shutil.rmtree(path, ignore_errors=True)
@@ -204,8 +215,11 @@ def train(cfg: TrainConfig) -> Path:
     elif cfg.resume != "none":
         resume_from = Path(cfg.resume)
     if resume_from is not None:
+        start = _checkpoint_step(resume_from)
+        if start is None:
+            raise ConfigError(f"resume={resume_from}: not a complete checkpoint (no readable "
+                              "trainer_state.json; a run killed mid-save leaves such a folder)")
         accelerator.load_state(str(resume_from))
-        start = json.loads((resume_from / "trainer_state.json").read_text())["step"]
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ training), ``prediction_type``, ``trainable_parameters()``, ``reference_batch(ba
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -37,6 +38,7 @@ import torch
 from generator.losses import reference_loss
 from generator.modeling import pixel_unet
 from generator.sd_backend import SDModelConfig
+from shared.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -208,12 +210,28 @@ class PixelTrainBackend:
         return save_pixel_checkpoint(out_dir, unwrap(self.model), self.cfg, extra=extra)
 
 
-def resolve_checkpoint(out: Path, resume: str) -> Path:
-    """``resume`` itself, or with ``"latest"`` the newest ``OUT/checkpoints/checkpoint_N`` (the
-    accelerate ``save_state`` folders of the reference and DPO loops)."""
+def checkpoint_state(ckpt: Path, state_file: str) -> dict | None:
+    """The loop's state JSON a checkpoint folder ends with (written last, atomically), or None
+    when the folder is incomplete (a run killed inside ``save_state`` leaves one without it)."""
+    try:
+        state = json.loads((Path(ckpt) / state_file).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and "step" in state else None
+
+
+def resolve_checkpoint(out: Path, resume: str, state_file: str) -> tuple[Path, dict]:
+    """The checkpoint to resume and its state: ``resume`` itself, or with ``"latest"`` the newest
+    complete ``OUT/checkpoints/checkpoint_N`` (the accelerate ``save_state`` folders of the
+    reference and DPO loops; ``state_file`` is the JSON each loop writes last)."""
     if resume != "latest":
-        return Path(resume)
+        state = checkpoint_state(Path(resume), state_file)
+        if state is None:
+            raise ConfigError(f"--resume {resume}: not a complete checkpoint folder (no readable "
+                              f"{state_file}); 'latest' picks the newest complete one")
+        return Path(resume), state
     ckpts = sorted((out / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1]))
-    if not ckpts:
-        raise ValueError(f"--resume latest: no checkpoints under {out / 'checkpoints'}")
-    return ckpts[-1]
+    done = [(c, st) for c in ckpts if (st := checkpoint_state(c, state_file)) is not None]
+    if not done:
+        raise ConfigError(f"--resume latest: no complete checkpoint under {out / 'checkpoints'}")
+    return done[-1]

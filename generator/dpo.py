@@ -69,7 +69,7 @@ from generator.preference import (
 from generator.scoring import ranking_score, score_negatives
 from generator.sd_backend import SDModelConfig, build_sd_backend, lora_hash
 from shared.config import load_config, to_dict
-from shared.io import read_image, read_mask
+from shared.io import read_image, read_mask, write_json_atomic
 from shared.launch import check_joined, use_cpu
 
 
@@ -369,9 +369,8 @@ def train_dpo(cfg: DpoConfig, *, scorers=None, resume: str | None = None,
 
     first = 1
     if resume:
-        ckpt = resolve_checkpoint(out, resume)
+        ckpt, state = resolve_checkpoint(out, resume, "dpo_state.json")
         accelerator.load_state(str(ckpt))
-        state = json.loads((ckpt / "dpo_state.json").read_text())
         first, ref_val, best = state["step"] + 1, state["reference_val"], state["best"]
         accelerator.project_configuration.iteration = int(ckpt.name.split("_")[-1]) + 1
         _truncate_log(out / "log.jsonl", state["step"])
@@ -416,8 +415,8 @@ def train_dpo(cfg: DpoConfig, *, scorers=None, resume: str | None = None,
             accelerator.wait_for_everyone()
             path = Path(accelerator.save_state())
             if accelerator.is_main_process:
-                (path / "dpo_state.json").write_text(json.dumps(
-                    {"step": step, "reference_val": ref_val, "best": best}) + "\n")
+                write_json_atomic(path / "dpo_state.json",  # last: marks it complete
+                                  {"step": step, "reference_val": ref_val, "best": best})
         if stop_after is not None and step >= stop_after:
             log.close()
             accelerator.end_training()

@@ -47,6 +47,7 @@ from generator.data import DataConfig, ReferenceDataset, RegionWeights, aux_reco
 from generator.modeling import pixel_unet
 from generator.sd_backend import build_sd_backend
 from shared.config import load_config, to_dict
+from shared.io import write_json_atomic
 from shared.launch import check_joined, use_cpu
 from shared.progress import progress
 
@@ -182,9 +183,9 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
         accelerator.register_for_checkpointing(ema)
     step = 0
     if args.resume:
-        ckpt = resolve_checkpoint(out, args.resume)
+        ckpt, state = resolve_checkpoint(out, args.resume, "step.json")
         accelerator.load_state(str(ckpt))
-        step = json.loads((ckpt / "step.json").read_text())["step"]
+        step = state["step"]
         accelerator.project_configuration.iteration = int(ckpt.name.split("_")[-1]) + 1
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -275,7 +276,7 @@ def _checkpoint(accelerator: Accelerator, step: int) -> None:
     accelerator.wait_for_everyone()
     path = Path(accelerator.save_state())
     if accelerator.is_main_process:
-        (path / "step.json").write_text(json.dumps({"step": step}) + "\n")
+        write_json_atomic(path / "step.json", {"step": step})  # last: marks it complete
 
 
 def _all_domains_but(root: str, held_out: str) -> tuple[str, ...]:

@@ -17,6 +17,8 @@ Every error below subclasses :class:`InputError` (a ``ValueError``) and names th
 from __future__ import annotations
 
 import io
+import json
+import os
 import warnings
 from pathlib import Path
 
@@ -185,6 +187,17 @@ def check_pair(image: np.ndarray, mask: np.ndarray, name: str = "input") -> None
             f"{name}: mask is {mask.shape[1]}x{mask.shape[0]} but image is "
             f"{image.shape[1]}x{image.shape[0]} (width x height)"
         )
+
+
+def write_json_atomic(path: str | Path, obj) -> Path:
+    """Write ``obj`` as one JSON line to ``path`` through a temp file and ``os.replace``: a process
+    killed mid-write leaves the old file or none, never a truncated one (checkpoint state files,
+    whose presence marks a checkpoint as complete)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:

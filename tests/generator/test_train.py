@@ -38,3 +38,24 @@ def test_held_out_domain_cannot_be_trained_on(tmp_path, small_bench):
     with pytest.raises(ValueError, match="held-out"):
         train.main(["--stage", "reference", *_cfg(tmp_path, small_bench, 1),
                     "data.train_domains=[retina]"])
+
+
+def test_resume_latest_skips_a_checkpoint_killed_mid_save(tmp_path):
+    from generator.backends import resolve_checkpoint
+    from shared.config import ConfigError
+    from shared.io import write_json_atomic
+
+    ckpts = tmp_path / "checkpoints"
+    for n in (0, 1, 2, 10):
+        (ckpts / f"checkpoint_{n}").mkdir(parents=True)
+    write_json_atomic(ckpts / "checkpoint_1" / "step.json", {"step": 4})
+    write_json_atomic(ckpts / "checkpoint_2" / "step.json", {"step": 6})
+    (ckpts / "checkpoint_10" / "step.json").write_text("")  # kill -9 mid-write (the old writer)
+    assert not list(ckpts.rglob("*.tmp"))
+    # newest complete by number (2 < 10 though "10" < "2" as text), the incomplete 10 skipped
+    assert resolve_checkpoint(tmp_path, "latest", "step.json") == (ckpts / "checkpoint_2", {"step": 6})
+    assert resolve_checkpoint(tmp_path, str(ckpts / "checkpoint_1"), "step.json")[1] == {"step": 4}
+    with pytest.raises(ConfigError, match="checkpoint_0: not a complete checkpoint folder"):
+        resolve_checkpoint(tmp_path, str(ckpts / "checkpoint_0"), "step.json")
+    with pytest.raises(ConfigError, match="no complete checkpoint under"):
+        resolve_checkpoint(tmp_path / "elsewhere", "latest", "step.json")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -42,6 +45,29 @@ def test_other_refusals_name_the_field():
             validate(load_train_config({key: -1}))
     validate(load_train_config({"keep_checkpoints": 0}))  # 0 = keep all, documented
     validate(TrainConfig())  # defaults are valid
+
+
+def test_resume_auto_skips_a_checkpoint_killed_mid_save(tmp_path):
+    from finetune.train_loop import _latest_checkpoint, _save
+
+    class OneProcess:  # what _save asks of accelerate's Accelerator
+        is_main_process = True
+
+        def save_state(self, path):
+            Path(path).mkdir(parents=True)
+            (Path(path) / "model.safetensors").write_bytes(b"weights")
+
+        def wait_for_everyone(self):
+            pass
+
+    _save(OneProcess(), tmp_path, 2, keep=0)
+    assert json.loads((tmp_path / "checkpoints/step_000002/trainer_state.json").read_text()) == {"step": 2}
+    assert not list(tmp_path.rglob("*.tmp"))
+    killed = tmp_path / "checkpoints/step_000004"  # kill -9 between the weights and the state
+    killed.mkdir()
+    (killed / "trainer_state.json").write_text("")  # what a non-atomic write could leave
+    (tmp_path / "checkpoints/step_000006").mkdir()  # killed inside save_state
+    assert _latest_checkpoint(tmp_path) == tmp_path / "checkpoints/step_000002"
 
 
 def test_overrides_reach_nested_fields():
