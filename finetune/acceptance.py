@@ -31,6 +31,7 @@ from finetune.evaluation.tsne import patch_features
 from finetune.evaluation.zero_shot import zero_shot_probs
 from finetune.train_loop import resolve_model_source, train
 from shared.benchmark import HELD_OUT_DOMAIN, load_manifest
+from shared.config import ConfigError
 from shared.io import read_image, read_mask
 
 RUNS = {"control": "configs/embedded/control.yaml", "stage12": "configs/embedded/stage12.yaml"}
@@ -113,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     bench, out = Path(args.bench), Path(args.out)
     command = "python -m finetune.acceptance " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.report_only:
+        if not (out / "acceptance.json").is_file():
+            raise ConfigError(f"--report-only: {out} holds no acceptance.json yet; run "
+                              "python -m finetune.acceptance first")
         payload = json.loads((out / "acceptance.json").read_text())
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(render_report(payload, command))

@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     run_dir = args.install_from
+    if run_dir is not None and not (Path(run_dir) / EXPORT).is_dir():
+        p.error(f"--install-from {run_dir}: no finished run there (no {EXPORT}/ folder)")
     if run_dir is None:
         run_dir = train(load_train_config(CONFIG, args.overrides))
     print(f"installed: {install(run_dir)}")
@@ -47,4 +49,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from shared.cli import run
+
+    run(main, hard_exit=True)  # as finetune.run: a config mistake is one line, not a traceback

@@ -162,6 +162,7 @@ def _save(accelerator: Accelerator, out: Path, step: int, keep: int) -> None:
 
 def train(cfg: TrainConfig) -> Path:
     """Run the configured fine-tuning; returns ``output_dir`` (exported model in ``OUT/model``)."""
+    validate(cfg)  # before anything uses a value (again below with the launched world size)
     torch.set_num_threads(cfg.num_threads)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,

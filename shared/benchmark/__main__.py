@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         for split in ("train", "val", "test"):
             print(f"{domain:<12} {split:<6} {counts[(domain, split, 'tumor')]:>6} "
                   f"{counts[(domain, split, 'normal')]:>7}")
+    splits = ("test",) if args.external else ("train", "val", "test")  # an external set is all test
+    empty = [f"{d}/{split}" for d in args.domains for split in splits
+             if not counts[(d, split, "tumor")]]
+    if empty:
+        print(f"warning: no positives in {', '.join(empty)} (--n-per-domain {args.n_per_domain} is "
+              "too few to fill every split; 3 or more fill each)", file=sys.stderr)
     if args.preview:
         from shared.benchmark.preview import contact_sheet
 

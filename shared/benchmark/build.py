@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,23 @@ def _splits(n: int, rng: np.random.Generator) -> list[str]:
     return [labels[i] for i in rng.permutation(n)]
 
 
+def _clear_old_benchmark(out: Path) -> None:
+    """Make ``out`` ready for a new benchmark: absent or empty as it is, or an earlier benchmark's
+    folder, whose image folders are removed (a rebuild with fewer or smaller images would otherwise
+    leave stale files that folder-scanning readers, such as the MedCLIP-SAMv2 layout, pick up)."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / "manifest.jsonl").is_file():
+        raise ValueError(f"{out} is not empty and holds no benchmark (manifest.jsonl): choose a new "
+                         "or empty folder")
+    ours = set(DOMAINS) | set(AUX_DOMAINS) | {f"ms_{name}" for name in multisource.MS_SOURCES}
+    for child in out.iterdir():
+        if child.is_dir() and child.name in ours:
+            shutil.rmtree(child)
+    for name in ("manifest.jsonl", "dpo_pairs.csv", "benchmark.json", "preview.png"):
+        (out / name).unlink(missing_ok=True)
+
+
 def build_benchmark(
     out: str | Path, *, domains: tuple[str, ...] | list[str] = DOMAINS, n_per_domain: int = 100,
     size: int = 224, seed: int = 0, progress: bool = False, external: bool = False,
@@ -84,11 +102,15 @@ def build_benchmark(
         if missing:
             raise ValueError(f"no external anatomy source for {missing}; external sets exist for "
                              f"{sorted(EXTERNAL_SOURCES)}")
-    if aux_per_source < 0 or (aux_per_source and external):
-        raise ValueError("aux_per_source must be >= 0 and cannot be combined with external")
-    if multi_source < 0 or (multi_source and external):
-        raise ValueError("multi_source must be >= 0 and cannot be combined with external")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    for name, n in (("aux_per_source", aux_per_source), ("multi_source", multi_source)):
+        if n < 0:
+            raise ValueError(f"{name} must be >= 0, got {n}")
+        if n and external:
+            raise ValueError(f"{name} cannot be combined with external (an external set is all test)")
     out = Path(out)
+    _clear_old_benchmark(out)
     records, dpo_rows = [], []
     n_normal = math.ceil(NORMAL_FRACTION * n_per_domain)
     n_aux_normal = math.ceil(NORMAL_FRACTION * aux_per_source)

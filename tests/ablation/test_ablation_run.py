@@ -32,6 +32,12 @@ def test_report_only_before_any_result_says_so(tmp_path):
 
     with pytest.raises(ConfigError, match="holds no finished .* run the ablation first"):
         main(["--report-only", f"output_dir={tmp_path / 'nothing'}"])  # was: "No such file"
+    from finetune.acceptance import main as acceptance_main
+
+    with pytest.raises(ConfigError, match="holds no acceptance.json yet"):
+        acceptance_main(["--report-only", "--out", str(tmp_path / "nothing"),
+                         "--report", str(tmp_path / "r.md")])
+    assert not (tmp_path / "r.md").exists()
 
 
 def test_presets_load():

@@ -85,6 +85,24 @@ def test_bad_arguments_are_refused(tmp_path):
         build_benchmark(tmp_path, n_per_domain=1, size=8)
 
 
+def test_rebuild_in_place_leaves_no_stale_files(tmp_path, capsys):
+    from shared.benchmark.__main__ import main
+
+    build_benchmark(tmp_path / "x", domains=("brain_mri", "retina"), n_per_domain=6, size=64, seed=0)
+    (tmp_path / "x" / "notes.txt").write_text("the user's own file")
+    again = build_benchmark(tmp_path / "x", domains=("brain_mri",), n_per_domain=2, size=32, seed=1)
+    fresh = build_benchmark(tmp_path / "y", domains=("brain_mri",), n_per_domain=2, size=32, seed=1)
+    rebuilt = _digest(again.parent)
+    assert rebuilt.pop("notes.txt") and rebuilt == _digest(fresh.parent)  # was: 64² and retina left
+    with pytest.raises(ValueError, match="is not empty and holds no benchmark"):
+        build_benchmark(tmp_path / "x" / "brain_mri", n_per_domain=1, size=32)
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):  # was numpy's wording
+        build_benchmark(tmp_path / "z", n_per_domain=1, size=32, seed=-1)
+    assert main(["--out", str(tmp_path / "w"), "--domains", "retina", "--n-per-domain", "2",
+                 "--size", "32"]) == 0
+    assert "no positives in retina/val, retina/test" in capsys.readouterr().err
+
+
 def test_preview_contact_sheet(tmp_path):
     from shared.benchmark.preview import contact_sheet
 

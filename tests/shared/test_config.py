@@ -50,6 +50,15 @@ def test_bad_values_and_forms():
         load_config(Train, "/nonexistent/config.yaml")
 
 
+def test_broken_yaml_is_a_config_error_with_its_place(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("steps: 3\noptim: [1,\n")  # was: a yaml.parser.ParserError traceback
+    with pytest.raises(ConfigError, match=r"bad.yaml is not valid YAML \(.* at line 3, column 1\)"):
+        load_config(Train, path)
+    with pytest.raises(ConfigError, match=r"override 'optim.betas=\[0.8,': the value is not valid YAML"):
+        load_config(Train, None, ["optim.betas=[0.8,"])
+
+
 def test_exponent_without_a_dot_is_a_number_and_words_are_not(tmp_path):
     # YAML 1.1 (PyYAML) reads 2e-5 as the string "2e-5"; a learning rate typed that way must work
     assert load_config(Train, None, ["optim.lr=2e-5"]).optim.lr == 2e-5

@@ -70,6 +70,19 @@ def test_resume_auto_skips_a_checkpoint_killed_mid_save(tmp_path):
     assert _latest_checkpoint(tmp_path) == tmp_path / "checkpoints/step_000002"
 
 
+def test_train_checks_the_config_before_using_it(tmp_path, capsys):
+    from finetune.pretrain_embedded import main
+    from finetune.train_loop import train
+
+    # was: torch's "set_num_threads expects a positive integer" before validate ran
+    with pytest.raises(ConfigError, match="num_threads must be >= 1, got 0"):
+        train(load_train_config({"num_threads": 0, "output_dir": str(tmp_path / "run")}))
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit):  # was: ModelSourceError traceback after argument parsing
+        main(["--install-from", str(tmp_path / "no_run")])
+    assert "no finished run there" in capsys.readouterr().err
+
+
 def test_overrides_reach_nested_fields():
     cfg = load_train_config(None, ["optim.lr=0.01", "objective.name=stage1+2", "trainable=[image,text]"])
     assert cfg.optim.lr == 0.01 and cfg.objective.name == "stage1+2"
