@@ -204,6 +204,12 @@ def _inference_flag(path: str | Path, name: str) -> bool:
     return bool(meta.get("inference", {}).get(name, False))
 
 
+def missing_path(value: str) -> bool:
+    """``value`` reads as a file system path (not a hub id ``org/name``) that does not exist."""
+    return bool(value) and not Path(value).expanduser().exists() and (
+        value.startswith(("/", ".", "~")) or value.count("/") > 1)
+
+
 def load_generator(
     path_or_name: str | Path | None = None, *, device: str = "cpu", batch_size: int = 1,
     window: str | None = None, window_context: float = 4.0, lora: str | Path | None = None,
@@ -253,7 +259,7 @@ def load_generator(
             f"{path}: neither a pixel checkpoint ({CONFIG_NAME}) nor a diffusers pipeline "
             "(model_index.json)"
         )
-    elif str(path_or_name).startswith(("/", ".", "~")) or str(path_or_name).count("/") > 1:
+    elif missing_path(str(path_or_name)):
         raise ConfigError(f"{path_or_name}: no such checkpoint folder (a hub id reads org/name)")
     else:
         backend, digest = load_sd_inpaint(str(path_or_name), device=device, lora=lora)
