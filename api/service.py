@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from api.batching import MicroBatcher
 from api.metrics import ServiceMetrics
-from api.settings import Settings
+from api.settings import Settings, SettingsError
 from api.store import NegativeStore
 from shared.io import encode_png
 from shared.negatives_client import negative_ids, negative_params
@@ -48,6 +51,102 @@ def build_generator(settings: Settings) -> Any:
     rows = settings.predictor_batch_rows or settings.max_batch
     return load_generator(settings.generator, device=settings.device, batch_size=rows,
                           lora=settings.generator_lora, texture_match=settings.texture_match)
+
+
+# The checkpoint layouts generator.build.load_generator tells apart (its names, repeated here so
+# that the start-up check imports neither torch nor diffusers).
+DEFAULT_GENERATOR = Path(__file__).resolve().parents[1] / "generator" / "weights" / "pixel_reference"
+PIXEL_CONFIG = "generator_config.json"  # generator.build.CONFIG_NAME
+PIPELINE_INDEX = "model_index.json"  # a diffusers pipeline (sd-inpaint)
+LORA_META = "generator_lora.json"  # a LoRA dir naming its base
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+def check_startup(settings: Settings) -> None:
+    """What ``python -m api`` checks before it serves: the generator loads in the background
+    (``/readyz`` 503 until then), so a setting it could never load with would otherwise show only
+    as a 503 per request. Cheap (file checks, the local HF cache, ``torch.device``); SettingsError
+    naming the ``NEG_API_*`` variable. Mirrors ``generator.build.load_generator``'s rules."""
+    from shared.cli import check_torch_device
+    from shared.config import ConfigError
+
+    try:
+        check_torch_device(settings.device, "NEG_API_DEVICE")
+    except ConfigError as err:
+        raise SettingsError(str(err)) from None
+    _check_store_dir(Path(settings.store_dir))
+    kind = _generator_kind(settings.generator, lora_given=settings.generator_lora is not None)
+    if settings.generator_lora is not None:
+        if kind != "sd-inpaint":
+            what = settings.generator or "the embedded default"
+            raise SettingsError(
+                f"NEG_API_GENERATOR_LORA={settings.generator_lora}: a LoRA applies to an sd-inpaint "
+                f"NEG_API_GENERATOR (a diffusers pipeline dir or cached hub id); {what} is a "
+                f"{'pixel checkpoint' if kind == 'pixel' else 'LoRA dir itself'}")
+        _check_lora_dir(Path(settings.generator_lora), "NEG_API_GENERATOR_LORA")
+    if settings.texture_match and kind != "pixel":
+        raise SettingsError(f"NEG_API_TEXTURE_MATCH=true: texture matching applies to pixel "
+                            f"checkpoints only; NEG_API_GENERATOR={settings.generator} is {kind}")
+
+
+def _check_store_dir(path: Path) -> None:
+    """The store's folder is a writable directory or can be created (nothing is created here)."""
+    for at in (path, *path.absolute().parents):
+        if at.exists():
+            if not at.is_dir():
+                where = "exists and is not a directory" if at == path else f"{at} is a file"
+                raise SettingsError(f"NEG_API_STORE_DIR={path}: {where}")
+            if not os.access(at, os.W_OK | os.X_OK):
+                raise SettingsError(f"NEG_API_STORE_DIR={path}: {at} is not writable")
+            return
+
+
+def _check_lora_dir(path: Path, var: str) -> None:
+    if not (path / LORA_WEIGHTS).is_file():
+        raise SettingsError(f"{var}={path}: not a diffusers LoRA dir (no {LORA_WEIGHTS})")
+
+
+def _generator_kind(name: str | None, *, lora_given: bool, var: str = "NEG_API_GENERATOR") -> str:
+    """``pixel``, ``sd-inpaint`` or ``lora-dir`` (a LoRA dir naming its sd-inpaint base), as
+    load_generator would load ``name``; SettingsError where it would fail."""
+    if name is None or name == "pixel":
+        if not (DEFAULT_GENERATOR / PIXEL_CONFIG).is_file():
+            raise SettingsError(f"{var} unset: the embedded default generator {DEFAULT_GENERATOR} "
+                                "is missing; name a checkpoint")
+        return "pixel"
+    path = Path(name)
+    if path.is_dir():
+        if (path / PIXEL_CONFIG).is_file():
+            return "pixel"
+        if (path / LORA_META).is_file() and not lora_given:
+            try:
+                base = json.loads((path / LORA_META).read_text()).get("base")
+            except (OSError, ValueError, AttributeError) as err:
+                raise SettingsError(f"{var}={name}: {LORA_META} is not a JSON object ({err})") from None
+            if not base:
+                raise SettingsError(f"{var}={name}: {LORA_META} names no base pipeline; pass the "
+                                    "base as NEG_API_GENERATOR and this dir as NEG_API_GENERATOR_LORA")
+            _check_lora_dir(path, var)
+            if _generator_kind(str(base), lora_given=True, var=f"{var}={name}: its base") != "sd-inpaint":
+                raise SettingsError(f"{var}={name}: its base {base} is not an sd-inpaint pipeline")
+            return "lora-dir"
+        if (path / PIPELINE_INDEX).is_file():
+            return "sd-inpaint"
+        raise SettingsError(f"{var}={name}: neither a pixel checkpoint ({PIXEL_CONFIG}) nor a "
+                            f"diffusers pipeline ({PIPELINE_INDEX})")
+    if path.exists():
+        raise SettingsError(f"{var}={name}: not a checkpoint folder")
+    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        raise SettingsError(f"{var}={name}: no such checkpoint folder (a hub id reads org/name)")
+    from huggingface_hub import snapshot_download
+
+    try:  # load_generator reads hub ids from the local cache only
+        snapshot_download(name, local_files_only=True)
+    except Exception as err:  # LocalEntryNotFoundError, HFValidationError
+        raise SettingsError(f"{var}={name}: no such checkpoint folder, and no hub model of that id "
+                            f"in the local Hugging Face cache (never downloaded at run time; "
+                            f"{type(err).__name__})") from None
+    return "sd-inpaint"
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,30 @@
 """Service settings, read from the environment (prefix ``NEG_API_``) by pydantic-settings.
 
 Example: ``NEG_API_DEVICE=cuda NEG_API_MAX_BATCH=16 python -m api``.
+
+:func:`settings_from_env` is what ``python -m api`` reads them with: a ``NEG_API_*`` variable
+that names no setting, or a value that does not validate, is a :class:`SettingsError` naming the
+variable (one ``error:`` line, exit status 2, through ``shared.cli.run``).
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.config import ConfigError
+
 ENV_PREFIX = "NEG_API_"
+
+
+class SettingsError(ConfigError):
+    """A ``NEG_API_*`` environment variable that is unknown or holds a bad value (a user's
+    mistake: the message names the variable)."""
 
 
 class Settings(BaseSettings):
@@ -76,3 +90,40 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         """An empty env value (``NEG_API_API_KEY=``) means unset, not an empty key."""
         return None if isinstance(value, str) and not value.strip() else value
+
+
+SECRET_SETTINGS = frozenset({"api_key"})  # never echoed in an error message
+
+
+def env_var(field: str) -> str:
+    """The environment variable of a setting: ``max_batch`` -> ``NEG_API_MAX_BATCH``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def check_env_names(environ: Mapping[str, str] | None = None) -> None:
+    """SettingsError for the first ``NEG_API_*`` variable that names no setting (pydantic-settings
+    ignores those silently: a misspelt ``NEG_API_MAX_BATCHES`` would leave the default)."""
+    environ = os.environ if environ is None else environ
+    valid = {env_var(name) for name in Settings.model_fields}
+    for name in sorted(environ):
+        upper = name.upper()  # pydantic-settings reads the variables case-insensitively
+        if upper.startswith(ENV_PREFIX) and upper not in valid:
+            close = difflib.get_close_matches(upper, sorted(valid), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise SettingsError(f"{name}: no such setting; {hint}valid: {', '.join(sorted(valid))}")
+
+
+def _describe(error: dict) -> str:
+    field = str(error["loc"][0]) if error.get("loc") else "?"
+    shown = "" if field in SECRET_SETTINGS else f" (got {error.get('input')!r})"
+    return f"{env_var(field)}: {error.get('msg', 'invalid value')}{shown}"
+
+
+def settings_from_env() -> Settings:
+    """Settings from the environment (``NEG_API_*``), every variable checked: SettingsError with
+    one line naming each bad variable instead of pydantic's multi-line ValidationError."""
+    check_env_names()
+    try:
+        return Settings()
+    except ValidationError as err:
+        raise SettingsError("; ".join(_describe(e) for e in err.errors())) from None

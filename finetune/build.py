@@ -7,7 +7,8 @@ Sources understood by :func:`build_clip`:
 - ``"embedded-pretrained"``: the same architecture with the pre-trained weights committed in
   ``finetune/weights/embedded/`` (written by the trainer through :func:`export_local_dir`);
 - ``"hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"`` (or any open_clip hub id):
-  open_clip's own loader, needs the hub or a populated HF cache;
+  open_clip's own loader, from the local HF cache only (the hub is never contacted at run time:
+  ``HF_HUB_OFFLINE`` while it loads);
 - ``"local-dir:DIR"`` (or a directory holding ``open_clip_config.json``): open_clip local dir with
   ``open_clip_config.json`` + ``open_clip_model.safetensors`` + tokenizer files. A ``text_config/``
   sub-directory, when present, is used as the BERT config, so no hub access is needed;
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ from finetune.modeling.clip_configs import (
     write_text_config,
 )
 from finetune.modeling.hf_port import open_clip_to_port, port_config, port_to_open_clip
+from shared.cli import brief
 from shared.config import ConfigError
 
 EMBEDDED_DIR = Path(__file__).parent / "modeling" / "embedded"
@@ -70,6 +73,62 @@ class ClipBundle:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _read_json(path: Path, what: str) -> dict:
+    """The JSON object in ``path``; ModelSourceError naming the file if it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelSourceError(f"{path}: not a readable {what} ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict):
+        raise ModelSourceError(f"{path}: not a {what}: expected a JSON object, got "
+                               f"{type(data).__name__}")
+    return data
+
+
+def _model_cfg_of(config: dict, config_path: Path) -> dict:
+    """``config["model_cfg"]`` of an open_clip local dir, checked for the towers' sections."""
+    model_cfg = config.get("model_cfg")
+    if not isinstance(model_cfg, dict) or not all(
+        isinstance(model_cfg.get(k), dict) for k in ("vision_cfg", "text_cfg")
+    ):
+        raise ModelSourceError(
+            f"{config_path}: no 'model_cfg' with 'vision_cfg' and 'text_cfg' objects (an open_clip "
+            'local dir\'s config reads {"model_cfg": {...}, "preprocess_cfg": {...}})'
+        )
+    return model_cfg
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """huggingface_hub (and transformers through it) in offline mode inside the block: the local
+    cache only, no HEAD request, no retry warnings."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _check_hub_cached(hub_id: str) -> None:
+    """ModelSourceError unless the open_clip hub model's config is in the local HF cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = hub_id[len("hf-hub:"):]
+    try:
+        cached = try_to_load_from_cache(repo, "open_clip_config.json")
+    except Exception as err:  # HFValidationError: not of the form org/name
+        raise ModelSourceError(f"{hub_id}: not a hub id of the form hf-hub:org/name ({err})") from None
+    if not isinstance(cached, str):
+        raise ModelSourceError(
+            f"{hub_id} is not in the local Hugging Face cache, and the hub is never contacted at "
+            "run time: download it once (huggingface_hub.snapshot_download) or export it to an "
+            "open_clip local dir and pass local-dir:DIR"
+        )
 
 
 def _preprocess_for(model: torch.nn.Module) -> Callable:
@@ -107,14 +166,22 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ModelSourceError(f"checkpoint file not found: {path}")
-    if path.suffix == ".safetensors":
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, EOFError, SafetensorError, zip errors, ...
+        raise ModelSourceError(f"{path} is not a usable checkpoint: it does not load as a "
+                               f"{'safetensors' if path.suffix == '.safetensors' else 'torch'} "
+                               f"state dict ({brief(err)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:
-        raise ModelSourceError(f"{path} holds no state dict")
+        raise ModelSourceError(f"{path} is not a usable checkpoint: it holds no state dict")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ModelSourceError(f"{path} is not a usable checkpoint: its state dict holds "
+                               "entries that are not named tensors")
     for prefix in ("module.", "model."):
         if all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
@@ -126,7 +193,12 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     state = {k: v for k, v in state.items() if k in own or not k.endswith("position_ids")}
     if "logit_scale" in state:
         state["logit_scale"] = state["logit_scale"].reshape(own["logit_scale"].shape)
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # size mismatches
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "")
+        raise ModelSourceError(f"{source} does not match the architecture: {detail[:300]}") from None
     if result.missing_keys or result.unexpected_keys:
         raise ModelSourceError(
             f"{source} does not match the architecture: missing {result.missing_keys[:5]}, "
@@ -172,23 +244,34 @@ def _build_local_dir(local_dir: Path, device: str, source: str) -> ClipBundle:
     config_path = local_dir / "open_clip_config.json"
     if not config_path.is_file():
         raise ModelSourceError(f"{local_dir} is not an open_clip local dir: no open_clip_config.json")
-    model_cfg = json.loads(config_path.read_text())["model_cfg"]
+    model_cfg = _model_cfg_of(_read_json(config_path, "open_clip config"), config_path)
     text_cfg = {**model_cfg["text_cfg"], "hf_model_pretrained": False}
-    text_cfg["hf_model_name"] = _text_dir(local_dir, text_cfg["hf_model_name"])
-    # open_clip's own local-dir loader (config + preferred weights file + preprocess_cfg).
-    model = open_clip.create_model(
-        f"local-dir:{local_dir}", text_cfg=text_cfg, pretrained_text=False, device=device
-    )
-    tokenizer = open_clip.get_tokenizer(f"local-dir:{local_dir}")
+    text_cfg["hf_model_name"] = _text_dir(local_dir, text_cfg.get("hf_model_name", ""))
+    # open_clip's own local-dir loader (config + preferred weights file + preprocess_cfg), from
+    # the directory only (a text config named by hub id is read from the local cache, if at all).
+    try:
+        with _hub_offline():
+            model = open_clip.create_model(
+                f"local-dir:{local_dir}", text_cfg=text_cfg, pretrained_text=False, device="cpu"
+            )
+            tokenizer = open_clip.get_tokenizer(f"local-dir:{local_dir}")
+    except Exception as err:  # corrupt weights, a config open_clip cannot build, no tokenizer
+        raise ModelSourceError(f"{local_dir} is not a usable open_clip local dir: "
+                               f"{brief(err, 300)}") from None
+    model = model.to(device)
     return ClipBundle(model.eval(), _preprocess_for(model), tokenizer, model_cfg, source)
 
 
 def _build_hub(hub_id: str, device: str) -> ClipBundle:
+    _check_hub_cached(hub_id)
     try:
-        model, preprocess = open_clip.create_model_from_pretrained(hub_id, device=device)
-        tokenizer = open_clip.get_tokenizer(hub_id)
-    except Exception as err:  # hub unreachable, missing cache: say which model failed and why
-        raise ModelSourceError(f"cannot load {hub_id} (needs the hub or an HF cache): {err}") from err
+        with _hub_offline():
+            model, preprocess = open_clip.create_model_from_pretrained(hub_id, device="cpu")
+            tokenizer = open_clip.get_tokenizer(hub_id)
+    except Exception as err:  # an incomplete cache entry, corrupt files: say which model and why
+        raise ModelSourceError(f"cannot load {hub_id} from the local Hugging Face cache (the hub "
+                               f"is never contacted at run time): {brief(err, 300)}") from None
+    model = model.to(device)
     model_cfg = deepcopy(BIOMEDCLIP_MODEL_CFG) if hub_id == BIOMEDCLIP_HUB_ID else {}
     return ClipBundle(model.eval(), preprocess, tokenizer, model_cfg, hub_id)
 
@@ -197,8 +280,8 @@ def _port_model_cfg(config: dict) -> dict:
     if "open_clip_model_cfg" in config:
         return deepcopy(config["open_clip_model_cfg"])
     vision = config["vision_config"]
-    sizes = (vision["hidden_size"], vision["num_hidden_layers"], vision["num_attention_heads"],
-             vision["patch_size"], vision["image_size"])
+    sizes = tuple(vision.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                          "patch_size", "image_size"))
     if sizes != (768, 12, 12, 16, 224):
         raise ModelSourceError(f"HF port with vision sizes {sizes} has no known timm architecture")
     return deepcopy(BIOMEDCLIP_MODEL_CFG)
@@ -208,7 +291,12 @@ def _build_hf_port(port_dir: Path, device: str, source: str) -> ClipBundle:
     config_path = port_dir / "config.json"
     if not config_path.is_file():
         raise ModelSourceError(f"{port_dir} is not an HF port dir: no config.json")
-    config = json.loads(config_path.read_text())
+    config = _read_json(config_path, "HF port config")
+    if not isinstance(config.get("text_config"), dict) or not (
+        "open_clip_model_cfg" in config or isinstance(config.get("vision_config"), dict)
+    ):
+        raise ModelSourceError(f"{config_path}: an HF port config needs 'text_config' and "
+                               "'vision_config' (or 'open_clip_model_cfg') objects")
     model_cfg = _port_model_cfg(config)
     weights = next((port_dir / n for n in (HF_PORT_WEIGHTS, "pytorch_model.bin")
                     if (port_dir / n).is_file()), None)
@@ -223,14 +311,70 @@ def _build_hf_port(port_dir: Path, device: str, source: str) -> ClipBundle:
     has_tok = (port_dir / "tokenizer_config.json").is_file()
     tok_src = str(port_dir) if has_tok else model_cfg["text_cfg"]["hf_tokenizer_name"]
     try:
-        tokenizer = open_clip.tokenizer.HFTokenizer(
-            tok_src, context_length=model_cfg["text_cfg"]["context_length"]
-        )
+        with _hub_offline():
+            tokenizer = open_clip.tokenizer.HFTokenizer(
+                tok_src, context_length=model_cfg["text_cfg"]["context_length"]
+            )
     except Exception as err:
         raise ModelSourceError(f"{port_dir} has no tokenizer files and {tok_src!r} cannot be "
                                f"loaded: {err}") from err
     model = model.to(device)
     return ClipBundle(model.eval(), _preprocess_for(model), tokenizer, model_cfg, source)
+
+
+def resolve_clip_source(name_or_path: str | Path) -> tuple[str, str]:
+    """What :func:`build_clip` would load, checked without loading anything: ``(kind, where)``
+    with kind ``local-dir`` / ``hub`` / ``hf-port`` / ``ckpt``. Cheap (file checks, the local
+    HF cache), so command-line tools call it for every model they are given before they start
+    working; ModelSourceError names the source and what is wrong with it."""
+    name = str(name_or_path)
+    if name == "embedded":
+        return "local-dir", str(EMBEDDED_DIR)
+    if name == "embedded-pretrained":
+        if not (EMBEDDED_PRETRAINED_DIR / LOCAL_DIR_WEIGHTS).is_file():
+            raise ModelSourceError(f"no pre-trained embedded weights in {EMBEDDED_PRETRAINED_DIR}")
+        return "local-dir", str(EMBEDDED_PRETRAINED_DIR)
+    if name.startswith("hf-hub:"):
+        _check_hub_cached(name)
+        return "hub", name
+    if name.startswith("local-dir:"):
+        local = Path(name[len("local-dir:"):])
+        if not (local / "open_clip_config.json").is_file():
+            raise ModelSourceError(f"{local} is not an open_clip local dir: no open_clip_config.json")
+        return "local-dir", str(local)
+    if name.startswith("hf-port:"):
+        port = Path(name[len("hf-port:"):])
+        if not (port / "config.json").is_file():
+            raise ModelSourceError(f"{port} is not an HF port dir: no config.json")
+        return "hf-port", str(port)
+    if name.startswith("ckpt:") or Path(name).is_file():
+        path = Path(name[len("ckpt:"):] if name.startswith("ckpt:") else name)
+        if not path.is_file():
+            raise ModelSourceError(f"checkpoint file not found: {path}")
+        return "ckpt", str(path)
+    path = Path(name)
+    if (path / "open_clip_config.json").is_file():
+        return "local-dir", str(path)
+    if (path / "config.json").is_file():
+        arch = _read_json(path / "config.json", "model config").get("architectures", [])
+        if isinstance(arch, list) and "BiomedCLIPModel" in arch:
+            return "hf-port", str(path)
+    raise ModelSourceError(
+        f"unknown CLIP source {name!r}: expected 'embedded', 'embedded-pretrained', 'hf-hub:ID', "
+        "'local-dir:DIR', "
+        "'hf-port:DIR', 'ckpt:FILE', or an existing directory/file"
+    )
+
+
+def _check_clip_state(state: dict[str, torch.Tensor], path: Path) -> None:
+    """ModelSourceError unless the state dict has the towers of an open_clip CLIP."""
+    towers = ("visual.", "text.", "transformer.", "token_embedding", "logit_scale")
+    if not any(k.startswith(towers) for k in state):
+        shown = ", ".join(list(state)[:3])
+        raise ModelSourceError(
+            f"{path} is not a usable CLIP checkpoint: its state dict has no CLIP weights "
+            f"(visual.*, text.*, logit_scale); its first keys are {shown}"
+        )
 
 
 def build_clip(
@@ -242,38 +386,25 @@ def build_clip(
     (``ckpt:FILE``) is loaded into. Returns a :class:`ClipBundle` in eval mode.
     """
     name = str(name_or_path)
-    if name == "embedded":
-        return _build_local_dir(EMBEDDED_DIR, device, name)
-    if name == "embedded-pretrained":
-        if not (EMBEDDED_PRETRAINED_DIR / LOCAL_DIR_WEIGHTS).is_file():
-            raise ModelSourceError(f"no pre-trained embedded weights in {EMBEDDED_PRETRAINED_DIR}")
-        return _build_local_dir(EMBEDDED_PRETRAINED_DIR, device, name)
-    if name.startswith("hf-hub:"):
-        return _build_hub(name, device)
-    if name.startswith("local-dir:"):
-        return _build_local_dir(Path(name[len("local-dir:"):]), device, name)
-    if name.startswith("hf-port:"):
-        return _build_hf_port(Path(name[len("hf-port:"):]), device, name)
-    if name.startswith("ckpt:") or Path(name).is_file():
-        path = Path(name[len("ckpt:"):] if name.startswith("ckpt:") else name)
-        state = load_state_dict_file(path)
+    kind, where = resolve_clip_source(name)
+    if kind == "local-dir":
+        return _build_local_dir(Path(where), device, name)
+    if kind == "hub":
+        return _build_hub(where, device)
+    if kind == "hf-port":
+        return _build_hf_port(Path(where), device, name)
+    path = Path(where)
+    state = load_state_dict_file(path)
+    _check_clip_state(state, path)
+    try:
         bundle = build_clip(base, device="cpu")
-        _load_into(bundle.model, state, str(path))
-        bundle.model.to(device)
-        return ClipBundle(bundle.model.eval(), bundle.preprocess, bundle.tokenizer,
-                          bundle.model_cfg, name)
-    path = Path(name)
-    if (path / "open_clip_config.json").is_file():
-        return _build_local_dir(path, device, name)
-    if (path / "config.json").is_file():
-        arch = json.loads((path / "config.json").read_text()).get("architectures", [])
-        if "BiomedCLIPModel" in arch:
-            return _build_hf_port(path, device, name)
-    raise ModelSourceError(
-        f"unknown CLIP source {name!r}: expected 'embedded', 'embedded-pretrained', 'hf-hub:ID', "
-        "'local-dir:DIR', "
-        "'hf-port:DIR', 'ckpt:FILE', or an existing directory/file"
-    )
+    except ModelSourceError as err:
+        raise ModelSourceError(f"{path}: cannot build the architecture it is loaded into "
+                               f"(base {base}): {err}") from None
+    _load_into(bundle.model, state, str(path))
+    bundle.model.to(device)
+    return ClipBundle(bundle.model.eval(), bundle.preprocess, bundle.tokenizer,
+                      bundle.model_cfg, name)
 
 
 # ----------------------------------------------------------------------------- export

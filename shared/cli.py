@@ -19,6 +19,54 @@ from shared.io import InputError
 USER_ERRORS = (ConfigError, InputError, FileNotFoundError)
 
 
+def brief(err: BaseException, limit: int = 200) -> str:
+    """``Type: first informative line`` of an exception from a library, for a one-line error.
+
+    torch's weights-only unpickler prefixes its reason with a paragraph about PyTorch 2.6's
+    default; the reason itself (``Unsupported operand 205``, ``Unsupported global: ...``) is kept.
+    """
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    if len(first) > limit:
+        first = first[: limit - 3] + "..."
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def check_torch_device(value: str, option: str) -> str:
+    """``value`` if it names a torch device this machine has (``cpu``, ``cuda``, ``cuda:N``,
+    ``mps``), else ConfigError naming ``option`` (e.g. ``--device``) and the value. Cheap: imports
+    torch, creates no CUDA context."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"{option} {value!r} is not a torch device: expected cpu, cuda, cuda:N "
+                          "or mps") from None
+    if device.type == "cpu":
+        return value
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{option} {value}: no CUDA GPU is available on this machine "
+                              f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+                              "use cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"{option} {value}: this machine has {count} CUDA GPU(s), "
+                              f"cuda:0..cuda:{count - 1}")
+        return value
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"{option} {value}: MPS is not available on this machine; use cpu")
+        return value
+    raise ConfigError(f"{option} {value!r}: unsupported device type {device.type!r}; expected cpu, "
+                      "cuda, cuda:N or mps")
+
+
 def run(main: Callable[[], object], *, hard_exit: bool = False) -> NoReturn:
     """Call ``main()`` and exit with its status (an int it returns, else 0); 2 with ``error: ...``
     on a user error.

@@ -5,7 +5,9 @@ Example::
     python -m finetune.evaluate --model embedded --data data/benchmark/brain_mri \
         --segmenter litemedsam --preset embedded --out runs/eval_brain
 
-Writes ``per_image.csv``, ``summary.json``, ``report.md`` and ``overlays/NAME.png`` under --out.
+Writes ``per_image.csv``, ``summary.json``, ``report.md`` and ``overlays/NAME.png`` (not with
+--no-overlays) under --out. Options are checked before any data or model is read: a bad value is
+a ``ConfigError`` naming the option (``python -m finetune.evaluate`` prints it as one line).
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from finetune.evaluation.outputs import (
     write_per_image_csv,
     write_summary_json,
 )
-from finetune.evaluation.prompts import PromptSet, load_prompts, single_prompt
-from finetune.evaluation.segmenters import SEGMENTERS, build_segmenter
+from finetune.evaluation.prompts import PromptError, PromptSet, load_prompts, single_prompt
+from finetune.evaluation.segmenters import SEGMENTERS, SegmenterError, build_segmenter
+from shared.cli import check_torch_device
 from shared.config import ConfigError
 from shared.datasets import SPLITS, list_pairs, list_tasks
 
@@ -55,18 +58,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="M2IB preset, then --layer/--beta/... override it (default: 'embedded' for "
                         "the embedded model, upstream's layer 9 / beta 1 for BiomedCLIP)")
-    p.add_argument("--layer", type=int, default=None, help="M2IB bottleneck after this block")
-    p.add_argument("--beta", type=float, default=None)
-    p.add_argument("--var", type=float, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--samples", type=int, default=None, help="M2IB noise samples per image")
-    p.add_argument("--batch-size", type=int, default=None, help="images per saliency batch")
+    p.add_argument("--layer", type=int, default=None,
+                   help="M2IB bottleneck after this block (0-based, < the model's block count)")
+    p.add_argument("--beta", type=float, default=None, help="M2IB weight of the KL term (> 0)")
+    p.add_argument("--var", type=float, default=None, help="M2IB noise prior variance (> 0)")
+    p.add_argument("--steps", type=int, default=None, help="M2IB optimisation steps (>= 1)")
+    p.add_argument("--samples", type=int, default=None, help="M2IB noise samples per image (>= 1)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per saliency batch (>= 1)")
     p.add_argument("--resize-mode", default=None, choices=("pad", "stretch"))
     p.add_argument("--prompt-file", type=Path, default=None, help=".txt (see prompts.py) or upstream .json")
     p.add_argument("--prompt", default=None, help="one caption for every image")
     p.add_argument("--binarize", default="kmeans", choices=("kmeans", "threshold"))
-    p.add_argument("--threshold", type=float, default=0.3)
-    p.add_argument("--num-components", type=int, default=1)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="with --binarize threshold: pixels of the [0, 1] saliency map strictly "
+                        "above it are foreground, 0 <= T < 1 (default 0.3)")
+    p.add_argument("--num-components", type=int, default=1, help="components kept (>= 1)")
     p.add_argument("--component", default=None, choices=("largest", "peak"),
                    help="coarse-mask component to prompt with: the largest (upstream) or the one "
                         "holding the saliency maximum (default: the model's rule, see "
@@ -79,20 +85,97 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "rule; embedded: 4/128)")
     p.add_argument("--box-scale", type=float, default=None,
                    help="then scale each box about its centre (default: the model's rule)")
-    p.add_argument("--num-points", type=int, default=10)
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--num-points", type=int, default=10, help="point prompts per image (>= 1)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="evaluate only the first N >= 1 images (default: all)")
     p.add_argument("--positives-only", action="store_true",
                    help="skip images whose ground-truth mask is empty (lesion-free images)")
-    p.add_argument("--no-overlays", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-overlays", action="store_true", help="write no overlays/ folder")
+    p.add_argument("--seed", type=int, default=0, help=">= 0")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads, >= 1 (default: torch's)")
     p.add_argument("--classification-csv", type=Path, default=None,
                    help="also run zero-shot classification on image_path,class_label,caption")
     p.add_argument("--tsne", action="store_true", help="t-SNE + silhouettes of the model's features")
     p.add_argument("--tsne-baseline", default=None, help="a second model (e.g. before fine-tuning) for t-SNE")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="output directory")
     return p.parse_args(argv)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every option that can be checked without data or models, before any work: ConfigError
+    naming the option and its value."""
+    at_least = {"--limit": (args.limit, 1), "--threads": (args.threads, 1),
+                "--steps": (args.steps, 1), "--samples": (args.samples, 1),
+                "--batch-size": (args.batch_size, 1), "--num-components": (args.num_components, 1),
+                "--num-points": (args.num_points, 1), "--layer": (args.layer, 0),
+                "--seed": (args.seed, 0)}
+    for option, (value, low) in at_least.items():
+        if value is not None and value < low:
+            hint = " (omit it to evaluate every image)" if option == "--limit" else ""
+            raise ConfigError(f"{option} must be >= {low}, got {value}{hint}")
+    for option, value in {"--beta": args.beta, "--var": args.var}.items():
+        if value is not None and not value > 0:  # also refuses nan
+            raise ConfigError(f"{option} must be > 0, got {value}")
+    for option, value in {"--box-dilation": args.box_dilation,
+                          "--box-dilation-frac": args.box_dilation_frac}.items():
+        if value is not None and not value >= 0:
+            raise ConfigError(f"{option} {value}: box dilation must be >= 0 (pixels and fraction "
+                              "of the image side)")
+    if args.box_scale is not None and not args.box_scale > 0:
+        raise ConfigError(f"--box-scale {args.box_scale}: box scale must be > 0")
+    if args.threshold is not None:
+        if args.binarize != "threshold":
+            raise ConfigError(f"--threshold {args.threshold} applies to --binarize threshold only "
+                              f"(--binarize is {args.binarize})")
+        if not 0 <= args.threshold < 1:  # maps are min-max normalised: >= 1 is always empty
+            raise ConfigError(f"--threshold must be in [0, 1) (the saliency map is normalised to "
+                              f"[0, 1]), got {args.threshold}")
+    check_torch_device(args.device, "--device")
+    _check_out(args.out)
+    if args.prompt is not None and args.prompt_file is not None:
+        raise ConfigError("--prompt and --prompt-file exclude each other: pass one")
+    if args.mode != "saliency":
+        if args.segmenter == "none":
+            raise ConfigError(f"--mode {args.mode} needs a --segmenter (e.g. litemedsam)")
+        ckpt = args.segmenter_checkpoint  # (SAM without one: build_segmenter says so, first)
+        if ckpt is not None and not Path(ckpt).is_file():
+            raise ConfigError(f"--segmenter-checkpoint {ckpt}: no such file")
+    if _needs_model(args) or args.classification_csv is not None or args.tsne or args.tsne_baseline:
+        _check_model_source(args.model, "--model")
+    if args.tsne_baseline:
+        _check_model_source(args.tsne_baseline, "--tsne-baseline")
+
+
+def _check_out(out: Path) -> None:
+    """--out is a directory or can become one (no file in its place or above it)."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "" if path == out else f" ({path} is a file)"
+                raise ConfigError(f"--out {out}: not a directory{where}")
+            return
+
+
+def _needs_model(args: argparse.Namespace) -> bool:
+    return args.mode != "oracle" and args.saliency != "centre_box"
+
+
+def _check_model_source(spec: str, option: str) -> None:
+    from finetune.build import resolve_clip_source
+
+    try:
+        resolve_clip_source(spec)
+    except ConfigError as err:
+        raise ConfigError(f"{option}: {err}") from None
+
+
+def _load_model(spec: str, option: str, device: str):
+    try:
+        return load_clip_bundle(spec, device=device)
+    except ConfigError as err:  # finetune.build.ModelSourceError, loading.ModelLoadError, ...
+        raise ConfigError(f"{option}: {err}") from None
 
 
 def _resolve_task(data: Path, task: str | None, split: str) -> tuple[Path, str]:
@@ -108,12 +191,28 @@ def _resolve_task(data: Path, task: str | None, split: str) -> tuple[Path, str]:
 
 
 def _prompts(args: argparse.Namespace, task: str) -> PromptSet | None:
-    if args.prompt is not None:
-        return single_prompt(args.prompt)
-    if args.prompt_file is not None:
-        return load_prompts(args.prompt_file)
+    try:
+        if args.prompt is not None:
+            return single_prompt(args.prompt)
+    except PromptError as err:
+        raise PromptError(f"--prompt {args.prompt!r}: {err}") from None
+    try:
+        if args.prompt_file is not None:
+            return load_prompts(args.prompt_file)
+    except PromptError as err:
+        raise PromptError(f"--prompt-file: {err}") from None
     default = PROMPT_DIR / f"{task}.txt"
     return load_prompts(default) if default.is_file() else None
+
+
+def _check_prompts_cover(prompts: PromptSet, pairs, args: argparse.Namespace) -> None:
+    """Every image has a caption (a keyed prompt file may miss some): fail before the run."""
+    for pair in pairs:
+        try:
+            prompts.for_image(pair.name)
+        except PromptError as err:
+            source = f"--prompt-file {args.prompt_file}" if args.prompt_file else "the task's prompt file"
+            raise PromptError(f"{source}: {err}") from None
 
 
 def _box_rule(args: argparse.Namespace, bundle=None) -> dict:
@@ -158,7 +257,8 @@ def _feature_analysis(args, bundle, pairs, out: Path) -> dict:
 
     models = {"model": bundle}
     if args.tsne_baseline:
-        models = {"baseline": load_clip_bundle(args.tsne_baseline, device=args.device), "model": bundle}
+        models = {"baseline": _load_model(args.tsne_baseline, "--tsne-baseline", args.device),
+                  "model": bundle}
     pos_img, pos_mask, neg_img = [], [], []
     for p in pairs:
         image, mask = read_image(p.image_path), read_mask(p.mask_path)
@@ -174,17 +274,21 @@ def _feature_analysis(args, bundle, pairs, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.threads:
+    _check_args(args)
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     root, task = _resolve_task(args.data, args.task, args.split)
     pairs = list_pairs(root, task, args.split)
+    if not pairs:
+        raise ConfigError(f"no images to evaluate in task {task!r}, split {args.split!r} of {root}")
     if args.positives_only:
         from shared.io import read_mask
 
         pairs = [p for p in pairs if read_mask(p.mask_path).any()]
+        if not pairs:
+            raise ConfigError(f"--positives-only: no image of task {task!r}, split {args.split!r} "
+                              f"of {root} has a lesion in its mask")
     pairs = pairs[: args.limit]
-    if not pairs:
-        raise ConfigError(f"no images to evaluate in task {task!r}, split {args.split!r} of {root}")
     prompts = _prompts(args, task)
     if args.classification_csv is not None:  # a bad CSV fails now, not after the segmentation run
         from finetune.evaluation.metrics_report import (
@@ -196,25 +300,35 @@ def main(argv: list[str] | None = None) -> dict:
         rows = read_classification_csv(args.classification_csv)
         check_classification_images(rows, args.classification_csv)
         class_prompts_from_rows(rows)
-    needs_model = args.mode != "oracle" and args.saliency != "centre_box"
-    if needs_model and args.saliency in ("m2ib", "grad_x_input") and prompts is None:
+    needs_model = _needs_model(args)
+    needs_text = needs_model and args.saliency in ("m2ib", "grad_x_input")
+    if needs_text and prompts is None:
         known = sorted(p.stem for p in PROMPT_DIR.glob("*.txt"))
         raise ConfigError(f"no text prompt for task {task!r} (built-in prompts exist for {known}): "
                           f"pass --prompt \"<a caption of the lesion>\" or --prompt-file FILE")
-    bundle = load_clip_bundle(args.model, device=args.device) if needs_model else None
-    cfg = EvalConfig(
-        mode=args.mode, saliency=args.saliency, m2ib=_m2ib_config(args, bundle),
-        binarize=args.binarize, threshold=args.threshold, num_components=args.num_components,
-        prompt=args.prompt_kind, num_points=args.num_points, **_box_rule(args, bundle),
-        seed=args.seed,
-    )
+    if needs_text:
+        _check_prompts_cover(prompts, pairs, args)
     segmenter = None
     if args.mode != "saliency":
-        if args.segmenter == "none":
-            raise ConfigError(f"--mode {args.mode} needs a --segmenter (e.g. litemedsam)")
-        segmenter = build_segmenter(args.segmenter, args.segmenter_checkpoint, device=args.device)
+        try:
+            segmenter = build_segmenter(args.segmenter, args.segmenter_checkpoint, device=args.device)
+        except SegmenterError as err:
+            given = f" --segmenter-checkpoint {args.segmenter_checkpoint}" if args.segmenter_checkpoint else ""
+            raise SegmenterError(f"--segmenter {args.segmenter}{given}: {err}") from None
+    bundle = _load_model(args.model, "--model", args.device) if needs_model else None
+    cfg = EvalConfig(
+        mode=args.mode, saliency=args.saliency, m2ib=_m2ib_config(args, bundle),
+        binarize=args.binarize, threshold=0.3 if args.threshold is None else args.threshold,
+        num_components=args.num_components, prompt=args.prompt_kind, num_points=args.num_points,
+        **_box_rule(args, bundle), seed=args.seed,
+    )
     out = args.out
-    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not args.no_overlays:
+            (out / "overlays").mkdir(exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot create it ({err.strerror or err})") from None
 
     def overlay(result, image, gt):
         if not args.no_overlays:
@@ -233,9 +347,11 @@ def main(argv: list[str] | None = None) -> dict:
     write_summary_json(out / "summary.json", results.summary)
     extra = {}
     if args.classification_csv is not None:
-        extra["classification"] = evaluate_classification(bundle or load_clip_bundle(args.model), args.classification_csv)
+        bundle = bundle or _load_model(args.model, "--model", args.device)
+        extra["classification"] = evaluate_classification(bundle, args.classification_csv)
     if args.tsne or args.tsne_baseline:
-        extra["tsne"] = _feature_analysis(args, bundle or load_clip_bundle(args.model), pairs, out)
+        bundle = bundle or _load_model(args.model, "--model", args.device)
+        extra["tsne"] = _feature_analysis(args, bundle, pairs, out)
     results.summary.update(extra)
     write_per_image_csv(out / "per_image.csv", results.images)
     write_summary_json(out / "summary.json", results.summary)

@@ -17,11 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from shared.config import ConfigError
+
 ResizeMode = Literal["pad", "stretch"]
 
 
-class UnsupportedModelError(ValueError):
-    """The CLIP model's vision tower is not a timm ViT trunk we know how to split."""
+class UnsupportedModelError(ConfigError):
+    """The CLIP model's vision tower is not a timm ViT trunk we know how to split (a user's
+    mistake: a model the evaluation cannot use)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,12 @@ class ClipBundle:
     mean: tuple[float, ...]  # per-channel normalisation mean (len == in_chans)
     std: tuple[float, ...]  # per-channel normalisation std
     in_chans: int  # 1 (embedded gray model) or 3 (BiomedCLIP)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are: inputs are put there (preprocess, encode_prompts)."""
+        param = next(self.model.parameters(), None)
+        return torch.device("cpu") if param is None else param.device
 
     @property
     def trunk(self) -> torch.nn.Module:
@@ -133,7 +142,7 @@ def preprocess(
         canvas[:, :, top : top + ih, left : left + iw] = t
         batch.append((canvas[0] - mean) / std)
         placements.append(Placement(h, w, top, left, ih, iw))
-    return torch.stack(batch), placements
+    return torch.stack(batch).to(bundle.device), placements
 
 
 def token_map_to_image(
@@ -231,7 +240,7 @@ def encode_prompts(bundle: ClipBundle, prompts: Sequence[Sequence[str]]) -> torc
         unique.setdefault(tuple(p), len(unique))
     embs = []
     for captions in unique:
-        tokens = bundle.tokenizer(list(captions))
+        tokens = bundle.tokenizer(list(captions)).to(bundle.device)
         e = F.normalize(bundle.model.encode_text(tokens).float(), dim=-1).mean(0)
         embs.append(F.normalize(e, dim=-1))
     table = torch.stack(embs)

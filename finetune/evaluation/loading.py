@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from finetune.evaluation.clip_bundle import ClipBundle, bundle_from_open_clip
+from shared.config import ConfigError
 
 
-class ModelLoadError(ValueError):
-    """The model specification cannot be resolved to a CLIP model."""
+class ModelLoadError(ConfigError):
+    """The model specification cannot be resolved to a CLIP model (a user's mistake)."""
 
 
 def load_clip_bundle(spec: str | Path, *, device: str = "cpu") -> ClipBundle:

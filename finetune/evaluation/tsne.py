@@ -56,7 +56,7 @@ def patch_features(
             for tok, mask, p in zip(tokens, masks[start : start + batch_size], placements, strict=True):
                 frac = _mask_fractions(mask, bundle, p)
                 keep = (frac >= tumor_fraction) | (frac == 0)
-                feats.append(tok[torch.from_numpy(keep)].numpy())
+                feats.append(tok[torch.from_numpy(keep).to(tok.device)].cpu().numpy())
                 labels.append((frac[keep] >= tumor_fraction).astype(int))
     return np.concatenate(feats).astype(np.float32), np.concatenate(labels)
 
@@ -69,7 +69,7 @@ def image_features(bundle: ClipBundle, images: Sequence[np.ndarray], *, batch_si
         for start in range(0, len(images), batch_size):
             pixels, _ = preprocess(bundle, images[start : start + batch_size])
             out.append(F.normalize(bundle.model.encode_image(pixels).float(), dim=-1))
-    return torch.cat(out).numpy()
+    return torch.cat(out).cpu().numpy()
 
 
 def _subsample(x: np.ndarray, y: np.ndarray, per_class: int, rng: np.random.Generator):

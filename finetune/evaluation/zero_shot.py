@@ -33,4 +33,4 @@ def zero_shot_probs(
             pixels, _ = preprocess(bundle, images[start : start + batch_size])
             emb = torch.nn.functional.normalize(bundle.model.encode_image(pixels).float(), dim=-1)
             out.append((scale * emb @ text.T).softmax(dim=-1))
-    return torch.cat(out).numpy(), classes
+    return torch.cat(out).cpu().numpy(), classes
