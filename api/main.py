@@ -19,13 +19,16 @@ from api.errors import ERROR_DOCS, ApiError, install_handlers
 from api.metrics import MetricsMiddleware, ServiceMetrics
 from api.routers import negatives
 from api.schemas import ErrorResponse, HealthResponse, ReadyResponse
-from api.service import ServiceState, build_generator
-from api.settings import Settings
+from api.service import ServiceState, build_generator, check_startup
+from api.settings import Settings, settings_from_env
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """A new app; settings default to the environment (``NEG_API_*``)."""
-    settings = settings if settings is not None else Settings()
+    """A new app; settings default to the environment (``NEG_API_*``), checked as ``python -m
+    api`` checks them (so ``uvicorn api.main:app`` refuses what it could never serve)."""
+    if settings is None:
+        settings = settings_from_env()
+        check_startup(settings)
     metrics = ServiceMetrics(max_batch=settings.max_batch)
 
     @asynccontextmanager

@@ -54,7 +54,7 @@ from generator.generate import (
 from generator.masks import dilate
 from generator.scoring import Scorers, ranking_score, score_negatives
 from shared.config import ConfigError, load_config, to_dict
-from shared.io import read_image, read_mask, write_png
+from shared.io import InputError, read_image, read_mask, write_png
 
 
 def evenly_spaced(items: list, n: int) -> list:
@@ -241,7 +241,15 @@ def read_pairs(path: str | Path, *, kinds: tuple[str, ...] | None = None) -> lis
     path = path / "pairs.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no pairs manifest; build it with python -m generator.pairs")
-    rows = [PairRow(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(PairRow(**json.loads(line)))
+        except (ValueError, TypeError) as err:  # bad JSON, not an object, missing/unknown fields
+            raise InputError(f"{path}, line {n}: not a pairs row ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:160]})") from None
     return [r for r in rows if kinds is None or r.kind in kinds]
 
 

@@ -131,3 +131,11 @@ def test_python_m_api_fails_at_start_in_one_line(tmp_path, env, says):
     done = _python_m_api({"NEG_API_STORE_DIR": str(tmp_path / "store"), **env})
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.startswith(says) and done.stderr.count("\n") == 1, done.stderr[-2000:]
+
+
+def test_uvicorn_app_from_the_environment_runs_the_same_checks(monkeypatch):
+    from api.main import create_app
+
+    monkeypatch.setenv("NEG_API_MAX_BATCHES", "4")  # `uvicorn api.main:app` builds create_app()
+    with pytest.raises(SettingsError, match="NEG_API_MAX_BATCHES: no such setting"):
+        create_app()

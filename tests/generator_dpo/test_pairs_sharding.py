@@ -128,3 +128,16 @@ def test_a_missing_checkpoint_folder_is_named(checkpoint):
     # was: diffusers' repo-id validation message ("Repo id must use alphanumeric chars")
     with pytest.raises(ConfigError, match=f"{checkpoint}: no such checkpoint folder"):
         load_generator(checkpoint)
+
+
+@pytest.mark.parametrize("line, says", [
+    ('{"kind": "sample"', "JSONDecodeError"),  # cut off mid-write
+    ('[1, 2]', "TypeError"),  # not an object
+    ('{"kind": "sample", "nope": 1}', "TypeError"),  # fields of another format
+])
+def test_a_malformed_pairs_row_is_named_with_its_line(tmp_path, line, says):
+    from shared.io import InputError
+
+    (tmp_path / "pairs.jsonl").write_text("\n" + line + "\n")
+    with pytest.raises(InputError, match=f"pairs.jsonl, line 2: not a pairs row \\({says}"):
+        pairs.read_pairs(tmp_path)  # was: the JSON/TypeError traceback
