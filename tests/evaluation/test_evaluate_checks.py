@@ -147,7 +147,7 @@ def test_hub_models_load_offline_only(monkeypatch):
 
     import finetune.build as build
 
-    seen = []
+    seen, before = [], huggingface_hub.constants.is_offline_mode()  # CI exports HF_HUB_OFFLINE=1
 
     def fake_create(name, device="cpu"):
         seen.append(huggingface_hub.constants.is_offline_mode())
@@ -157,7 +157,7 @@ def test_hub_models_load_offline_only(monkeypatch):
     monkeypatch.setattr(open_clip, "create_model_from_pretrained", fake_create)
     with pytest.raises(build.ModelSourceError, match="from the local Hugging Face cache"):
         build.build_clip("hf-hub:org/model")
-    assert seen == [True] and not huggingface_hub.constants.is_offline_mode()
+    assert seen == [True] and huggingface_hub.constants.is_offline_mode() == before  # restored
 
 
 def test_m2ib_refuses_a_beta_that_does_not_compress():

@@ -56,5 +56,5 @@ def test_missing_checkpoint_is_one_config_error_not_a_diffusers_traceback(tmp_pa
     from generator.build import load_generator
     from shared.config import ConfigError
 
-    with pytest.raises(ConfigError, match="nope: not a diffusers inpainting pipeline directory"):
+    with pytest.raises(ConfigError, match="nope: no such checkpoint folder"):
         load_generator(str(tmp_path / "nope"))
