@@ -30,7 +30,8 @@ class DataConfig:
     split: str = "train"  # which split trains
     # benchmark: domains used for training; empty = every domain except the held-out ones.
     domains: tuple[str, ...] = ()
-    # Never trained on (the "external" domain of the acceptance numbers).
+    # Never trained on (the "external" domain of the acceptance numbers); for the medclip layout,
+    # the task folders of these names.
     held_out_domains: tuple[str, ...] = ("chest_xray",)
     tasks: tuple[str, ...] = ()  # medclip: task folders to use (empty = all)
     csv: str = ""  # dpo_csv: the CSV path
@@ -221,6 +222,24 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
         raise ConfigError("augment: lut_prob and low_res_prob need 0..1, lut_knots >= 2, "
                           f"max_downsample >= 1; got lut_prob={a.lut_prob}, low_res_prob="
                           f"{a.low_res_prob}, lut_knots={a.lut_knots}, max_downsample={a.max_downsample}")
+    if not (o.weight_decay >= 0 and o.grad_clip >= 0 and 0 <= o.min_lr_ratio <= 1
+            and all(0 <= b < 1 for b in o.betas)):
+        raise ConfigError("optim: weight_decay and grad_clip need >= 0 (grad_clip 0 = off), "
+                          "min_lr_ratio 0..1, betas in [0, 1); got weight_decay="
+                          f"{o.weight_decay}, grad_clip={o.grad_clip}, min_lr_ratio={o.min_lr_ratio}, "
+                          f"betas={list(o.betas)}")
+    n = cfg.negatives
+    if n.steps < 1 or not 0 < n.strength <= 1 or n.dilation_px < 0 or n.seed < 0:
+        raise ConfigError("negatives: steps >= 1, strength in (0, 1], dilation_px >= 0, seed >= 0; "
+                          f"got steps={n.steps}, strength={n.strength}, dilation_px={n.dilation_px}, "
+                          f"seed={n.seed}")
+    if cfg.data.max_items < 0:
+        raise ConfigError(f"data.max_items must be >= 0 (0 = all), got {cfg.data.max_items}")
+    import torch
+
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("mixed_precision=fp16 needs a CUDA GPU (on CPU it was silently full "
+                          "precision); use no or bf16")
     if ob.entropy_mode not in ("min", "max", "hinge"):
         raise ConfigError(f"objective.entropy_mode={ob.entropy_mode!r}; expected min | max | hinge")
 

@@ -102,7 +102,14 @@ def _benchmark_samples(cfg: DataConfig) -> list[Sample]:
 
 
 def _medclip_samples(cfg: DataConfig) -> list[Sample]:
-    tasks = list(cfg.tasks) or list_tasks(cfg.root)
+    held = set(cfg.held_out_domains)  # a task is the layout's domain: held-out ones never train
+    if held & set(cfg.tasks):
+        raise TrainDataError(f"data.tasks {sorted(held & set(cfg.tasks))} are also in "
+                             "data.held_out_domains")
+    tasks = list(cfg.tasks) or [t for t in list_tasks(cfg.root) if t not in held]
+    if not tasks:
+        raise TrainDataError(f"{cfg.root}: every task is in data.held_out_domains "
+                             f"{sorted(held)}; nothing is left to train on")
     out = []
     for task in tasks:
         for pair in list_pairs(cfg.root, task, cfg.split):

@@ -68,3 +68,17 @@ def test_exponent_without_a_dot_is_a_number_and_words_are_not(tmp_path):
     for bad in ("fast", "nan", "-inf"):
         with pytest.raises(ConfigError, match="optim.lr: expected a finite number"):
             load_config(Train, None, [f"optim.lr={bad}"])
+
+
+def test_yes_no_on_off_are_strings_as_in_yaml_1_2(tmp_path):
+    @dataclass(frozen=True)
+    class Run:
+        mixed_precision: str = "bf16"
+        amp: bool = True
+
+    # was: YAML 1.1 read "no" as False -> "mixed_precision: expected a string, got False"
+    assert load_config(Run, None, ["mixed_precision=no"]).mixed_precision == "no"
+    (tmp_path / "c.yaml").write_text("mixed_precision: no\namp: false\n")
+    assert load_config(Run, tmp_path / "c.yaml") == Run(mixed_precision="no", amp=False)
+    with pytest.raises(ConfigError, match="expected true/false, got 'off'"):
+        load_config(Run, None, ["amp=off"])

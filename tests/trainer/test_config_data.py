@@ -44,6 +44,20 @@ def test_other_refusals_name_the_field():
         with pytest.raises(ConfigError, match=f"{key} must be >= 0"):
             validate(load_train_config({key: -1}))
     validate(load_train_config({"keep_checkpoints": 0}))  # 0 = keep all, documented
+    # were accepted (rc 0): a negative decay, a negative clip read as "off", a floor above the peak,
+    # a beta torch refuses mid-setup, steps 0 answered 422 by the service mid-run, -1 = all but one
+    for bad in ({"optim": {"weight_decay": -1}}, {"optim": {"grad_clip": -1}},
+                {"optim": {"min_lr_ratio": 2}}, {"optim": {"betas": [2, 0.9]}}):
+        with pytest.raises(ConfigError, match="optim: weight_decay and grad_clip need >= 0"):
+            validate(load_train_config(bad))
+    for bad in ({"steps": 0}, {"strength": 0}, {"strength": 1.5}, {"dilation_px": -1}):
+        with pytest.raises(ConfigError, match="negatives: steps >= 1, strength in"):
+            validate(load_train_config({"negatives": bad}))
+    with pytest.raises(ConfigError, match="data.max_items must be >= 0"):
+        validate(load_train_config({"data": {"max_items": -1}}))
+    if not torch.cuda.is_available():  # was: silently full precision on CPU
+        with pytest.raises(ConfigError, match="mixed_precision=fp16 needs a CUDA GPU"):
+            validate(load_train_config({"mixed_precision": "fp16"}))
     validate(TrainConfig())  # defaults are valid
 
 
@@ -149,6 +163,18 @@ def test_unknown_domain_names_are_not_silent(tiny_bench):
     with pytest.warns(UserWarning, match=r"held_out_domains \['chest_xra'\].*hold nothing out"):
         samples = load_samples(cfg)
     assert "chest_xray" in {s.domain for s in samples}
+
+
+def test_medclip_layout_keeps_held_out_tasks_out(tiny_bench):
+    from finetune.data import TrainDataError
+
+    # the benchmark folder is also a MedCLIP-SAMv2 layout (root/<task>/{split}_images)
+    cfg = load_train_config({"data": {"kind": "medclip", "root": str(tiny_bench)}}).data
+    assert {s.domain for s in load_samples(cfg)} == {"brain_mri", "breast_us"}  # was: chest too
+    cfg = load_train_config({"data": {"kind": "medclip", "root": str(tiny_bench),
+                                      "tasks": ["chest_xray"]}}).data
+    with pytest.raises(TrainDataError, match=r"data.tasks \['chest_xray'\] are also in"):
+        load_samples(cfg)
 
 
 def test_gt_negatives_as_samples(tiny_bench):
