@@ -37,8 +37,9 @@ import torch
 
 from generator.masks import dilate
 from generator.scoring import SCORERS_DIR, load_scorers, ranking_score, score_negatives
+from shared.config import ConfigError
 from shared.datasets import SPLITS, DatasetError, DpoRow, list_pairs, list_tasks, write_dpo_csv
-from shared.io import InputError, read_image, read_mask, write_png
+from shared.io import InputError, read_image, read_mask, write_json_atomic, write_png
 from shared.launch import check_joined, use_cpu
 from shared.negatives_client import negative_params
 from shared.progress import progress
@@ -175,11 +176,12 @@ def item_names(files: list[str]) -> list[str]:
 
 def list_items(data: Path, *, split: str | None, domains: list[str] | None) -> list[Item]:
     """Tumor items of a benchmark (manifest.jsonl) or a MedCLIP-SAMv2 folder, sorted by id."""
-    items = []
+    items, known = [], set()
     if (data / "manifest.jsonl").is_file():
         from shared.benchmark import load_manifest
 
         for it in load_manifest(data):
+            known.add(it.domain)
             if it.label != "tumor" or (split and it.split != split):
                 continue
             if domains and it.domain not in domains:
@@ -187,6 +189,7 @@ def list_items(data: Path, *, split: str | None, domains: list[str] | None) -> l
             items.append(Item(it.id, it.image, it.mask, it.gt_negative, it.caption, it.caption_neg))
     else:
         for task in list_tasks(data):
+            known.add(task)
             if domains and task not in domains:
                 continue
             for s in [split] if split else list(SPLITS):
@@ -197,6 +200,9 @@ def list_items(data: Path, *, split: str | None, domains: list[str] | None) -> l
                     items.append(Item(f"{task}_{s}_{name}", p.image_path, p.mask_path, None,
                                       f"A medical image of {task} showing a lesion.",
                                       DEFAULT_CAPTION_NEG))
+    unknown = sorted(set(domains or ()) - known)
+    if unknown:  # a misspelt one was dropped silently
+        raise DatasetError(f"--domains {unknown}: not domains/tasks of {data} (it has {sorted(known)})")
     if not items:
         raise DatasetError(f"{data}: no tumor items found (split={split}, domains={domains})")
     return sorted(items, key=lambda it: it.id)
@@ -310,17 +316,66 @@ def finalize(items: list[Item], data: Path, out: Path) -> int:
     return len(lines)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """One-line ConfigErrors naming the option, before any model loads (they used to surface per
+    item, blamed on an image file, after the model had loaded — or never, on a resumed --out)."""
+    from generator.predictor import METHODS
+    from shared.cli import check_torch_device
+
+    at_least = {"--threads": (args.threads, 1), "--num-samples": (args.num_samples, 1),
+                "--steps": (args.steps, 1), "--limit": (args.limit, 0),
+                "--dilation-px": (args.dilation_px, 0), "--seed": (args.seed, 0)}
+    for option, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"{option} must be >= {low}, got {value}")
+    if not 0 < args.strength <= 1:  # also NaN
+        raise ConfigError(f"--strength must lie in (0, 1], got {args.strength}")
+    if not 0 <= args.see_through_px < math.inf:
+        raise ConfigError(f"--see-through-px must be >= 0, got {args.see_through_px}")
+    if args.method not in METHODS:
+        raise ConfigError(f"--method {args.method!r}; expected one of {', '.join(METHODS)}")
+    if args.domains == []:
+        raise ConfigError("--domains names no domain (omit it for all)")
+    if args.device != "auto":
+        check_torch_device(args.device, "--device")
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file, not a folder")
+
+
+def check_resume(out: Path, settings: dict) -> None:
+    """A rerun into a finished --out resumes it, so its settings must be the ones the folder was
+    made with (a changed --steps used to keep the old negatives, silently)."""
+    path = out / "generate_config.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            said = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
+            raise ConfigError(f"--out {out} holds negatives made with other settings ({said}); "
+                              "use a new --out, or the same settings to resume")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_args(args)
     torch.set_num_threads(args.threads)
     from generator.build import load_generator
 
     state = join_launch()
     out: Path = args.out
-    (out / "negatives").mkdir(parents=True, exist_ok=True)
     items = list_items(args.data, split=args.split, domains=args.domains)
     if args.limit:
         items = items[: args.limit]
+    check_resume(out, {
+        "params": negative_params(steps=args.steps, strength=args.strength,
+                                  dilation_px=args.dilation_px, method=args.method,
+                                  see_through_px=args.see_through_px),
+        "num_samples": args.num_samples, "seed": args.seed, "generator": args.generator,
+        "lora": args.lora, "texture_match": args.texture_match, "scorers": args.scorers})
+    (out / "negatives").mkdir(parents=True, exist_ok=True)
     generator = load_generator(args.generator, lora=args.lora, texture_match=args.texture_match,
                                device=resolve_device(args.device, state))
     scorers = None

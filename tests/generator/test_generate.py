@@ -145,3 +145,38 @@ def test_mask_covering_the_image_is_one_error_naming_the_file(tmp_path, tiny_pix
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "z.png" in lines[0]
     assert "covers the whole image" in lines[0]
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--num-samples", "0"], "--num-samples must be >= 1, got 0"),
+    (["--steps", "-1"], "--steps must be >= 1, got -1"),
+    (["--limit", "-1"], "--limit must be >= 0, got -1"),  # was: every item but the last
+    (["--threads", "0"], "--threads must be >= 1, got 0"),  # was: torch's traceback
+    (["--strength", "nan"], r"--strength must lie in \(0, 1\], got nan"),
+    (["--dilation-px", "-1"], "--dilation-px must be >= 0"),
+    (["--method", "bogus"], "--method 'bogus'; expected one of"),
+    (["--device", "gpu"], "--device 'gpu' is not a torch device"),
+    (["--domains"], "--domains names no domain"),  # was: every domain
+])
+def test_bad_options_are_named_before_the_model_loads(small_bench, tmp_path, extra, says):
+    from shared.config import ConfigError
+
+    args = ["--data", str(small_bench), "--out", str(tmp_path / "o"), "--generator", "/nope", *extra]
+    with pytest.raises(ConfigError, match=says):  # "/nope" would fail later: nothing loaded
+        generate.main(args)
+    assert not (tmp_path / "o").exists()
+
+
+def test_misspelt_domain_and_changed_settings_on_resume_are_refused(small_bench, tiny_pixel_dir,
+                                                                    tmp_path):
+    from shared.config import ConfigError
+    from shared.datasets import DatasetError
+
+    with pytest.raises(DatasetError, match=r"--domains \['brian'\]: not domains/tasks"):
+        generate.main(_args(small_bench, tmp_path / "o", tiny_pixel_dir, 1) + ["--domains", "brian"])
+    out = tmp_path / "out"
+    assert generate.main(_args(small_bench, out, tiny_pixel_dir, 1)) == 0
+    again = _args(small_bench, out, tiny_pixel_dir, 1)
+    again[again.index("--steps") + 1] = "3"
+    with pytest.raises(ConfigError, match=r"holds negatives made with other settings \(params: "):
+        generate.main(again)  # was: "0 generated, 1 skipped" with the old 2-step negatives
