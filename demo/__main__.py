@@ -30,7 +30,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.config import load_config, to_dict
+from shared.config import ConfigError, load_config, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -190,11 +190,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_demo_config(cfg: DemoConfig) -> None:
+    """One-line ConfigErrors naming the DemoConfig key, before the benchmark, the service or a
+    training run starts (they used to surface minutes in, from a child process, under internal
+    names such as ``n_positives``, or not at all: ``n_sheet=-1`` drew one row fewer)."""
+    from shared.benchmark import DOMAINS, HELD_OUT_DOMAIN
+
+    at_least = {"n_per_domain": 5, "steps": 1, "batch_size": 2, "n_eval": 2, "n_sheet": 1,
+                "threads": 1, "generator_steps": 1, "seed": 0, "bench_seed": 0}
+    for key, low in at_least.items():
+        if getattr(cfg, key) < low:
+            raise ConfigError(f"{key} must be >= {low}, got {getattr(cfg, key)}")
+    if not 32 <= cfg.size <= 1024:
+        raise ConfigError(f"size must be between 32 and 1024 pixels, got {cfg.size}")
+    trainable = [d for d in DOMAINS if d != HELD_OUT_DOMAIN]
+    if cfg.domain not in trainable:
+        raise ConfigError(f"domain={cfg.domain!r}: the demo fine-tunes on one of {trainable} "
+                          f"({HELD_OUT_DOMAIN} is its held-out row)")
+    for key in ("out", "bench"):
+        path = REPO / getattr(cfg, key)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{key}={getattr(cfg, key)} is a file, not a folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)  # timm/MONAI deprecation notices
     base = SMOKE if args.smoke else DemoConfig()
     cfg = load_config(DemoConfig, to_dict(base), args.overrides)
+    check_demo_config(cfg)
     report = run(cfg)
     print((report.parent / "summary.txt").read_text())
     print(f"report: {report}")

@@ -30,7 +30,7 @@ import numpy as np
 
 from finetune.config import TrainConfig
 from finetune.data import Sample, TrainDataError, load_samples
-from shared.io import decode_image, encode_png, read_image
+from shared.io import InputError, decode_image, encode_png, read_image
 from shared.negatives_client import NegativesClient, ServiceError, negative_ids, negative_params
 from shared.provenance import sha256_bytes
 
@@ -38,8 +38,10 @@ URL_ENV = "NEGATIVES_URL"
 API_KEY_ENV = "NEGATIVES_API_KEY"
 
 
-class NegativesUnavailableError(RuntimeError):
-    """Negatives cannot be obtained (service unreachable, missing files); raised before training."""
+class NegativesUnavailableError(InputError, RuntimeError):
+    """Negatives cannot be obtained (service unreachable or refusing, missing files); raised
+    before training. A user error (``shared.cli`` prints it as one line); still a RuntimeError
+    for callers that catch it as one."""
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
@@ -80,9 +82,13 @@ async def _fetch_service(cfg: TrainConfig, url: str, positives: Sequence[Sample]
                 ) from err
         client._checkpoint = checkpoint  # the readiness probe's answer; no second /readyz
         pairs = [(encode_png(s.image), encode_png(s.mask)) for s in positives]
-        results = await client.generate_many(
-            pairs, num_samples=1, seed=n.seed, **_params(cfg)
-        )
+        try:
+            results = await client.generate_many(
+                pairs, num_samples=1, seed=n.seed, **_params(cfg)
+            )
+        except ServiceError as err:  # e.g. 422 no_context for a lesion covering its image
+            raise NegativesUnavailableError(
+                f"generator service at {url} refused a training positive ({err})") from err
         sent = client.requests_sent
     return {s.id: _gray(r[0].image) for s, r in zip(positives, results, strict=True)}, sent
 

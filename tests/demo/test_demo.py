@@ -51,3 +51,20 @@ def test_a_mistyped_setting_is_one_error_line():
                               text=True, timeout=120)
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and says in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("override, says", [
+    ("steps=0", "steps must be >= 1, got 0"),  # was: a child process's error after minutes
+    ("n_sheet=-1", "n_sheet must be >= 1, got -1"),  # was: one row fewer, rc 0
+    ("n_eval=0", "n_eval must be >= 2, got 0"),  # was: "n_positives must be >= 2"
+    ("threads=0", "threads must be >= 1, got 0"),  # was: torch's traceback
+    ("size=30", "size must be between 32 and 1024"),
+    ("domain=chest_xray", "domain='chest_xray': the demo fine-tunes on one of"),
+    ("domain=brain", "domain='brain': the demo fine-tunes on one of"),
+])
+def test_bad_sizes_end_before_any_work(tmp_path, override, says):
+    from shared.config import ConfigError
+
+    with pytest.raises(ConfigError, match=says):
+        main(["--smoke", f"out={tmp_path / 'o'}", f"bench={tmp_path / 'b'}", override])
+    assert not (tmp_path / "o").exists() and not (tmp_path / "b").exists()

@@ -86,8 +86,11 @@ def test_unreachable_service_fails_before_training(tiny_bench, tmp_path):
         port = sock.getsockname()[1]
     cfg = _cfg(tiny_bench, tmp_path, url=f"http://127.0.0.1:{port}")
     positives = load_samples(cfg.data, tumors_only=True)
-    with pytest.raises(NegativesUnavailableError, match=f"127.0.0.1:{port}.*not usable"):
+    with pytest.raises(NegativesUnavailableError, match=f"127.0.0.1:{port}.*not usable") as err:
         resolve_negatives(cfg, positives)
+    from shared.cli import USER_ERRORS
+
+    assert isinstance(err.value, USER_ERRORS)  # one `error:` line, not a traceback
 
 
 def test_real_sources(tiny_bench, tmp_path):
