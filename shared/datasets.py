@@ -103,6 +103,13 @@ def read_dpo_csv(path: str | Path) -> list[DpoRow]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such CSV")
+    try:
+        return _read_dpo_csv(path)
+    except UnicodeDecodeError as err:  # a binary file, or a CSV saved in another encoding
+        raise DatasetError(f"{path}: not a UTF-8 text CSV (byte {err.start}: {err.reason})") from None
+
+
+def _read_dpo_csv(path: Path) -> list[DpoRow]:
     with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM (spreadsheets) is read
         reader = csv.reader(fh, skipinitialspace=True)
         try:

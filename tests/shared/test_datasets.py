@@ -57,3 +57,11 @@ def test_dpo_csv_both_headers_and_round_trip(tmp_path):
     bad.write_text("img,neg\n")
     with pytest.raises(DatasetError, match="unknown header"):
         read_dpo_csv(bad)
+
+
+def test_a_binary_dpo_csv_is_named(tmp_path):
+    from shared.datasets import DatasetError, read_dpo_csv
+
+    (tmp_path / "pairs.csv").write_bytes(b"\xff\xfe\x00garbage\x89PNG")
+    with pytest.raises(DatasetError, match="pairs.csv: not a UTF-8 text CSV"):  # was UnicodeDecodeError
+        read_dpo_csv(tmp_path / "pairs.csv")
