@@ -93,6 +93,19 @@ def test_unreachable_service_fails_before_training(tiny_bench, tmp_path):
     assert isinstance(err.value, USER_ERRORS)  # one `error:` line, not a traceback
 
 
+def test_a_service_that_refuses_the_positives_is_one_user_error(tiny_bench, tmp_path):
+    from shared.cli import USER_ERRORS
+
+    app = create_app(Settings(store_dir=tmp_path / "store", max_fill_pixels=1))  # over_budget
+    app.dependency_overrides[build_generator] = lambda s: FakeGenerator()
+    cfg = _cfg(tiny_bench, tmp_path)
+    positives = load_samples(cfg.data, tumors_only=True)
+    with live_server(app) as url, pytest.raises(
+            NegativesUnavailableError, match=f"{url} refused a training positive .*over_budget") as err:
+        fetch_from_service(cfg, url, positives)  # was: a ServiceError traceback
+    assert isinstance(err.value, USER_ERRORS)
+
+
 def test_real_sources(tiny_bench, tmp_path):
     cfg = _cfg(tiny_bench, tmp_path, source="gt")
     samples = load_samples(cfg.data)
