@@ -192,9 +192,10 @@ def check_pair(image: np.ndarray, mask: np.ndarray, name: str = "input") -> None
 def write_json_atomic(path: str | Path, obj) -> Path:
     """Write ``obj`` as one JSON line to ``path`` through a temp file and ``os.replace``: a process
     killed mid-write leaves the old file or none, never a truncated one (checkpoint state files,
-    whose presence marks a checkpoint as complete)."""
+    whose presence marks a checkpoint as complete). The temp file is per process, so processes
+    that write the same file at once (each rank of a launch) never replace one another's."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj) + "\n")
     os.replace(tmp, path)
     return path
