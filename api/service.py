@@ -21,6 +21,7 @@ from api.batching import MicroBatcher
 from api.metrics import ServiceMetrics
 from api.settings import Settings, SettingsError
 from api.store import NegativeStore
+from shared.config import missing_path
 from shared.io import encode_png
 from shared.negatives_client import negative_ids, negative_params
 
@@ -136,7 +137,7 @@ def _generator_kind(name: str | None, *, lora_given: bool, var: str = "NEG_API_G
                             f"diffusers pipeline ({PIPELINE_INDEX})")
     if path.exists():
         raise SettingsError(f"{var}={name}: not a checkpoint folder")
-    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+    if missing_path(name):  # generator.build.load_generator's rule
         raise SettingsError(f"{var}={name}: no such checkpoint folder (a hub id reads org/name)")
     from huggingface_hub import snapshot_download
 

@@ -30,7 +30,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.config import ConfigError, load_config, to_dict
+from shared.config import ConfigError, check_out_dir, load_config, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -208,9 +208,7 @@ def check_demo_config(cfg: DemoConfig) -> None:
         raise ConfigError(f"domain={cfg.domain!r}: the demo fine-tunes on one of {trainable} "
                           f"({HELD_OUT_DOMAIN} is its held-out row)")
     for key in ("out", "bench"):
-        path = REPO / getattr(cfg, key)
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"{key}={getattr(cfg, key)} is a file, not a folder")
+        check_out_dir(key, REPO / getattr(cfg, key))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune.augment import AugmentConfig
-from shared.config import ConfigError, load_config
+from shared.config import ConfigError, check_out_dir, load_config
 
 OBJECTIVES = ("clip", "clip+dense", "dhn", "dhn+entropy", "dpo", "stage1", "stage2", "stage1+2")
 NEGATIVE_SOURCES = ("none", "service", "inprocess", "normal", "gt", "dpo_csv")
@@ -182,8 +182,7 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
     bad = [p for p in cfg.trainable if p not in TRAINABLE_PARTS]
     if bad or not cfg.trainable:
         raise ConfigError(f"trainable={list(cfg.trainable)}; choose from {TRAINABLE_PARTS}")
-    if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
-        raise ConfigError(f"output_dir={cfg.output_dir!r} is a file, not a folder")
+    check_out_dir("output_dir", cfg.output_dir)
     for key in ("grad_accum", "log_every", "num_threads"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from finetune.build import build_clip, export_local_dir
+from finetune.build import build_clip
 from finetune.config import load_train_config
+from finetune.export import export_local_dir
 from finetune.train_loop import EMBEDDED_PRETRAINED, EXPORT, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "embedded" / "pretrain_clip.yaml"

@@ -22,9 +22,10 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedDataParallelKwargs
 
 from finetune.augment import AugmentConfig, augment_batch
-from finetune.build import build_clip, export_hf_port, export_local_dir
+from finetune.build import build_clip
 from finetune.config import TrainConfig, validate
 from finetune.data import TrainTensors, build_tensors, load_samples, normalise
+from finetune.export import export_hf_port, export_local_dir
 from finetune.features import ClipFeatures
 from finetune.losses import patch_soft_mask
 from finetune.negatives import resolve_negatives

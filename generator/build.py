@@ -26,7 +26,7 @@ from diffusers import DDIMScheduler, UNet2DModel
 
 from generator.modeling import pixel_unet, sd_inpaint
 from generator.predictor import NegativeGenerator
-from shared.config import ConfigError
+from shared.config import ConfigError, missing_path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_CHECKPOINT = WEIGHTS_DIR / "pixel_reference"  # the embedded default (committed)
@@ -202,12 +202,6 @@ def checkpoint_texture_match(path: str | Path) -> bool:
 def _inference_flag(path: str | Path, name: str) -> bool:
     meta = json.loads((Path(path) / CONFIG_NAME).read_text())
     return bool(meta.get("inference", {}).get(name, False))
-
-
-def missing_path(value: str) -> bool:
-    """``value`` reads as a file system path (not a hub id ``org/name``) that does not exist."""
-    return bool(value) and not Path(value).expanduser().exists() and (
-        value.startswith(("/", ".", "~")) or value.count("/") > 1)
 
 
 def load_generator(

@@ -18,7 +18,6 @@ puts into a hole follows its context instead of the training domains' typical am
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +27,6 @@ from scipy import ndimage
 
 from generator.masks import dilate, place_mask, random_lesion_mask
 from generator.windows import WindowConfig
-from shared.config import ConfigError
-
-SPLITS = ("train", "val", "test")  # the benchmark's manifest splits (shared.benchmark.build)
 
 
 @dataclass(frozen=True)
@@ -55,106 +51,6 @@ class DataConfig:
     # anatomy split by source, the rest benchmark items seen through the predictor's window rule
     window_p: float = 0.0
     windows: WindowConfig = field(default_factory=WindowConfig)
-
-
-# -- config checks (one-line ConfigErrors naming the field, before any data or model loads) -----
-def need(ok: bool, message: str) -> None:
-    """Raise ``ConfigError(message)`` unless ``ok``."""
-    if not ok:
-        raise ConfigError(message)
-
-
-def need_unit(key: str, value: float) -> None:
-    """``value`` (field ``key``) must lie in [0, 1]."""
-    need(0.0 <= value <= 1.0, f"{key} must lie in [0, 1], got {value}")
-
-
-def need_range(key: str, pair: tuple[float, float], low: float, *, strict: bool = False) -> None:
-    """``pair`` (field ``key``) must be a (lo, hi) range with ``low`` <= lo <= hi (< with strict)."""
-    lo, hi = pair
-    ok = (lo > low if strict else lo >= low) and lo <= hi and math.isfinite(hi)
-    need(ok, f"{key} must be [lo, hi] with {low} {'<' if strict else '<='} lo <= hi, got {list(pair)}")
-
-
-def check_window_config(cfg: WindowConfig, prefix: str = "data.windows.") -> None:
-    """``WindowConfig`` values that would fail in a DataLoader worker (log of a zero zoom, a
-    zero-size window) or draw nonsense (a hole wider than its window)."""
-    from shared.benchmark.sources import check_training_sources
-
-    need(len(cfg.sources) > 0, f"{prefix}sources is empty; choose from the training sources")
-    try:
-        check_training_sources(tuple(cfg.sources))
-    except ValueError as err:
-        raise ConfigError(f"{prefix}sources={list(cfg.sources)}: {err}") from None
-    need(cfg.size >= 1, f"{prefix}size must be >= 1, got {cfg.size}")
-    need_range(prefix + "zoom", cfg.zoom, 0.0, strict=True)
-    need_range(prefix + "context", cfg.context, 1.0)  # window side / hole diameter: the hole fits
-    for key in ("elastic_p", "noise_p", "blur_p", "min_tissue"):
-        need_unit(prefix + key, getattr(cfg, key))
-    for key in ("elastic_px", "elastic_sigma", "min_std"):
-        need(getattr(cfg, key) >= 0, f"{prefix}{key} must be >= 0, got {getattr(cfg, key)}")
-    need_range(prefix + "contrast", cfg.contrast, 0.0)
-    need_range(prefix + "gamma", cfg.gamma, 0.0, strict=True)
-    need_range(prefix + "noise_std", cfg.noise_std, 0.0)
-    need_range(prefix + "blur_sigma", cfg.blur_sigma, 0.0)
-
-
-def manifest_items(root: str | Path) -> list | None:
-    """The benchmark items at ``root``; None when ``root`` does not exist (the data loader names a
-    missing root itself: ``shared.benchmark.load_manifest``)."""
-    from shared.benchmark import load_manifest
-
-    return load_manifest(root) if Path(root).exists() else None
-
-
-def check_domain(key: str, value: str, root: str | Path, domains: list[str], *,
-                 empty: str = "") -> None:
-    """``value`` (the config field ``key``) must be one of the manifest's ``domains``; a misspelt
-    domain would otherwise select nothing, silently. ``empty``: what "" means, if it is allowed."""
-    if value == "" and empty:
-        return
-    if value not in domains:
-        also = f"; '' {empty}" if empty else ""
-        raise ConfigError(f"{key}={value!r} is not a domain of {root} (it has {domains}{also})")
-
-
-def check_data_config(cfg: DataConfig, prefix: str = "data.") -> None:
-    """One-line ``ConfigError`` naming the field for a ``DataConfig`` value that would fail deep
-    in a run or be ignored silently. Domain names are checked against the manifest's when
-    ``cfg.root`` exists (a missing root is named by the loader)."""
-    if cfg.split not in SPLITS:
-        raise ConfigError(f"{prefix}split={cfg.split!r}; expected {' | '.join(SPLITS)}")
-    for key in ("p_self_supervised", "photometric_p", "blur_p", "window_p", "tissue_threshold"):
-        need_unit(prefix + key, getattr(cfg, key))
-    need(cfg.max_dilation_px >= 0, f"{prefix}max_dilation_px must be >= 0, got {cfg.max_dilation_px}")
-    need_range(prefix + "contrast_range", cfg.contrast_range, 0.0)
-    need_range(prefix + "gamma_range", cfg.gamma_range, 0.0, strict=True)
-    need_range(prefix + "blur_sigma", cfg.blur_sigma, 0.0)
-    if cfg.aux_healthy:
-        from shared.benchmark.anatomy import AUX_SOURCES
-
-        unknown = [n for n in cfg.aux_healthy if n not in AUX_SOURCES]
-        if unknown:
-            raise ConfigError(f"{prefix}aux_healthy: unknown auxiliary anatomy {unknown}; choose "
-                              f"from {sorted(AUX_SOURCES)}")
-    need(cfg.aux_per_source >= 0,  # 0 turns aux_healthy off (scripts/train_generator_gpu.sh noaug)
-         f"{prefix}aux_per_source must be >= 0, got {cfg.aux_per_source}")
-    check_window_config(cfg.windows, prefix + "windows.")
-    items = manifest_items(cfg.root)
-    if items is None:
-        return
-    domains = sorted({it.domain for it in items})
-    check_domain(prefix + "held_out_domain", cfg.held_out_domain, cfg.root, domains,
-                 empty="holds nothing out")
-    for name in cfg.train_domains:
-        check_domain(prefix + "train_domains", name, cfg.root, domains)
-    if cfg.held_out_domain in cfg.train_domains:
-        raise ConfigError(f"held-out domain {cfg.held_out_domain!r} ({prefix}held_out_domain) is also "
-                          f"a training domain ({prefix}train_domains={list(cfg.train_domains)})")
-    train = set(cfg.train_domains) or set(domains) - {cfg.held_out_domain}
-    if not any(it.domain in train and it.split == cfg.split for it in items):
-        raise ConfigError(f"{cfg.root}: no {cfg.split!r} items ({prefix}split) in the training "
-                          f"domains {sorted(train)}")
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from generator.build import (
     checkpoint_window,
     load_pixel,
 )
+from generator.checks import check_dpo_config, check_pairs_present
 from generator.masks import dilate
 from generator.modeling import pixel_unet
 from generator.pairs import read_pairs
@@ -68,7 +69,7 @@ from generator.preference import (
 )
 from generator.scoring import ranking_score, score_negatives
 from generator.sd_backend import SDModelConfig, build_sd_backend, lora_hash
-from shared.config import ConfigError, load_config, to_dict
+from shared.config import load_config, to_dict
 from shared.io import read_image, read_mask, write_json_atomic
 from shared.launch import check_joined, use_cpu
 
@@ -138,72 +139,6 @@ class DpoConfig:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     optim: DpoOptimConfig = field(default_factory=DpoOptimConfig)
     val: ValConfig = field(default_factory=ValConfig)
-
-
-LOSS_REGIONS = ("hole", "all")  # LossConfig.region
-PAIR_KINDS = ("sample", "gt", "positive")  # generator.pairs.PairRow.kind
-
-
-def check_dpo_config(cfg: DpoConfig) -> None:
-    """One-line errors naming the field for values that would otherwise fail after the reference
-    and the pairs have loaded (or never: a misspelt region or held-out domain ran on silently);
-    called before anything loads. ``held_out_domain`` is checked against ``val.root``'s manifest
-    when that folder exists (a missing one is named by the loader)."""
-    from generator.data import SPLITS, check_domain, manifest_items, need, need_unit
-    from generator.train import (
-        check_common_optim,
-        check_output_dir,
-        check_pixel_checkpoint,
-        check_sd_model,
-    )
-
-    check_output_dir("output_dir", cfg.output_dir)
-    o = cfg.optim
-    check_common_optim(o)
-    need(o.val_every >= 1, f"optim.val_every must be >= 1, got {o.val_every}")
-    m = cfg.model
-    need(m.backend in BACKENDS, f"model.backend={m.backend!r}; expected {' | '.join(BACKENDS)}")
-    if m.backend == "sd-inpaint":
-        need(not m.sd.init_lora, f"model.sd.init_lora={m.sd.init_lora}: DPO starts from `reference` "
-             "(a LoRA dir); leave model.sd.init_lora empty")
-        check_sd_model(m.sd)
-        need(not cfg.reference or Path(cfg.reference).is_dir(),
-             f"reference={cfg.reference}: no such LoRA folder")
-    elif cfg.reference:
-        check_pixel_checkpoint("reference", cfg.reference)
-    bad = [k for k in cfg.pair_kinds if k not in PAIR_KINDS]
-    need(bool(cfg.pair_kinds) and not bad,
-         f"pair_kinds={list(cfg.pair_kinds)}; choose from {' | '.join(PAIR_KINDS)}")
-    lo = cfg.loss
-    need(lo.beta > 0, f"loss.beta must be > 0, got {lo.beta}")
-    need(lo.region in LOSS_REGIONS, f"loss.region={lo.region!r}; expected {' | '.join(LOSS_REGIONS)}")
-    need_unit("loss.mu", lo.mu)
-    for key in ("sdpo_from_step", "sft_weight", "mi_weight", "copy_weight"):
-        need(getattr(lo, key) >= 0, f"loss.{key} must be >= 0, got {getattr(lo, key)}")
-    for key in ("stages", "steps_per_stage"):
-        value = getattr(cfg.curriculum, key)
-        need(value >= 1, f"curriculum.{key} must be >= 1, got {value}")
-    v = cfg.val
-    need(v.split in SPLITS, f"val.split={v.split!r}; expected {' | '.join(SPLITS)}")
-    need(v.max_items >= 0, f"val.max_items must be >= 0 (0 = all), got {v.max_items}")
-    need(v.steps >= 1, f"val.steps must be >= 1, got {v.steps}")
-    items = manifest_items(v.root)
-    if items is None:
-        return
-    check_domain("held_out_domain", cfg.held_out_domain, v.root,
-                 sorted({it.domain for it in items}), empty="holds nothing out")
-    need(any(it.split == v.split and it.label == "tumor" and it.gt_negative is not None
-             and it.domain != cfg.held_out_domain for it in items),
-         f"val.root={v.root}: no {v.split!r} tumor items with a GT negative outside "
-         f"held_out_domain={cfg.held_out_domain!r} (val.split)")
-
-
-def check_pairs_present(cfg: DpoConfig) -> None:
-    """``pairs`` holds a pairs manifest with pairs of ``pair_kinds`` (reads the JSONL only)."""
-    rows = read_pairs(cfg.pairs)  # FileNotFoundError naming the folder when there is none
-    if not any(r.kind in cfg.pair_kinds for r in rows):
-        raise ConfigError(f"pairs={cfg.pairs}: no pairs of pair_kinds={list(cfg.pair_kinds)} "
-                          f"(it has {sorted({r.kind for r in rows})})")
 
 
 def load_pair_tensors(pairs_dir: str | Path, kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:

@@ -37,7 +37,7 @@ import torch
 
 from generator.masks import dilate
 from generator.scoring import SCORERS_DIR, load_scorers, ranking_score, score_negatives
-from shared.config import ConfigError
+from shared.config import ConfigError, check_out_dir
 from shared.datasets import SPLITS, DatasetError, DpoRow, list_pairs, list_tasks, write_dpo_csv
 from shared.io import InputError, read_image, read_mask, write_json_atomic, write_png
 from shared.launch import check_joined, use_cpu
@@ -338,8 +338,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--domains names no domain (omit it for all)")
     if args.device != "auto":
         check_torch_device(args.device, "--device")
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out {args.out} is a file, not a folder")
+    check_out_dir("--out", args.out)
 
 
 def check_resume(out: Path, settings: dict) -> None:

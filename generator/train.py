@@ -47,20 +47,17 @@ from generator.backends import (
     reference_step_loss,
     resolve_checkpoint,
 )
-from generator.build import missing_path
+from generator.checks import check_train_config
 from generator.data import (
     DataConfig,
     ReferenceDataset,
     RegionWeights,
     aux_records,
-    check_data_config,
     load_records,
-    need,
-    need_unit,
 )
 from generator.modeling import pixel_unet
-from generator.sd_backend import SDModelConfig, build_sd_backend
-from shared.config import ConfigError, load_config, to_dict
+from generator.sd_backend import build_sd_backend
+from shared.config import load_config, to_dict
 from shared.io import write_json_atomic
 from shared.launch import check_joined, use_cpu
 from shared.progress import progress
@@ -121,133 +118,6 @@ def lr_lambda(cfg: OptimConfig) -> Callable[[int], float]:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
-
-
-LR_SCHEDULES = ("cosine", "constant")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # pixel_unet.PixelUNetConfig
-
-
-def check_output_dir(key: str, value: str) -> None:
-    """An output folder that is an existing file fails only when the run writes (mid-run)."""
-    if Path(value).exists() and not Path(value).is_dir():
-        raise ConfigError(f"{key}={value!r} is a file, not a folder")
-
-
-def check_pixel_checkpoint(key: str, value: str) -> Path:
-    """``value`` (field ``key``) must be a pixel checkpoint folder (``generator_config.json``)."""
-    from generator.build import CONFIG_NAME
-
-    path = Path(value)
-    if not path.is_dir():
-        raise ConfigError(f"{key}={value}: no such checkpoint folder")
-    if not (path / CONFIG_NAME).is_file():
-        raise ConfigError(f"{key}={value}: not a pixel checkpoint folder (no {CONFIG_NAME})")
-    return path
-
-
-def check_pixel_model(m: pixel_unet.PixelUNetConfig, prefix: str = "model.") -> None:
-    """The pixel UNet's fields: what ``UNet2DModel`` / the scheduler would refuse after the data
-    has loaded (or, for widths GroupNorm cannot split, deep inside the first forward)."""
-    widths = tuple(m.block_out_channels)
-    need(m.resolution >= 1, f"{prefix}resolution must be >= 1, got {m.resolution}")
-    need(len(widths) > 0 and min(widths) >= 1,
-         f"{prefix}block_out_channels must be positive widths, got {list(widths)}")
-    need(m.layers_per_block >= 1, f"{prefix}layers_per_block must be >= 1, got {m.layers_per_block}")
-    need(all(0 <= a < len(widths) for a in m.attention_levels),
-         f"{prefix}attention_levels={list(m.attention_levels)}: levels are 0..{len(widths) - 1}")
-    need(m.norm_num_groups >= 1 and all(w % m.norm_num_groups == 0 for w in widths),
-         f"{prefix}norm_num_groups={m.norm_num_groups} must divide every width of "
-         f"{prefix}block_out_channels={list(widths)}")
-    need(m.prediction_type in PREDICTION_TYPES,
-         f"{prefix}prediction_type={m.prediction_type!r}; expected {' | '.join(PREDICTION_TYPES)}")
-    need(m.num_train_timesteps >= 1,
-         f"{prefix}num_train_timesteps must be >= 1, got {m.num_train_timesteps}")
-    try:
-        pixel_unet.build_scheduler(m, kind="ddpm")
-    except (ValueError, NotImplementedError) as err:
-        raise ConfigError(f"{prefix}beta_schedule={m.beta_schedule!r}: {err}") from None
-    need(m.residual_scale > 0, f"{prefix}residual_scale must be > 0, got {m.residual_scale}")
-    need(m.coarse_levels >= 1, f"{prefix}coarse_levels must be >= 1, got {m.coarse_levels}")
-    for key in ("harmonic_iters", "biharmonic_iters", "see_through_sigma"):
-        need(getattr(m, key) >= 0, f"{prefix}{key} must be >= 0, got {getattr(m, key)}")
-    need_unit(prefix + "eta", m.eta)
-
-
-def check_sd_model(sd: SDModelConfig, prefix: str = "model.sd.") -> None:
-    """The ``sd-inpaint`` section, checked before the pipeline loads."""
-    need(bool(sd.pretrained), f"{prefix}pretrained: name the StableDiffusionInpaintPipeline directory")
-    need(sd.adapter in ("lora", "full"), f"{prefix}adapter={sd.adapter!r}; expected lora | full")
-    need(sd.lora_rank >= 1, f"{prefix}lora_rank must be >= 1, got {sd.lora_rank}")
-    need(sd.resolution >= 0, f"{prefix}resolution must be >= 0 (0 = the pipeline's), got {sd.resolution}")
-    need(not missing_path(sd.pretrained), f"{prefix}pretrained={sd.pretrained}: no such pipeline "
-         "folder (a hub id reads org/name)")
-    need(not sd.init_lora or Path(sd.init_lora).is_dir(),
-         f"{prefix}init_lora={sd.init_lora}: no such LoRA folder")
-
-
-def check_common_optim(o, prefix: str = "optim.") -> None:
-    """Fields the reference and DPO optimiser sections share (``OptimConfig``, ``DpoOptimConfig``)."""
-    for key in ("steps", "batch_size", "gradient_accumulation_steps", "num_threads", "log_every"):
-        need(getattr(o, key) >= 1, f"{prefix}{key} must be >= 1, got {getattr(o, key)}")
-    for key in ("checkpoint_every", "seed"):
-        need(getattr(o, key) >= 0, f"{prefix}{key} must be >= 0, got {getattr(o, key)}")
-    need(o.lr > 0 and math.isfinite(o.lr), f"{prefix}lr must be > 0, got {o.lr}")
-    need(o.grad_clip > 0, f"{prefix}grad_clip must be > 0, got {o.grad_clip}")
-    need(o.mixed_precision in WEIGHT_DTYPES,
-         f"{prefix}mixed_precision={o.mixed_precision!r}; expected {' | '.join(WEIGHT_DTYPES)}")
-    if o.use_8bit_adam:
-        import importlib.util
-
-        need(importlib.util.find_spec("bitsandbytes") is not None,
-             f"{prefix}use_8bit_adam=true needs bitsandbytes, which is not importable here; pip "
-             "install bitsandbytes or set it false")
-
-
-def check_train_config(cfg: TrainConfig) -> None:
-    """One-line errors naming the field for values that would otherwise fail after the data and
-    model have loaded (or never, training on something else); called before anything loads."""
-    o = cfg.optim
-    check_output_dir("output_dir", cfg.output_dir)
-    check_common_optim(o)
-    for key in ("warmup_steps", "crop", "num_workers"):
-        need(getattr(o, key) >= 0, f"optim.{key} must be >= 0, got {getattr(o, key)}")
-    need(o.lr_schedule in LR_SCHEDULES,
-         f"optim.lr_schedule={o.lr_schedule!r}; expected {' | '.join(LR_SCHEDULES)}")
-    need(o.max_minutes >= 0, f"optim.max_minutes must be >= 0 (0 = no limit), got {o.max_minutes}")
-    need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
-    need_unit("optim.ema_decay", o.ema_decay)
-    for key in ("hole", "context", "tumor"):
-        need(getattr(cfg.weights, key) >= 0,
-             f"weights.{key} must be >= 0, got {getattr(cfg.weights, key)}")
-    m = cfg.model
-    need(m.backend in BACKENDS, f"model.backend={m.backend!r}; expected {' | '.join(BACKENDS)}")
-    if m.backend == "sd-inpaint":
-        need(not cfg.init_from, f"init_from={cfg.init_from}: init_from is for pixel checkpoints; "
-             "use model.sd.init_lora")
-        check_sd_model(m.sd)
-    else:
-        check_pixel_model(m)
-        levels = len(m.block_out_channels)  # the UNet halves its input levels - 1 times
-        why = (f"must be a multiple of {2 ** (levels - 1)} (a {levels}-level UNet halves it "
-               f"{levels - 1} times)")
-        if cfg.data.window_p > 0:
-            need(cfg.data.windows.size % 2 ** (levels - 1) == 0,
-                 f"data.windows.size={cfg.data.windows.size} {why}")
-        need(o.crop % 2 ** (levels - 1) == 0, f"optim.crop={o.crop} {why}")
-    if cfg.init_from:
-        from dataclasses import fields, replace
-
-        from generator.build import read_pixel_config
-
-        path = check_pixel_checkpoint("init_from", cfg.init_from)
-        src, run = read_pixel_config(path), pixel_config(m)
-        see = dict(see_through=run.see_through, see_through_sigma=run.see_through_sigma)
-        src = replace(src, **see)
-        diff = [f"{f.name}: {getattr(src, f.name)!r} vs {getattr(run, f.name)!r}"
-                for f in fields(run) if getattr(src, f.name) != getattr(run, f.name)]
-        need(not diff, f"init_from={cfg.init_from}: its model config differs from the run's model "
-             f"(checkpoint vs model.*) in {'; '.join(diff)}; only the see-through fields may differ")
-    check_data_config(cfg.data)
 
 
 def training_loss(

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from generator.checks import check_scorer_config
 from generator.masks import coarse_fill, dilate, place_mask, random_lesion_mask
 from generator.modeling.scorers import build_scorer
 from generator.predictor import _biharmonic
 from generator.scoring import SCORERS_DIR, prepare, save_scorers
-from shared.config import ConfigError, load_config, to_dict
+from shared.config import load_config, to_dict
 
 
 @dataclass(frozen=True)
@@ -58,67 +59,6 @@ class ScorerTrainConfig:
     device: str = "cpu"  # "cpu" | "cuda" | "auto" (cuda when available)
     num_threads: int = 1  # torch CPU threads
     out_dir: str = str(SCORERS_DIR)  # where the safetensors go
-
-
-DEVICES = ("cpu", "cuda", "auto")  # or cuda:N
-
-
-def check_scorer_config(cfg: ScorerTrainConfig) -> None:
-    """One-line errors naming the field for values that would otherwise fail after the images
-    have loaded or, for ``generator``, after two of the three scorers have trained (or never:
-    zero steps saved untrained scorers over ``out_dir``); called before anything loads.
-    ``held_out_domain`` is checked against the manifest's domains when ``root`` exists."""
-    from generator.build import CONFIG_NAME, missing_path
-    from generator.data import SPLITS, check_domain, manifest_items, need, need_unit
-    from generator.train import check_output_dir
-
-    check_output_dir("out_dir", cfg.out_dir)
-    need(cfg.split in SPLITS, f"split={cfg.split!r}; expected {' | '.join(SPLITS)}")
-    for key in ("steps", "num_threads"):
-        need(getattr(cfg, key) >= 1, f"{key} must be >= 1, got {getattr(cfg, key)}")
-    need(cfg.batch_size >= 2, f"batch_size must be >= 2 (half positives, half negatives), got "
-         f"{cfg.batch_size}")
-    for key in ("dilation_px", "n_biharmonic", "n_generator", "seed", "normal_regions"):
-        need(getattr(cfg, key) >= 0, f"{key} must be >= 0, got {getattr(cfg, key)}")
-    need(cfg.lr > 0 and np.isfinite(cfg.lr), f"lr must be > 0, got {cfg.lr}")
-    need_unit("lesion_scale_min", cfg.lesion_scale_min)
-    need_unit("lesion_scale_ramp", cfg.lesion_scale_ramp)
-    dev = cfg.device
-    need(dev in DEVICES or (dev.startswith("cuda:") and dev[5:].isdigit()),
-         f"device={dev!r}; expected cpu | cuda | cuda:N | auto")
-    if dev.startswith("cuda"):
-        need(torch.cuda.is_available(), f"device={dev} but this machine has no CUDA device (use cpu "
-             "or auto)")
-        index = int(dev[5:]) if ":" in dev else 0
-        need(index < torch.cuda.device_count(),
-             f"device={dev} but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    gen = cfg.generator
-    if gen and gen != "pixel":
-        path = Path(gen).expanduser()
-        need(not missing_path(gen), f"generator={gen}: no such checkpoint folder (a hub id reads "
-             "org/name)")
-        if not path.exists():  # a hub id: loaded from the local cache only (generator.build)
-            from generator.build import resolve_local
-
-            try:
-                resolve_local(gen)
-            except Exception as err:  # noqa: BLE001 (huggingface_hub's lookup and validation errors)
-                raise ConfigError(f"generator={gen}: no such checkpoint folder, nor a hub id in the "
-                                  f"local cache ({type(err).__name__})") from None
-        else:
-            need(any((path / f).is_file() for f in (CONFIG_NAME, "model_index.json",
-                                                    "generator_lora.json")),
-                 f"generator={gen}: neither a pixel checkpoint ({CONFIG_NAME}) nor a diffusers "
-                 "pipeline (model_index.json) or LoRA folder (generator_lora.json)")
-    items = manifest_items(cfg.root)
-    if items is None:
-        return
-    check_domain("held_out_domain", cfg.held_out_domain, cfg.root,
-                 sorted({it.domain for it in items}), empty="holds nothing out")
-    if not any(it.split == cfg.split and it.label == "tumor" and it.domain != cfg.held_out_domain
-               for it in items):
-        raise ConfigError(f"{cfg.root}: no tumor items in split={cfg.split!r} outside "
-                          f"held_out_domain={cfg.held_out_domain!r}; the lesion scorers need some")
 
 
 def _items(cfg: ScorerTrainConfig):

@@ -48,6 +48,21 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:bool",
                               re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
+def check_out_dir(option: str, value: str | Path) -> None:
+    """ConfigError when an output folder ``value`` (named ``option`` in the message) is an
+    existing file: the run would otherwise fail only when it first writes, mid-run."""
+    if Path(value).exists() and not Path(value).is_dir():
+        raise ConfigError(f"{option}={str(value)!r} is a file, not a folder")
+
+
+def missing_path(value: str) -> bool:
+    """``value`` reads as a file system path, not a hub id ``org/name`` (it starts with ``/``,
+    ``.`` or ``~``, or has more than one ``/``), and does not exist. The one rule for every
+    setting that takes a checkpoint folder or a hub id (generator, pipeline, LoRA)."""
+    return bool(value) and not Path(value).expanduser().exists() and (
+        value.startswith(("/", ".", "~")) or value.count("/") > 1)
+
+
 def _load_yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 

@@ -15,10 +15,9 @@ from finetune.build import (
     ModelSourceError,
     build_clip,
     encode_image_tokens,
-    export_hf_port,
-    export_local_dir,
     patch_grid,
 )
+from finetune.export import export_hf_port, export_local_dir
 from finetune.modeling.clip_configs import (
     BIOMEDCLIP_BERT_CONFIG,
     BIOMEDCLIP_MODEL_CFG,
