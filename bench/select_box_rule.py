@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,20 +54,39 @@ BINARIZE = {"2-means": {"binarize": "kmeans"},
             "thr0.5": {"binarize": "threshold", "threshold": 0.5}}
 
 
-def rule_config(name: str) -> EvalConfig:
-    """``BINARIZE/COMPONENT/GROWTH`` -> the pipeline's EvalConfig; GROWTH is ``+PX`` (a fixed
-    dilation, e.g. ``thr0.3/peak/+4``) or ``xF`` (the box scaled F× about its centre)."""
+SELECT = {"iou": "iou", "stab": "stability"}  # ScoredMasks field a selecting rule maximises
+
+
+def parse_rule(name: str) -> tuple[EvalConfig, str | None, tuple[int, ...]]:
+    """``BINARIZE/COMPONENT/GROWTH`` -> (the pipeline's EvalConfig, selection, candidate
+    dilations). GROWTH is ``+PX`` (a fixed dilation, e.g. ``thr0.3/peak/+4``), ``xF`` (the box
+    scaled F× about its centre) or ``iou+0,4,8`` / ``stab+0,4,8``: one box per dilation (px at
+    128², scaled with the image side), the segmenter's mask with the highest predicted IoU /
+    stability score kept (round 4: the segmenter chooses the margin)."""
     try:
         binarize, component, growth = name.split("/")
         if component not in ("largest", "peak"):
             raise ValueError(component)
+        kind, plus, rest = growth.partition("+")
+        if kind in SELECT and plus:
+            candidates = tuple(int(d) for d in rest.split(","))
+            if not candidates or min(candidates) < 0:
+                raise ValueError(growth)
+            return (EvalConfig(**BINARIZE[binarize], component=component), SELECT[kind],
+                    candidates)
         grow = ({"box_scale": float(growth[1:])} if growth.startswith("x")
                 else {"box_dilation_px": int(growth.removeprefix("+"))})
-        return EvalConfig(**BINARIZE[binarize], component=component, **grow)
+        return EvalConfig(**BINARIZE[binarize], component=component, **grow), None, ()
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"box rule {name!r}: expected BINARIZE/COMPONENT/+PX or "
-                         f"BINARIZE/COMPONENT/xSCALE with BINARIZE in {list(BINARIZE)}, "
+        raise ValueError(f"box rule {name!r}: expected BINARIZE/COMPONENT/+PX, "
+                         f"BINARIZE/COMPONENT/xSCALE or BINARIZE/COMPONENT/iou+PX,PX,... "
+                         f"(or stab+...) with BINARIZE in {list(BINARIZE)}, "
                          "COMPONENT largest|peak") from err
+
+
+def rule_config(name: str) -> EvalConfig:
+    """The pipeline's EvalConfig of a fixed rule (a selecting rule's base config)."""
+    return parse_rule(name)[0]
 
 
 GRID = [f"{b}/{c}/+{d}" for b in BINARIZE for c in ("largest", "peak") for d in (0, 4)]
@@ -98,6 +117,18 @@ def dice_of(segmenter, image: np.ndarray, mask: np.ndarray, coarse: np.ndarray, 
     return dice(pred, mask)
 
 
+def selected_mask(segmenter, image: np.ndarray, coarse: np.ndarray, cfg: EvalConfig, seed: int,
+                  select: str, candidates: tuple[int, ...]) -> np.ndarray:
+    """One box per candidate dilation (px per 128 px of the longer side), the segmenter's mask
+    with the highest ``select`` score (ties: the first, i.e. the narrowest candidate)."""
+    boxes = [prompts_from_mask(coarse, replace(cfg, box_dilation_frac=d / 128), seed)[0]
+             for d in candidates]
+    if not len(boxes[0]):  # empty coarse mask: no prompt, as the pipeline
+        return np.zeros(coarse.shape, bool)
+    scored = segmenter.segment_scored(image, np.concatenate(boxes))
+    return scored.masks[int(np.argmax(getattr(scored, select)))]
+
+
 def score_set(bundle, segmenter, data: Set, rules: list[str]) -> dict[str, list[float]]:
     """Per-image Dice of every rule and of the two reference rows, plus the pointing game."""
     maps = m2ib_saliency(bundle, data.images, data.captions, default_config(bundle),
@@ -105,9 +136,13 @@ def score_set(bundle, segmenter, data: Set, rules: list[str]) -> dict[str, list[
     out: dict[str, list[float]] = {"pointing": [float(m.flat[int(np.argmax(s))])
                                                 for s, m in zip(maps, data.masks, strict=True)]}
     for name in rules:
-        cfg = rule_config(name)
-        out[name] = [dice_of(segmenter, im, m, saliency_to_coarse(s, cfg), cfg, i)
-                     for i, (im, m, s) in enumerate(zip(data.images, data.masks, maps, strict=True))]
+        cfg, select, candidates = parse_rule(name)
+        rows = enumerate(zip(data.images, data.masks, maps, strict=True))
+        out[name] = ([dice(selected_mask(segmenter, im, saliency_to_coarse(s, cfg), cfg, i,
+                                         select, candidates), m) for i, (im, m, s) in rows]
+                     if select else
+                     [dice_of(segmenter, im, m, saliency_to_coarse(s, cfg), cfg, i)
+                      for i, (im, m, s) in rows])
     current = rule_config(CURRENT)
     out["centre box"] = [dice_of(segmenter, im, m, saliency_to_coarse(s, current), current, i)
                          for i, (im, m, s) in enumerate(zip(data.images, data.masks,
@@ -201,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         for r in (*args.rules, args.baseline):
-            rule_config(r)
+            parse_rule(r)
     except ValueError as err:
         p.error(str(err))
     for rule in (args.baseline, CURRENT):

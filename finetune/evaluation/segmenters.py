@@ -11,6 +11,7 @@ their union (MedCLIP-SAMv2 sums and clips). No prompt -> empty mask.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -49,6 +50,24 @@ def _load_into(model: torch.nn.Module, state: dict, path: Path, what: str) -> No
         detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "")
         raise SegmenterError(f"{what} checkpoint {path} does not fit the {what} architecture: "
                              f"{detail[:300]}") from None
+
+
+@dataclass
+class ScoredMasks:
+    """One prompt's mask each, with the segmenter's label-free confidence in it."""
+
+    masks: np.ndarray  # (K, H, W) bool
+    iou: np.ndarray  # (K,) the mask decoder's predicted IoU
+    stability: np.ndarray  # (K,) SAM's stability score (see stability_score)
+
+
+def stability_score(logits: torch.Tensor, offset: float = 1.0) -> torch.Tensor:
+    """SAM's stability score (Kirillov et al. 2023, segment-anything's automatic mask generator):
+    |logits > +offset| / |logits > −offset| over each mask's pixels; (K, H, W) -> (K,), 1 for a
+    mask whose boundary does not move when the threshold does (0 where nothing exceeds −offset)."""
+    inter = (logits > offset).flatten(1).sum(1).float()
+    union = (logits > -offset).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))
 
 
 class Segmenter(Protocol):
@@ -121,13 +140,11 @@ class LiteMedSAMSegmenter:
         self.checkpoint = str(path)
 
     @torch.no_grad()
-    def segment(
-        self, image: np.ndarray, *, boxes: np.ndarray | None = None, points: np.ndarray | None = None
-    ) -> np.ndarray:
-        rgb, boxes, points = _prepare(image, boxes, points)
+    def _logits(self, rgb: np.ndarray, boxes: np.ndarray, points: np.ndarray
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask logits at the image's size (K, H, W), one per box (or one for all the points),
+        and the decoder's predicted IoU of each (K,)."""
         h, w = rgb.shape[:2]
-        if len(boxes) == 0 and len(points) == 0:  # nothing to prompt with: empty prediction
-            return np.zeros((h, w), dtype=bool)
         s = self.image_size
         t, scale, (nh, nw) = litemedsam_input(rgb, s)
         embedding = self.model.image_encoder(t.to(self.device))  # (1, 256, 64, 64)
@@ -139,14 +156,33 @@ class LiteMedSAMSegmenter:
             coords = torch.as_tensor(points * scale, dtype=torch.float32, device=self.device)[None]
             labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=self.device)
             sparse, dense = net.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        logits, _ = net.mask_decoder(
+        logits, iou = net.mask_decoder(
             image_embeddings=embedding, image_pe=net.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
             multimask_output=False,
-        )  # (K, 1, 256, 256)
+        )  # (K, 1, 256, 256), (K, 1)
         logits = F.interpolate(logits, size=(s, s), mode="bilinear", align_corners=False)
         logits = F.interpolate(logits[..., :nh, :nw], size=(h, w), mode="bilinear", align_corners=False)
-        return (torch.sigmoid(logits) > 0.5).any(dim=0)[0].cpu().numpy()
+        return logits[:, 0], iou[:, 0]
+
+    def segment(
+        self, image: np.ndarray, *, boxes: np.ndarray | None = None, points: np.ndarray | None = None
+    ) -> np.ndarray:
+        rgb, boxes, points = _prepare(image, boxes, points)
+        h, w = rgb.shape[:2]
+        if len(boxes) == 0 and len(points) == 0:  # nothing to prompt with: empty prediction
+            return np.zeros((h, w), dtype=bool)
+        logits, _ = self._logits(rgb, boxes, points)
+        return (torch.sigmoid(logits) > 0.5).any(dim=0).cpu().numpy()
+
+    def segment_scored(self, image: np.ndarray, boxes: np.ndarray) -> ScoredMasks:
+        """One mask per box (not their union) with the segmenter's own confidence in each."""
+        rgb, boxes, _ = _prepare(image, boxes, None)
+        if len(boxes) == 0:
+            raise SegmenterError("segment_scored needs at least one box")
+        logits, iou = self._logits(rgb, boxes, np.zeros((0, 2)))
+        return ScoredMasks((torch.sigmoid(logits) > 0.5).cpu().numpy(), iou.cpu().numpy(),
+                           stability_score(logits).cpu().numpy())
 
 
 class SamSegmenter:
@@ -195,6 +231,23 @@ class SamSegmenter:
             )
             out |= masks[0].astype(bool)
         return out
+
+    @torch.no_grad()
+    def segment_scored(self, image: np.ndarray, boxes: np.ndarray) -> ScoredMasks:
+        """One mask per box (not their union) with SAM's predicted IoU and stability score."""
+        rgb, boxes, _ = _prepare(image, boxes, None)
+        if len(boxes) == 0:
+            raise SegmenterError("segment_scored needs at least one box")
+        self.predictor.set_image((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8))
+        masks, ious, stab = [], [], []
+        for box in boxes:
+            logits, iou, _ = self.predictor.predict(box=box, multimask_output=False,
+                                                    return_logits=True)
+            t = torch.from_numpy(logits[:1])
+            masks.append(logits[0] > self.predictor.model.mask_threshold)
+            ious.append(float(iou[0]))
+            stab.append(float(stability_score(t)[0]))
+        return ScoredMasks(np.stack(masks), np.asarray(ious), np.asarray(stab))
 
 
 SEGMENTERS = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h")

@@ -81,3 +81,46 @@ def test_litemedsam_gt_boxes_on_benchmark_positives(litemedsam, tmp_path):
         image, gt = read_image(it.image), read_mask(it.mask)
         scores.append(dice(litemedsam.segment(image, boxes=mask_to_boxes(gt)), gt))
     assert np.mean(scores) >= 0.7, scores
+
+
+def test_stability_score_closed_form():
+    from finetune.evaluation.segmenters import stability_score
+
+    logits = torch.tensor([[[2.0, 0.5], [-0.5, -2.0]],  # > +1: 1 pixel; > −1: 3 pixels -> 1/3
+                           [[3.0, 3.0], [3.0, 3.0]],  # every pixel far above both -> 1
+                           [[-3.0, -3.0], [-3.0, -3.0]]])  # nothing above −1 -> 0
+    np.testing.assert_allclose(stability_score(logits).numpy(), [1 / 3, 1.0, 0.0])
+    # offset 0.25: both thresholds fall between −0.5 and 0.5, the same 2 pixels -> 1
+    np.testing.assert_allclose(stability_score(logits[:1], offset=0.25).numpy(), [1.0])
+
+
+def test_sam_segment_scored_is_one_mask_per_box_with_the_predictors_iou():
+    seg = SamSegmenter(_tiny_sam())
+    image = np.random.default_rng(1).random((48, 80)).astype(np.float32)
+    boxes = np.array([[5, 5, 30, 30], [40, 10, 75, 40]])
+    scored = seg.segment_scored(image, boxes)
+    assert scored.masks.shape == (2, 48, 80) and scored.iou.shape == scored.stability.shape == (2,)
+    for k, box in enumerate(boxes):
+        np.testing.assert_array_equal(scored.masks[k], seg.segment(image, boxes=box[None]))
+        _, iou, _ = seg.predictor.predict(box=box, multimask_output=False)
+        assert scored.iou[k] == pytest.approx(float(iou[0]))
+    assert np.all((scored.stability >= 0) & (scored.stability <= 1))
+    with pytest.raises(SegmenterError, match="at least one box"):
+        seg.segment_scored(image, np.zeros((0, 4)))
+
+
+def test_litemedsam_segment_scored_matches_segment_per_box(litemedsam):
+    """Each scored mask is the mask ``segment`` gives for that box alone (not the union), and the
+    union of all of them is ``segment`` with every box; the real IoU head scores a box on the
+    lesion above a box on empty background."""
+    image = np.zeros((64, 64), np.float32)
+    yy, xx = np.mgrid[:64, :64]
+    image[(yy - 20) ** 2 + (xx - 20) ** 2 < 64] = 1.0  # a bright disc, radius 8, at (20, 20)
+    boxes = np.array([[10, 10, 30, 30], [40, 40, 60, 60]])
+    scored = litemedsam.segment_scored(image, boxes)
+    assert scored.masks.shape == (2, 64, 64)
+    for k, box in enumerate(boxes):
+        np.testing.assert_array_equal(scored.masks[k], litemedsam.segment(image, boxes=box[None]))
+    np.testing.assert_array_equal(scored.masks.any(0), litemedsam.segment(image, boxes=boxes))
+    assert dice(scored.masks[0], image > 0) > 0.8
+    assert scored.iou[0] > scored.iou[1]

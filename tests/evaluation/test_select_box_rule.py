@@ -1,0 +1,64 @@
+"""bench/select_box_rule.py's rules in which the segmenter chooses the box margin (round 4)."""
+
+import numpy as np
+import pytest
+
+from bench.select_box_rule import parse_rule, selected_mask
+from finetune.evaluation.segmenters import ScoredMasks
+
+
+class _Recorder:
+    """A segmenter whose mask k is box k filled, scored by a given list."""
+
+    def __init__(self, scores):
+        self.scores = np.asarray(scores, float)
+        self.boxes = None
+
+    def segment_scored(self, image, boxes):
+        self.boxes = np.asarray(boxes)
+        masks = np.zeros((len(boxes), *image.shape), bool)
+        for k, (x0, y0, x1, y1) in enumerate(self.boxes):
+            masks[k, y0 : y1 + 1, x0 : x1 + 1] = True
+        return ScoredMasks(masks, self.scores, 1.0 - self.scores)
+
+
+def _coarse(size):
+    m = np.zeros((size, size), bool)
+    m[size // 2 - 4 : size // 2 + 4, size // 2 - 4 : size // 2 + 4] = True
+    return m
+
+
+def test_parse_rule_kinds_and_errors():
+    cfg, select, cand = parse_rule("2-means/peak/iou+0,4,8")
+    assert (cfg.component, select, cand) == ("peak", "iou", (0, 4, 8))
+    assert cfg.box_dilation_px == 0 and cfg.box_dilation_frac == 0
+    assert parse_rule("thr0.3/largest/stab+4")[1:] == ("stability", (4,))
+    assert parse_rule("2-means/peak/+4")[1:] == (None, ())
+    for bad in ("2-means/peak/iou+", "2-means/peak/iou+-4", "2-means/mid/iou+4", "2-means/peak/foo"):
+        with pytest.raises(ValueError, match="box rule"):
+            parse_rule(bad)
+
+
+@pytest.mark.parametrize("size, per_step", [(128, 4), (256, 8)])
+def test_selected_mask_takes_the_best_scored_candidate(size, per_step):
+    cfg, select, cand = parse_rule("2-means/peak/iou+0,4,8")
+    seg = _Recorder([0.2, 0.9, 0.5])
+    coarse = _coarse(size)
+    out = selected_mask(seg, np.zeros((size, size)), coarse, cfg, 0, select, cand)
+    # candidates grow by 4 px per 128 px of side: the coarse box, then +per_step, +2 per_step
+    x0 = size // 2 - 4
+    np.testing.assert_array_equal(seg.boxes[:, 0], [x0, x0 - per_step, x0 - 2 * per_step])
+    np.testing.assert_array_equal(out, seg.segment_scored(np.zeros((size, size)), seg.boxes).masks[1])
+    # the stability score is the other field (1 − those scores): the first, unwidened box
+    out = selected_mask(seg, np.zeros((size, size)), coarse, cfg, 0, "stability", cand)
+    assert out.sum() == 8 * 8
+
+
+def test_selected_mask_ties_take_the_narrowest_and_empty_coarse_prompts_nothing():
+    cfg, select, cand = parse_rule("2-means/peak/iou+0,4")
+    seg = _Recorder([0.7, 0.7])
+    out = selected_mask(seg, np.zeros((128, 128)), _coarse(128), cfg, 0, select, cand)
+    assert out.sum() == 8 * 8
+    empty = selected_mask(_Recorder([1.0]), np.zeros((128, 128)), np.zeros((128, 128), bool),
+                          cfg, 0, select, (0,))
+    assert not empty.any()
