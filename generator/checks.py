@@ -187,6 +187,23 @@ def check_sd_model(sd: SDModelConfig, prefix: str = "model.sd.") -> None:
          "folder (a hub id reads org/name)")
     need(not sd.init_lora or Path(sd.init_lora).is_dir(),
          f"{prefix}init_lora={sd.init_lora}: no such LoRA folder")
+    factor = vae_factor(sd.pretrained)
+    need(not (sd.resolution and factor and sd.resolution % factor),
+         f"{prefix}resolution={sd.resolution} is not a multiple of the pipeline's VAE factor {factor}")
+
+
+def vae_factor(pretrained: str) -> int | None:
+    """The pixel-to-latent factor of a local pipeline folder's VAE (2 ** (levels − 1), what
+    diffusers' ``vae_scale_factor`` computes), read from ``vae/config.json`` without loading the
+    model; None for a hub id or a folder without a readable VAE config (checked after loading)."""
+    import json
+
+    try:
+        blocks = json.loads((Path(pretrained).expanduser() / "vae" / "config.json").read_text())[
+            "block_out_channels"]
+        return 2 ** (len(blocks) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def check_common_optim(o, prefix: str = "optim.") -> None:

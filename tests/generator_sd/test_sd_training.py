@@ -133,3 +133,18 @@ def test_gpu_configs_load_with_the_sd_backend():
     assert ref.model.backend == "sd-inpaint" and ref.model.sd.resolution == 512
     dpo = load_config(DpoConfig, root / "sd_inpaint_lora_dpo.yaml")
     assert dpo.model.backend == "sd-inpaint" and dpo.reference == ref.output_dir + "/final"
+
+
+def test_sd_resolution_off_the_vae_grid_refused_before_loading(tiny_sd_dir):
+    """The tiny pipeline's VAE halves once (factor 2): 33 px is refused by the up-front check,
+    in one line naming the setting; 32 and 0 (the pipeline's own) pass."""
+    from generator.checks import check_sd_model, vae_factor
+    from generator.sd_backend import SDModelConfig
+    from shared.config import ConfigError
+
+    assert vae_factor(str(tiny_sd_dir)) == 2
+    assert vae_factor("org/name") is None  # a hub id: checked after loading
+    with pytest.raises(ConfigError, match=r"model\.sd\.resolution=33 is not a multiple .* VAE factor 2"):
+        check_sd_model(SDModelConfig(pretrained=str(tiny_sd_dir), resolution=33))
+    for ok in (32, 0):
+        check_sd_model(SDModelConfig(pretrained=str(tiny_sd_dir), resolution=ok))
