@@ -57,12 +57,37 @@ BINARIZE = {"2-means": {"binarize": "kmeans"},
 SELECT = {"iou": "iou", "stab": "stability"}  # ScoredMasks field a selecting rule maximises
 
 
+# Round 5: the map the rule binarises. "m2ib" is the pipeline's (the positive caption's M2IB map);
+# "contrast" / "contrast0.5" subtract 1 / 0.5 × the healthy caption's map (same image, same noise
+# seed), so structure both captions highlight (edges, bright anatomy) cancels.
+MAPS = {"m2ib": 0.0, "contrast": 1.0, "contrast0.5": 0.5}
+
+
+def map_of(name: str) -> tuple[str, str]:
+    """``[MAP:]RULE`` -> (MAP, RULE); MAP defaults to the pipeline's ``m2ib``."""
+    key, sep, rule = name.rpartition(":")
+    if not sep:
+        return "m2ib", name
+    if key not in MAPS:
+        raise ValueError(f"box rule {name!r}: unknown map {key!r}; expected one of {list(MAPS)}")
+    return key, rule
+
+
+def contrast_map(pos: np.ndarray, neg: np.ndarray, weight: float) -> np.ndarray:
+    """min–max of ``pos − weight · neg`` to [0, 1] (a constant difference, span ≤ 1e-6 on these
+    [0, 1] maps, -> zeros)."""
+    d = pos.astype(np.float64) - weight * neg.astype(np.float64)
+    span = d.max() - d.min()
+    return ((d - d.min()) / span if span > 1e-6 else np.zeros_like(d)).astype(np.float32)
+
+
 def parse_rule(name: str) -> tuple[EvalConfig, str | None, tuple[int, ...]]:
-    """``BINARIZE/COMPONENT/GROWTH`` -> (the pipeline's EvalConfig, selection, candidate
+    """``[MAP:]BINARIZE/COMPONENT/GROWTH`` -> (the pipeline's EvalConfig, selection, candidate
     dilations). GROWTH is ``+PX`` (a fixed dilation, e.g. ``thr0.3/peak/+4``), ``xF`` (the box
     scaled F× about its centre) or ``iou+0,4,8`` / ``stab+0,4,8``: one box per dilation (px at
     128², scaled with the image side), the segmenter's mask with the highest predicted IoU /
-    stability score kept (round 4: the segmenter chooses the margin)."""
+    stability score kept (round 4: the segmenter chooses the margin). MAP: see ``MAPS``."""
+    name = map_of(name)[1]
     try:
         binarize, component, growth = name.split("/")
         if component not in ("largest", "peak"):
@@ -98,6 +123,7 @@ class Set:
     images: list[np.ndarray]
     masks: list[np.ndarray]
     captions: list[list[str]]
+    neg_captions: list[list[str]]  # each positive's healthy caption (round 5's contrast maps)
 
 
 def load_set(root: str, domain: str, split: str | None, n: int, label: str) -> Set:
@@ -107,7 +133,7 @@ def load_set(root: str, domain: str, split: str | None, n: int, label: str) -> S
     if not items:
         raise SystemExit(f"error: no {domain} tumour items in {root} (split {split})")
     return Set(label, [read_image(it.image) for it in items], [read_mask(it.mask) for it in items],
-               [[it.caption] for it in items])
+               [[it.caption] for it in items], [[it.caption_neg] for it in items])
 
 
 def dice_of(segmenter, image: np.ndarray, mask: np.ndarray, coarse: np.ndarray, cfg: EvalConfig,
@@ -131,21 +157,30 @@ def selected_mask(segmenter, image: np.ndarray, coarse: np.ndarray, cfg: EvalCon
 
 def score_set(bundle, segmenter, data: Set, rules: list[str]) -> dict[str, list[float]]:
     """Per-image Dice of every rule and of the two reference rows, plus the pointing game."""
-    maps = m2ib_saliency(bundle, data.images, data.captions, default_config(bundle),
-                         seed=list(range(len(data.images))))  # evaluate_dataset's seeds (seed 0)
-    out: dict[str, list[float]] = {"pointing": [float(m.flat[int(np.argmax(s))])
-                                                for s, m in zip(maps, data.masks, strict=True)]}
+    seeds = list(range(len(data.images)))  # evaluate_dataset's seeds (seed 0)
+    pos = m2ib_saliency(bundle, data.images, data.captions, default_config(bundle), seed=seeds)
+    maps = {"m2ib": pos}
+    if any(map_of(r)[0] != "m2ib" for r in rules):
+        neg = m2ib_saliency(bundle, data.images, data.neg_captions, default_config(bundle),
+                            seed=seeds)
+        maps |= {k: [contrast_map(a, b, w) for a, b in zip(pos, neg, strict=True)]
+                 for k, w in MAPS.items() if k != "m2ib"}
+    used = ["m2ib", *sorted({map_of(r)[0] for r in rules} - {"m2ib"})]
+    out: dict[str, list[float]] = {
+        ("pointing" if k == "m2ib" else f"pointing ({k})"):
+            [float(m.flat[int(np.argmax(s))]) for s, m in zip(maps[k], data.masks, strict=True)]
+        for k in used}
     for name in rules:
         cfg, select, candidates = parse_rule(name)
-        rows = enumerate(zip(data.images, data.masks, maps, strict=True))
+        rows = enumerate(zip(data.images, data.masks, maps[map_of(name)[0]], strict=True))
         out[name] = ([dice(selected_mask(segmenter, im, saliency_to_coarse(s, cfg), cfg, i,
                                          select, candidates), m) for i, (im, m, s) in rows]
                      if select else
                      [dice_of(segmenter, im, m, saliency_to_coarse(s, cfg), cfg, i)
                       for i, (im, m, s) in rows])
     current = rule_config(CURRENT)
-    out["centre box"] = [dice_of(segmenter, im, m, saliency_to_coarse(s, current), current, i)
-                         for i, (im, m, s) in enumerate(zip(data.images, data.masks,
+    out["centre box"] = [dice_of(segmenter, im, m, saliency_to_coarse(c, current), current, i)
+                         for i, (im, m, c) in enumerate(zip(data.images, data.masks,
                                                             centre_box(data.images), strict=True))]
     out["oracle box"] = [dice(segmenter.segment(im, boxes=mask_to_boxes(m)), m)
                          for im, m in zip(data.images, data.masks, strict=True)]
@@ -190,7 +225,8 @@ def render(scores, rules, train, held, command, split, seconds, n, baseline=CURR
              f"{', '.join(held) or 'none'}.", "",
              "| rule | " + " | ".join(labels) + " | training mean | held-out mean |",
              "|---|" + "---|" * (len(labels) + 2)]
-    for r in ["pointing", *rules, "centre box", "oracle box"]:
+    pointing = [r for r in scores[labels[0]] if r.startswith("pointing")]
+    for r in [*pointing, *rules, "centre box", "oracle box"]:
         m = {s: float(np.mean(scores[s][r])) for s in labels}
         tm = np.mean([m[s] for s in train]) if train else float("nan")
         hm = np.mean([m[s] for s in held]) if held else float("nan")

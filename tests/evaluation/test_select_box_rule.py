@@ -62,3 +62,20 @@ def test_selected_mask_ties_take_the_narrowest_and_empty_coarse_prompts_nothing(
     empty = selected_mask(_Recorder([1.0]), np.zeros((128, 128)), np.zeros((128, 128), bool),
                           cfg, 0, select, (0,))
     assert not empty.any()
+
+
+def test_map_prefix_and_contrast_map_closed_form():
+    from bench.select_box_rule import contrast_map, map_of
+
+    assert map_of("2-means/peak/+4") == ("m2ib", "2-means/peak/+4")
+    assert map_of("contrast0.5:2-means/peak/+4") == ("contrast0.5", "2-means/peak/+4")
+    assert parse_rule("contrast:2-means/peak/+4")[0].box_dilation_px == 4
+    with pytest.raises(ValueError, match="unknown map"):
+        map_of("diff:2-means/peak/+4")
+    pos = np.array([[1.0, 0.5], [0.0, 0.5]])
+    neg = np.array([[1.0, 0.0], [0.0, 0.5]])
+    # pos − neg = [[0, .5], [0, 0]] -> min–max [[0, 1], [0, 0]]: the caption-specific pixel wins
+    np.testing.assert_allclose(contrast_map(pos, neg, 1.0), [[0, 1], [0, 0]])
+    # pos − 0.5 neg = [[.5, .5], [0, .25]] -> [[1, 1], [0, .5]]
+    np.testing.assert_allclose(contrast_map(pos, neg, 0.5), [[1, 1], [0, 0.5]])
+    assert not contrast_map(pos, pos - 0.2, 1.0).any()  # a constant difference: nothing salient
