@@ -40,7 +40,7 @@ from finetune.ablation_eval import cached_segmenter  # noqa: E402
 from finetune.build import build_clip  # noqa: E402
 from finetune.evaluation.clip_bundle import bundle_from_open_clip  # noqa: E402
 from finetune.evaluation.evaluate import EvalConfig, prompts_from_mask, saliency_to_coarse  # noqa: E402
-from finetune.evaluation.m2ib import default_config, m2ib_saliency  # noqa: E402
+from finetune.evaluation.m2ib import PRESETS, M2IBConfig, default_config, m2ib_saliency  # noqa: E402
 from finetune.evaluation.postprocess import mask_to_boxes  # noqa: E402
 from finetune.evaluation.saliency_baselines import centre_box  # noqa: E402
 from finetune.train_loop import resolve_model_source  # noqa: E402
@@ -155,14 +155,16 @@ def selected_mask(segmenter, image: np.ndarray, coarse: np.ndarray, cfg: EvalCon
     return scored.masks[int(np.argmax(getattr(scored, select)))]
 
 
-def score_set(bundle, segmenter, data: Set, rules: list[str]) -> dict[str, list[float]]:
-    """Per-image Dice of every rule and of the two reference rows, plus the pointing game."""
+def score_set(bundle, segmenter, data: Set, rules: list[str],
+              m2ib: M2IBConfig | None = None) -> dict[str, list[float]]:
+    """Per-image Dice of every rule and of the two reference rows, plus the pointing game;
+    ``m2ib``: the saliency settings (default: the model's own preset)."""
+    m2ib = m2ib or default_config(bundle)
     seeds = list(range(len(data.images)))  # evaluate_dataset's seeds (seed 0)
-    pos = m2ib_saliency(bundle, data.images, data.captions, default_config(bundle), seed=seeds)
+    pos = m2ib_saliency(bundle, data.images, data.captions, m2ib, seed=seeds)
     maps = {"m2ib": pos}
     if any(map_of(r)[0] != "m2ib" for r in rules):
-        neg = m2ib_saliency(bundle, data.images, data.neg_captions, default_config(bundle),
-                            seed=seeds)
+        neg = m2ib_saliency(bundle, data.images, data.neg_captions, m2ib, seed=seeds)
         maps |= {k: [contrast_map(a, b, w) for a, b in zip(pos, neg, strict=True)]
                  for k, w in MAPS.items() if k != "m2ib"}
     used = ["m2ib", *sorted({map_of(r)[0] for r in rules} - {"m2ib"})]
@@ -213,12 +215,22 @@ def choose(scores: dict[str, dict[str, list[float]]], rules: list[str], train: l
     return best, checks
 
 
+def best_per_domain(scores, candidates: list[str], domains: list[str]) -> dict[str, str]:
+    """Round 6: each domain's best candidate by its own mean Dice (ties: the earlier candidate,
+    i.e. the narrower margin when candidates are listed narrow to wide)."""
+    return {d: max(candidates, key=lambda r, d=d: (float(np.mean(scores[d][r])),
+                                                   -candidates.index(r))) for d in domains}
+
+
 def render(scores, rules, train, held, command, split, seconds, n, baseline=CURRENT,
-           min_gain=0.02) -> str:
+           min_gain=0.02, presets: dict[str, str] | None = None, asked: list[str] | None = None
+           ) -> str:
     labels = list(scores)
+    m2ib = ("per-set M2IB presets " + ", ".join(f"{d}: `{k}`" for d, k in presets.items())
+            if presets else "its M2IB preset")
     lines = [f"## Saliency → box rule, {split} split (issue 17)", "",
              f"Command: `{command}`", "",
-             f"Committed embedded CLIP, its M2IB preset, the pipeline's noise seeds; first {n} "
+             f"Committed embedded CLIP, {m2ib}, the pipeline's noise seeds; first {n} "
              f"tumour images of each set; cells: mean LiteMedSAM Dice. Rules are "
              "BINARIZE/COMPONENT/+box dilation px (`bench/select_box_rule.py`); current = "
              f"`{CURRENT}` (MedCLIP-SAMv2's). Training domains: {', '.join(train)}; held-out rows: "
@@ -243,7 +255,13 @@ def render(scores, rules, train, held, command, split, seconds, n, baseline=CURR
             star = " *" if lo > 0 or hi < 0 else ""
             cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]{star}")
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
-    if split == "val" and baseline in rules and len(rules) > 1 and train:
+    if presets and split == "val" and asked:
+        best = best_per_domain(scores, asked, [d for d in train if d in presets])
+        lines += ["", "Per-dataset margins (round 6: each domain's best on its own validation "
+                  "positives, ties to the narrower): "
+                  + "; ".join(f"{d} (`{presets[d]}`) → `{r}` ({np.mean(scores[d][r]):.3f})"
+                              for d, r in best.items()) + "."]
+    elif split == "val" and baseline in rules and len(rules) > 1 and train:
         best, checks = choose(scores, rules, train, held, baseline, min_gain)
         lines += ["", f"Best rule on validation other than `{baseline}`: `{best}`; "
                   + "; ".join(f"{k}: {'✓' if v else '✗'}" for k, v in checks.items())
@@ -266,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="the rule a candidate must beat on validation (round 2: the adopted one)")
     p.add_argument("--min-gain", type=float, default=0.02,
                    help="training-domain mean Dice a candidate must gain over the baseline")
+    p.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=DOMAINS,
+                   help="benchmark domains scored (default: all, the held-out one included)")
+    p.add_argument("--preset", action="append", default=[], metavar="DOMAIN=PRESET",
+                   help="M2IB preset for DOMAIN's sets, its external set too (round 6: the "
+                        "per-dataset presets); default: the model's own")
     p.add_argument("--embedding-cache", default="runs/litemedsam_embeddings")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)
@@ -275,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             parse_rule(r)
     except ValueError as err:
         p.error(str(err))
+    asked = list(args.rules)
     for rule in (args.baseline, CURRENT):
         if rule not in args.rules:
             args.rules = [rule, *args.rules]
@@ -283,7 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     clip = build_clip(resolve_model_source(args.model))
     bundle = bundle_from_open_clip(clip.model.eval(), clip.tokenizer)
     segmenter = cached_segmenter(cache_dir=args.embedding_cache)
-    sets = [load_set(args.bench, d, args.split, args.n, d) for d in DOMAINS]
+    presets, preset_names = {}, {}
+    for spec in args.preset:
+        domain, sep, name = spec.partition("=")
+        if not sep or name not in PRESETS:
+            p.error(f"--preset {spec!r}: expected DOMAIN=PRESET with PRESET in {sorted(PRESETS)}")
+        presets[domain], preset_names[domain] = PRESETS[name], name
+    sets = [load_set(args.bench, d, args.split, args.n, d) for d in args.domains]
     for spec in args.external:
         domain, sep, root = spec.partition("=")
         if not sep:
@@ -291,14 +321,16 @@ def main(argv: list[str] | None = None) -> int:
         sets.append(load_set(root, domain, None, args.n, f"{domain} (external)"))
     scores = {}
     for data in sets:
-        scores[data.label] = score_set(bundle, segmenter, data, args.rules)
+        scores[data.label] = score_set(bundle, segmenter, data, args.rules,
+                                       presets.get(data.label.removesuffix(" (external)")))
         print(data.label, {r: round(float(np.mean(v)), 3) for r, v in scores[data.label].items()},
               flush=True)
-    train = [d for d in DOMAINS if d != HELD_OUT_DOMAIN]
+    train = [d for d in DOMAINS if d != HELD_OUT_DOMAIN and d in scores]
     held = [s for s in scores if s not in train]
     command = "python bench/select_box_rule.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = render(scores, args.rules, train, held, command, args.split,
-                  time.perf_counter() - start, args.n, args.baseline, args.min_gain)
+                  time.perf_counter() - start, args.n, args.baseline, args.min_gain,
+                  preset_names, asked)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)

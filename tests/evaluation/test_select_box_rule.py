@@ -79,3 +79,13 @@ def test_map_prefix_and_contrast_map_closed_form():
     # pos − 0.5 neg = [[.5, .5], [0, .25]] -> [[1, 1], [0, .5]]
     np.testing.assert_allclose(contrast_map(pos, neg, 0.5), [[1, 1], [0, 0.5]])
     assert not contrast_map(pos, pos - 0.2, 1.0).any()  # a constant difference: nothing salient
+
+
+def test_best_per_domain_takes_each_domains_own_best_and_ties_to_the_narrower():
+    from bench.select_box_rule import best_per_domain
+
+    scores = {"brain_mri": {"+0": [0.2, 0.4], "+4": [0.5, 0.5], "+8": [0.6, 0.6]},
+              "retina": {"+0": [0.5, 0.3], "+4": [0.4, 0.4], "+8": [0.1, 0.2]}}
+    # retina: +0 and +4 both average 0.4 -> the earlier (narrower) one
+    assert best_per_domain(scores, ["+0", "+4", "+8"], ["brain_mri", "retina"]) == {
+        "brain_mri": "+8", "retina": "+0"}
