@@ -3,8 +3,11 @@
 Conventions used everywhere in the project:
 
 * An **image** is a ``float32`` numpy array in ``[0, 1]``, shape ``HxW`` (grayscale) or
-  ``HxWx3`` (RGB). 8-bit files are divided by 255, 16-bit files by 65535; an alpha channel is
-  dropped; palette/other modes are converted to RGB.
+  ``HxWx3`` (RGB). 8-bit files are divided by 255; 16/32-bit integer grey files (CT in HU, 12-bit
+  MR in a 16-bit file) and float files are min-max normalised per image; 16-bit RGB is read as
+  8-bit; an alpha channel is dropped; palette/other modes are converted to RGB; a multi-page
+  TIFF is refused (one slice per file). Written images are 8-bit PNG (a negative of a 16-bit
+  input is in that input's min-max frame, to 1/255 of its range).
 * A **mask** is a ``bool`` array ``HxW``. Files may hold {0, 1}, {0, 255} or bool values.
   **Policy for non-binary masks**: refused (:class:`NonBinaryMaskError`), never thresholded
   silently — a JPEG-compressed or resized mask has lost its boundary, and guessing a threshold
@@ -78,14 +81,19 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     return img
 
 
+def _minmax(arr: np.ndarray) -> np.ndarray:
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.float32)
+    return ((arr - lo) / (hi - lo)).astype(np.float32)
+
+
 def _to_float(img: Image.Image) -> np.ndarray:
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return (np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535.0)
-    if mode == "I":
-        arr = np.asarray(img, dtype=np.int64)
-        scale = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        return np.clip(arr / scale, 0, 1).astype(np.float32)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit integer grey (CT in HU, 12-bit MR in a 16-bit file): min-max per image, as
+        # float images and as LiteMedSAM does; a fixed /65535 turned a 900..1300 CT black
+        return _minmax(np.asarray(img, dtype=np.int64))
     if mode == "F":
         arr = np.asarray(img, dtype=np.float32)
         if not np.isfinite(arr).all():
@@ -104,8 +112,12 @@ def decode_image(data: bytes, name: str = "image", *, max_pixels: int = MAX_PIXE
     """Decode encoded bytes (PNG/JPEG/TIFF/BMP, 8/16-bit) into a float32 image in [0, 1]."""
     if not data:
         raise UnreadableImageError(f"{name}: file is empty")
+    img = _open(data, name, max_pixels)
+    if img.format == "TIFF" and getattr(img, "n_frames", 1) > 1:
+        raise UnreadableImageError(f"{name}: a multi-page TIFF ({img.n_frames} pages); save one "
+                                   "2-D slice per file")
     try:
-        arr = _to_float(_open(data, name, max_pixels))
+        arr = _to_float(img)
     except NonFiniteImageError as err:
         raise NonFiniteImageError(f"{name}: {err}; a float image must be finite everywhere") from None
     if arr.ndim == 3 and np.allclose(arr[..., 0], arr[..., 1]) and np.allclose(arr[..., 0], arr[..., 2]):
@@ -124,6 +136,14 @@ def decode_mask(
     if not data:
         raise UnreadableImageError(f"{name}: file is empty")
     img = _open(data, name, max_pixels)
+    if img.format == "TIFF" and getattr(img, "n_frames", 1) > 1:
+        raise UnreadableImageError(f"{name}: a multi-page TIFF ({img.n_frames} pages); save one "
+                                   "2-D mask per file")
+    if img.mode in ("RGBA", "LA"):
+        grey = np.asarray(img.convert("L"))
+        alpha = np.asarray(img.getchannel("A"))
+        if grey.min() == grey.max() and alpha.min() != alpha.max():
+            return _binarise(alpha, f"{name} (its alpha channel: the colour is flat)", require_lesion)
     if img.mode in ("RGB", "RGBA", "P", "LA"):
         rgb = np.asarray(img.convert("RGB"))
         if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
@@ -131,6 +151,10 @@ def decode_mask(
         arr = rgb[..., 0]
     else:
         arr = np.asarray(img)
+        if img.format == "TIFF" and img.tag_v2.get(262) == 0:
+            # MINISWHITE (tifffile's 1-bit default): PIL shows 0 as white; a mask is data, not a
+            # picture, so read the stored values
+            arr = ~arr if arr.dtype == bool else np.iinfo(arr.dtype).max - arr
     return _binarise(arr, name, require_lesion)
 
 

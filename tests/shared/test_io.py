@@ -139,3 +139,47 @@ def test_dicom_uses_header_window_and_rescale():
     hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     np.testing.assert_allclose(frames[0], np.clip((hu - (40 - 200)) / 400.0, 0, 1), atol=1e-6)
     assert len(frames) == 1 and frames[0].shape == (128, 128)
+
+
+def _tiff(array) -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, array)
+    return buf.getvalue()
+
+
+def test_16_bit_and_signed_images_are_min_max_normalised_so_an_affine_copy_reads_the_same():
+    """A CT slice stored as 900..1300 in a 16-bit PNG read as 0.014..0.020 under a fixed /65535
+    (black to the CLIP); a HU TIFF lost every negative value to 0. Both now read as the same
+    image as their full-range copy."""
+    base = (np.arange(400, dtype=np.int64).reshape(20, 20) * 7919) % 401  # 0..400, scrambled
+    narrow = (base + 900).astype(np.uint16)
+    full = (base * (65535 // 400)).astype(np.uint16)
+    hu = (base - 200).astype(np.int16)
+    want = base / 400.0
+    for data in (_png(narrow), _png(full), _tiff(hu), _tiff(narrow)):
+        np.testing.assert_allclose(sio.decode_image(data), want, atol=1e-6)
+    assert not sio.decode_image(_png(np.full((4, 4), 1000, np.uint16))).any()  # constant -> 0
+
+
+def test_multi_page_tiff_is_refused_in_one_line():
+    stack = np.zeros((5, 8, 8), np.uint16)  # (3, H, W) would read as planar RGB
+    with pytest.raises(sio.UnreadableImageError, match=r"s\.tif: a multi-page TIFF \(5 pages\)"):
+        sio.decode_image(_tiff(stack), "s.tif")
+    with pytest.raises(sio.UnreadableImageError, match="multi-page"):
+        sio.decode_mask(_tiff(np.zeros((5, 8, 8), np.uint8)), "m.tif")  # (3, H, W) reads as RGB
+
+
+def test_tifffile_bool_mask_reads_as_stored_and_an_alpha_channel_mask_is_used():
+    """tifffile writes bool masks as 1-bit MINISWHITE, which PIL shows inverted; a mask drawn in
+    an RGBA file's alpha channel over flat colour was read as empty."""
+    m = np.zeros((20, 30), bool)
+    m[5:9, 10:20] = True
+    np.testing.assert_array_equal(sio.decode_mask(_tiff(m)), m)
+    np.testing.assert_array_equal(sio.decode_mask(_tiff(m.astype(np.uint8) * 255)), m)
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., 3] = m * 255
+    np.testing.assert_array_equal(sio.decode_mask(_png(rgba)), m)
+    rgba[..., :3] = 200  # flat grey, opaque lesion: still the alpha
+    np.testing.assert_array_equal(sio.decode_mask(_png(rgba)), m)
