@@ -61,7 +61,8 @@ def save_overlay(path: str | Path, image: np.ndarray, result: ImageResult, gt: n
     for x0, y0, x1, y1 in result.boxes:
         axes[0].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False,
                                     edgecolor="lime", linewidth=1.2))
-    axes[0].contour(np.asarray(gt, dtype=float), levels=[0.5], colors="red", linewidths=0.8)
+    if min(np.shape(gt)[:2]) >= 2:  # matplotlib's contour needs a 2 × 2 grid (a 1 × N strip has none)
+        axes[0].contour(np.asarray(gt, dtype=float), levels=[0.5], colors="red", linewidths=0.8)
     fig.suptitle(result.name, fontsize=10)
     fig.tight_layout()
     path = Path(path)
