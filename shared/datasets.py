@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,12 +48,24 @@ class DpoRow:
     caption_neg: str  # caption of the negative ("... no signs of pathology.")
 
 
+VOLUME_HINT = {".dcm": "shared.io.read_dicom", ".nii": "shared.io.read_nifti_slices",
+               ".gz": "shared.io.read_nifti_slices"}
+
+
 def _images_in(folder: Path) -> dict[str, Path]:
-    return {
-        p.name: p
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    }
+    """Image files of ``folder`` by name. Hidden files (``.DS_Store``, macOS ``._a.png``) are not
+    data and are passed over; any other file that is not an image is named in one warning line on
+    stderr, so a folder of DICOM or NIfTI files is never skipped without a word."""
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    images = {p.name: p for p in files if p.suffix.lower() in IMAGE_SUFFIXES}
+    other = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if other:
+        hints = sorted({VOLUME_HINT[p.suffix.lower()] for p in other if p.suffix.lower() in VOLUME_HINT})
+        print(f"warning: {folder}: {len(other)} file(s) that are not {'/'.join(IMAGE_SUFFIXES)} "
+              f"images skipped, e.g. {other[0].name}"
+              + (f" (DICOM/NIfTI: read slices with {' / '.join(hints)} and save them as PNG)"
+                 if hints else ""), file=sys.stderr)
+    return images
 
 
 def list_pairs(root: str | Path, task: str, split: str) -> list[Pair]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--saliency", default="m2ib", choices=SALIENCY_METHODS)
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="M2IB preset, then --layer/--beta/... override it (default: 'embedded' for "
-                        "the embedded model, upstream's layer 9 / beta 1 for BiomedCLIP)")
+                        "the embedded model, upstream's layer 9 / beta 1 for BiomedCLIP); the "
+                        "per-dataset embedded-* presets also set their box margin "
+                        "(evaluate.PRESET_BOX_RULES), which --box-* flags override")
     p.add_argument("--layer", type=int, default=None,
                    help="M2IB bottleneck after this block (0-based, < the model's block count)")
     p.add_argument("--beta", type=float, default=None, help="M2IB weight of the KL term (> 0)")
@@ -216,8 +219,9 @@ def _check_prompts_cover(prompts: PromptSet, pairs, args: argparse.Namespace) ->
 
 
 def _box_rule(args: argparse.Namespace, bundle=None) -> dict:
-    """The model's post-processing rule (``evaluate.default_box_rule``), then explicit flags."""
-    rule = default_box_rule(bundle)
+    """The preset's or the model's post-processing rule (``evaluate.default_box_rule``), then
+    explicit flags."""
+    rule = default_box_rule(bundle, args.preset)
     given = {"component": args.component, "box_dilation_px": args.box_dilation,
              "box_dilation_frac": args.box_dilation_frac, "box_scale": args.box_scale}
     rule |= {k: v for k, v in given.items() if v is not None}
@@ -284,7 +288,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.positives_only:
         from shared.io import read_mask
 
-        pairs = [p for p in pairs if read_mask(p.mask_path).any()]
+        kept = [p for p in pairs if read_mask(p.mask_path).any()]
+        if len(kept) < len(pairs):
+            print(f"--positives-only: {len(pairs) - len(kept)} of {len(pairs)} image(s) with an "
+                  "empty mask left out", file=sys.stderr)
+        pairs = kept
         if not pairs:
             raise ConfigError(f"--positives-only: no image of task {task!r}, split {args.split!r} "
                               f"of {root} has a lesion in its mask")
@@ -358,6 +366,10 @@ def main(argv: list[str] | None = None) -> dict:
     write_markdown_report(out / "report.md", results, title=f"Zero-shot segmentation: {task} ({args.split})",
                           extra=extra or None)
     m = results.summary["metrics"]
+    if results.summary["n_empty_gt"]:
+        print(f"warning: {results.summary['n_empty_gt']} image(s) have an empty ground-truth mask; "
+              "each scores Dice 1 for an empty prediction and 0 otherwise (--positives-only "
+              "leaves them out)", file=sys.stderr)
     print(f"{task}/{args.split}: n={results.summary['n_images']} Dice {m['dice']['mean']:.3f} "
           f"IoU {m['iou']['mean']:.3f} NSD {m['nsd']['mean']:.3f} "
           f"empty coarse {results.summary['n_empty_coarse']} -> {out}")

@@ -64,6 +64,7 @@ class ImageResult:
     saliency: np.ndarray | None = None  # (H, W) float [0, 1]
     coarse: np.ndarray | None = None  # (H, W) bool
     pred: np.ndarray | None = None  # (H, W) bool
+    gt_empty: bool = False  # the ground truth has no lesion pixel (Dice 1 only for an empty pred)
 
 
 @dataclass
@@ -108,11 +109,19 @@ def compute_saliency(
 # for any model; for the embedded model the rule chosen on the validation split by
 # bench/select_box_rule.py (bench/results/box_rule_val.md): the 2-means component holding the
 # saliency maximum, its box grown by 4 px per 128 px of image side (4 px at the model's 128²).
+# A per-dataset M2IB preset (m2ib.PRESETS, "embedded-<domain>") carries its own rule, chosen with
+# that preset's maps on its own domain's validation positives (box_rule_val6.md, round 6).
+_EMBEDDED = {"component": "peak", "box_dilation_px": 0, "box_dilation_frac": 4 / 128,
+             "box_scale": 1.0}
 BOX_RULES: dict[str, dict] = {
     "upstream": {"component": "largest", "box_dilation_px": 0, "box_dilation_frac": 0.0,
                  "box_scale": 1.0},
-    "embedded": {"component": "peak", "box_dilation_px": 0, "box_dilation_frac": 4 / 128,
-                 "box_scale": 1.0},
+    "embedded": _EMBEDDED,
+}
+PRESET_BOX_RULES: dict[str, dict] = {
+    "embedded-brain": _EMBEDDED | {"box_dilation_frac": 12 / 128},
+    "embedded-retina": _EMBEDDED,
+    "embedded-breast": _EMBEDDED,
 }
 
 
@@ -126,8 +135,11 @@ def check_box_rule(rule: dict) -> None:
         raise ValueError(f"box scale must be > 0, got {rule['box_scale']}")
 
 
-def default_box_rule(bundle: ClipBundle | None) -> dict:
-    """The post-processing a model gets when none is named (EvalConfig fields)."""
+def default_box_rule(bundle: ClipBundle | None, preset: str | None = None) -> dict:
+    """The post-processing a model gets when none is named (EvalConfig fields): the M2IB preset's
+    own rule where it has one (the per-dataset presets), else the model family's."""
+    if preset in PRESET_BOX_RULES:
+        return dict(PRESET_BOX_RULES[preset])
     return dict(BOX_RULES["embedded" if bundle is not None and bundle.is_embedded else "upstream"])
 
 
@@ -209,7 +221,7 @@ def evaluate_dataset(
                 coarse_empty=not coarse.any(),
                 pred_empty=not pred.any(),
                 boxes=boxes.tolist(),
-                saliency=sal, coarse=coarse, pred=pred,
+                saliency=sal, coarse=coarse, pred=pred, gt_empty=not gt.any(),
             )
             if on_image is not None:
                 on_image(result, image, gt)
@@ -228,6 +240,7 @@ def _summary(results: Sequence[ImageResult], cfg: EvalConfig) -> dict:
     summary["coarse_dice"] = summarize([r.coarse_dice for r in results], seed=cfg.seed)
     summary["n_empty_coarse"] = int(sum(r.coarse_empty for r in results))
     summary["n_empty_prediction"] = int(sum(r.pred_empty for r in results))
+    summary["n_empty_gt"] = int(sum(r.gt_empty for r in results))
     summary["config"] = asdict(cfg)
     return summary
 

@@ -88,7 +88,8 @@ def write_markdown_report(path: str | Path, results: EvalResults, *, title: str,
         + ("the component holding the saliency maximum" if cfg.get("component") == "peak"
            else f"{cfg['num_components']} largest component(s)"),
         f"- empty coarse masks: {s['n_empty_coarse']} (their prediction is empty and scores 0 "
-        f"unless the ground truth is empty too); empty predictions: {s['n_empty_prediction']}",
+        f"unless the ground truth is empty too); empty predictions: {s['n_empty_prediction']}; "
+        f"empty ground truths: {s.get('n_empty_gt', 0)}",
         "", "| metric | mean ± std [95% bootstrap CI] |", "|---|---|",
     ]
     for name, m in s["metrics"].items():

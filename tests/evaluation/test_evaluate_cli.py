@@ -167,14 +167,17 @@ def test_m2ib_through_evaluate_dataset_matches_direct_call(dataset, tiny_clip):
         np.testing.assert_allclose(r.saliency, d, atol=1e-5)
 
 
-def test_cli_positives_only_skips_lesion_free_images(dataset, tmp_path, monkeypatch):
+def test_cli_positives_only_skips_lesion_free_images(dataset, tmp_path, monkeypatch, capsys):
     write_png(dataset / "test_images" / "normal 3.png", np.full((40, 40), 0.3, np.float32))
     write_png(dataset / "test_masks" / "normal 3.png", np.zeros((40, 40), bool))
     monkeypatch.setattr(cli, "build_segmenter", lambda name, ckpt, device="cpu": BoxFill())
     common = ["--data", str(dataset), "--mode", "oracle", "--no-overlays"]
     every = cli.main([*common, "--out", str(tmp_path / "a")])
+    # the lesion-free image is counted and named in a warning (it scores Dice 1 or 0 by itself)
+    assert every["n_empty_gt"] == 1 and "1 image(s) have an empty ground-truth" in capsys.readouterr().err
     positives = cli.main([*common, "--positives-only", "--out", str(tmp_path / "b")])
-    assert every["n_images"] == 4 and positives["n_images"] == 3
+    assert every["n_images"] == 4 and positives["n_images"] == 3 and positives["n_empty_gt"] == 0
+    assert "1 of 4 image(s) with an empty mask left out" in capsys.readouterr().err
     # the lesion-free image has an empty GT box -> no prompt -> empty prediction -> Dice 1 (both empty)
     assert every["n_empty_prediction"] == 1
 
@@ -202,6 +205,30 @@ def test_defaults_follow_the_model_on_a_fresh_folder(tmp_path):
                         "largest", "--out", str(tmp_path / "out2")])
     assert summary["config"]["component"] == "largest"
     assert summary["config"]["box_dilation_frac"] == pytest.approx(4 / 128)
+
+
+def test_a_per_dataset_preset_brings_its_own_box_margin(tmp_path):
+    """`--preset embedded-brain` sets the M2IB block *and* the margin chosen with it on brain's
+    validation split (12 px per 128, box_rule_val6.md); the other per-dataset presets keep the
+    global 4; an explicit flag still wins; every preset rule names an M2IB preset."""
+    from finetune.evaluation.evaluate import PRESET_BOX_RULES
+
+    assert set(PRESET_BOX_RULES) <= set(PRESETS)
+    task = tmp_path / "brain_mri"
+    (task / "test_images").mkdir(parents=True)
+    (task / "test_masks").mkdir()
+    image, mask = blob_image(3, (64, 64))
+    write_png(task / "test_images" / "a.png", image)
+    write_png(task / "test_masks" / "a.png", mask)
+    base = ["--data", str(task), "--steps", "1", "--samples", "1"]
+    brain = cli.main([*base, "--preset", "embedded-brain", "--out", str(tmp_path / "o1")])["config"]
+    assert brain["m2ib"]["layer"] == PRESETS["embedded-brain"].layer
+    assert brain["box_dilation_frac"] == pytest.approx(12 / 128) and brain["component"] == "peak"
+    breast = cli.main([*base, "--preset", "embedded-breast", "--out", str(tmp_path / "o2")])["config"]
+    assert breast["box_dilation_frac"] == pytest.approx(4 / 128)
+    flag = cli.main([*base, "--preset", "embedded-brain", "--box-dilation-frac", "0",
+                     "--out", str(tmp_path / "o3")])["config"]
+    assert flag["box_dilation_frac"] == 0 and flag["m2ib"]["layer"] == PRESETS["embedded-brain"].layer
 
 
 @pytest.mark.parametrize("argv, says", [

@@ -65,3 +65,17 @@ def test_a_binary_dpo_csv_is_named(tmp_path):
     (tmp_path / "pairs.csv").write_bytes(b"\xff\xfe\x00garbage\x89PNG")
     with pytest.raises(DatasetError, match="pairs.csv: not a UTF-8 text CSV"):  # was UnicodeDecodeError
         read_dpo_csv(tmp_path / "pairs.csv")
+
+
+def test_files_that_are_not_images_are_named_and_hidden_files_passed_over(tmp_path, capsys):
+    """A DICOM beside the PNGs was dropped without a word, and macOS's ``._a.png`` (not an image)
+    aborted the run as unreadable."""
+    _layout(tmp_path, ["a.png"])
+    (tmp_path / "busi" / "train_images" / "b.dcm").write_bytes(b"DICM")
+    (tmp_path / "busi" / "train_images" / "._a.png").write_bytes(b"\x00\x05\x16\x07")
+    (tmp_path / "busi" / "train_masks" / ".DS_Store").write_bytes(b"\x00")
+    pairs = list_pairs(tmp_path, "busi", "train")
+    assert [p.name for p in pairs] == ["a.png"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train_images: 1 file(s)" in err and "b.dcm" in err
+    assert "shared.io.read_dicom" in err and "._a.png" not in err
