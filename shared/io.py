@@ -310,6 +310,36 @@ def read_nifti_slices(
     return [np.ascontiguousarray(np.rot90(np.take(windowed, i, axis=axis))) for i in range(volume.shape[axis])]
 
 
+def read_nifti_mask_slices(path: str | Path, *, axis: int = 2) -> list[np.ndarray]:
+    """Read a NIfTI label volume as 2-D bool masks along ``axis``, oriented as
+    :func:`read_nifti_slices` orients the image volume (so slice i of both pairs up). Voxels must
+    be 0/1 (or 0 and one other value); a multi-label volume (BraTS: 0, 1, 2, 4) is refused — pick
+    the label(s) and save 0/1, we do not guess which label is the lesion. The intensity window of
+    the image reader would turn 0/1 into 0/0.5."""
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        volume = np.asarray(nib.load(str(path)).dataobj)
+    except FileNotFoundError:
+        raise UnreadableImageError(f"{path}: no such file") from None
+    except Exception as err:
+        raise UnreadableImageError(f"{path}: not a readable NIfTI volume ({err})") from None
+    if volume.ndim == 4:
+        volume = volume[..., 0]
+    if volume.ndim != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got shape {volume.shape}")
+    if axis not in (0, 1, 2):
+        raise InputError(f"axis must be 0, 1 or 2, got {axis}")
+    values = np.unique(volume)
+    if values.size > 2 or (values.size == 2 and values[0] != 0) or (values.size == 1 and values[0] != 0):
+        shown = ", ".join(f"{v:g}" for v in values[:6]) + (" ..." if values.size > 6 else "")
+        raise NonBinaryMaskError(f"{path}: label volume holds values {shown}; expected 0 and one "
+                                 "lesion value (select the lesion label(s) and save 0/1)")
+    mask = volume != 0
+    return [np.ascontiguousarray(np.rot90(np.take(mask, i, axis=axis))) for i in range(mask.shape[axis])]
+
+
 def read_dicom(path: str | Path, *, window: tuple[float, float] | None = None) -> list[np.ndarray]:
     """Read a DICOM file as a list of 2-D float32 frames in [0, 1].
 

@@ -183,3 +183,23 @@ def test_tifffile_bool_mask_reads_as_stored_and_an_alpha_channel_mask_is_used():
     np.testing.assert_array_equal(sio.decode_mask(_png(rgba)), m)
     rgba[..., :3] = 200  # flat grey, opaque lesion: still the alpha
     np.testing.assert_array_equal(sio.decode_mask(_png(rgba)), m)
+
+
+def test_nifti_label_volume_reads_as_masks_aligned_with_the_image_slices(tmp_path):
+    """read_nifti_slices windowed a 0/1 label volume into 0/0.5 (refused as non-binary later);
+    the mask reader keeps it binary and orients each slice as the image reader does."""
+    rng = np.random.default_rng(0)
+    image = rng.random((6, 5, 3)).astype(np.float32)
+    labels = np.zeros((6, 5, 3), np.uint8)
+    labels[1:3, 2:4, 1] = 1
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "img.nii.gz")
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "seg.nii.gz")
+    masks = sio.read_nifti_mask_slices(tmp_path / "seg.nii.gz")
+    slices = sio.read_nifti_slices(tmp_path / "img.nii.gz")
+    assert len(masks) == len(slices) == 3 and masks[1].dtype == bool
+    assert masks[1].shape == slices[1].shape and masks[1].sum() == 4 and not masks[0].any()
+    np.testing.assert_array_equal(masks[1], np.rot90(labels[:, :, 1] == 1))
+    labels[0, 0, 0] = 2  # a second label (BraTS-style): which one is the lesion is not guessed
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "multi.nii.gz")
+    with pytest.raises(sio.NonBinaryMaskError, match="values 0, 1, 2"):
+        sio.read_nifti_mask_slices(tmp_path / "multi.nii.gz")
