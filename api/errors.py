@@ -54,7 +54,7 @@ def from_input_error(exc: sio.InputError) -> ApiError:
     """Map a shared.io input error to its answer (413 for too many pixels, else 422)."""
     code = _snake(type(exc).__name__).removesuffix("_error")  # SizeMismatchError -> size_mismatch
     if isinstance(exc, sio.ImageTooLargeError):
-        return ApiError(413, "image_too_large", str(exc))
+        return ApiError(413, "image_too_large", f"{exc} (the service's NEG_API_MAX_PIXELS)")
     if type(exc) is sio.InputError:
         code = "invalid_input"
     return ApiError(422, code, str(exc))

@@ -340,7 +340,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     def overlay(result, image, gt):
         if not args.no_overlays:
-            save_overlay(out / "overlays" / f"{Path(result.name).stem}.png", image, result, gt)
+            # a.png -> a.png, a.tif -> a.tif.png: a.png and a.tif in one split keep both overlays
+            name = result.name if result.name.lower().endswith(".png") else f"{result.name}.png"
+            save_overlay(out / "overlays" / name, image, result, gt)
 
     t0 = time.perf_counter()
     results = evaluate_dataset(

@@ -50,7 +50,7 @@ def test_413_too_many_pixels(client_factory):
     image, mask = make_pair(0, size=(40, 40))
     with client_factory(max_pixels=39 * 40) as c:
         body = assert_error(post_pair(c, image, mask), 413, "image_too_large")
-        assert "1600" in body["detail"]
+        assert "1600" in body["detail"] and "NEG_API_MAX_PIXELS" in body["detail"]
 
 
 def test_415_wrong_body_media_type(client):

@@ -10,7 +10,7 @@ from finetune.evaluation.evaluate import EvalConfig, evaluate_dataset
 from finetune.evaluation.m2ib import PRESETS, M2IBConfig
 from finetune.evaluation.prompts import single_prompt
 from shared.datasets import list_pairs
-from shared.io import write_png
+from shared.io import read_image, read_mask, write_png
 from tests.evaluation.conftest import blob_image
 from tests.evaluation.test_segmenters import _tiny_sam
 
@@ -165,6 +165,19 @@ def test_m2ib_through_evaluate_dataset_matches_direct_call(dataset, tiny_clip):
     direct = m2ib_saliency(tiny_clip, [read_image(p.image_path) for p in pairs], [["a tumor"]] * 3, cfg.m2ib)
     for r, d in zip(res.images, direct, strict=True):
         np.testing.assert_allclose(r.saliency, d, atol=1e-5)
+
+
+def test_overlays_of_images_sharing_a_stem_are_both_kept(dataset, tmp_path, monkeypatch):
+    """a.png and a.tif in one split were both evaluated but overlays/a.png was written twice."""
+    from PIL import Image
+
+    image, mask = read_image(dataset / "test_images" / "case 0.png"), read_mask(dataset / "test_masks" / "case 0.png")
+    Image.fromarray((image * 255).astype(np.uint8)).save(dataset / "test_images" / "case 0.tif")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(dataset / "test_masks" / "case 0.tif")
+    monkeypatch.setattr(cli, "build_segmenter", lambda name, ckpt, device="cpu": BoxFill())
+    out = tmp_path / "o"
+    cli.main(["--data", str(dataset), "--mode", "oracle", "--limit", "2", "--out", str(out)])
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["case 0.png", "case 0.tif.png"]
 
 
 def test_cli_positives_only_skips_lesion_free_images(dataset, tmp_path, monkeypatch, capsys):
