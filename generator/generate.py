@@ -188,14 +188,18 @@ def list_items(data: Path, *, split: str | None, domains: list[str] | None) -> l
                 continue
             items.append(Item(it.id, it.image, it.mask, it.gt_negative, it.caption, it.caption_neg))
     else:
-        for task in list_tasks(data):
+        # --data may name one task folder (its <split>_images/ directly under it), as the evaluator
+        # accepts; then it is the only task of its parent
+        one_task = any((data / f"{s}_images").is_dir() for s in SPLITS)
+        for task in [data.name] if one_task else list_tasks(data):
             known.add(task)
             if domains and task not in domains:
                 continue
             for s in [split] if split else list(SPLITS):
-                if not (data / task / f"{s}_images").is_dir() and not (data / task / f"{s}_masks").is_dir():
+                root = data.parent if one_task else data
+                if not (root / task / f"{s}_images").is_dir() and not (root / task / f"{s}_masks").is_dir():
                     continue  # this task has no such split; a half-present split is an error
-                pairs = list_pairs(data, task, s)  # DatasetError names an image without its mask
+                pairs = list_pairs(root, task, s)  # DatasetError names an image without its mask
                 for p, name in zip(pairs, item_names([p.name for p in pairs]), strict=True):
                     items.append(Item(f"{task}_{s}_{name}", p.image_path, p.mask_path, None,
                                       f"A medical image of {task} showing a lesion.",

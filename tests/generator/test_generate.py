@@ -105,6 +105,18 @@ def test_folder_image_without_mask_is_an_error_not_a_dropped_split(tmp_path):
     assert [it.id for it in generate.list_items(tmp_path, split="test", domains=None)] == ["liver_test_c"]
 
 
+def test_data_may_name_one_task_folder_as_the_evaluator_accepts(tmp_path):
+    """--data DATA/liver (its splits directly under it) ended in "no tumor items found"."""
+    image, mask = _lesion()
+    _folder(tmp_path, "liver", "test", {"c.png": (image, mask)})
+    _folder(tmp_path, "lung", "test", {"d.png": (image, mask)})
+    by_task = generate.list_items(tmp_path / "liver", split="test", domains=None)
+    assert [it.id for it in by_task] == ["liver_test_c"]
+    assert by_task[0].image == tmp_path / "liver" / "test_images" / "c.png"
+    assert [it.id for it in generate.list_items(tmp_path, split="test", domains=None)] == [
+        "liver_test_c", "lung_test_d"]
+
+
 def test_empty_masks_are_skipped_with_a_warning_and_scores_are_strict_json(
         tmp_path, tiny_pixel_dir, capsys):
     import numpy as np
