@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from generator.masks import dilate
+from generator.predictor import NoContextError
 from generator.scoring import SCORERS_DIR, load_scorers, ranking_score, score_negatives
 from shared.config import ConfigError, check_out_dir
 from shared.datasets import SPLITS, DatasetError, DpoRow, list_pairs, list_tasks, write_dpo_csv
@@ -266,6 +267,9 @@ def process_item(item: Item, args, generator, scorers, out: Path) -> dict:
                                  see_through_px=args.see_through_px)
         results = generator.generate([image], [mask], num_samples=args.num_samples,
                                      seed=args.seed, **params)[0]
+    except NoContextError as err:  # a mask over the whole image: skipped like an empty one
+        return {"id": item.id, "image": str(item.image), "mask": str(item.mask),
+                "skipped": str(err).removeprefix("image 0: ")}
     except InputError as err:  # name the file: the generator only knows "image 0"
         raise type(err)(f"{item.image} (mask {item.mask}): {err}") from None
     region = dilate(mask, args.dilation_px)
@@ -295,7 +299,8 @@ def process_item(item: Item, args, generator, scorers, out: Path) -> dict:
 
 def finalize(items: list[Item], data: Path, out: Path) -> int:
     """Merge per-item records into manifest.jsonl and dpo_pairs.csv (main process only); items
-    skipped (empty masks) are counted in a warning, not written. Returns the number written."""
+    skipped (empty masks, masks leaving no tissue to fill from) are counted in a warning line
+    per reason, not written. Returns the number written."""
     rows, lines, skipped = [], [], []
     for it in items:
         rec_path = out / "records" / f"{it.id}.json"
@@ -314,9 +319,10 @@ def finalize(items: list[Item], data: Path, out: Path) -> int:
         rows.append(DpoRow(pos, best["path"], rec["caption"], rec["caption_neg"]))
     (out / "manifest.jsonl").write_text("".join(line + "\n" for line in lines))
     write_dpo_csv(out / "dpo_pairs.csv", rows)
-    if skipped:
-        print(f"warning: {len(skipped)} item(s) skipped, e.g. {skipped[0]['image']}: "
-              f"{skipped[0]['skipped']}", file=sys.stderr)
+    for reason in dict.fromkeys(rec["skipped"] for rec in skipped):  # one line per reason
+        these = [rec for rec in skipped if rec["skipped"] == reason]
+        print(f"warning: {len(these)} item(s) skipped, e.g. {these[0]['image']}: {reason}",
+              file=sys.stderr)
     return len(lines)
 
 

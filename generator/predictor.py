@@ -85,8 +85,8 @@ def _check_pair(i: int, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray
         raise GenerationInputError(f"image {i} has values outside [0,1] (or NaN)")
     if mask.shape != image.shape[:2]:
         raise GenerationInputError(
-            f"mask {i} is {mask.shape[0]}x{mask.shape[1]} but image is "
-            f"{image.shape[0]}x{image.shape[1]}"
+            f"mask {i} is {mask.shape[1]}x{mask.shape[0]} but image is "
+            f"{image.shape[1]}x{image.shape[0]} (width x height)"
         )
     if mask.dtype != bool:
         if not np.isin(mask, (0, 1)).all():

@@ -77,6 +77,9 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageTooLargeError(f"{name}: refused as a decompression bomb ({err})") from None
     except Exception as err:  # PIL raises many types for corrupt data
+        if isinstance(err, Image.UnidentifiedImageError):  # its text is "<_io.BytesIO object at 0x…>"
+            raise UnreadableImageError(f"{name}: not a readable image (not PNG, JPEG, TIFF or BMP "
+                                       "data)") from None
         raise UnreadableImageError(f"{name}: not a readable image ({type(err).__name__}: {err})") from None
     return img
 
@@ -172,9 +175,12 @@ def _binarise(arr: np.ndarray, name: str, require_lesion: bool) -> np.ndarray:
             mask = arr == 65535
         else:
             shown = ", ".join(str(v) for v in values[:6]) + (" ..." if values.size > 6 else "")
+            labels = values.size <= 8 and values.max() <= 10  # a lossless label map (0, 1, 2, 4)
             raise NonBinaryMaskError(
                 f"{name}: mask is not binary (values {shown}); expected 0/1 or 0/255 "
-                "(re-save it losslessly as PNG; we do not guess a threshold)"
+                + ("(a label map: save the lesion label(s) as 0/1; we do not guess which label "
+                   "is the lesion)" if labels else
+                   "(re-save it losslessly as PNG; we do not guess a threshold)")
             )
     if mask.ndim != 2:
         raise NonBinaryMaskError(f"{name}: mask must be 2-D, got shape {mask.shape}")

@@ -95,7 +95,7 @@ def test_strength_below_one_stays_closer_to_input(gen):
 @pytest.mark.parametrize(
     "kwargs, images, masks, match",
     [
-        ({}, [np.zeros((8, 8), np.float32)], [np.zeros((8, 9), bool)], "mask 0 is 8x9"),
+        ({}, [np.zeros((8, 8), np.float32)], [np.zeros((8, 9), bool)], r"mask 0 is 9x8 but image is 8x8 \(width x height\)"),
         ({}, [np.full((8, 8), 2.0, np.float32)], [np.zeros((8, 8), bool)], "outside"),
         ({}, [np.zeros((8, 8), np.uint8)], [np.zeros((8, 8), bool)], "dtype"),
         ({}, [np.zeros((8, 8), np.float32)], [np.full((8, 8), 3)], "not binary"),

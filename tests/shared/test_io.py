@@ -43,8 +43,20 @@ def test_masks_accept_01_0255_and_bool():
 
 
 def test_unreadable_bytes():
-    with pytest.raises(sio.UnreadableImageError, match="bad.png: not a readable image"):
+    with pytest.raises(sio.UnreadableImageError, match="bad.png: not a readable image") as err:
         sio.decode_image(b"\x89PNG but not really", "bad.png")
+    assert "BytesIO" not in str(err.value)  # PIL's text named an in-memory object's address
+
+
+def test_label_map_and_lossy_mask_get_their_own_advice():
+    labels = np.zeros((8, 8), np.uint8)
+    labels[1:3, 1:3], labels[5:7, 5:7] = 1, 2
+    with pytest.raises(sio.NonBinaryMaskError, match=r"values 0, 1, 2.*a label map: save the lesion"):
+        sio.decode_mask(_png(labels), "seg.png")
+    lossy = (labels > 0).astype(np.uint8) * 255
+    lossy[0, 0], lossy[4, 4] = 3, 252  # JPEG ringing
+    with pytest.raises(sio.NonBinaryMaskError, match="re-save it losslessly"):
+        sio.decode_mask(_png(lossy), "m.jpg")
     with pytest.raises(sio.UnreadableImageError, match="empty"):
         sio.decode_mask(b"", "m.png")
 
