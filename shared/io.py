@@ -276,6 +276,26 @@ def percentile_window(values: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 9
     return float((lo + hi) / 2.0), float(max(hi - lo, 1e-6))
 
 
+def _nifti_volume(path: Path, axis: int, values) -> np.ndarray:
+    """The 3-D array ``values(nibabel image)`` of the NIfTI file (a 4-D one's first volume), with
+    one error per kind of bad input."""
+    import nibabel as nib
+
+    try:
+        volume = values(nib.load(str(path)))
+    except FileNotFoundError:
+        raise UnreadableImageError(f"{path}: no such file") from None
+    except Exception as err:
+        raise UnreadableImageError(f"{path}: not a readable NIfTI volume ({err})") from None
+    if volume.ndim == 4:
+        volume = volume[..., 0]
+    if volume.ndim != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got shape {volume.shape}")
+    if axis not in (0, 1, 2):
+        raise InputError(f"axis must be 0, 1 or 2, got {axis}")
+    return volume
+
+
 def read_nifti_slices(
     path: str | Path, *, axis: int = 2, window: tuple[float, float] | None = None
 ) -> list[np.ndarray]:
@@ -288,21 +308,8 @@ def read_nifti_slices(
     """
     import warnings
 
-    import nibabel as nib
-
     path = Path(path)
-    try:
-        volume = np.asarray(nib.load(str(path)).get_fdata(), dtype=np.float64)
-    except FileNotFoundError:
-        raise UnreadableImageError(f"{path}: no such file") from None
-    except Exception as err:
-        raise UnreadableImageError(f"{path}: not a readable NIfTI volume ({err})") from None
-    if volume.ndim == 4:
-        volume = volume[..., 0]
-    if volume.ndim != 3:
-        raise InputError(f"{path}: expected a 3-D volume, got shape {volume.shape}")
-    if axis not in (0, 1, 2):
-        raise InputError(f"axis must be 0, 1 or 2, got {axis}")
+    volume = _nifti_volume(path, axis, lambda img: np.asarray(img.get_fdata(), dtype=np.float64))
     finite = np.isfinite(volume)
     if not finite.all():
         if not finite.any():
@@ -322,21 +329,8 @@ def read_nifti_mask_slices(path: str | Path, *, axis: int = 2) -> list[np.ndarra
     be 0/1 (or 0 and one other value); a multi-label volume (BraTS: 0, 1, 2, 4) is refused — pick
     the label(s) and save 0/1, we do not guess which label is the lesion. The intensity window of
     the image reader would turn 0/1 into 0/0.5."""
-    import nibabel as nib
-
     path = Path(path)
-    try:
-        volume = np.asarray(nib.load(str(path)).dataobj)
-    except FileNotFoundError:
-        raise UnreadableImageError(f"{path}: no such file") from None
-    except Exception as err:
-        raise UnreadableImageError(f"{path}: not a readable NIfTI volume ({err})") from None
-    if volume.ndim == 4:
-        volume = volume[..., 0]
-    if volume.ndim != 3:
-        raise InputError(f"{path}: expected a 3-D volume, got shape {volume.shape}")
-    if axis not in (0, 1, 2):
-        raise InputError(f"axis must be 0, 1 or 2, got {axis}")
+    volume = _nifti_volume(path, axis, lambda img: np.asarray(img.dataobj))  # stored values
     values = np.unique(volume)
     if values.size > 2 or (values.size == 2 and values[0] != 0) or (values.size == 1 and values[0] != 0):
         shown = ", ".join(f"{v:g}" for v in values[:6]) + (" ..." if values.size > 6 else "")

@@ -195,16 +195,22 @@ def test_cli_positives_only_skips_lesion_free_images(dataset, tmp_path, monkeypa
     assert every["n_empty_prediction"] == 1
 
 
-def test_defaults_follow_the_model_on_a_fresh_folder(tmp_path):
-    """`python -m finetune.evaluate --data DIR --out OUT` with every default (committed embedded
-    model, M2IB, LiteMedSAM) runs on a folder named like a known task: the embedded model gets its
-    own preset instead of upstream's layer 9 (issue 20: a traceback before)."""
+def _one_image_task(tmp_path):
+    """A task folder named like a known task (brain_mri) with one test image and its mask."""
     task = tmp_path / "brain_mri"
     (task / "test_images").mkdir(parents=True)
     (task / "test_masks").mkdir()
     image, mask = blob_image(3, (64, 64))
     write_png(task / "test_images" / "a.png", image)
     write_png(task / "test_masks" / "a.png", mask)
+    return task
+
+
+def test_defaults_follow_the_model_on_a_fresh_folder(tmp_path):
+    """`python -m finetune.evaluate --data DIR --out OUT` with every default (committed embedded
+    model, M2IB, LiteMedSAM) runs on a folder named like a known task: the embedded model gets its
+    own preset instead of upstream's layer 9 (issue 20: a traceback before)."""
+    task = _one_image_task(tmp_path)
     summary = cli.main(["--data", str(task), "--steps", "1", "--samples", "1", "--out",
                         str(tmp_path / "out")])
     assert summary["n_images"] == 1 and summary["segmenter"] == "litemedsam"
@@ -227,12 +233,7 @@ def test_a_per_dataset_preset_brings_its_own_box_margin(tmp_path):
     from finetune.evaluation.evaluate import PRESET_BOX_RULES
 
     assert set(PRESET_BOX_RULES) <= set(PRESETS)
-    task = tmp_path / "brain_mri"
-    (task / "test_images").mkdir(parents=True)
-    (task / "test_masks").mkdir()
-    image, mask = blob_image(3, (64, 64))
-    write_png(task / "test_images" / "a.png", image)
-    write_png(task / "test_masks" / "a.png", mask)
+    task = _one_image_task(tmp_path)
     base = ["--data", str(task), "--steps", "1", "--samples", "1"]
     brain = cli.main([*base, "--preset", "embedded-brain", "--out", str(tmp_path / "o1")])["config"]
     assert brain["m2ib"]["layer"] == PRESETS["embedded-brain"].layer
