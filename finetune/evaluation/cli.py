@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
         from shared.io import read_mask
 
         kept = [p for p in pairs if read_mask(p.mask_path).any()]
-        if len(kept) < len(pairs):
+        if kept and len(kept) < len(pairs):  # none kept: the error below says so
             print(f"--positives-only: {len(pairs) - len(kept)} of {len(pairs)} image(s) with an "
                   "empty mask left out", file=sys.stderr)
         pairs = kept
