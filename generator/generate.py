@@ -271,6 +271,8 @@ def process_item(item: Item, args, generator, scorers, out: Path) -> dict:
         return {"id": item.id, "image": str(item.image), "mask": str(item.mask),
                 "skipped": str(err).removeprefix("image 0: ")}
     except InputError as err:  # name the file: the generator only knows "image 0"
+        if str(err).startswith((str(item.image), str(item.mask))):  # a reader named it already
+            raise
         raise type(err)(f"{item.image} (mask {item.mask}): {err}") from None
     region = dilate(mask, args.dilation_px)
     gt = read_image(item.gt_negative) if item.gt_negative is not None else None

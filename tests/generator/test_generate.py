@@ -196,3 +196,18 @@ def test_misspelt_domain_and_changed_settings_on_resume_are_refused(small_bench,
     again[again.index("--steps") + 1] = "3"
     with pytest.raises(ConfigError, match=r"holds negatives made with other settings \(params: "):
         generate.main(again)  # was: "0 generated, 1 skipped" with the old 2-step negatives
+
+
+def test_a_reader_error_names_the_file_once(tmp_path):
+    """A non-binary mask's message came out as 'IMG (mask M): M: mask is not binary ...'."""
+    import numpy as np
+
+    from shared.io import NonBinaryMaskError, write_png
+
+    image, mask = _lesion()
+    write_png(tmp_path / "a.png", image)
+    write_png(tmp_path / "m.png", mask.astype(np.float32) * 0.5)  # 0/128: not binary
+    item = generate.Item("a", tmp_path / "a.png", tmp_path / "m.png", None, "c", "n")
+    with pytest.raises(NonBinaryMaskError) as err:
+        generate.process_item(item, None, None, None, tmp_path / "out")
+    assert str(err.value).count("m.png") == 1 and "not binary" in str(err.value)
