@@ -139,8 +139,8 @@ def run_shard(
     for i, it in progress(todo, disable=not show, desc=desc, every=20):
         record = work(i, it)
         write_text_atomic(records / f"{name(it)}.json", json.dumps(record, sort_keys=True) + "\n")
-    print(f"rank {shard.index}/{shard.count}: {len(todo)} generated, {len(mine) - len(todo)} "
-          "skipped", flush=True)
+    print(f"rank {shard.index}/{shard.count}: {len(todo)} processed, {len(mine) - len(todo)} "
+          "already done (resumed)", flush=True)  # items skipped for their mask: finalize's warning
     return len(todo)
 
 

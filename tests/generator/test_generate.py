@@ -58,7 +58,7 @@ def test_two_process_launch_writes_the_same_files(small_bench, tiny_pixel_dir, t
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # each rank generated its own share (3 + 2 of 5), not all items twice
-    assert "rank 0/2: 3 generated" in proc.stdout and "rank 1/2: 2 generated" in proc.stdout
+    assert "rank 0/2: 3 processed" in proc.stdout and "rank 1/2: 2 processed" in proc.stdout
     assert _snapshot(one) == _snapshot(two)
 
 
@@ -195,7 +195,7 @@ def test_misspelt_domain_and_changed_settings_on_resume_are_refused(small_bench,
     again = _args(small_bench, out, tiny_pixel_dir, 1)
     again[again.index("--steps") + 1] = "3"
     with pytest.raises(ConfigError, match=r"holds negatives made with other settings \(params: "):
-        generate.main(again)  # was: "0 generated, 1 skipped" with the old 2-step negatives
+        generate.main(again)  # was: "0 generated, 1 skipped" (now "processed" / "already done") with the old 2-step negatives
 
 
 def test_a_reader_error_names_the_file_once(tmp_path):

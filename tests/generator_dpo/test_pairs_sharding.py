@@ -76,10 +76,10 @@ def test_cli_shards_merge_resume_and_redo_a_changed_config(bench_root, tiny_refe
     stamps = {p.name: p.stat().st_mtime_ns for p in (two / "records").iterdir()}
     capsys.readouterr()
     assert pairs.main(_cli(bench_root, tiny_reference, two)) == 0  # resume: nothing to do
-    assert "rank 0/1: 0 generated, 3 skipped" in capsys.readouterr().out
+    assert "rank 0/1: 0 processed, 3 already done (resumed)" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in (two / "records").iterdir()} == stamps
     assert pairs.main(_cli(bench_root, tiny_reference, two, "seed=1")) == 0  # another key
-    assert "rank 0/1: 3 generated, 0 skipped" in capsys.readouterr().out
+    assert "rank 0/1: 3 processed, 0 already done (resumed)" in capsys.readouterr().out
     assert json.loads((two / "pairs_config.json").read_text())["config"]["seed"] == 1
     with pytest.raises(SystemExit):
         pairs.main(_cli(bench_root, tiny_reference, two, "--shard", "2", "--num-shards", "2"))
@@ -102,7 +102,7 @@ def test_two_process_launch_writes_the_one_process_pairs(bench_root, tiny_refere
 
     launch(1, tmp_path / "one")
     proc = launch(2, tmp_path / "two")
-    assert "rank 0/2: 2 generated" in proc.stdout and "rank 1/2: 1 generated" in proc.stdout
+    assert "rank 0/2: 2 processed" in proc.stdout and "rank 1/2: 1 processed" in proc.stdout
     assert _files(tmp_path / "two") == _files(tmp_path / "one")
 
 
