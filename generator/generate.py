@@ -5,8 +5,9 @@
 ``--data`` is a lesion-injection benchmark (``manifest.jsonl``; tumor items only, GT negatives
 scored) or a MedCLIP-SAMv2 folder (``DIR/<task>/<split>_images|<split>_masks``). Process ``r`` of
 ``n`` takes items ``r, r+n, …`` of the sorted list; every item is generated one image at a time
-(results never depend on the sharding). The protocol (``Shard``, ``run_shard``, ``finish``) is
-shared with ``generator/pairs.py``, which shards DPO pair generation the same way. Writes
+(results never depend on the sharding). The protocol (``generator/sharding.py``: ``Shard``,
+``run_shard``, ``finish``) is shared with ``generator/pairs.py``, which shards DPO pair generation
+the same way. Writes
 - ``OUT/negatives/<id>_s<seed>.png`` (8-bit), one per sample;
 - ``OUT/records/<id>.json`` per finished item (written last, atomically: its presence means done,
   so a rerun skips it);
@@ -21,13 +22,10 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
 
 if __package__ in (None, ""):  # `accelerate launch generator/generate.py` runs this as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,120 +36,14 @@ import torch
 from generator.masks import dilate
 from generator.predictor import NoContextError
 from generator.scoring import SCORERS_DIR, load_scorers, ranking_score, score_negatives
+from generator.sharding import Shard, finish, join_launch, resolve_device, run_shard
 from shared.config import ConfigError, check_out_dir
 from shared.datasets import SPLITS, DatasetError, DpoRow, list_pairs, list_tasks, write_dpo_csv
 from shared.io import InputError, read_image, read_mask, write_json_atomic, write_png
-from shared.launch import check_joined, use_cpu
 from shared.negatives_client import negative_params
-from shared.progress import progress
 from shared.provenance import content_key, sha256_bytes
 
-if TYPE_CHECKING:
-    from accelerate import PartialState
-
 DEFAULT_CAPTION_NEG = "A medical image showing healthy tissue with no signs of pathology."
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Shard:
-    """The slice of a sorted work list one worker does: items ``index, index + count, …``.
-
-    Items are assigned by position alone, so each is done by exactly one worker, and a worker must
-    derive everything about an item (seeds included) from the item and its position in the *whole*
-    list: then the results do not depend on ``count``.
-    """
-
-    index: int = 0  # this worker, 0 <= index < count
-    count: int = 1  # workers sharing the list (accelerate processes, or --num-shards)
-
-    def __post_init__(self) -> None:
-        if self.count < 1 or not 0 <= self.index < self.count:
-            raise ValueError(f"shard {self.index} of {self.count}: need 0 <= index < count")
-
-    @classmethod
-    def of(cls, state: PartialState) -> Shard:
-        """This process's shard in an accelerate ``PartialState`` (rank of world size)."""
-        return cls(state.process_index, state.num_processes)
-
-    def take(self, items: Sequence[T]) -> list[tuple[int, T]]:
-        """``(position in items, item)`` for this worker's items."""
-        return list(enumerate(items))[self.index :: self.count]
-
-
-def join_launch() -> PartialState:
-    """This process's accelerate ``PartialState``, joined with every process ``accelerate launch``
-    started (gloo on a CPU machine); a plain ``python`` run is one process of one."""
-    from accelerate import PartialState
-
-    state = PartialState(cpu=use_cpu())
-    check_joined(state.num_processes)
-    return state
-
-
-def resolve_device(device: str, state: PartialState) -> str:
-    """``device`` as given, or for ``"auto"`` this process's accelerate device (``cuda:r`` under
-    ``accelerate launch``). The CPU is always ``"cpu"``: accelerate calls it ``cpu:0`` in a gloo
-    group, and a generator placed on ``cpu:0`` gave scores that differ from ``cpu`` in the 7th
-    digit, which would make a sharded run differ from a one-process run."""
-    if device != "auto":
-        return device
-    return "cpu" if state.device.type == "cpu" else str(state.device)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a per-process temporary file and ``os.replace``: a reader
-    (or a concurrent writer of the same content) never sees a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def run_shard(
-    items: Sequence[T],
-    shard: Shard,
-    work: Callable[[int, T], dict[str, Any]],
-    *,
-    records: Path,
-    name: Callable[[T], str],
-    current: Callable[[dict[str, Any]], bool] | None = None,
-    desc: str = "items",
-    show: bool = True,
-) -> int:
-    """Do ``shard``'s part of ``items``, one record per item; returns how many were (re)done.
-
-    For each ``(i, item)`` of ``shard.take(items)``: unless ``records/<name(item)>.json`` exists
-    (and, given ``current``, ``current(record)`` holds: a record of another configuration is
-    redone), ``work(i, item)`` runs and its JSON-able record is written atomically, last, so its
-    presence means the item is finished and a rerun resumes where a killed one stopped.
-    """
-    records.mkdir(parents=True, exist_ok=True)
-    mine = shard.take(items)
-
-    def done(item: T) -> bool:
-        path = records / f"{name(item)}.json"
-        if not path.is_file():
-            return False
-        return current is None or current(json.loads(path.read_text()))
-
-    todo = [(i, it) for i, it in mine if not done(it)]
-    for i, it in progress(todo, disable=not show, desc=desc, every=20):
-        record = work(i, it)
-        write_text_atomic(records / f"{name(it)}.json", json.dumps(record, sort_keys=True) + "\n")
-    print(f"rank {shard.index}/{shard.count}: {len(todo)} processed, {len(mine) - len(todo)} "
-          "already done (resumed)", flush=True)  # items skipped for their mask: finalize's warning
-    return len(todo)
-
-
-def finish(state: PartialState, finalize: Callable[[], object]) -> None:
-    """Wait for every process, run ``finalize`` (the merge of the records) on the main one only,
-    then wait again so that no process exits before the merged files exist."""
-    state.wait_for_everyone()
-    if state.is_main_process:
-        finalize()
-    state.wait_for_everyone()
-
 
 @dataclass(frozen=True)
 class Item:

@@ -13,7 +13,7 @@ benchmark's GT negative as the winner vs the worst sample) and ``positive`` (the
 the untouched positive, an easy loser). ``difficulty`` = score gap (winner − loser; small = hard).
 Deterministic per seed: sample k of item i uses seed ``seed + 1000·i + k``.
 
-Sharded like ``generator/generate.py`` and through its helpers (``Shard``, ``run_shard``,
+Sharded like ``generator/generate.py`` and through the same helpers (``generator/sharding.py``: ``Shard``, ``run_shard``,
 ``finish``): worker r of n does positives ``r, r+n, …`` of the list, each positive's seeds depend
 only on its position ``i`` in the whole list, and the per-positive records are merged in list
 order, so ``pairs.jsonl`` and every PNG are byte-identical to a one-process run. Two ways:
@@ -43,7 +43,9 @@ if __package__ in (None, ""):  # `accelerate launch generator/pairs.py` runs thi
 
 import numpy as np
 
-from generator.generate import (
+from generator.masks import dilate
+from generator.scoring import Scorers, ranking_score, score_negatives
+from generator.sharding import (
     Shard,
     finish,
     join_launch,
@@ -51,8 +53,6 @@ from generator.generate import (
     run_shard,
     write_text_atomic,
 )
-from generator.masks import dilate
-from generator.scoring import Scorers, ranking_score, score_negatives
 from shared.config import ConfigError, load_config, to_dict
 from shared.io import InputError, read_image, read_mask, write_png
 

@@ -1,4 +1,4 @@
-"""DPO pairs built in shards (generate.py's Shard/run_shard/finish) equal a one-process build."""
+"""DPO pairs built in shards (generator/sharding.py's Shard/run_shard/finish) equal a one-process build."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from generator import pairs
-from generator.generate import Shard
 from generator.pairs import PairsConfig, build_pairs, read_pairs
+from generator.sharding import Shard
 
 REPO = Path(__file__).resolve().parents[2]
 SHARD_0 = ("--shard", "0", "--num-shards", "2")
