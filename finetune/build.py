@@ -46,7 +46,7 @@ from finetune.modeling.clip_configs import (
     write_text_config,
 )
 from finetune.modeling.hf_port import port_to_open_clip
-from shared.cli import brief
+from shared.cli import brief, load_state_mismatch
 from shared.config import ConfigError
 
 EMBEDDED_DIR = Path(__file__).parent / "modeling" / "embedded"
@@ -198,9 +198,8 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # size mismatches
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "")
-        raise ModelSourceError(f"{source} does not match the architecture: {detail[:300]}") from None
+        raise ModelSourceError(f"{source} does not match the architecture: "
+                               f"{load_state_mismatch(err)}") from None
     if result.missing_keys or result.unexpected_keys:
         raise ModelSourceError(
             f"{source} does not match the architecture: missing {result.missing_keys[:5]}, "

@@ -51,10 +51,9 @@ from generator.sharding import (
     join_launch,
     resolve_device,
     run_shard,
-    write_text_atomic,
 )
 from shared.config import ConfigError, load_config, to_dict
-from shared.io import InputError, read_image, read_mask, write_png
+from shared.io import InputError, read_image, read_mask, write_png, write_text_atomic
 
 
 def evenly_spaced(items: list, n: int) -> list:

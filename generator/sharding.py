@@ -7,12 +7,12 @@ records once every process is done. Results never depend on the number of proces
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from shared.io import write_text_atomic
 from shared.launch import check_joined, use_cpu
 from shared.progress import progress
 
@@ -66,14 +66,6 @@ def resolve_device(device: str, state: PartialState) -> str:
     if device != "auto":
         return device
     return "cpu" if state.device.type == "cpu" else str(state.device)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a per-process temporary file and ``os.replace``: a reader
-    (or a concurrent writer of the same content) never sees a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_shard(

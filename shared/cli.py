@@ -36,6 +36,14 @@ def brief(err: BaseException, limit: int = 200) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
+def load_state_mismatch(err: RuntimeError, limit: int = 300) -> str:
+    """The first two reasons of torch's ``load_state_dict`` error (``size mismatch for X: ...``,
+    missing / unexpected keys) on one line, without its header line."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "")
+    return detail[:limit]
+
+
 def check_torch_device(value: str, option: str) -> str:
     """``value`` if it names a torch device this machine has (``cpu``, ``cuda``, ``cuda:N``,
     ``mps``), else ConfigError naming ``option`` (e.g. ``--device``) and the value. Cheap: imports

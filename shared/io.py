@@ -71,8 +71,11 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
                     f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of "
                     f"{max_pixels}"
                 )
+            if img.format == "TIFF" and getattr(img, "n_frames", 1) > 1:
+                raise UnreadableImageError(f"{name}: a multi-page TIFF ({img.n_frames} pages); "
+                                           "save one 2-D slice per file")
             img.load()
-    except ImageTooLargeError:
+    except (ImageTooLargeError, UnreadableImageError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageTooLargeError(f"{name}: refused as a decompression bomb ({err})") from None
@@ -102,11 +105,8 @@ def _to_float(img: Image.Image) -> np.ndarray:
         if not np.isfinite(arr).all():
             bad = int((~np.isfinite(arr)).sum())
             raise NonFiniteImageError(f"{bad} pixel(s) are NaN or infinite")
-        lo, hi = float(arr.min()), float(arr.max())
-        return np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo)
-    if mode in ("1", "L"):
-        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-    if mode == "LA":
+        return _minmax(arr)
+    if mode in ("1", "L", "LA"):
         return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
@@ -116,9 +116,6 @@ def decode_image(data: bytes, name: str = "image", *, max_pixels: int = MAX_PIXE
     if not data:
         raise UnreadableImageError(f"{name}: file is empty")
     img = _open(data, name, max_pixels)
-    if img.format == "TIFF" and getattr(img, "n_frames", 1) > 1:
-        raise UnreadableImageError(f"{name}: a multi-page TIFF ({img.n_frames} pages); save one "
-                                   "2-D slice per file")
     try:
         arr = _to_float(img)
     except NonFiniteImageError as err:
@@ -139,9 +136,6 @@ def decode_mask(
     if not data:
         raise UnreadableImageError(f"{name}: file is empty")
     img = _open(data, name, max_pixels)
-    if img.format == "TIFF" and getattr(img, "n_frames", 1) > 1:
-        raise UnreadableImageError(f"{name}: a multi-page TIFF ({img.n_frames} pages); save one "
-                                   "2-D mask per file")
     if img.mode in ("RGBA", "LA"):
         grey = np.asarray(img.convert("L"))
         alpha = np.asarray(img.getchannel("A"))
@@ -219,16 +213,21 @@ def check_pair(image: np.ndarray, mask: np.ndarray, name: str = "input") -> None
         )
 
 
-def write_json_atomic(path: str | Path, obj) -> Path:
-    """Write ``obj`` as one JSON line to ``path`` through a temp file and ``os.replace``: a process
-    killed mid-write leaves the old file or none, never a truncated one (checkpoint state files,
-    whose presence marks a checkpoint as complete). The temp file is per process, so processes
-    that write the same file at once (each rank of a launch) never replace one another's."""
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a hidden per-process temp file and ``os.replace``: a
+    process killed mid-write leaves the old file or none, never a truncated one, and processes
+    that write the same file at once (each rank of a launch) never replace one another's temp."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def write_json_atomic(path: str | Path, obj) -> Path:
+    """``obj`` as one JSON line, atomically (:func:`write_text_atomic`): checkpoint state files,
+    whose presence marks a checkpoint as complete."""
+    return write_text_atomic(path, json.dumps(obj) + "\n")
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:

@@ -121,13 +121,7 @@ def _check_args(args: argparse.Namespace) -> None:
     for option, value in {"--beta": args.beta, "--var": args.var}.items():
         if value is not None and not value > 0:  # also refuses nan
             raise ConfigError(f"{option} must be > 0, got {value}")
-    for option, value in {"--box-dilation": args.box_dilation,
-                          "--box-dilation-frac": args.box_dilation_frac}.items():
-        if value is not None and not value >= 0:
-            raise ConfigError(f"{option} {value}: box dilation must be >= 0 (pixels and fraction "
-                              "of the image side)")
-    if args.box_scale is not None and not args.box_scale > 0:
-        raise ConfigError(f"--box-scale {args.box_scale}: box scale must be > 0")
+    _box_rule(args)  # the --box-* flags, by the rule check the pipeline itself uses
     if args.threshold is not None:
         if args.binarize != "threshold":
             raise ConfigError(f"--threshold {args.threshold} applies to --binarize threshold only "
@@ -228,7 +222,7 @@ def _box_rule(args: argparse.Namespace, bundle=None) -> dict:
     try:
         check_box_rule(rule)
     except ValueError as err:
-        raise ConfigError(str(err)) from None
+        raise ConfigError(f"--component/--box-*: {err}") from None
     return rule
 
 

@@ -129,9 +129,9 @@ def check_box_rule(rule: dict) -> None:
     """ValueError naming the first bad field of a box rule (EvalConfig's component / box_* keys)."""
     if rule.get("component", "largest") not in ("largest", "peak"):
         raise ValueError(f"box component {rule['component']!r}; expected largest | peak")
-    if rule.get("box_dilation_px", 0) < 0 or rule.get("box_dilation_frac", 0.0) < 0:
+    if not (rule.get("box_dilation_px", 0) >= 0 and rule.get("box_dilation_frac", 0.0) >= 0):
         raise ValueError("box dilation must be >= 0 (pixels and fraction of the image side)")
-    if rule.get("box_scale", 1.0) <= 0:
+    if not rule.get("box_scale", 1.0) > 0:  # also NaN
         raise ValueError(f"box scale must be > 0, got {rule['box_scale']}")
 
 

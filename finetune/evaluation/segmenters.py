@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.cli import brief
+from shared.cli import brief, load_state_mismatch
 from shared.config import ConfigError
 
 
@@ -46,10 +46,8 @@ def _load_into(model: torch.nn.Module, state: dict, path: Path, what: str) -> No
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:  # missing / unexpected keys, size mismatches
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "")
         raise SegmenterError(f"{what} checkpoint {path} does not fit the {what} architecture: "
-                             f"{detail[:300]}") from None
+                             f"{load_state_mismatch(err)}") from None
 
 
 @dataclass
