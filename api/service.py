@@ -51,7 +51,8 @@ def build_generator(settings: Settings) -> Any:
 
     rows = settings.predictor_batch_rows or settings.max_batch
     return load_generator(settings.generator, device=settings.device, batch_size=rows,
-                          lora=settings.generator_lora, texture_match=settings.texture_match)
+                          lora=settings.generator_lora, texture_match=settings.texture_match,
+                          coarse_prior=settings.coarse_prior)
 
 
 # The checkpoint layouts generator.build.load_generator tells apart (its names, repeated here so
@@ -88,6 +89,9 @@ def check_startup(settings: Settings) -> None:
     if settings.texture_match and kind != "pixel":
         raise SettingsError(f"NEG_API_TEXTURE_MATCH=true: texture matching applies to pixel "
                             f"checkpoints only; NEG_API_GENERATOR={settings.generator} is {kind}")
+    if settings.coarse_prior not in (None, "biharmonic") and kind != "pixel":
+        raise SettingsError(f"NEG_API_COARSE_PRIOR={settings.coarse_prior}: the coarse prior applies "
+                            f"to pixel checkpoints only; NEG_API_GENERATOR={settings.generator} is {kind}")
 
 
 def _check_store_dir(path: Path) -> None:

@@ -13,6 +13,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,10 @@ class Settings(BaseSettings):
     # biharmonic in fidelity, in the texture band, bench/results/generator_texture_match.md);
     # None = as the checkpoint says (off for the embedded default). Changes the checkpoint hash.
     texture_match: bool | None = None
+    # Pixel generator only: the classical fill its native compositions build on — "biharmonic"
+    # or "kriging" (per image, linear-variogram kriging or biharmonic, whichever predicts a hidden
+    # ring of tissue better: generator.kriging); None = as the checkpoint says. Changes the hash.
+    coarse_prior: Literal["biharmonic", "kriging"] | None = None
     # torch device the generator runs on ("cpu", "cuda", "cuda:1"); one batching worker per device.
     device: str = "cpu"
     # Rows (image x sample) per backend call inside the predictor; None = max_batch. The

@@ -76,36 +76,14 @@ from skimage.restoration import inpaint_biharmonic  # noqa: E402
 
 from bench.bench_generator import _kept_reading  # noqa: E402
 from bench.bench_generator_realsize import low, psnr  # noqa: E402
-from bench.diag_symmetric_prior import ring_px  # noqa: E402
+from generator.kriging import context_points, ring_px, stationary_fill  # noqa: E402
 from generator.masks import dilate  # noqa: E402
 from shared.benchmark.realsize import build_realsize  # noqa: E402
 from shared.benchmark.sources import SOURCES, TRAIN  # noqa: E402
 from shared.metrics import paired_bootstrap_ci  # noqa: E402
 
 KERNELS = {"linear": ("linear", 0), "tps": ("thin_plate_spline", 1), "cubic": ("cubic", 1)}
-MAX_POINTS = 2500  # known pixels a fit uses (dense solve: (N + 3)² doubles)
-RIM_PX = 2  # every known pixel this close to the hole is used (continuity at the rim)
-
-
-def context_points(region: np.ndarray) -> np.ndarray:
-    """(N, 2) row/col of the known pixels a fit uses: all within ``RIM_PX`` of ``region``, plus a
-    grid of those out to the hole's equivalent radius (≥ 6 px), the grid's stride the smallest
-    that keeps N ≤ ``MAX_POINTS``."""
-    dist = ndimage.distance_transform_edt(~region)
-    reach = max(6.0, float(np.sqrt(region.sum() / np.pi)))
-    rim = (dist > 0) & (dist <= RIM_PX)
-    band = (dist > RIM_PX) & (dist <= reach)
-    rr, cc = np.nonzero(band)
-    for stride in range(1, 64):
-        on_grid = (rr % stride == 0) & (cc % stride == 0)
-        if rim.sum() + on_grid.sum() <= MAX_POINTS or stride == 63:
-            break
-    rim_rc = np.argwhere(rim)
-    if len(rim_rc) > MAX_POINTS:  # a huge hole: thin the rim too
-        rim_rc = rim_rc[:: int(np.ceil(len(rim_rc) / MAX_POINTS))]
-    return np.concatenate([rim_rc, np.stack([rr[on_grid], cc[on_grid]], 1)]).astype(np.float64)
-
-
+# the context, ring and round 2's adopted choice live in the generator (generator.kriging)
 def rbf_fill(image: np.ndarray, region: np.ndarray, kind: str) -> np.ndarray:
     """The image with ``region`` filled by the ``kind`` kriging predictor (module docstring);
     ``kind == "biharmonic"`` is scikit-image's solve."""
@@ -114,9 +92,8 @@ def rbf_fill(image: np.ndarray, region: np.ndarray, kind: str) -> np.ndarray:
         return inpaint_biharmonic(image, region)
     kernel, degree = KERNELS[kind]
     pts = context_points(region)
-    rows, cols = pts[:, 0].astype(int), pts[:, 1].astype(int)
     scale = max(image.shape)  # coordinates in image sides: keeps the kernel matrix conditioned
-    fit = RBFInterpolator(pts / scale, image[rows, cols], kernel=kernel, degree=degree)
+    fit = RBFInterpolator(pts / scale, image[pts[:, 0], pts[:, 1]], kernel=kernel, degree=degree)
     out = image.copy()
     out[region] = fit(np.argwhere(region).astype(np.float64) / scale)
     return out
@@ -137,19 +114,16 @@ def ring_selected(image: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, st
     return rbf_fill(image, region, best), best
 
 
-def ring_fit(image: np.ndarray, region: np.ndarray) -> tuple[float, str]:
-    """Round 2's ring checks, on ``region`` ∪ ring hidden: (w, choice) — w = clip(⟨e, d⟩ / ⟨d, d⟩,
-    0, 1) with d = low(linear − biharmonic), e = low(image − biharmonic) on the ring (the
-    least-squares blend weight), choice = the one of biharmonic / linear with the lower ring MSE."""
+def ring_blend_weight(image: np.ndarray, region: np.ndarray) -> float:
+    """Round 2's blend weight, on ``region`` ∪ ring hidden: w = clip(⟨e, d⟩ / ⟨d, d⟩, 0, 1) with
+    d = low(linear − biharmonic), e = low(image − biharmonic) on the ring (least squares)."""
     wide = ndimage.binary_dilation(region, iterations=ring_px(region))
     ring = wide & ~region
     bh, lin, img = (low(rbf_fill(image, wide, "biharmonic")), low(rbf_fill(image, wide, "linear")),
                     low(image))
     d, e = (lin - bh)[ring], (img - bh)[ring]
     dd = float(np.dot(d, d))
-    w = float(np.clip(np.dot(e, d) / dd, 0.0, 1.0)) if dd > 0 else 0.0
-    choice = "linear" if np.mean((lin - img)[ring] ** 2) < np.mean((bh - img)[ring] ** 2) else "biharmonic"
-    return w, choice
+    return float(np.clip(np.dot(e, d) / dd, 0.0, 1.0)) if dd > 0 else 0.0
 
 
 ROUND_ROWS = {1: (*KERNELS, "ring-selected"), 2: ("linear", "ring-bh/lin", "ring-blend")}
@@ -170,9 +144,10 @@ def measure(source: str, size: int, n: int, seed: int, rows=ROWS) -> dict:
             fills["ring-selected"], chosen = ring_selected(item.image, region)
         else:
             lin = rbf_fill(item.image, region, "linear")
-            w, chosen = ring_fit(item.image, region)
-            fills = {"linear": lin, "ring-bh/lin": lin if chosen == "linear" else base,
-                     "ring-blend": base + w * (lin - base)}
+            w = ring_blend_weight(item.image, region)
+            choice, chosen = stationary_fill(item.image, region)  # generator.kriging's rule
+            chosen = {"kriging": "linear"}.get(chosen, chosen)
+            fills = {"linear": lin, "ring-bh/lin": choice, "ring-blend": base + w * (lin - base)}
             out["w"].append(w)
         out["s"].append(time.perf_counter() - t0)
         out["chosen"].append(chosen)

@@ -48,6 +48,7 @@ from skimage.transform import resize  # noqa: E402
 
 from bench.bench_generator import _kept_reading  # noqa: E402
 from bench.bench_generator_realsize import low, psnr  # noqa: E402
+from generator.kriging import ring_px  # noqa: E402
 from generator.masks import dilate  # noqa: E402
 from shared.benchmark.realsize import build_realsize  # noqa: E402
 from shared.benchmark.sources import SOURCES, TRAIN  # noqa: E402
@@ -159,13 +160,6 @@ def mirror_fill(image: np.ndarray, region: np.ndarray, axis: MirrorAxis,
     fill = np.where(twin[box], mirrored[box] + d, base[box])
     out[box] = np.where(region[box], fill, out[box])
     return out
-
-
-def ring_px(region: np.ndarray) -> int:
-    """Width of the known ring the prior is checked on: half the hole's equivalent radius,
-    2–16 px (wide enough to hold structure, narrow enough to stay near the hole)."""
-    radius = np.sqrt(region.sum() / np.pi)
-    return int(np.clip(round(0.5 * radius), 2, 16))
 
 
 def symmetric_prior(image: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:

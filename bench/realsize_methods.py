@@ -3,7 +3,8 @@
 A generator spec is ``NAME=PATH[,FLAG...]`` (PATH a checkpoint directory or ``embedded``); flags
 override what the checkpoint says: ``native-coarse`` / ``upsampled-coarse``
 (``NegativeGenerator.native_coarse`` on / off), ``texture-match`` / ``full-residual``
-(``NegativeGenerator.texture_match`` on / off). Specs with the same PATH share one backend whose
+(``NegativeGenerator.texture_match`` on / off), ``kriging`` / ``biharmonic-prior``
+(``NegativeGenerator.coarse_prior``: the classical fill those compositions use). Specs with the same PATH share one backend whose
 fills are memoised (:class:`MemoBackend`), so two compositions of the same checkpoint are judged on
 the *same* diffusion samples: their paired difference is the composition's alone, and the second
 costs no sampling.
@@ -26,7 +27,8 @@ from shared.benchmark.sources import SOURCES
 DILATION_PX = 2  # the generator's default dilation
 POSITIVE, BIHARMONIC, GT = "untouched positive", "biharmonic", "GT negative (reference)"
 FLAGS = {"native-coarse": ("native_coarse", True), "upsampled-coarse": ("native_coarse", False),
-         "texture-match": ("texture_match", True), "full-residual": ("texture_match", False)}
+         "texture-match": ("texture_match", True), "full-residual": ("texture_match", False),
+         "kriging": ("coarse_prior", "kriging"), "biharmonic-prior": ("coarse_prior", "biharmonic")}
 
 
 class CoarsePriorBackend:
@@ -90,7 +92,7 @@ class MemoBackend:
 def _twin(gen: NegativeGenerator, backend) -> NegativeGenerator:
     return NegativeGenerator(backend, checkpoint_hash=gen.checkpoint_hash, window=gen.window,
                              window_context=gen.window_context, native_coarse=gen.native_coarse,
-                             texture_match=gen.texture_match)
+                             texture_match=gen.texture_match, coarse_prior=gen.coarse_prior)
 
 
 def coarse_prior(gen: NegativeGenerator) -> NegativeGenerator | None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
 
+from generator.kriging import PRIORS
 from generator.modeling import pixel_unet, sd_inpaint
 from generator.predictor import NegativeGenerator
 from shared.config import ConfigError, missing_path
@@ -199,6 +200,13 @@ def checkpoint_texture_match(path: str | Path) -> bool:
     return _inference_flag(path, "texture_match")
 
 
+def checkpoint_coarse_prior(path: str | Path) -> str:
+    """The classical fill a pixel checkpoint's native compositions put its learned part on
+    (``NegativeGenerator.coarse_prior``): its ``inference.coarse_prior``, else ``"biharmonic"``."""
+    meta = json.loads((Path(path) / CONFIG_NAME).read_text())
+    return str(meta.get("inference", {}).get("coarse_prior", "biharmonic"))
+
+
 def _inference_flag(path: str | Path, name: str) -> bool:
     meta = json.loads((Path(path) / CONFIG_NAME).read_text())
     return bool(meta.get("inference", {}).get(name, False))
@@ -208,6 +216,7 @@ def load_generator(
     path_or_name: str | Path | None = None, *, device: str = "cpu", batch_size: int = 1,
     window: str | None = None, window_context: float = 4.0, lora: str | Path | None = None,
     native_coarse: bool | None = None, texture_match: bool | None = None,
+    coarse_prior: str | None = None,
 ) -> NegativeGenerator:
     """Load a generator.
 
@@ -220,7 +229,11 @@ def load_generator(
     None = as the checkpoint was trained (:func:`checkpoint_window`; ``"whole"`` for SD-inpaint).
     ``native_coarse``: None = as the checkpoint says (:func:`checkpoint_native_coarse`; pixel only).
     ``texture_match``: None = as the checkpoint says (:func:`checkpoint_texture_match`; pixel only).
+    ``coarse_prior``: ``"biharmonic"`` / ``"kriging"``; None = as the checkpoint says
+    (:func:`checkpoint_coarse_prior`; pixel only).
     """
+    if coarse_prior not in (None, *PRIORS):
+        raise ConfigError(f"coarse prior {coarse_prior!r}: expected one of {', '.join(PRIORS)}")
     if path_or_name is None or str(path_or_name) == "pixel":
         path_or_name = DEFAULT_CHECKPOINT
     path = Path(path_or_name)
@@ -235,17 +248,19 @@ def load_generator(
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         backend, digest = load_pixel(path, device=device)
         own = {"window": checkpoint_window(path), "native_coarse": checkpoint_native_coarse(path),
-               "texture_match": checkpoint_texture_match(path)}
-        asked = {"window": window, "native_coarse": native_coarse, "texture_match": texture_match}
+               "texture_match": checkpoint_texture_match(path),
+               "coarse_prior": checkpoint_coarse_prior(path)}
+        asked = {"window": window, "native_coarse": native_coarse, "texture_match": texture_match,
+                 "coarse_prior": coarse_prior}
         # an override that changes the outputs changes the hash (content-addressed stores and
         # caches key on it); as the checkpoint says, the hash is the checkpoint's own
         changed = {k: v for k, v in asked.items() if v is not None and v != own[k]}
         if changed:
             digest = hashlib.sha256(f"{digest}|{json.dumps(changed, sort_keys=True)}".encode()).hexdigest()
-        window, native_coarse, texture_match = ({**own, **changed}[k] for k in own)
-    elif native_coarse or texture_match:
-        raise ConfigError(f"{path_or_name}: native_coarse / texture_match apply to pixel checkpoints "
-                         "only (they compose on the pixel model's coarse channel)")
+        window, native_coarse, texture_match, coarse_prior = ({**own, **changed}[k] for k in own)
+    elif native_coarse or texture_match or coarse_prior not in (None, "biharmonic"):
+        raise ConfigError(f"{path_or_name}: native_coarse / texture_match / coarse_prior apply to "
+                          "pixel checkpoints only (they compose on the pixel model's coarse channel)")
     elif path.is_dir() and (path / "model_index.json").is_file():
         backend, digest = load_sd_inpaint(path, device=device, lora=lora)
     elif path.exists():
@@ -259,4 +274,5 @@ def load_generator(
         backend, digest = load_sd_inpaint(str(path_or_name), device=device, lora=lora)
     return NegativeGenerator(backend, checkpoint_hash=digest, batch_size=batch_size,
                              window=window or "whole", window_context=window_context,
-                             native_coarse=bool(native_coarse), texture_match=bool(texture_match))
+                             native_coarse=bool(native_coarse), texture_match=bool(texture_match),
+                             coarse_prior=coarse_prior or "biharmonic")

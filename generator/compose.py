@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from skimage.restoration import inpaint_biharmonic
 
+from generator.kriging import prior_fill
 from generator.masks import ring_texture_gain
 from shared.metrics import high_pass
 
@@ -43,18 +43,20 @@ def upsample(fill: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return t[0].permute(1, 2, 0).numpy()
 
 
-def native_base(backend, image, region, side) -> tuple[np.ndarray, np.ndarray]:
-    """What every sample of one view shares: the exact biharmonic fill of ``image`` at its own
-    resolution (float64, H×W) and the backend's coarse channel on the ``side``² grid (what its
-    learned residual was added to). Computed once per view, not per sample."""
+def native_base(backend, image, region, side, prior: str = "biharmonic") -> tuple[np.ndarray, np.ndarray]:
+    """What every sample of one view shares: the classical fill of ``image`` at its own
+    resolution (float64, H×W; ``prior``: scikit-image's exact biharmonic solve, or
+    :func:`generator.kriging.stationary_fill`'s choice for ``"kriging"``) and the backend's coarse
+    channel on the ``side``² grid (what its learned residual was added to). Computed once per view,
+    not per sample."""
     grid_coarse = backend.coarse(to_grid(image, side)[None], hole_to_grid(region, side)[None])
-    native = inpaint_biharmonic(image.astype(np.float64), region)
+    native = prior_fill(image.astype(np.float64), region, prior)
     return native, grid_coarse[0, 0].cpu().numpy()
 
 
 def residual_on_native_coarse(base, image, fill) -> np.ndarray:
-    """(H, W, 1) fill = biharmonic(image at H×W) + upsample(fill − coarse(image at the grid));
-    ``base`` from :func:`native_base`.
+    """(H, W, 1) fill = prior(image at H×W) + upsample(fill − coarse(image at the grid));
+    ``base`` from :func:`native_base` (prior: biharmonic unless the generator says otherwise).
 
     The native fill is scikit-image's exact biharmonic solve (a sparse direct solver): the
     model's own 100-step conjugate-gradient coarse fill is far from converged on holes of a
@@ -64,7 +66,7 @@ def residual_on_native_coarse(base, image, fill) -> np.ndarray:
 
 
 def texture_on_native_coarse(base, image, region, fill) -> np.ndarray:
-    """(H, W, 1) fill = biharmonic(image) + g · high-pass(residual) inside the region, with g
+    """(H, W, 1) fill = prior(image) + g · high-pass(residual) inside the region, with g
     from :func:`generator.masks.ring_texture_gain` (texture energy = the ring's)."""
     native, up = base[0], _residual(base, image, fill)
     texture = np.where(region, high_pass(up, TEXTURE_SIGMA), 0.0)

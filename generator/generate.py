@@ -115,6 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--texture-match", action=argparse.BooleanOptionalAction, default=None,
                    help="pixel generator: biharmonic fill + ring-matched learned texture "
                         "(NegativeGenerator.texture_match; default: as the checkpoint says)")
+    p.add_argument("--coarse-prior", choices=("biharmonic", "kriging"), default=None,
+                   help="pixel generator: the classical fill its native compositions build on "
+                        "(NegativeGenerator.coarse_prior; default: as the checkpoint says)")
     p.add_argument("--scorers", default="embedded", help="scorer dir, 'embedded', or 'none'")
     p.add_argument("--split", default=None, choices=SPLITS, help="only this split (default: all)")
     p.add_argument("--domains", nargs="*", default=None, help="only these domains/tasks")
@@ -277,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
                                   dilation_px=args.dilation_px, method=args.method,
                                   see_through_px=args.see_through_px),
         "num_samples": args.num_samples, "seed": args.seed, "generator": args.generator,
-        "lora": args.lora, "texture_match": args.texture_match, "scorers": args.scorers})
+        "lora": args.lora, "texture_match": args.texture_match, "scorers": args.scorers,
+        **({"coarse_prior": args.coarse_prior} if args.coarse_prior else {})})
     (out / "negatives").mkdir(parents=True, exist_ok=True)
     generator = load_generator(args.generator, lora=args.lora, texture_match=args.texture_match,
+                               coarse_prior=args.coarse_prior,
                                device=resolve_device(args.device, state))
     scorers = None
     if args.scorers == "embedded" and not (SCORERS_DIR / "lesion.safetensors").is_file():

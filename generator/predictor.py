@@ -24,13 +24,16 @@ from generator.compose import (
     to_grid,
     upsample,
 )
+from generator.kriging import PRIORS, prior_fill
 from generator.masks import coarse_fill, dilate, paste_back
 from shared.io import InputError
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 weights for RGB → gray
-# biharmonic: scikit-image's classical fill, the baseline; latent-boundary: a classifier-boundary
+# biharmonic: scikit-image's classical fill, the baseline; kriging: the linear-variogram kriging
+# fill or biharmonic, whichever predicts a hidden ring of tissue better (generator.kriging);
+# latent-boundary: a classifier-boundary
 # step in a small VAE's latent (generator.latent_boundary), needs its weights
-METHODS = ("diffusion", "biharmonic", "latent-boundary")
+METHODS = ("diffusion", "biharmonic", "kriging", "latent-boundary")
 
 
 class GenerationInputError(InputError):
@@ -154,12 +157,16 @@ class NegativeGenerator:
       and only the *high-pass* (σ = 1 input px) of the learned residual, scaled so the fill is as
       textured as the tissue ring around the hole (:func:`generator.masks.ring_texture_gain`):
       the learned model supplies texture, not the coarse structure it gets wrong on unseen anatomy.
+    coarse_prior: the classical fill both compositions above put the learned part on —
+      ``"biharmonic"`` (scikit-image's exact solve) or ``"kriging"`` (per image, linear-variogram
+      kriging from the hole's wider context or biharmonic, whichever predicts a hidden ring of
+      known tissue better: :func:`generator.kriging.stationary_fill`).
     The fill is pasted back exactly either way: outside the dilated mask the output is the input.
     """
 
     def __init__(self, backend: FillBackend, *, checkpoint_hash: str, batch_size: int = 1,
                  window: str = "whole", window_context: float = 4.0, native_coarse: bool = False,
-                 texture_match: bool = False):
+                 texture_match: bool = False, coarse_prior: str = "biharmonic"):
         if window not in WINDOWS:
             raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
         if window_context < 1:
@@ -172,6 +179,9 @@ class NegativeGenerator:
         # does, per its checkpoint: generator.build.checkpoint_native_coarse)
         self.native_coarse = native_coarse
         self.texture_match = texture_match
+        if coarse_prior not in PRIORS:
+            raise ValueError(f"coarse_prior must be one of {PRIORS}, got {coarse_prior!r}")
+        self.coarse_prior = coarse_prior
         self.backend = backend
         self.checkpoint_hash = checkpoint_hash
         # Rows (image × sample) per backend call. 1 makes every result independent of what it was
@@ -241,9 +251,9 @@ class NegativeGenerator:
             if region.all():
                 raise NoContextError(f"image {i}: {no_context_message(dilation_px)}")
         fills: list[list[np.ndarray | None]] = [[None] * num_samples for _ in pairs]
-        if method == "biharmonic":
+        if method in ("biharmonic", "kriging"):
             for i, ((image, _), region) in enumerate(zip(pairs, regions, strict=True)):
-                fill = _biharmonic(image, region)
+                fill = _biharmonic(image, region) if method == "biharmonic" else _kriging(image, region)
                 fills[i] = [fill] * num_samples
         elif method == "latent-boundary":  # one call per distinct seed (its noise is per call)
             for s in sorted(set(seeds)):
@@ -311,7 +321,7 @@ class NegativeGenerator:
             texture = native and self.texture_match
             if texture or (native and self.native_coarse and f.shape[0] != max(image.shape)):
                 if i not in bases:
-                    bases[i] = native_base(self.backend, image, region, side)
+                    bases[i] = native_base(self.backend, image, region, side, self.coarse_prior)
                 f = (texture_on_native_coarse(bases[i], image, region, f) if texture
                      else residual_on_native_coarse(bases[i], image, f))
             fill = self._to_input_space(image, region, f, see_through=see_through_px > 0)
@@ -348,6 +358,10 @@ class NegativeGenerator:
         hole = torch.from_numpy(region.astype(np.float32))[None, None]
         chroma = coarse_fill(chroma, hole)[0].permute(1, 2, 0).numpy()
         return np.clip(up + chroma, 0.0, 1.0).astype(np.float32)
+
+
+def _kriging(image: np.ndarray, region: np.ndarray) -> np.ndarray:
+    return np.clip(prior_fill(image, region, "kriging"), 0, 1).astype(np.float32)
 
 
 def _biharmonic(image: np.ndarray, region: np.ndarray) -> np.ndarray:
