@@ -97,7 +97,7 @@ def test_cuda_without_a_gpu(tmp_path):
 
 def test_sd_inpaint_layouts(tmp_path):
     """A pipeline dir takes a LoRA dir; a folder of neither layout and a LoRA without its weights
-    file are refused; texture matching is for pixel checkpoints."""
+    file are refused; texture matching and the kriging prior are for pixel checkpoints."""
     pipe, lora, other = tmp_path / "pipe", tmp_path / "lora", tmp_path / "other"
     for d in (pipe, lora, other):
         d.mkdir()
@@ -111,6 +111,9 @@ def test_sd_inpaint_layouts(tmp_path):
         _check(tmp_path, generator=str(other))
     with pytest.raises(SettingsError, match="NEG_API_TEXTURE_MATCH"):
         _check(tmp_path, generator=str(pipe), texture_match=True)
+    with pytest.raises(SettingsError, match="NEG_API_COARSE_PRIOR=kriging: .*pixel checkpoints only"):
+        _check(tmp_path, generator=str(pipe), coarse_prior="kriging")
+    _check(tmp_path, generator=str(pipe), coarse_prior="biharmonic")  # what SD does anyway
 
 
 def _python_m_api(env: dict[str, str]) -> subprocess.CompletedProcess:

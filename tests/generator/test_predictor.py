@@ -307,3 +307,38 @@ def test_texture_match_on_a_non_pixel_generator_is_a_config_error():
 
     with pytest.raises(ConfigError, match="pixel checkpoints only"):
         load_generator("some-org/some-inpainting-model", texture_match=True)
+
+
+def test_coarse_prior_kriging_is_what_texture_match_composes_on(tiny_pixel_dir):
+    """coarse_prior="kriging": with no learned residual the texture-matched fill is
+    generator.kriging's fill exactly; the override changes the hash, repeating the checkpoint's
+    own prior does not; a misspelt prior is a one-line config error; method "kriging" is the
+    classical fill itself."""
+    from scipy import ndimage
+
+    from generator.kriging import prior_fill, stationary_fill
+    from shared.config import ConfigError
+
+    gen = load_generator(tiny_pixel_dir, window="whole", texture_match=True, coarse_prior="kriging")
+    assert gen.coarse_prior == "kriging"
+    b = gen.backend
+    b.fill = lambda images, holes, gens, **k: b.coarse(images, holes).permute(0, 2, 3, 1).numpy()
+    rng = np.random.default_rng(5)
+    image = np.clip(0.5 + 0.6 * ndimage.gaussian_filter(rng.standard_normal((64, 64)), 2.0), 0, 1)
+    image = image.astype(np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[20:36, 22:40] = True
+    region = dilate(mask, 2)
+    assert stationary_fill(image.astype(np.float64), region)[1] == "kriging"  # not biharmonic's
+    want = np.clip(prior_fill(image.astype(np.float64), region, "kriging"), 0, 1)
+    out = gen.generate([image], [mask], steps=1)[0][0].image
+    np.testing.assert_allclose(out[region], want[region], atol=1e-5)
+    classical = gen.generate([image], [mask], method="kriging")[0][0].image
+    np.testing.assert_allclose(classical[region], want[region], atol=1e-6)
+    plain = load_generator(tiny_pixel_dir)
+    assert load_generator(tiny_pixel_dir, coarse_prior="biharmonic").checkpoint_hash == plain.checkpoint_hash
+    assert load_generator(tiny_pixel_dir, coarse_prior="kriging").checkpoint_hash != plain.checkpoint_hash
+    with pytest.raises(ConfigError, match="coarse prior 'krig'"):
+        load_generator(tiny_pixel_dir, coarse_prior="krig")
+    with pytest.raises(ConfigError, match="pixel checkpoints only"):
+        load_generator("some-org/some-inpainting-model", coarse_prior="kriging")

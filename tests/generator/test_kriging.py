@@ -1,0 +1,101 @@
+"""generator.kriging: the linear-variogram kriging fill equals the ordinary-kriging system solved
+directly, the context stays within its budget and off the hole, and the ring check picks
+biharmonic for a smooth field and kriging for a rough one; the bench diagnostic's kernels."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.restoration import inpaint_biharmonic
+
+from generator.kriging import (
+    MAX_POINTS,
+    context_points,
+    kriging_fill,
+    prior_fill,
+    stationary_fill,
+)
+
+
+def _disc(size=64, r=0.15):
+    y, x = np.mgrid[0:size, 0:size] / (size - 1)
+    return y, x, (y - 0.5) ** 2 + (x - 0.5) ** 2 < r**2
+
+
+def test_kriging_fill_is_the_ordinary_kriging_predictor():
+    """Parity with the textbook system (Cressie 1993, eq. 3.2.12) for γ(h) = h:
+    [Γ 1; 1ᵀ 0] [λ; μ] = [γ₀; 1], prediction λᵀz — a wrong kernel (r², r³), a linear drift
+    instead of a constant one, or unscaled/scaled coordinates mixed up all change the numbers."""
+    rng = np.random.default_rng(0)
+    image = ndimage.gaussian_filter(rng.standard_normal((40, 40)), 1.5)
+    _, _, hole = _disc(40, 0.12)
+    got = kriging_fill(image, hole)
+    pts = context_points(hole)
+    z = image[pts[:, 0], pts[:, 1]]
+    gamma = np.linalg.norm(pts[:, None, :] - pts[None, :, :], axis=2).astype(np.float64)
+    n = len(pts)
+    a = np.ones((n + 1, n + 1))
+    a[:n, :n], a[n, n] = gamma, 0.0
+    targets = np.argwhere(hole)
+    g0 = np.linalg.norm(pts[None, :, :] - targets[:, None, :], axis=2)  # (M, N)
+    rhs = np.concatenate([g0.T, np.ones((1, len(targets)))])
+    lam = np.linalg.solve(a, rhs)[:n]
+    np.testing.assert_allclose(got[hole], lam.T @ z, atol=1e-8)
+    np.testing.assert_array_equal(got[~hole], image[~hole])
+    # a constant is reproduced exactly (the constant drift); a plane is not (no linear drift)
+    np.testing.assert_allclose(kriging_fill(np.full((40, 40), 0.3), hole)[hole], 0.3, atol=1e-9)
+
+
+def test_context_is_known_pixels_within_budget_with_the_whole_rim():
+    _, _, hole = _disc(size=400, r=0.3)
+    pts = context_points(hole)
+    assert len(pts) <= MAX_POINTS
+    assert not hole[pts[:, 0], pts[:, 1]].any()
+    rim = ndimage.binary_dilation(hole) & ~hole
+    used = np.zeros_like(hole)
+    used[pts[:, 0], pts[:, 1]] = True
+    assert used[rim].all()
+    # a small hole uses every known pixel out to its reach (no thinning needed)
+    _, _, small = _disc(size=64, r=0.08)
+    dist = ndimage.distance_transform_edt(~small)
+    assert len(context_points(small)) == int(((dist > 0) & (dist <= 6.0)).sum())
+
+
+def test_ring_check_picks_biharmonic_for_smooth_and_kriging_for_rough_tissue():
+    y, x, hole = _disc(128)
+    smooth = 0.5 + 0.2 * np.sin(6 * x) * np.cos(5 * y)
+    fill, choice = stationary_fill(smooth, hole)
+    assert choice == "biharmonic"
+    np.testing.assert_allclose(fill, inpaint_biharmonic(smooth, hole), atol=1e-12)
+    # Brownian-like tissue (integrated noise, rough at every scale): kriging
+    rng = np.random.default_rng(1)
+    rough = 0.5 + 0.3 * ndimage.gaussian_filter(rng.standard_normal((128, 128)), 3)
+    fill, choice = stationary_fill(rough, hole)
+    assert choice == "kriging"
+    np.testing.assert_allclose(fill, kriging_fill(rough, hole), atol=1e-12)
+    np.testing.assert_array_equal(fill[~hole], rough[~hole])
+
+
+def test_prior_fill_handles_colour_empty_holes_and_names_bad_priors():
+    _, _, hole = _disc(48)
+    rng = np.random.default_rng(2)
+    rgb = ndimage.gaussian_filter(rng.random((48, 48, 3)), (2, 2, 0))
+    out = prior_fill(rgb, hole, "kriging")
+    assert out.shape == rgb.shape and np.array_equal(out[~hole], rgb[~hole])
+    choice = stationary_fill(rgb, hole)[1]  # one choice for all channels
+    for c in range(3):  # each channel filled as its own grey image would be
+        grey = (kriging_fill if choice == "kriging" else inpaint_biharmonic)(rgb[..., c], hole)
+        np.testing.assert_allclose(out[..., c][hole], grey[hole], atol=1e-9)
+    empty = np.zeros((48, 48), bool)
+    np.testing.assert_array_equal(prior_fill(rgb[..., 0], empty, "kriging"), rgb[..., 0])
+    with pytest.raises(ValueError, match="unknown coarse prior"):
+        prior_fill(rgb[..., 0], hole, "nearest")
+
+
+def test_bench_diagnostic_kernels_with_a_linear_drift_reproduce_a_plane():
+    from bench.diag_kriging_prior import rbf_fill
+
+    y, x, hole = _disc(64)
+    plane = 0.2 + 0.3 * x - 0.4 * y
+    for kind in ("biharmonic", "tps", "cubic"):
+        np.testing.assert_allclose(rbf_fill(plane, hole, kind)[hole], plane[hole], atol=1e-5)
+    assert np.abs(rbf_fill(plane, hole, "linear")[hole] - plane[hole]).max() > 1e-4
