@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -185,6 +186,9 @@ def process_item(item: Item, args, generator, scorers, out: Path) -> dict:
     ranked = [ranking_score(s) if scorers is not None else 0.0 for s in scores]
     return _finite({
         "id": item.id, "image": str(item.image), "mask": str(item.mask),
+        # relative to --data now, by path arithmetic (not resolve(): a symlinked image stays
+        # under --data; and a rerun from another working directory reads the same)
+        "filename": os.path.relpath(item.image, args.data),
         "gt_negative": None if item.gt_negative is None else str(item.gt_negative),
         "caption": item.caption, "caption_neg": item.caption_neg,
         "negatives": negatives, "best": int(np.argmax(ranked)), "params": params,
@@ -209,10 +213,7 @@ def finalize(items: list[Item], data: Path, out: Path) -> int:
             continue
         lines.append(json.dumps(_finite(rec), sort_keys=True, allow_nan=False))
         best = rec["negatives"][rec["best"]]
-        try:
-            pos = str(Path(rec["image"]).resolve().relative_to(data.resolve()))
-        except ValueError:
-            pos = rec["image"]
+        pos = rec.get("filename") or os.path.relpath(rec["image"], data)
         rows.append(DpoRow(pos, best["path"], rec["caption"], rec["caption_neg"]))
     (out / "manifest.jsonl").write_text("".join(line + "\n" for line in lines))
     write_dpo_csv(out / "dpo_pairs.csv", rows)

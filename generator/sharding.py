@@ -6,6 +6,7 @@ records once every process is done. Results never depend on the number of proces
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,25 +84,48 @@ def run_shard(
 
     For each ``(i, item)`` of ``shard.take(items)``: unless ``records/<name(item)>.json`` exists
     (and, given ``current``, ``current(record)`` holds: a record of another configuration is
-    redone), ``work(i, item)`` runs and its JSON-able record is written atomically, last, so its
-    presence means the item is finished and a rerun resumes where a killed one stopped.
+    redone) and was made from the item's files as they are now (:func:`source_sha256` of its
+    ``image`` and ``mask``, kept in the record: an image rebuilt or replaced in place is redone),
+    ``work(i, item)`` runs and its JSON-able record is written atomically, last, so its presence
+    means the item is finished and a rerun resumes where a killed one stopped.
     """
     records.mkdir(parents=True, exist_ok=True)
     mine = shard.take(items)
+    changed = 0
 
     def done(item: T) -> bool:
+        nonlocal changed
         path = records / f"{name(item)}.json"
         if not path.is_file():
             return False
-        return current is None or current(json.loads(path.read_text()))
+        record = json.loads(path.read_text())
+        if current is not None and not current(record):
+            return False
+        if record.get("source_sha256") != source_sha256(item):
+            changed += 1
+            return False
+        return True
 
     todo = [(i, it) for i, it in mine if not done(it)]
     for i, it in progress(todo, disable=not show, desc=desc, every=20):
-        record = work(i, it)
+        record = {**work(i, it), "source_sha256": source_sha256(it)}
         write_text_atomic(records / f"{name(it)}.json", json.dumps(record, sort_keys=True) + "\n")
-    print(f"rank {shard.index}/{shard.count}: {len(todo)} processed, {len(mine) - len(todo)} "
+    again = f" ({changed} redone: their image or mask changed since)" if changed else ""
+    print(f"rank {shard.index}/{shard.count}: {len(todo)} processed{again}, {len(mine) - len(todo)} "
           "already done (resumed)", flush=True)  # items skipped for their mask: finalize's warning
     return len(todo)
+
+
+def source_sha256(item: Any) -> str:
+    """sha256 over the bytes of ``item.image`` and ``item.mask`` (what a record was made from);
+    a file that cannot be read counts as changed (its record is redone and the reader names it)."""
+    h = hashlib.sha256()
+    for path in (item.image, item.mask):
+        try:
+            h.update(hashlib.sha256(Path(path).read_bytes()).digest())
+        except OSError:
+            h.update(b"unreadable")
+    return h.hexdigest()
 
 
 def finish(state: PartialState, finalize: Callable[[], object]) -> None:

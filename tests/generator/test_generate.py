@@ -211,3 +211,41 @@ def test_a_reader_error_names_the_file_once(tmp_path):
     with pytest.raises(NonBinaryMaskError) as err:
         generate.process_item(item, None, None, None, tmp_path / "out")
     assert str(err.value).count("m.png") == 1 and "not binary" in str(err.value)
+
+
+def test_a_rerun_redoes_items_whose_image_changed_and_csv_paths_stay_relative_to_data(
+        tmp_path, tiny_pixel_dir, capsys, monkeypatch):
+    """Sixth sweep: a rebuilt dataset in place kept the old negatives (the resume looked only at
+    the record's presence: dpo_pairs.csv paired new positives with other images' negatives); and
+    the CSV's positives were relative to the working directory of the first run (a symlinked
+    image or a rerun from elsewhere wrote paths outside --data)."""
+    import numpy as np
+
+    from shared.io import write_png
+
+    data = tmp_path / "my data"
+    image, mask = _lesion()
+    _folder(data, "liver", "train", {"a.png": (image, mask), "b.png": (image[::-1].copy(), mask)})
+    real = tmp_path / "elsewhere" / "c.png"
+    write_png(real, image.T.copy())
+    (data / "liver" / "train_images" / "c.png").symlink_to(real)
+    write_png(data / "liver" / "train_masks" / "c.png", mask)
+    monkeypatch.chdir(tmp_path)
+    args = ["--data", "my data", "--out", "out", "--generator", str(tiny_pixel_dir),
+            "--scorers", "none", "--num-samples", "1", "--steps", "2"]
+    assert generate.main(args) == 0
+    rows = {r.filename for r in read_dpo_csv(tmp_path / "out" / "dpo_pairs.csv")}
+    assert rows == {f"liver/train_images/{n}.png" for n in "abc"}
+    capsys.readouterr()
+    write_png(data / "liver" / "train_images" / "a.png", np.clip(image + 0.3, 0, 1))  # rebuilt
+    monkeypatch.chdir(data)  # and run from another directory
+    args[1], args[3] = ".", str(tmp_path / "out")
+    assert generate.main(args) == 0
+    said = capsys.readouterr().out
+    assert "1 processed (1 redone: their image or mask changed since), 2 already done" in said
+    record = json.loads((tmp_path / "out" / "records" / "liver_train_a.json").read_text())
+    from shared.provenance import sha256_bytes
+
+    assert record["image_sha256"] == sha256_bytes((data / "liver" / "train_images" / "a.png").read_bytes())
+    rows = {r.filename for r in read_dpo_csv(tmp_path / "out" / "dpo_pairs.csv")}
+    assert rows == {f"liver/train_images/{n}.png" for n in "abc"}
