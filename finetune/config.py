@@ -24,7 +24,8 @@ class DataConfig:
     """Where positives (image, mask, caption) come from."""
 
     # "benchmark": a shared.benchmark folder (manifest.jsonl); "medclip": MedCLIP-SAMv2 layout
-    # root/<task>/{split}_{images,masks}; "dpo_csv": the researcher's DPO CSV (paths relative to root).
+    # root/<task>/{split}_{images,masks}; "dpo_csv": the researcher's DPO CSV (paths relative to root;
+    # rows outside data.split or in held_out_domains are left out; negatives also found beside the CSV).
     kind: str = "benchmark"
     root: str = "data/bench"  # folder of the data (benchmark out dir / MedCLIP-SAMv2 root)
     split: str = "train"  # which split trains

@@ -123,21 +123,41 @@ def _medclip_samples(cfg: DataConfig) -> list[Sample]:
 
 
 def _dpo_csv_samples(cfg: DataConfig) -> list[Sample]:
+    """Rows of the DPO CSV whose positive lies in ``data.split`` and outside
+    ``data.held_out_domains``: a path ``TASK/{split}_images/NAME`` (MedCLIP-SAMv2's layout, and the
+    benchmark's ``DOMAIN/{split}_images/NAME``) is of that split and task; a row naming no
+    ``*_images`` folder is kept, with a warning that its split cannot be told. A negative is looked
+    up under ``data.root``, else beside the CSV (``generator/generate.py`` writes its negatives
+    relative to its ``--out``, where its ``dpo_pairs.csv`` lies)."""
     if not cfg.csv:
         raise TrainDataError("data.kind=dpo_csv needs data.csv")
-    root = Path(cfg.root)
-    out = []
+    root, beside = Path(cfg.root), Path(cfg.csv).parent
+    held = set(cfg.held_out_domains)
+    out, no_split = [], []
     for row in read_dpo_csv(cfg.csv):
-        image_path = root / row.filename
         parts = Path(row.filename).parts
-        # MedCLIP-SAMv2 layout: TASK/{split}_images/NAME -> TASK/{split}_masks/NAME
-        mask_parts = [p.replace("_images", "_masks") for p in parts]
-        mask_path = root.joinpath(*mask_parts)
+        split = next((p.removesuffix("_images") for p in parts[:-1] if p.endswith("_images")), None)
+        if parts[0] in held or (split is not None and split != cfg.split):
+            continue
+        if split is None:
+            no_split.append(row.filename)
+        image_path = root / row.filename
+        # MedCLIP-SAMv2 layout: TASK/{split}_images/NAME -> TASK/{split}_masks/NAME (a path outside
+        # the layout has no mask: it used to map onto the image itself, read as a mask)
+        mask_path = root.joinpath(*(p.replace("_images", "_masks") for p in parts))
         image = _gray(read_image(image_path))
-        mask = read_mask(mask_path) if mask_path.is_file() else np.zeros(image.shape, bool)
+        has_mask = split is not None and mask_path.is_file()
+        mask = read_mask(mask_path) if has_mask else np.zeros(image.shape, bool)
         check_pair(image, mask, row.filename)
+        negative = root / row.filename_neg
+        if not negative.is_file() and (beside / row.filename_neg).is_file():
+            negative = beside / row.filename_neg
         out.append(Sample(row.filename, image, mask, row.caption, row.caption_neg, parts[0],
-                          bool(mask.any()), image_path, None, root / row.filename_neg))
+                          bool(mask.any()), image_path, None, negative))
+    if no_split:
+        warnings.warn(f"{cfg.csv}: {len(no_split)} row(s) name no {{split}}_images folder (e.g. "
+                      f"{no_split[0]}): trained on whatever their split; data.split={cfg.split} "
+                      "cannot be told for them", stacklevel=2)
     return out
 
 

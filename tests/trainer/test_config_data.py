@@ -192,3 +192,33 @@ def test_gt_negatives_as_samples(tiny_bench):
         inside = pos.mask
         assert np.abs(s.image[inside] - pos.image[inside]).mean() > 0  # the lesion is gone
         np.testing.assert_array_equal(s.image[~inside], pos.image[~inside])
+
+
+def test_dpo_csv_rows_keep_to_the_split_and_out_of_held_out_domains(tiny_bench, tmp_path):
+    """Sixth sweep: data.kind=dpo_csv trained on every row — test and val images and the held-out
+    chest X-rays included — and looked for negatives only under data.root, so the generator's own
+    dpo_pairs.csv (negatives relative to its --out) could not be used."""
+    import shutil
+
+    from shared.datasets import DpoRow, write_dpo_csv
+    from shared.io import write_png
+
+    root = shutil.copytree(tiny_bench, tmp_path / "bench")  # the fixture is shared: not touched
+    images = sorted(p.relative_to(root) for p in root.glob("*/*_images/*.png"))
+    assert {p.parts[1] for p in images} >= {"train_images", "test_images"}
+    assert "chest_xray" in {p.parts[0] for p in images}
+    out = tmp_path / "gen out"
+    rows = []
+    for i, rel in enumerate(images):
+        write_png(out / "negatives" / f"n{i}.png", np.zeros((8, 8), np.float32))
+        rows.append(DpoRow(str(rel), f"negatives/n{i}.png", "pos", "neg"))
+    rows.append(DpoRow(str(images[0].name), "negatives/n0.png", "pos", "neg"))  # no split folder
+    csv = write_dpo_csv(out / "dpo_pairs.csv", rows)
+    shutil.copy(root / images[0], root / images[0].name)
+    cfg = load_train_config({"data": {"kind": "dpo_csv", "root": str(root), "csv": str(csv)}}).data
+    with pytest.warns(UserWarning, match="1 row.* name no {split}_images folder"):
+        samples = load_samples(cfg)
+    want = {str(p) for p in images if p.parts[1] == "train_images" and p.parts[0] != "chest_xray"}
+    assert {s.id for s in samples} == want | {images[0].name}
+    for s in samples:  # found beside the CSV, not under data.root
+        assert s.csv_negative.parent == out / "negatives" and s.csv_negative.is_file()
