@@ -114,6 +114,52 @@ def _latest_checkpoint(output_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+# Settings a resumed run may change: where and how often it reports and saves, its threads, and
+# how long it runs (a longer max_steps continues the run; its lr schedule follows the new length).
+RESUMABLE = ("resume", "log_every", "checkpoint_every", "keep_checkpoints", "num_threads",
+             "optim.max_steps", "output_dir")
+
+
+def check_resumable(cfg: TrainConfig, out: Path, start: int, auto: bool) -> None:
+    """A checkpoint found in ``output_dir`` is resumed only by the run that made it: every setting
+    but ``RESUMABLE`` must equal the folder's ``config.json`` (a rerun with another objective or
+    learning rate printed "done" over the old run's weights), and it must not be past
+    ``optim.max_steps`` (it exported the longer run's state as the shorter one)."""
+    saved = out / "config.json"
+    if auto and saved.is_file():
+        try:
+            before = _flat(json.loads(saved.read_text()))
+        except (OSError, ValueError):
+            before = {}
+        now = _flat(to_dict(cfg))
+        diff = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+                if k not in RESUMABLE and before.get(k) != now.get(k)]
+        if before and diff:
+            raise ConfigError(f"output_dir={out} holds a checkpoint of a run with other settings "
+                              f"({'; '.join(diff[:3])}{' ...' if len(diff) > 3 else ''}): use a new "
+                              "output_dir, or resume=none to start this one over there")
+    if start > cfg.optim.max_steps:
+        raise ConfigError(f"output_dir={out}: its checkpoint is at step {start}, past "
+                          f"optim.max_steps={cfg.optim.max_steps}; use a new output_dir")
+
+
+def _lock(out: Path):
+    """An exclusive advisory lock on ``output_dir/.run.lock`` for the run's lifetime (released
+    when the process ends, also on kill -9): two runs started into one folder interleaved their
+    checkpoints and both said "done". Returns the open file that holds it."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    fh = (out / ".run.lock").open("w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise ConfigError(f"output_dir={out} is in use by another run (its .run.lock is held); "
+                          "wait for it or use another output_dir") from None
+    return fh
+
+
 def _prepare_data(cfg: TrainConfig, accelerator: Accelerator, grid, image_size) -> TrainTensors:
     needs = needs_of(cfg.objective)
     samples = load_samples(cfg.data, tumors_only=needs.tumors_only)
@@ -177,6 +223,18 @@ def train(cfg: TrainConfig) -> Path:
     rank, world_size = accelerator.process_index, accelerator.num_processes
     validate(cfg, world_size=world_size)
     out = Path(cfg.output_dir)
+    lock = _lock(out) if accelerator.is_main_process else None  # noqa: F841 (held until return)
+    start, resume_from = 0, None  # checked before any model or data loads
+    if cfg.resume == "auto":
+        resume_from = _latest_checkpoint(out)
+    elif cfg.resume != "none":
+        resume_from = Path(cfg.resume)
+    if resume_from is not None:
+        start = _checkpoint_step(resume_from)
+        if start is None:
+            raise ConfigError(f"resume={resume_from}: not a complete checkpoint (no readable "
+                              "trainer_state.json; a run killed mid-save leaves such a folder)")
+        check_resumable(cfg, out, start, auto=cfg.resume == "auto")
     needs = needs_of(cfg.objective)
     torch.manual_seed(cfg.seed)
 
@@ -210,18 +268,10 @@ def train(cfg: TrainConfig) -> Path:
                                        min_ratio=o.min_lr_ratio))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    start = 0
-    resume_from = None
-    if cfg.resume == "auto":
-        resume_from = _latest_checkpoint(out)
-    elif cfg.resume != "none":
-        resume_from = Path(cfg.resume)
     if resume_from is not None:
-        start = _checkpoint_step(resume_from)
-        if start is None:
-            raise ConfigError(f"resume={resume_from}: not a complete checkpoint (no readable "
-                              "trainer_state.json; a run killed mid-save leaves such a folder)")
         accelerator.load_state(str(resume_from))
+        if accelerator.is_main_process:
+            print(f"resuming from step {start} ({resume_from})", flush=True)
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

@@ -222,3 +222,33 @@ def test_dpo_csv_rows_keep_to_the_split_and_out_of_held_out_domains(tiny_bench, 
     assert {s.id for s in samples} == want | {images[0].name}
     for s in samples:  # found beside the CSV, not under data.root
         assert s.csv_negative.parent == out / "negatives" and s.csv_negative.is_file()
+
+
+def test_a_checkpoint_is_resumed_only_by_the_run_that_made_it(tmp_path):
+    """Sixth sweep: a rerun into the same output_dir with another objective and learning rate
+    printed "done" after 2 steps on top of the old run's weights, and a shorter max_steps exported
+    the longer run's state; two runs at once interleaved their checkpoints."""
+    import json as _json
+
+    from finetune.train_loop import _lock, check_resumable
+    from shared.config import to_dict
+
+    cfg = load_train_config({"output_dir": str(tmp_path), "optim": {"max_steps": 8}})
+    (tmp_path / "config.json").write_text(_json.dumps(to_dict(cfg)))
+    check_resumable(cfg, tmp_path, 6, auto=True)  # the same run
+    longer = load_train_config({"output_dir": str(tmp_path), "log_every": 3,
+                                "optim": {"max_steps": 20}})
+    check_resumable(longer, tmp_path, 6, auto=True)  # continued, reporting more often
+    other = load_train_config({"output_dir": str(tmp_path), "optim": {"max_steps": 8, "lr": 1e-3},
+                               "objective": {"name": "stage1"}})
+    with pytest.raises(ConfigError, match=r"other settings \(objective.name: .* -> 'stage1'; "
+                                          r"optim.lr: .* -> 0.001\)"):
+        check_resumable(other, tmp_path, 6, auto=True)
+    check_resumable(other, tmp_path, 6, auto=False)  # an explicit resume=FOLDER is the user's call
+    with pytest.raises(ConfigError, match="at step 60, past optim.max_steps=8"):
+        check_resumable(cfg, tmp_path, 60, auto=True)
+    held = _lock(tmp_path)
+    with pytest.raises(ConfigError, match="in use by another run"):
+        _lock(tmp_path)
+    held.close()
+    _lock(tmp_path).close()  # free again once the first run's file is closed
