@@ -247,6 +247,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.device != "auto":
         check_torch_device(args.device, "--device")
     check_out_dir("--out", args.out)
+    if Path(args.out).resolve() == Path(args.data).resolve():
+        raise ConfigError(f"--out {args.out} is the --data folder: its manifest.jsonl and "
+                          "negatives would mix with the data; write them elsewhere")
 
 
 def check_resume(out: Path, settings: dict) -> None:

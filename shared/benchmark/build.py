@@ -63,9 +63,10 @@ def _clear_old_benchmark(out: Path) -> None:
     leave stale files that folder-scanning readers, such as the MedCLIP-SAMv2 layout, pick up)."""
     if not out.exists() or not any(out.iterdir()):
         return
-    if not (out / "manifest.jsonl").is_file():
-        raise ValueError(f"{out} is not empty and holds no benchmark (manifest.jsonl): choose a new "
-                         "or empty folder")
+    if not ((out / "manifest.jsonl").is_file() and (out / "benchmark.json").is_file()):
+        # both: a generator run's --out also holds a manifest.jsonl (and was overwritten)
+        raise ValueError(f"{out} is not empty and holds no benchmark (manifest.jsonl and "
+                         "benchmark.json): choose a new or empty folder")
     ours = set(DOMAINS) | set(AUX_DOMAINS) | {f"ms_{name}" for name in multisource.MS_SOURCES}
     for child in out.iterdir():
         if child.is_dir() and child.name in ours:
@@ -198,10 +199,15 @@ def load_manifest(path: str | Path) -> list[BenchmarkItem]:
         except json.JSONDecodeError:
             raise InputError(f"{path}:{n}: not a benchmark manifest line (JSON); pass the benchmark "
                              "folder (python -m shared.benchmark builds one)") from None
-        items.append(BenchmarkItem(
-            id=r["id"], domain=r["domain"], split=r["split"], label=r["label"],
-            image=root / r["image"], mask=root / r["mask"],
-            gt_negative=root / r["gt_negative"] if r["gt_negative"] else None,
-            caption=r["caption"], caption_neg=r["caption_neg"], lesion=r["lesion"],
-        ))
+        try:
+            items.append(BenchmarkItem(
+                id=r["id"], domain=r["domain"], split=r["split"], label=r["label"],
+                image=root / r["image"], mask=root / r["mask"],
+                gt_negative=root / r["gt_negative"] if r["gt_negative"] else None,
+                caption=r["caption"], caption_neg=r["caption_neg"], lesion=r["lesion"],
+            ))
+        except (KeyError, TypeError) as err:  # e.g. generate.py's manifest.jsonl in a data folder
+            raise InputError(f"{path}:{n}: not a benchmark manifest line (no field {err}); pass a "
+                             "benchmark folder (python -m shared.benchmark builds one) or a "
+                             "MedCLIP-SAMv2 folder without a manifest.jsonl") from None
     return items

@@ -198,6 +198,16 @@ def test_misspelt_domain_and_changed_settings_on_resume_are_refused(small_bench,
         generate.main(again)  # was: "0 generated, 1 skipped" (now "processed" / "already done") with the old 2-step negatives
 
 
+def test_out_may_not_be_the_data_folder(small_bench, tmp_path):
+    """Sixth sweep: --out DATA wrote manifest.jsonl into the data folder, and the next run read
+    it as a benchmark manifest (KeyError)."""
+    from shared.config import ConfigError
+
+    args = _args(small_bench, small_bench, tmp_path, 1)
+    with pytest.raises(ConfigError, match="is the --data folder"):
+        generate.main(args)
+
+
 def test_a_reader_error_names_the_file_once(tmp_path):
     """A non-binary mask's message came out as 'IMG (mask M): M: mask is not binary ...'."""
     import numpy as np

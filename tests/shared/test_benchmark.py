@@ -96,6 +96,19 @@ def test_rebuild_in_place_leaves_no_stale_files(tmp_path, capsys):
     assert rebuilt.pop("notes.txt") and rebuilt == _digest(fresh.parent)  # was: 64² and retina left
     with pytest.raises(ValueError, match="is not empty and holds no benchmark"):
         build_benchmark(tmp_path / "x" / "brain_mri", n_per_domain=1, size=32)
+    # a generator run's --out holds a manifest.jsonl too (sixth sweep: it was overwritten)
+    gen_out = tmp_path / "gen"
+    gen_out.mkdir()
+    (gen_out / "manifest.jsonl").write_text('{"id": "a", "negatives": []}\n')
+    with pytest.raises(ValueError, match="holds no benchmark"):
+        build_benchmark(gen_out, n_per_domain=1, size=32)
+    assert (gen_out / "manifest.jsonl").read_text().startswith('{"id": "a"')
+    from shared.benchmark import load_manifest
+    from shared.io import InputError
+
+    with pytest.raises(InputError, match=r"manifest.jsonl:1: not a benchmark manifest line "
+                                         r"\(no field 'domain'\)"):
+        load_manifest(gen_out)  # was: KeyError traceback
     with pytest.raises(ValueError, match="seed must be >= 0, got -1"):  # was numpy's wording
         build_benchmark(tmp_path / "z", n_per_domain=1, size=32, seed=-1)
     assert main(["--out", str(tmp_path / "w"), "--domains", "retina", "--n-per-domain", "2",
