@@ -89,6 +89,11 @@ async def _fetch_service(cfg: TrainConfig, url: str, positives: Sequence[Sample]
         except ServiceError as err:  # e.g. 422 no_context for a lesion covering its image
             raise NegativesUnavailableError(
                 f"generator service at {url} refused a training positive ({err})") from err
+        except httpx.HTTPError as err:  # the service went away mid-run (retries spent)
+            raise NegativesUnavailableError(
+                f"generator service at {url} stopped answering after {client.requests_sent} "
+                f"request(s) ({type(err).__name__}: {err}); the negatives received are cached "
+                "(negatives.cache_dir): restart the service and rerun to go on") from err
         sent = client.requests_sent
     return {s.id: _gray(r[0].image) for s, r in zip(positives, results, strict=True)}, sent
 

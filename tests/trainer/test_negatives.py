@@ -106,6 +106,28 @@ def test_a_service_that_refuses_the_positives_is_one_user_error(tiny_bench, tmp_
     assert isinstance(err.value, USER_ERRORS)
 
 
+def test_a_service_that_dies_mid_run_is_one_user_error(tiny_bench, tmp_path, monkeypatch):
+    """Sixth sweep: the service killed while the trainer fetched gave a ~100-line
+    httpx.ConnectError traceback (only the readiness probe was wrapped)."""
+    import httpx
+
+    from shared.cli import USER_ERRORS
+    from shared.negatives_client import NegativesClient
+
+    async def gone(self, *a, **k):
+        raise httpx.ConnectError("All connection attempts failed")
+
+    app = create_app(Settings(store_dir=tmp_path / "store"))
+    app.dependency_overrides[build_generator] = lambda s: FakeGenerator()
+    cfg = _cfg(tiny_bench, tmp_path)
+    positives = load_samples(cfg.data, tumors_only=True)
+    monkeypatch.setattr(NegativesClient, "generate_many", gone)
+    with live_server(app) as url, pytest.raises(
+            NegativesUnavailableError, match=f"{url} stopped answering .*ConnectError.*rerun") as err:
+        fetch_from_service(cfg, url, positives)
+    assert isinstance(err.value, USER_ERRORS)
+
+
 def test_real_sources(tiny_bench, tmp_path):
     cfg = _cfg(tiny_bench, tmp_path, source="gt")
     samples = load_samples(cfg.data)
