@@ -73,4 +73,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from shared.cli import run
 
-    run(main, hard_exit=True)  # design §7: avoids the occasional gloo teardown abort
+    run(main, hard_exit=True, resumes=True)  # design §7: avoids the occasional gloo teardown abort

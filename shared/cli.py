@@ -75,9 +75,10 @@ def check_torch_device(value: str, option: str) -> str:
                       "cuda, cuda:N or mps")
 
 
-def run(main: Callable[[], object], *, hard_exit: bool = False) -> NoReturn:
+def run(main: Callable[[], object], *, hard_exit: bool = False, resumes: bool = False) -> NoReturn:
     """Call ``main()`` and exit with its status (an int it returns, else 0); 2 with ``error: ...``
-    on a user error.
+    on a user error; 130 with one ``interrupted`` line on Ctrl-C (``resumes``: the command picks
+    up where it stopped when rerun with the same settings, and the line says so).
 
     ``hard_exit``: leave through ``os._exit`` after flushing, for scripts that may run as gloo
     processes (design §7: torch/gloo sometimes aborts at interpreter teardown after the work is done).
@@ -88,6 +89,10 @@ def run(main: Callable[[], object], *, hard_exit: bool = False) -> NoReturn:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         code = 2
+    except KeyboardInterrupt:  # was a traceback through whatever was running
+        print("\ninterrupted" + ("; rerun the same command to resume where it stopped"
+                                 if resumes else ""), file=sys.stderr)
+        code = 130
     sys.stdout.flush()
     sys.stderr.flush()
     if hard_exit:

@@ -32,6 +32,17 @@ def test_run_turns_user_errors_into_one_line_and_status_2(capsys):
         run(bug)
 
 
+def test_ctrl_c_is_one_line_and_status_130(capsys):
+    """Sixth sweep: Ctrl-C printed a full KeyboardInterrupt traceback from the resumable runs."""
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert _exit_code(interrupted, resumes=True) == 130
+    assert capsys.readouterr().err == "\ninterrupted; rerun the same command to resume where it stopped\n"
+    assert _exit_code(interrupted) == 130
+    assert capsys.readouterr().err == "\ninterrupted\n"
+
+
 @pytest.mark.parametrize("cmd", [
     ["generator/generate.py", "--data", "/nonexistent/data", "--out", "OUT"],
     ["finetune/run.py", "--config", "/nonexistent/config.yaml"],
