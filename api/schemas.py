@@ -94,7 +94,7 @@ class NegativeInfo(BaseModel):
     meta_url: str = Field(description="Where its metadata is served.")
     sample: int = Field(description="Sample index within the request.")
     seed: int = Field(description="Seed that produced this sample.")
-    scores: dict[str, float] = Field(description="Quality scores from the generator (may be empty).")
+    scores: dict[str, float] = Field(description="Quality scores from the generator; empty from this service (it does not rank samples).")
     cached: bool = Field(description="True when served from the store without generating.")
 
 
