@@ -327,6 +327,11 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)
+        # an earlier run's overlays and t-SNE plots would sit beside this run's summary (sixth
+        # sweep): the PNGs this command writes there are removed first, nothing else
+        for folder in ("overlays", "tsne"):
+            for old in (out / folder).glob("*.png") if (out / folder).is_dir() else ():
+                old.unlink()
         if not args.no_overlays:
             (out / "overlays").mkdir(exist_ok=True)
     except OSError as err:

@@ -178,6 +178,11 @@ def test_overlays_of_images_sharing_a_stem_are_both_kept(dataset, tmp_path, monk
     out = tmp_path / "o"
     cli.main(["--data", str(dataset), "--mode", "oracle", "--limit", "2", "--out", str(out)])
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["case 0.png", "case 0.tif.png"]
+    # a second run into the same --out leaves no overlay of the first beside its summary
+    (out / "notes.txt").write_text("the user's")
+    cli.main(["--data", str(dataset), "--mode", "oracle", "--limit", "1", "--out", str(out)])
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["case 0.png"]
+    assert (out / "notes.txt").is_file()
 
 
 def test_cli_positives_only_skips_lesion_free_images(dataset, tmp_path, monkeypatch, capsys):
