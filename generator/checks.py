@@ -242,7 +242,13 @@ def check_train_config(cfg: TrainConfig) -> None:
              f"weights.{key} must be >= 0, got {getattr(cfg.weights, key)}")
     m = cfg.model
     need(m.backend in BACKENDS, f"model.backend={m.backend!r}; expected {' | '.join(BACKENDS)}")
+    from generator.kriging import PRIORS
+
+    need(cfg.inference.coarse_prior in PRIORS,
+         f"inference.coarse_prior={cfg.inference.coarse_prior!r}; expected {' | '.join(PRIORS)}")
     if m.backend == "sd-inpaint":
+        need(not cfg.inference.texture_match and cfg.inference.coarse_prior == "biharmonic",
+             "inference.texture_match / coarse_prior apply to pixel checkpoints only")
         need(not cfg.init_from, f"init_from={cfg.init_from}: init_from is for pixel checkpoints; "
              "use model.sd.init_lora")
         check_sd_model(m.sd)

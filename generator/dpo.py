@@ -47,6 +47,7 @@ from generator.backends import (
 )
 from generator.build import (
     DEFAULT_CHECKPOINT,
+    checkpoint_coarse_prior,
     checkpoint_native_coarse,
     checkpoint_texture_match,
     checkpoint_window,
@@ -362,10 +363,12 @@ def train_dpo(cfg: DpoConfig, *, scorers=None, resume: str | None = None,
     window = checkpoint_window(pixel_ref) if cfg.model.backend == "pixel" else "whole"
     native = cfg.model.backend == "pixel" and checkpoint_native_coarse(pixel_ref)
     texture = cfg.model.backend == "pixel" and checkpoint_texture_match(pixel_ref)
+    prior = checkpoint_coarse_prior(pixel_ref) if cfg.model.backend == "pixel" else "biharmonic"
 
     def extra(step: int, **more) -> dict:
         return {"dpo": to_dict(cfg), "reference": ref_hash, "step": step,
-                "inference": {"window": window, "native_coarse": native, "texture_match": texture},
+                "inference": {"window": window, "native_coarse": native, "texture_match": texture,
+                              "coarse_prior": prior},
                 **more}
 
     first = 1

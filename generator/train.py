@@ -86,6 +86,17 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class InferenceConfig:
+    """How the exported pixel checkpoint is to be run (its ``inference`` section, read by
+    ``generator.build.load_generator``); the window rule follows ``data.window_p``."""
+
+    # compose each fill from the classical prior's low frequencies + the learned residual's
+    # ring-matched high-pass (NegativeGenerator.texture_match)
+    texture_match: bool = False
+    coarse_prior: str = "biharmonic"  # the classical fill it composes on: biharmonic | kriging
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     output_dir: str = "runs/generator/reference"  # checkpoints, logs, final/ export
     # backend ("pixel" | "sd-inpaint"), the pixel UNet's fields and the sd-inpaint section
@@ -97,6 +108,7 @@ class TrainConfig:
     # model config must equal ``model`` except the see-through fields: a 4-channel checkpoint is
     # widened with zero weights for the see-through channel (pixel_unet.widen_from)
     init_from: str = ""
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -247,7 +259,9 @@ def run_reference(cfg: TrainConfig, args: argparse.Namespace) -> None:
                  "steps": step, "command": " ".join(sys.argv),
                  # window-trained: run on lesion windows, residual on a native biharmonic fill
                  "inference": {"window": "lesion" if cfg.data.window_p > 0 else "whole",
-                               "native_coarse": cfg.data.window_p > 0}}
+                               "native_coarse": cfg.data.window_p > 0,
+                               "texture_match": cfg.inference.texture_match,
+                               "coarse_prior": cfg.inference.coarse_prior}}
         backend.save(out / "final", extra, unwrap=accelerator.unwrap_model)
     accelerator.end_training()
 

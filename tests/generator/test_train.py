@@ -23,13 +23,17 @@ def test_reference_stage_checkpoints_resumes_and_exports(tmp_path, small_bench):
     run = tmp_path / "run"
     ckpts = sorted((run / "checkpoints").glob("checkpoint_*"))
     assert len(ckpts) == 1 and json.loads((ckpts[0] / "step.json").read_text())["step"] == 2
-    train.main(["--stage", "reference", "--resume", "latest", *_cfg(tmp_path, small_bench, 4)])
+    train.main(["--stage", "reference", "--resume", "latest", *_cfg(tmp_path, small_bench, 4),
+                "inference.texture_match=true", "inference.coarse_prior=kriging"])
     ckpts = sorted((run / "checkpoints").glob("checkpoint_*"))
     assert json.loads((ckpts[-1] / "step.json").read_text())["step"] == 4
     meta = json.loads((run / "final" / "generator_config.json").read_text())
     assert meta["steps"] == 4 and meta["train"]["data"]["held_out_domain"] == "retina"
     assert list((run / "logs").rglob("events.out.tfevents.*"))  # TensorBoard
     gen = load_generator(run / "final")
+    # the config's inference section is how the export runs (the committed default's is set so)
+    assert meta["inference"]["texture_match"] and meta["inference"]["coarse_prior"] == "kriging"
+    assert gen.texture_match and gen.coarse_prior == "kriging"
     image, mask = toy_pair(32, 32)
     assert gen.generate([image], [mask], steps=2)[0][0].image.shape == (32, 32)
 

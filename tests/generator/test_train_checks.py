@@ -80,6 +80,7 @@ def _train_args(tmp_path, bench, *overrides):
     ("init_from=/nope", "init_from=/nope: no such checkpoint folder"),
     ("model.norm_num_groups=7", "model.norm_num_groups=7 must divide every width"),
     ("model.prediction_type=eps", "model.prediction_type='eps'; expected epsilon"),
+    ("inference.coarse_prior=krig", "inference.coarse_prior='krig'; expected biharmonic | kriging"),
 ])
 def test_train_config_mistakes_end_before_anything_loads(override, says, tmp_path, bench):
     with pytest.raises(ConfigError, match=re.escape(says)):
