@@ -62,7 +62,6 @@ to be judged inside the generator on the held-out sources once; none qualifying 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -74,13 +73,11 @@ from scipy import ndimage  # noqa: E402
 from scipy.interpolate import RBFInterpolator  # noqa: E402
 from skimage.restoration import inpaint_biharmonic  # noqa: E402
 
-from bench.bench_generator import _kept_reading  # noqa: E402
 from bench.bench_generator_realsize import low, psnr  # noqa: E402
+from bench.diag_sources import ci, command, parse, parser, run  # noqa: E402
 from generator.kriging import context_points, ring_px, stationary_fill  # noqa: E402
 from generator.masks import dilate  # noqa: E402
 from shared.benchmark.realsize import build_realsize  # noqa: E402
-from shared.benchmark.sources import SOURCES, TRAIN  # noqa: E402
-from shared.metrics import paired_bootstrap_ci  # noqa: E402
 
 KERNELS = {"linear": ("linear", 0), "tps": ("thin_plate_spline", 1), "cubic": ("cubic", 1)}
 # the context, ring and round 2's adopted choice live in the generator (generator.kriging)
@@ -157,11 +154,6 @@ def measure(source: str, size: int, n: int, seed: int, rows=ROWS) -> dict:
     return out
 
 
-def _ci(a, b) -> str:
-    mean, lo, hi = paired_bootstrap_ci(np.asarray(a), np.asarray(b))
-    return f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]"
-
-
 def table(size: int, results: dict[str, dict], rows=ROWS) -> list[str]:
     first = rows == ROWS
     lines = [f"### {size}²", "",
@@ -180,32 +172,23 @@ def table(size: int, results: dict[str, dict], rows=ROWS) -> list[str]:
             pooled[row][0].extend(low_row)
             pooled[row][1].extend(bh[:, 1])
             extra = f"{counts} | {np.mean(res['s']):.2f}" if row == rows[-1] else "— | —"
-            lines.append(f"| {source} | {row} | {len(bh)} | {_ci(res[row]['psnr'], bh[:, 0])} | "
-                         f"{_ci(low_row, bh[:, 1])} | {np.min(low_row - bh[:, 1]):+.2f} | {extra} |")
+            lines.append(f"| {source} | {row} | {len(bh)} | {ci(res[row]['psnr'], bh[:, 0])} | "
+                         f"{ci(low_row, bh[:, 1])} | {np.min(low_row - bh[:, 1]):+.2f} | {extra} |")
     for row in rows:
         lines.append(f"| **pooled** | {row} | {len(pooled[row][0])} | — | "
-                     f"{_ci(*pooled[row])} | — | — | — |")
+                     f"{ci(*pooled[row])} | — | — | — |")
     return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    p.add_argument("--n", type=int, default=15)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--sources", nargs="+", default=[s for s in TRAIN if SOURCES[s].modality != "photo"])
+    p = parser(__doc__.splitlines()[0])
     p.add_argument("--round", type=int, choices=sorted(ROUND_ROWS), default=1,
                    help="1: the three kernels and the four-way ring choice; 2: linear, the ring's "
                         "biharmonic/linear choice and blend (module docstring)")
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     rows = ROUND_ROWS[args.round]
-    held = [s for s in args.sources if SOURCES[s].held_out]
-    if held:
-        p.error(f"held-out (test) sources are not for a diagnostic: {', '.join(held)}")
-    t0 = time.time()
     lines = ["## Stationary (kriging) priors vs biharmonic, training sources (issue 18, diagnostic)", "",
-             "Command: `python bench/diag_kriging_prior.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`",
+             command("diag_kriging_prior.py", argv),
              "", "Rows (module docstring of `bench/diag_kriging_prior.py`): scipy RBF kriging of the"
              " hole from its known context with kernel −r (linear variogram), r² log r (thin-plate"
              " spline) or r³, and per image the candidate (biharmonic included) that best predicts"
@@ -213,19 +196,8 @@ def main(argv: list[str] | None = None) -> None:
              f" (seed {args.seed}), region = lesion dilated by {DILATION_PX} px; Δ = row −"
              " scikit-image biharmonic inside the region, paired bootstrap 95 % CI over images;"
              " low = both images blurred by σ = 2 px first.", ""]
-    for size in args.sizes:
-        results = {}
-        for source in args.sources:
-            results[source] = measure(source, size, args.n, args.seed, rows)
-            print(size, source, "done", flush=True)
-        lines += table(size, results, rows)
-    lines.append(f"Total wall time {time.time() - t0:.0f} s (one thread).")
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        text += _kept_reading(args.out)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    run(args, lines, lambda source, size: measure(source, size, args.n, args.seed, rows),
+        lambda size, results: table(size, results, rows))
 
 
 if __name__ == "__main__":

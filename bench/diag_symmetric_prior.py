@@ -33,7 +33,6 @@ lesion-free image), paired bootstrap CIs against biharmonic; rows: the prior and
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -46,13 +45,11 @@ from scipy import ndimage  # noqa: E402
 from skimage.restoration import inpaint_biharmonic  # noqa: E402
 from skimage.transform import resize  # noqa: E402
 
-from bench.bench_generator import _kept_reading  # noqa: E402
 from bench.bench_generator_realsize import low, psnr  # noqa: E402
+from bench.diag_sources import ci, command, parse, parser, run  # noqa: E402
 from generator.kriging import ring_px  # noqa: E402
 from generator.masks import dilate  # noqa: E402
 from shared.benchmark.realsize import build_realsize  # noqa: E402
-from shared.benchmark.sources import SOURCES, TRAIN  # noqa: E402
-from shared.metrics import paired_bootstrap_ci  # noqa: E402
 
 COARSE_SIDE, FINE_SIDE = 96, 192  # axis search grids (longer side, px)
 ANGLES_DEG = np.arange(-12.0, 12.1, 2.0)  # coarse search; the fine pass refines ±2° in 0.5° steps
@@ -216,11 +213,6 @@ def measure(source: str, size: int, n: int, seed: int) -> dict:
     return out
 
 
-def _ci(a, b) -> str:
-    mean, lo, hi = paired_bootstrap_ci(np.asarray(a), np.asarray(b))
-    return f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]"
-
-
 def table(size: int, results: dict[str, dict]) -> list[str]:
     lines = [f"### {size}²", "",
              "| source | row | n | Δ PSNR dB [95 % CI] | Δ low PSNR dB [95 % CI] | worst Δ low | "
@@ -233,25 +225,16 @@ def table(size: int, results: dict[str, dict]) -> list[str]:
             alpha = np.asarray(res["alpha"])
             extra = (f"{alpha.mean():.2f} | {np.mean(alpha > 0):.2f} | {np.mean(res['s']):.2f}"
                      if row == ROWS[0] else "— | — | —")
-            lines.append(f"| {source} | {row} | {len(bh)} | {_ci(r['psnr'], bh[:, 0])} | "
-                         f"{_ci(r['low'], bh[:, 1])} | {worst:+.2f} | {extra} |")
+            lines.append(f"| {source} | {row} | {len(bh)} | {ci(r['psnr'], bh[:, 0])} | "
+                         f"{ci(r['low'], bh[:, 1])} | {worst:+.2f} | {extra} |")
     return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    p.add_argument("--n", type=int, default=15)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--sources", nargs="+", default=[s for s in TRAIN if SOURCES[s].modality != "photo"])
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
-    held = [s for s in args.sources if SOURCES[s].held_out]
-    if held:
-        p.error(f"held-out (test) sources are not for a diagnostic: {', '.join(held)}")
-    t0 = time.time()
+    p = parser(__doc__.splitlines()[0])
+    args = parse(p, argv)
     lines = ["## Contralateral (mirror) prior vs biharmonic, training sources (issue 18, diagnostic)", "",
-             "Command: `python bench/diag_symmetric_prior.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`",
+             command("diag_symmetric_prior.py", argv),
              "", "The prior (module docstring of `bench/diag_symmetric_prior.py`): biharmonic + α ·"
              " (mirror fill − biharmonic), α fitted on a ring of known tissue around the hole;"
              " the mirror fill = the image reflected about its best mirror line, its mismatch to"
@@ -259,19 +242,8 @@ def main(argv: list[str] | None = None) -> None:
              f" (seed {args.seed}), region = lesion dilated by {DILATION_PX} px; Δ = row −"
              " biharmonic inside the region, paired bootstrap 95 % CI over images; low = both"
              " images blurred by σ = 2 px first.", ""]
-    for size in args.sizes:
-        results = {}
-        for source in args.sources:
-            results[source] = measure(source, size, args.n, args.seed)
-            print(size, source, "done", flush=True)
-        lines += table(size, results)
-    lines.append(f"Total wall time {time.time() - t0:.0f} s (one thread).")
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        text += _kept_reading(args.out)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    run(args, lines, lambda source, size: measure(source, size, args.n, args.seed),
+        lambda size, results: table(size, results))
 
 
 if __name__ == "__main__":
