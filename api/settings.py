@@ -41,9 +41,9 @@ class Settings(BaseSettings):
     # alone. The checkpoint hash (negative ids, provenance) covers base and LoRA.
     generator_lora: str | None = None
     # Pixel generator only: True = the learned model adds only texture matched to the tissue ring
-    # around the hole on an exact biharmonic fill (NegativeGenerator.texture_match; closer to
-    # biharmonic in fidelity, in the texture band, bench/results/generator_texture_match.md);
-    # None = as the checkpoint says (off for the embedded default). Changes the checkpoint hash.
+    # around the hole on the classical coarse fill (NegativeGenerator.texture_match); False = its
+    # full residual; None = as the checkpoint says (on for the embedded default since session 20,
+    # bench/results/generator_kriging_rule.md). Changes the checkpoint hash.
     texture_match: bool | None = None
     # Pixel generator only: the classical fill its native compositions build on — "biharmonic"
     # or "kriging" (per image, linear-variogram kriging or biharmonic, whichever predicts a hidden

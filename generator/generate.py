@@ -114,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora", default=None,
                    help="diffusers LoRA dir on top of an sd-inpaint --generator (its hash joins the ids)")
     p.add_argument("--texture-match", action=argparse.BooleanOptionalAction, default=None,
-                   help="pixel generator: biharmonic fill + ring-matched learned texture "
+                   help="pixel generator: classical fill (--coarse-prior) + ring-matched learned texture "
                         "(NegativeGenerator.texture_match; default: as the checkpoint says)")
     p.add_argument("--coarse-prior", choices=("biharmonic", "kriging"), default=None,
                    help="pixel generator: the classical fill its native compositions build on "
