@@ -99,3 +99,20 @@ def test_bench_diagnostic_kernels_with_a_linear_drift_reproduce_a_plane():
     for kind in ("biharmonic", "tps", "cubic"):
         np.testing.assert_allclose(rbf_fill(plane, hole, kind)[hole], plane[hole], atol=1e-5)
     assert np.abs(rbf_fill(plane, hole, "linear")[hole] - plane[hole]).max() > 1e-4
+
+
+def test_a_large_hole_is_checked_on_a_shrunk_copy_with_the_same_choice():
+    """A hole over CHECK_PIXELS is checked block-averaged (a 196 000-pixel hole took ~40 s at full
+    size): still biharmonic for smooth tissue and kriging for rough, filled at full size."""
+    from generator.kriging import CHECK_PIXELS, _shrunk
+
+    y, x, hole = _disc(256, 0.36)
+    assert hole.sum() > CHECK_PIXELS
+    small_img, small_hole = _shrunk(np.zeros((256, 256)), hole)
+    assert small_hole.shape == (128, 128) and small_hole.sum() <= CHECK_PIXELS
+    smooth = 0.5 + 0.2 * np.sin(3 * x) * np.cos(2 * y)
+    assert stationary_fill(smooth, hole)[1] == "biharmonic"
+    rough = 0.5 + 0.3 * ndimage.gaussian_filter(np.random.default_rng(1).standard_normal((256, 256)), 3)
+    fill, choice = stationary_fill(rough, hole)
+    assert choice == "kriging"
+    np.testing.assert_allclose(fill, kriging_fill(rough, hole), atol=1e-12)
