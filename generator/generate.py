@@ -299,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     run_shard(items, Shard.of(state),
               lambda _i, it: process_item(it, args, generator, scorers, out),
               records=out / "records", name=lambda it: it.id, desc="negatives",
+              # a record of another checkpoint (e.g. the embedded default's composition changed
+              # between versions: its hash did) is redone, not merged with this one's
+              current=lambda rec: bool(rec.get("skipped"))
+              or rec.get("checkpoint") == generator.checkpoint_hash,
               show=state.is_local_main_process)
 
     def merge() -> None:

@@ -259,3 +259,19 @@ def test_a_rerun_redoes_items_whose_image_changed_and_csv_paths_stay_relative_to
     assert record["image_sha256"] == sha256_bytes((data / "liver" / "train_images" / "a.png").read_bytes())
     rows = {r.filename for r in read_dpo_csv(tmp_path / "out" / "dpo_pairs.csv")}
     assert rows == {f"liver/train_images/{n}.png" for n in "abc"}
+
+
+def test_records_of_another_checkpoint_are_redone(small_bench, tiny_pixel_dir, tmp_path, capsys):
+    """The embedded default's hash changes when its composition does (session 20): a rerun into
+    an --out made with the old one mixed old and new negatives (the resume check compares the
+    --generator argument, the same None)."""
+    out = tmp_path / "out"
+    assert generate.main(_args(small_bench, out, tiny_pixel_dir, 2)) == 0
+    rec = out / "records" / sorted(p.name for p in (out / "records").glob("*.json"))[0]
+    data = json.loads(rec.read_text())
+    data["checkpoint"] = "0" * 64  # as if made by another version of the same --generator
+    rec.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert generate.main(_args(small_bench, out, tiny_pixel_dir, 2)) == 0
+    assert "1 processed, 1 already done" in capsys.readouterr().out
+    assert json.loads(rec.read_text())["checkpoint"] != "0" * 64
