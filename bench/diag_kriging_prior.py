@@ -70,12 +70,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
-from scipy.interpolate import RBFInterpolator  # noqa: E402
-from skimage.restoration import inpaint_biharmonic  # noqa: E402
 
 from bench.bench_generator_realsize import low, psnr  # noqa: E402
 from bench.diag_sources import ci, command, parse, parser, run  # noqa: E402
-from generator.kriging import context_points, ring_px, stationary_fill  # noqa: E402
+from generator.kriging import kriging_fill, prior_fill, ring_px, stationary_fill  # noqa: E402
 from generator.masks import dilate  # noqa: E402
 from shared.benchmark.realsize import build_realsize  # noqa: E402
 
@@ -84,16 +82,10 @@ KERNELS = {"linear": ("linear", 0), "tps": ("thin_plate_spline", 1), "cubic": ("
 def rbf_fill(image: np.ndarray, region: np.ndarray, kind: str) -> np.ndarray:
     """The image with ``region`` filled by the ``kind`` kriging predictor (module docstring);
     ``kind == "biharmonic"`` is scikit-image's solve."""
-    image = image.astype(np.float64)
     if kind == "biharmonic":
-        return inpaint_biharmonic(image, region)
+        return prior_fill(image.astype(np.float64), region, "biharmonic")
     kernel, degree = KERNELS[kind]
-    pts = context_points(region)
-    scale = max(image.shape)  # coordinates in image sides: keeps the kernel matrix conditioned
-    fit = RBFInterpolator(pts / scale, image[pts[:, 0], pts[:, 1]], kernel=kernel, degree=degree)
-    out = image.copy()
-    out[region] = fit(np.argwhere(region).astype(np.float64) / scale)
-    return out
+    return kriging_fill(image, region, kernel=kernel, degree=degree)
 
 
 CANDIDATES = ("biharmonic", *KERNELS)

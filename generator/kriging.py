@@ -56,10 +56,13 @@ def context_points(region: np.ndarray) -> np.ndarray:
     return np.concatenate([rim, grid])
 
 
-def kriging_fill(image: np.ndarray, region: np.ndarray) -> np.ndarray:
+def kriging_fill(image: np.ndarray, region: np.ndarray, *, kernel: str = "linear",
+                 degree: int = 0) -> np.ndarray:
     """``image`` (H, W) or (H, W, C) float with ``region`` (H, W) bool replaced by the
     ordinary-kriging prediction under the linear variogram (module docstring), float64; outside
-    ``region`` the input. Needs at least one known pixel."""
+    ``region`` the input. Needs at least one known pixel. ``kernel`` / ``degree``: another
+    ``RBFInterpolator`` generalised covariance and drift on the same context (the diagnostic's
+    thin-plate and cubic rows)."""
     region = np.asarray(region, bool)
     out = np.array(image, dtype=np.float64)
     if not region.any():
@@ -68,7 +71,7 @@ def kriging_fill(image: np.ndarray, region: np.ndarray) -> np.ndarray:
         raise ValueError("kriging needs known pixels: the region covers the whole image")
     pts = context_points(region)
     scale = float(max(region.shape))  # coordinates in image sides keep the system conditioned
-    fit = RBFInterpolator(pts / scale, out[pts[:, 0], pts[:, 1]], kernel="linear", degree=0)
+    fit = RBFInterpolator(pts / scale, out[pts[:, 0], pts[:, 1]], kernel=kernel, degree=degree)
     out[region] = fit(np.argwhere(region) / scale)
     return out
 
@@ -81,8 +84,12 @@ def ring_px(region: np.ndarray) -> int:
 
 
 def _biharmonic(image: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """scikit-image's solve in the input's float precision (the predictor's classical method has
+    always filled float32 images in float32; the compositions pass float64)."""
+    image = np.asarray(image)
+    image = image if np.issubdtype(image.dtype, np.floating) else image.astype(np.float64)
     axis = None if image.ndim == 2 else -1
-    return inpaint_biharmonic(np.asarray(image, np.float64), region, channel_axis=axis)
+    return inpaint_biharmonic(image, region, channel_axis=axis)
 
 
 def _low(x: np.ndarray) -> np.ndarray:
@@ -131,10 +138,11 @@ def _ring_choice(image: np.ndarray, region: np.ndarray) -> str:
 
 
 def prior_fill(image: np.ndarray, region: np.ndarray, prior: str) -> np.ndarray:
-    """The classical coarse fill a generator composes on: ``"biharmonic"`` (scikit-image) or
-    ``"kriging"`` (:func:`stationary_fill`'s choice). float64, the input outside ``region``."""
+    """The classical coarse fill a generator composes on: ``"biharmonic"`` (scikit-image, in the
+    input's float precision) or ``"kriging"`` (:func:`stationary_fill`'s choice, float64); the
+    input outside ``region``."""
     if prior == "biharmonic":
-        return _biharmonic(image, region) if np.any(region) else np.array(image, np.float64)
+        return _biharmonic(image, region) if np.any(region) else np.array(image)
     if prior == "kriging":
         return stationary_fill(image, region)[0]
     raise ValueError(f"unknown coarse prior {prior!r}; expected one of {PRIORS}")

@@ -14,7 +14,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from skimage.restoration import inpaint_biharmonic
 
 from generator.compose import (
     hole_to_grid,
@@ -253,8 +252,7 @@ class NegativeGenerator:
         fills: list[list[np.ndarray | None]] = [[None] * num_samples for _ in pairs]
         if method in ("biharmonic", "kriging"):
             for i, ((image, _), region) in enumerate(zip(pairs, regions, strict=True)):
-                fill = _biharmonic(image, region) if method == "biharmonic" else _kriging(image, region)
-                fills[i] = [fill] * num_samples
+                fills[i] = [_classical(image, region, method)] * num_samples
         elif method == "latent-boundary":  # one call per distinct seed (its noise is per call)
             for s in sorted(set(seeds)):
                 idx = [i for i, si in enumerate(seeds) if si == s]
@@ -360,15 +358,9 @@ class NegativeGenerator:
         return np.clip(up + chroma, 0.0, 1.0).astype(np.float32)
 
 
-def _kriging(image: np.ndarray, region: np.ndarray) -> np.ndarray:
-    return np.clip(prior_fill(image, region, "kriging"), 0, 1).astype(np.float32)
-
-
-def _biharmonic(image: np.ndarray, region: np.ndarray) -> np.ndarray:
-    if not region.any():
-        return image.copy()
-    axis = None if image.ndim == 2 else -1
-    return np.clip(inpaint_biharmonic(image, region, channel_axis=axis), 0, 1).astype(np.float32)
+def _classical(image: np.ndarray, region: np.ndarray, method: str) -> np.ndarray:
+    """The classical method's fill (``generator.kriging.prior_fill``), clipped to [0, 1], float32."""
+    return np.clip(prior_fill(image, region, method), 0, 1).astype(np.float32)
 
 
 def _latent_boundary_fills(

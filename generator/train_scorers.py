@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from generator.checks import check_scorer_config
 from generator.masks import coarse_fill, dilate, place_mask, random_lesion_mask
 from generator.modeling.scorers import build_scorer
-from generator.predictor import _biharmonic
+from generator.predictor import _classical
 from generator.scoring import SCORERS_DIR, prepare, save_scorers
 from shared.config import load_config, to_dict
 
@@ -223,7 +223,7 @@ def fill_examples(cfg: ScorerTrainConfig, neg_free, holes, rng: np.random.Genera
         std = float((image - coarse)[ring].std()) if ring.any() else 0.05
         kind = n % 3
         if kind == 0 and n // 3 < cfg.n_biharmonic:
-            fill = _biharmonic(image, hole)
+            fill = _classical(image, hole, "biharmonic")
         elif kind == 1:
             fill = coarse
         else:
