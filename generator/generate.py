@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                                   see_through_px=args.see_through_px),
         "num_samples": args.num_samples, "seed": args.seed, "generator": args.generator,
         "lora": args.lora, "texture_match": args.texture_match, "scorers": args.scorers,
+        # only when given: folders made before the option existed resume as they are
         **({"coarse_prior": args.coarse_prior} if args.coarse_prior else {})})
     (out / "negatives").mkdir(parents=True, exist_ok=True)
     generator = load_generator(args.generator, lora=args.lora, texture_match=args.texture_match,
