@@ -53,30 +53,65 @@ def paste_back(original: np.ndarray, generated: np.ndarray, region: np.ndarray) 
 RING_PX = 4  # width of the tissue ring around a hole: the texture reference when there is no GT
 
 
-def ring_texture_gain(base: np.ndarray, texture: np.ndarray, image: np.ndarray, region: np.ndarray,
-                      *, sigma: float = 1.0, ring_px: int = RING_PX) -> float:
-    """The gain g ≥ 0 with which ``base + g · texture`` is as textured inside ``region`` as the
-    input is in the ring around it.
+TEXTURE_ESTIMATORS = ("mean", "mad")  # how the ring's texture energy is estimated
 
-    Texture energy is ``E(x) = mean over P of (x − G_σ * x)²`` (``shared.metrics``' high-frequency
-    energy); the high-pass is linear, so with ``a = hp(base)``, ``b = hp(texture)`` on the region's
-    pixels ``E(g) = A g² + B g + C`` (A = ⟨b²⟩, B = 2⟨ab⟩, C = ⟨a²⟩) and ``g`` is the positive root
-    of ``E(g) = E_ring`` (``E_ring`` = E(image) over ``dilate(region, ring_px) & ~region``). 0 when
-    the base alone is already at least as textured as the ring, when the texture or the ring is
-    flat, or when no ring exists. ``base``, ``texture``, ``image``: float HxW; region: bool HxW.
-    """
-    from shared.metrics import high_frequency_energy, high_pass
+
+def ring_texture_energy(image: np.ndarray, region: np.ndarray, *, sigma: float = 1.0,
+                        ring_px: int = RING_PX, estimator: str = "mean") -> float:
+    """The texture energy a fill of ``region`` should have, estimated from the known ring
+    ``dilate(region, ring_px) & ~region`` of ``image`` (float HxW), with ``h = x − G_σ * x``:
+
+    - ``"mean"``: ``mean(h²)`` over the ring (``shared.metrics.high_frequency_energy``);
+    - ``"mad"``: ``(1.4826 · median|h − median h|)²``, the variance of ``h`` from its median
+      absolute deviation (Hampel 1974; Donoho & Johnstone 1994 estimate image noise this way so
+      that edges, a few large responses, do not count as texture). Equal to ``"mean"`` for
+      Gaussian texture; lower where the ring crosses a structure's edge.
+
+    0 when the ring is empty."""
+    from shared.metrics import high_pass
 
     region = np.asarray(region, bool)
     ring = dilate(region, ring_px) & ~region
-    if not region.any() or not ring.any():
+    if not ring.any():
         return 0.0
-    target = high_frequency_energy(image, ring, sigma)
+    h = high_pass(image, sigma)[ring]
+    if estimator == "mean":
+        return float(np.mean(h * h))
+    if estimator == "mad":
+        return float((1.4826 * np.median(np.abs(h - np.median(h)))) ** 2)
+    raise ValueError(f"unknown texture estimator {estimator!r}; expected one of {TEXTURE_ESTIMATORS}")
+
+
+def texture_gain(base: np.ndarray, texture: np.ndarray, region: np.ndarray, target: float, *,
+                 sigma: float = 1.0) -> float:
+    """The gain g ≥ 0 with which ``base + g · texture`` has texture energy ``target`` inside
+    ``region``.
+
+    Texture energy is ``E(x) = mean over the region of (x − G_σ * x)²`` (``shared.metrics``'
+    high-frequency energy); the high-pass is linear, so with ``a = hp(base)``, ``b = hp(texture)``
+    on the region's pixels ``E(g) = A g² + B g + C`` (A = ⟨b²⟩, B = 2⟨ab⟩, C = ⟨a²⟩) and ``g`` is
+    the positive root of ``E(g) = target``. 0 when the base alone is already at least as textured,
+    when the texture is flat, or when the region is empty. ``base``, ``texture``: float HxW."""
+    from shared.metrics import high_pass
+
+    region = np.asarray(region, bool)
+    if not region.any():
+        return 0.0
     a, b = high_pass(base, sigma)[region], high_pass(texture, sigma)[region]
     qa, qb, qc = float(np.mean(b * b)), 2.0 * float(np.mean(a * b)), float(np.mean(a * a)) - target
     if qa <= 0.0 or qc >= 0.0:
         return 0.0
     return (-qb + np.sqrt(qb * qb - 4.0 * qa * qc)) / (2.0 * qa)
+
+
+def ring_texture_gain(base: np.ndarray, texture: np.ndarray, image: np.ndarray, region: np.ndarray,
+                      *, sigma: float = 1.0, ring_px: int = RING_PX, estimator: str = "mean") -> float:
+    """The gain g ≥ 0 with which ``base + g · texture`` is as textured inside ``region`` as the
+    input is in the ring around it: :func:`texture_gain` with the target
+    :func:`ring_texture_energy` (0 when no ring exists or it is flat). ``base``, ``texture``,
+    ``image``: float HxW; region: bool HxW."""
+    target = ring_texture_energy(image, region, sigma=sigma, ring_px=ring_px, estimator=estimator)
+    return texture_gain(base, texture, region, target, sigma=sigma) if target > 0 else 0.0
 
 
 def coarse_fill(image: torch.Tensor, mask: torch.Tensor, *, levels: int = 6) -> torch.Tensor:
