@@ -50,3 +50,28 @@ def test_ring_texture_gain_makes_the_fill_as_textured_as_the_ring():
     assert ring_texture_gain(image + 0.2 * rng.standard_normal((64, 64)), texture, image, region) == 0
     assert ring_texture_gain(base, texture, image, np.ones((64, 64), bool)) == 0
     assert ring_texture_gain(base, np.zeros((64, 64)), image, region) == 0
+
+
+def test_ring_texture_energy_mad_ignores_an_edge_the_mean_counts():
+    """On Gaussian texture the MAD estimate equals the mean of h² (1.4826·MAD is the normal's σ);
+    a step edge across the ring inflates the mean several-fold but barely moves the MAD (a missing
+    1.4826, an unsquared MAD or a ring that is not the ring fails one of the three)."""
+    from generator.masks import RING_PX, ring_texture_energy
+    from shared.metrics import high_frequency_energy, high_pass
+
+    rng = np.random.default_rng(1)
+    image = 0.5 + 0.02 * rng.standard_normal((256, 256))
+    region = np.zeros((256, 256), bool)
+    region[96:160, 96:160] = True
+    ring = dilate(region, RING_PX) & ~region
+    mean = ring_texture_energy(image, region)
+    assert mean == pytest.approx(high_frequency_energy(image, ring), rel=1e-12)
+    assert ring_texture_energy(image, region, estimator="mad") == pytest.approx(mean, rel=0.08)
+    h = high_pass(image)[ring]
+    assert np.var(h) == pytest.approx(mean, rel=0.01)  # h is zero-mean: the two estimate σ²
+    step = (np.arange(256) >= 128).astype(float)
+    edged = image + 0.6 * (step[None, :] + step[:, None])  # two tissue boundaries through the ring
+    assert ring_texture_energy(edged, region) > 3 * mean
+    assert ring_texture_energy(edged, region, estimator="mad") == pytest.approx(mean, rel=0.2)
+    with pytest.raises(ValueError, match="estimator"):
+        ring_texture_energy(image, region, estimator="max")
