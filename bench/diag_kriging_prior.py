@@ -70,10 +70,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
+from scipy.interpolate import RBFInterpolator  # noqa: E402
 
 from bench.bench_generator_realsize import low, psnr  # noqa: E402
 from bench.diag_sources import ci, command, parse, parser, run  # noqa: E402
-from generator.kriging import kriging_fill, prior_fill, ring_px, stationary_fill  # noqa: E402
+from generator.kriging import context_points, kriging_fill, prior_fill, ring_px, stationary_fill  # noqa: E402
 from generator.masks import dilate  # noqa: E402
 from shared.benchmark.realsize import build_realsize  # noqa: E402
 
@@ -81,11 +82,19 @@ KERNELS = {"linear": ("linear", 0), "tps": ("thin_plate_spline", 1), "cubic": ("
 # the context, ring and round 2's adopted choice live in the generator (generator.kriging)
 def rbf_fill(image: np.ndarray, region: np.ndarray, kind: str) -> np.ndarray:
     """The image with ``region`` filled by the ``kind`` kriging predictor (module docstring);
-    ``kind == "biharmonic"`` is scikit-image's solve."""
+    ``kind == "biharmonic"`` is scikit-image's solve, ``"linear"`` ``generator.kriging``'s
+    kriging_fill (α = 1), the others scipy's RBF interpolation on the same context."""
     if kind == "biharmonic":
         return prior_fill(image.astype(np.float64), region, "biharmonic")
+    if kind == "linear":
+        return kriging_fill(image, region, alpha=1.0)
     kernel, degree = KERNELS[kind]
-    return kriging_fill(image, region, kernel=kernel, degree=degree)
+    out = np.array(image, dtype=np.float64)
+    pts = context_points(region)
+    scale = float(max(region.shape))
+    fit = RBFInterpolator(pts / scale, out[pts[:, 0], pts[:, 1]], kernel=kernel, degree=degree)
+    out[region] = fit(np.argwhere(region) / scale)
+    return out
 
 
 CANDIDATES = ("biharmonic", *KERNELS)
@@ -134,8 +143,9 @@ def measure(source: str, size: int, n: int, seed: int, rows=ROWS) -> dict:
         else:
             lin = rbf_fill(item.image, region, "linear")
             w = ring_blend_weight(item.image, region)
-            choice, chosen = stationary_fill(item.image, region)  # generator.kriging's rule
-            chosen = {"kriging": "linear"}.get(chosen, chosen)
+            # session 20's two-way rule (generator.kriging since round 3 weighs three α)
+            choice, chosen = stationary_fill(item.image, region, alphas=(1.0,))
+            chosen = {"kriging α=1": "linear"}.get(chosen, chosen)
             fills = {"linear": lin, "ring-bh/lin": choice, "ring-blend": base + w * (lin - base)}
             out["w"].append(w)
         out["s"].append(time.perf_counter() - t0)

@@ -1,37 +1,47 @@
 """The hole's coarse tissue as a stationary random field's best linear guess from its context
-(issue 18): ordinary kriging with a linear variogram, or biharmonic, whichever predicts a hidden
+(issue 18): ordinary kriging with a power variogram, or biharmonic, whichever predicts a hidden
 ring of known tissue better.
 
 Biharmonic inpainting (scikit-image's solve, the project's classical baseline) is the
 conditional mean of a very smooth field: it uses only the two-pixel rim and carries the rim's
-gradients into the hole. At lesion scale real anatomy is rougher than that: measured on the
+gradients into the hole. At lesion scale real anatomy is often rougher than that: measured on the
 generator's training sources (``bench/results/kriging_prior.md``, ``_round2.md``), ordinary kriging
 with the linear variogram γ(h) = h — the best linear unbiased predictor of a Brownian surface,
 Matheron 1963 / Cressie 1993 §3.2, which flattens towards the context's level instead of
 extrapolating gradients — beats biharmonic on the low frequencies on every source but the smooth,
-symmetric MNI template, where biharmonic wins. :func:`stationary_fill` lets each image choose: both
-fills are recomputed with a ring of known tissue hidden too, and the one that predicts the ring's
-low frequencies (σ = 2 px blur, the band issue 18 scores) better fills the hole. Validation on
-fresh items (seed 2): +1.27 [+0.78, +1.73] dB low-frequency PSNR over biharmonic pooled at 256²,
-+1.15 [+0.73, +1.61] at 512², no source's mean below −0.16 dB.
+symmetric MNI template, where biharmonic wins. The power family γ(h) = h^α (0 < α < 2; α → 2
+smooth, α → 0 rough) spans the range between, and :func:`stationary_fill` lets each image choose
+among biharmonic and α ∈ ``STATIONARY_ALPHAS``: every candidate is recomputed with a ring of known
+tissue hidden too, and the one that predicts the ring's low frequencies (σ = 2 px blur, the band
+issue 18 scores) best fills the hole.
 
-Kriging here is radial-basis interpolation with kernel −r and a constant drift (scipy's
-``RBFInterpolator``; the RBF system is the dual form of the ordinary-kriging system), fitted on the
-known pixels around the hole: every one within ``RIM_PX`` of it, and a grid of those out to the
-hole's equivalent radius, at most ``MAX_POINTS`` in all. Nothing is learned from other images.
+Measured on fresh training-source items (never the held-out test sources): the two-way choice
+(biharmonic or α = 1, session 20) gained +1.27 [+0.78, +1.73] dB low-frequency PSNR over biharmonic
+pooled at 256², +1.15 [+0.73, +1.61] at 512² (``kriging_prior_round2.md``, seed 2); the four-way
+choice adds +0.58 [+0.33, +0.85] / +0.53 [+0.18, +0.91] dB over the two-way one, no source's mean
+below −0.24 (``kriging_prior_round3.md``, seed 4; a variogram-fitted α lost 1.6 dB on leg
+radiographs at 512² and was not adopted).
+
+Kriging here is solved in its dual form, ``[K 1; 1ᵀ 0] [w; c] = [z; 0]`` with the generalised
+covariance K(r) = −r^α and a constant drift (the ordinary-kriging system's dual: the same
+predictor as Cressie's eq. 3.2.12), fitted on the known pixels around the hole: every one within
+``RIM_PX`` of it, and a grid of those out to the hole's equivalent radius, at most ``MAX_POINTS``
+in all. Nothing is learned from other images.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from scipy.interpolate import RBFInterpolator
+from scipy.spatial.distance import cdist
 from skimage.restoration import inpaint_biharmonic
 
 MAX_POINTS = 2500  # known pixels one fit uses (a dense (N + 1)² solve)
 RIM_PX = 2  # every known pixel this close to the hole is used (continuity at the rim)
 RING_SIGMA = 2.0  # px: the low-frequency band the ring check compares (issue 18's metric)
 PRIORS = ("biharmonic", "kriging")  # kriging = stationary_fill's per-image choice
+STATIONARY_ALPHAS = (0.5, 1.0, 1.5)  # the power variograms the ring check weighs against biharmonic
+CHUNK = 4096  # hole pixels predicted per kernel block (bounds the (M, N) distance matrix)
 # Holes larger than this (pixels) are checked on a copy shrunk to about this size: the choice is a
 # coarse one, and both solves on hole + ring at full size cost tens of seconds for a 10⁵-pixel hole
 # (the validation's holes, ≤ 13 000 px at 512², are checked at full size).
@@ -56,13 +66,13 @@ def context_points(region: np.ndarray) -> np.ndarray:
     return np.concatenate([rim, grid])
 
 
-def kriging_fill(image: np.ndarray, region: np.ndarray, *, kernel: str = "linear",
-                 degree: int = 0) -> np.ndarray:
+def kriging_fill(image: np.ndarray, region: np.ndarray, *, alpha: float = 1.0) -> np.ndarray:
     """``image`` (H, W) or (H, W, C) float with ``region`` (H, W) bool replaced by the
-    ordinary-kriging prediction under the linear variogram (module docstring), float64; outside
-    ``region`` the input. Needs at least one known pixel. ``kernel`` / ``degree``: another
-    ``RBFInterpolator`` generalised covariance and drift on the same context (the diagnostic's
-    thin-plate and cubic rows)."""
+    ordinary-kriging prediction under the power variogram γ(h) = h^α, 0 < α < 2 (module
+    docstring; α = 1: the linear variogram), float64; outside ``region`` the input. Needs at least
+    one known pixel."""
+    if not 0.0 < alpha < 2.0:
+        raise ValueError(f"the power variogram needs 0 < alpha < 2, got {alpha}")
     region = np.asarray(region, bool)
     out = np.array(image, dtype=np.float64)
     if not region.any():
@@ -71,8 +81,16 @@ def kriging_fill(image: np.ndarray, region: np.ndarray, *, kernel: str = "linear
         raise ValueError("kriging needs known pixels: the region covers the whole image")
     pts = context_points(region)
     scale = float(max(region.shape))  # coordinates in image sides keep the system conditioned
-    fit = RBFInterpolator(pts / scale, out[pts[:, 0], pts[:, 1]], kernel=kernel, degree=degree)
-    out[region] = fit(np.argwhere(region) / scale)
+    x, n = pts / scale, len(pts)
+    system = np.zeros((n + 1, n + 1))
+    system[:n, :n] = -cdist(x, x) ** alpha
+    system[:n, n] = system[n, :n] = 1.0
+    z = out[pts[:, 0], pts[:, 1]]
+    sol = np.linalg.solve(system, np.concatenate([z, np.zeros((1, *z.shape[1:]))]))
+    w, c = sol[:n], sol[n]
+    targets = np.argwhere(region) / scale
+    out[region] = np.concatenate([-(cdist(targets[i:i + CHUNK], x) ** alpha) @ w + c
+                                  for i in range(0, len(targets), CHUNK)])
     return out
 
 
@@ -97,21 +115,24 @@ def _low(x: np.ndarray) -> np.ndarray:
     return ndimage.gaussian_filter(x, sigma)
 
 
-def stationary_fill(image: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, str]:
-    """(fill, choice): ``region`` of ``image`` ((H, W) or (H, W, C) float) filled by kriging
-    (:func:`kriging_fill`) or biharmonic, whichever predicts the ring (:func:`ring_px` wide) of known
-    tissue around the hole better when the hole and the ring are hidden together — mean squared
-    error of the σ = ``RING_SIGMA`` blurred fills on the ring. float64; outside ``region`` the
-    input. A ring with no known pixel (a hole reaching nearly everywhere) keeps biharmonic; a hole
-    over ``CHECK_PIXELS`` is checked on a block-averaged copy (:func:`_shrunk`)."""
+def stationary_fill(image: np.ndarray, region: np.ndarray, *,
+                    alphas: tuple[float, ...] = STATIONARY_ALPHAS) -> tuple[np.ndarray, str]:
+    """(fill, choice): ``region`` of ``image`` ((H, W) or (H, W, C) float) filled by biharmonic or
+    by kriging (:func:`kriging_fill`) with one of ``alphas``, whichever predicts the ring
+    (:func:`ring_px` wide) of known tissue around the hole best when the hole and the ring are
+    hidden together — mean squared error of the σ = ``RING_SIGMA`` blurred fills on the ring
+    (ties: the earlier candidate, biharmonic first). ``choice`` is ``"biharmonic"`` or
+    ``"kriging α=<α>"``. float64; outside ``region`` the input. A ring with no known pixel (a hole
+    reaching nearly everywhere) keeps biharmonic; a hole over ``CHECK_PIXELS`` is checked on a
+    block-averaged copy (:func:`_shrunk`). ``alphas=(1.0,)`` is session 20's two-way rule."""
     region = np.asarray(region, bool)
     image = np.asarray(image, np.float64)
     if not region.any():
         return image.copy(), "biharmonic"
-    choice = _ring_choice(*_shrunk(image, region))
-    if choice == "kriging":
-        return kriging_fill(image, region), "kriging"
-    return _biharmonic(image, region), "biharmonic"
+    alpha = _ring_choice(*_shrunk(image, region), alphas)
+    if alpha is None:
+        return _biharmonic(image, region), "biharmonic"
+    return kriging_fill(image, region, alpha=alpha), f"kriging α={alpha:g}"
 
 
 def _shrunk(image: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,15 +147,23 @@ def _shrunk(image: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return img, region[:h, :w].reshape(blocks).any(axis=(1, 3))
 
 
-def _ring_choice(image: np.ndarray, region: np.ndarray) -> str:
+def _ring_choice(image: np.ndarray, region: np.ndarray, alphas: tuple[float, ...]) -> float | None:
+    """The ring check's pick: None for biharmonic, else the kriging α."""
     wide = ndimage.binary_dilation(region, iterations=ring_px(region))
     ring = wide & ~region
     if wide.all() or not ring.any():
-        return "biharmonic"
+        return None
     target = _low(image)[ring]
-    err = {"biharmonic": np.mean((_low(_biharmonic(image, wide))[ring] - target) ** 2),
-           "kriging": np.mean((_low(kriging_fill(image, wide))[ring] - target) ** 2)}
-    return "kriging" if err["kriging"] < err["biharmonic"] else "biharmonic"
+
+    def err(fill: np.ndarray) -> float:
+        return float(np.mean((_low(fill)[ring] - target) ** 2))
+
+    best, best_err = None, err(_biharmonic(image, wide))
+    for alpha in alphas:
+        e = err(kriging_fill(image, wide, alpha=alpha))
+        if e < best_err:
+            best, best_err = alpha, e
+    return best
 
 
 def prior_fill(image: np.ndarray, region: np.ndarray, prior: str) -> np.ndarray:

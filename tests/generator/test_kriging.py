@@ -1,6 +1,7 @@
-"""generator.kriging: the linear-variogram kriging fill equals the ordinary-kriging system solved
+"""generator.kriging: the power-variogram kriging fill equals the ordinary-kriging system solved
 directly, the context stays within its budget and off the hole, and the ring check picks
-biharmonic for a smooth field and kriging for a rough one; the bench diagnostic's kernels."""
+biharmonic for a smooth field, kriging for a rough one, and the α that predicts the ring best;
+the bench diagnostic's kernels."""
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from skimage.restoration import inpaint_biharmonic
 
 from generator.kriging import (
     MAX_POINTS,
+    STATIONARY_ALPHAS,
     context_points,
     kriging_fill,
     prior_fill,
@@ -21,28 +23,46 @@ def _disc(size=64, r=0.15):
     return y, x, (y - 0.5) ** 2 + (x - 0.5) ** 2 < r**2
 
 
-def test_kriging_fill_is_the_ordinary_kriging_predictor():
-    """Parity with the textbook system (Cressie 1993, eq. 3.2.12) for γ(h) = h:
-    [Γ 1; 1ᵀ 0] [λ; μ] = [γ₀; 1], prediction λᵀz — a wrong kernel (r², r³), a linear drift
-    instead of a constant one, or unscaled/scaled coordinates mixed up all change the numbers."""
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 1.5])
+def test_kriging_fill_is_the_ordinary_kriging_predictor(alpha):
+    """Parity with the textbook (primal) system (Cressie 1993, eq. 3.2.12) for γ(h) = h^α:
+    [Γ 1; 1ᵀ 0] [λ; μ] = [γ₀; 1], prediction λᵀz — our dual solve with a wrong power, a linear
+    drift instead of a constant one, or unscaled/scaled coordinates mixed up change the numbers."""
     rng = np.random.default_rng(0)
     image = ndimage.gaussian_filter(rng.standard_normal((40, 40)), 1.5)
     _, _, hole = _disc(40, 0.12)
-    got = kriging_fill(image, hole)
+    got = kriging_fill(image, hole, alpha=alpha)
     pts = context_points(hole)
     z = image[pts[:, 0], pts[:, 1]]
-    gamma = np.linalg.norm(pts[:, None, :] - pts[None, :, :], axis=2).astype(np.float64)
+    gamma = np.linalg.norm(pts[:, None, :] - pts[None, :, :], axis=2).astype(np.float64) ** alpha
     n = len(pts)
     a = np.ones((n + 1, n + 1))
     a[:n, :n], a[n, n] = gamma, 0.0
     targets = np.argwhere(hole)
-    g0 = np.linalg.norm(pts[None, :, :] - targets[:, None, :], axis=2)  # (M, N)
+    g0 = np.linalg.norm(pts[None, :, :] - targets[:, None, :], axis=2) ** alpha  # (M, N)
     rhs = np.concatenate([g0.T, np.ones((1, len(targets)))])
     lam = np.linalg.solve(a, rhs)[:n]
     np.testing.assert_allclose(got[hole], lam.T @ z, atol=1e-8)
     np.testing.assert_array_equal(got[~hole], image[~hole])
     # a constant is reproduced exactly (the constant drift); a plane is not (no linear drift)
-    np.testing.assert_allclose(kriging_fill(np.full((40, 40), 0.3), hole)[hole], 0.3, atol=1e-9)
+    np.testing.assert_allclose(kriging_fill(np.full((40, 40), 0.3), hole, alpha=alpha)[hole], 0.3,
+                               atol=1e-9)
+    with pytest.raises(ValueError, match="0 < alpha < 2"):
+        kriging_fill(image, hole, alpha=2.0)
+
+
+def test_the_linear_variogram_is_scipys_rbf_with_kernel_minus_r():
+    """α = 1 equals scipy's RBFInterpolator(kernel="linear", degree=0) on the same context: the
+    session-20 implementation, so its tables stay reproducible."""
+    from scipy.interpolate import RBFInterpolator
+
+    rng = np.random.default_rng(3)
+    image = ndimage.gaussian_filter(rng.standard_normal((64, 64, 2)), (2, 2, 0))
+    _, _, hole = _disc(64, 0.2)
+    pts = context_points(hole)
+    fit = RBFInterpolator(pts / 64.0, image[pts[:, 0], pts[:, 1]], kernel="linear", degree=0)
+    np.testing.assert_allclose(kriging_fill(image, hole)[hole], fit(np.argwhere(hole) / 64.0),
+                               atol=1e-10)
 
 
 def test_context_is_known_pixels_within_budget_with_the_whole_rim():
@@ -60,19 +80,47 @@ def test_context_is_known_pixels_within_budget_with_the_whole_rim():
     assert len(context_points(small)) == int(((dist > 0) & (dist <= 6.0)).sum())
 
 
+def _choice_alpha(choice: str) -> float:
+    assert choice.startswith("kriging α=")
+    return float(choice.split("=")[1])
+
+
 def test_ring_check_picks_biharmonic_for_smooth_and_kriging_for_rough_tissue():
     y, x, hole = _disc(128)
     smooth = 0.5 + 0.2 * np.sin(6 * x) * np.cos(5 * y)
     fill, choice = stationary_fill(smooth, hole)
     assert choice == "biharmonic"
     np.testing.assert_allclose(fill, inpaint_biharmonic(smooth, hole), atol=1e-12)
-    # Brownian-like tissue (integrated noise, rough at every scale): kriging
+    # Brownian-like tissue (integrated noise, rough at every scale): kriging, with the α it names
     rng = np.random.default_rng(1)
     rough = 0.5 + 0.3 * ndimage.gaussian_filter(rng.standard_normal((128, 128)), 3)
     fill, choice = stationary_fill(rough, hole)
-    assert choice == "kriging"
-    np.testing.assert_allclose(fill, kriging_fill(rough, hole), atol=1e-12)
+    alpha = _choice_alpha(choice)
+    assert alpha in STATIONARY_ALPHAS
+    np.testing.assert_allclose(fill, kriging_fill(rough, hole, alpha=alpha), atol=1e-12)
     np.testing.assert_array_equal(fill[~hole], rough[~hole])
+
+
+def test_ring_check_picks_the_alpha_that_predicts_the_ring_best():
+    """The chosen candidate has the lowest low-pass error on the hidden ring among biharmonic and
+    every α (a check that kept the first kriging candidate, or compared on the hole instead of the
+    ring, picks another); white noise (no spatial correlation) wants the roughest, α = 0.5."""
+    from generator.kriging import _biharmonic, _low, ring_px
+
+    _, _, hole = _disc(96, 0.1)
+    rng = np.random.default_rng(4)
+    for field in (rng.random((96, 96)),
+                  ndimage.gaussian_filter(rng.standard_normal((96, 96)), 1.5),
+                  np.cumsum(np.cumsum(rng.standard_normal((96, 96)), 0), 1) / 96):
+        wide = ndimage.binary_dilation(hole, iterations=ring_px(hole))
+        ring = wide & ~hole
+        errs = {"biharmonic": _biharmonic(field, wide)}
+        errs |= {f"kriging α={a:g}": kriging_fill(field, wide, alpha=a) for a in STATIONARY_ALPHAS}
+        errs = {k: np.mean((_low(v)[ring] - _low(field)[ring]) ** 2) for k, v in errs.items()}
+        assert stationary_fill(field, hole)[1] == min(errs, key=errs.get)
+    assert stationary_fill(rng.random((96, 96)), hole)[1] == "kriging α=0.5"
+    # the two-way rule of session 20 is one argument away
+    assert stationary_fill(rng.random((96, 96)), hole, alphas=(1.0,))[1] == "kriging α=1"
 
 
 def test_prior_fill_handles_colour_empty_holes_and_names_bad_priors():
@@ -83,7 +131,8 @@ def test_prior_fill_handles_colour_empty_holes_and_names_bad_priors():
     assert out.shape == rgb.shape and np.array_equal(out[~hole], rgb[~hole])
     choice = stationary_fill(rgb, hole)[1]  # one choice for all channels
     for c in range(3):  # each channel filled as its own grey image would be
-        grey = (kriging_fill if choice == "kriging" else inpaint_biharmonic)(rgb[..., c], hole)
+        grey = (inpaint_biharmonic(rgb[..., c], hole) if choice == "biharmonic"
+                else kriging_fill(rgb[..., c], hole, alpha=_choice_alpha(choice)))
         np.testing.assert_allclose(out[..., c][hole], grey[hole], atol=1e-9)
     empty = np.zeros((48, 48), bool)
     np.testing.assert_array_equal(prior_fill(rgb[..., 0], empty, "kriging"), rgb[..., 0])
@@ -114,5 +163,4 @@ def test_a_large_hole_is_checked_on_a_shrunk_copy_with_the_same_choice():
     assert stationary_fill(smooth, hole)[1] == "biharmonic"
     rough = 0.5 + 0.3 * ndimage.gaussian_filter(np.random.default_rng(1).standard_normal((256, 256)), 3)
     fill, choice = stationary_fill(rough, hole)
-    assert choice == "kriging"
-    np.testing.assert_allclose(fill, kriging_fill(rough, hole), atol=1e-12)
+    np.testing.assert_allclose(fill, kriging_fill(rough, hole, alpha=_choice_alpha(choice)), atol=1e-12)

