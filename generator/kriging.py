@@ -41,6 +41,8 @@ RIM_PX = 2  # every known pixel this close to the hole is used (continuity at th
 RING_SIGMA = 2.0  # px: the low-frequency band the ring check compares (issue 18's metric)
 PRIORS = ("biharmonic", "kriging")  # kriging = stationary_fill's per-image choice
 STATIONARY_ALPHAS = (0.5, 1.0, 1.5)  # the power variograms the ring check weighs against biharmonic
+PHASE_MIN_SHARE = 0.1  # two-phase context: each phase holds at least this share of the context
+PHASE_MIN_SEPARATION = 0.75  # ... and the phases explain at least this share of its variance
 CHUNK = 4096  # hole pixels predicted per kernel block (bounds the (M, N) distance matrix)
 # Holes larger than this (pixels) are checked on a copy shrunk to about this size: the choice is a
 # coarse one, and both solves on hole + ring at full size cost tens of seconds for a 10⁵-pixel hole
@@ -80,18 +82,78 @@ def kriging_fill(image: np.ndarray, region: np.ndarray, *, alpha: float = 1.0) -
     if region.all():
         raise ValueError("kriging needs known pixels: the region covers the whole image")
     pts = context_points(region)
-    scale = float(max(region.shape))  # coordinates in image sides keep the system conditioned
-    x, n = pts / scale, len(pts)
+    out[region] = _krige(pts, out[pts[:, 0], pts[:, 1]], np.argwhere(region), alpha, max(region.shape))
+    return out
+
+
+def _krige(known: np.ndarray, z: np.ndarray, targets: np.ndarray, alpha: float, side: int) -> np.ndarray:
+    """Ordinary kriging of ``z`` (N,) or (N, C) at ``known`` (N, 2) px onto ``targets`` (M, 2) px,
+    power variogram h^α, dual form; coordinates in units of ``side`` px keep the system
+    conditioned."""
+    x, n = known / float(side), len(known)
     system = np.zeros((n + 1, n + 1))
     system[:n, :n] = -cdist(x, x) ** alpha
     system[:n, n] = system[n, :n] = 1.0
-    z = out[pts[:, 0], pts[:, 1]]
     sol = np.linalg.solve(system, np.concatenate([z, np.zeros((1, *z.shape[1:]))]))
     w, c = sol[:n], sol[n]
-    targets = np.argwhere(region) / scale
-    out[region] = np.concatenate([-(cdist(targets[i:i + CHUNK], x) ** alpha) @ w + c
-                                  for i in range(0, len(targets), CHUNK)])
+    t = targets / float(side)
+    return np.concatenate([-(cdist(t[i:i + CHUNK], x) ** alpha) @ w + c for i in range(0, len(t), CHUNK)])
+
+
+def two_phase_fill(image: np.ndarray, region: np.ndarray, *, alpha: float = 1.0) -> np.ndarray | None:
+    """A hole that straddles two tissues (or tissue and background) filled phase by phase, or None
+    when its context is not clearly two-phase.
+
+    The context pixels (:func:`context_points`) are split in two (channel mean for colour): Otsu's
+    classes, then the midpoint of their means as the threshold. Two-phase means each side holds ≥ ``PHASE_MIN_SHARE`` of them and the split
+    explains ≥ ``PHASE_MIN_SEPARATION`` of their variance (Otsu's η = between-class / total).
+    The boundary inside the hole continues the known one (:func:`_phase_boundary`: a quadratic
+    logistic boundary fitted to the context's phases). Each phase's hole pixels are
+    then kriged (:func:`kriging_fill`'s predictor, ``alpha``) from that phase's context only, so
+    neither side's level bleeds into the other (the ramp a stationary fill draws across a tissue
+    edge). float64, the input outside ``region``."""
+    from skimage.filters import threshold_otsu
+
+    region = np.asarray(region, bool)
+    out = np.array(image, dtype=np.float64)
+    if not region.any() or region.all():
+        return None
+    grey = out if out.ndim == 2 else out.mean(axis=-1)
+    pts = context_points(region)
+    v = grey[pts[:, 0], pts[:, 1]]
+    if np.ptp(v) <= 0:
+        return None
+    high = v > threshold_otsu(v)
+    if high.all() or not high.any():
+        return None
+    # Otsu's criterion is flat across a gap between the modes (scikit-image returns its low end):
+    # cut at the midpoint of the two classes' means instead (one Ridler–Calvard step)
+    threshold = 0.5 * (v[high].mean() + v[~high].mean())
+    high = v > threshold  # the context's phases
+    share = float(high.mean())
+    between = share * (1 - share) * (v[high].mean() - v[~high].mean()) ** 2 if 0 < share < 1 else 0.0
+    if min(share, 1 - share) < PHASE_MIN_SHARE or between < PHASE_MIN_SEPARATION * float(v.var()):
+        return None
+    hole_high = _phase_boundary(pts, high, np.argwhere(region))
+    holes = np.argwhere(region)
+    for side, sel in ((high, hole_high), (~high, ~hole_high)):
+        if sel.any():
+            out[holes[sel, 0], holes[sel, 1]] = _krige(pts[side], out[pts[side, 0], pts[side, 1]],
+                                                       holes[sel], alpha, max(region.shape))
     return out
+
+
+def _phase_boundary(known: np.ndarray, high: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Bool (M,): which ``targets`` (M, 2) px lie on the ``high`` side of the boundary between the
+    ``known`` (N, 2) px's phases — logistic regression on quadratic features of the coordinates
+    (a boundary with curvature, centred and scaled on the context)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import PolynomialFeatures
+
+    centre, spread = known.mean(axis=0), known.std() + 1e-9
+    poly = PolynomialFeatures(degree=2, include_bias=False)
+    fit = LogisticRegression(C=100.0, max_iter=1000).fit(poly.fit_transform((known - centre) / spread), high)
+    return fit.predict(poly.transform((targets - centre) / spread)).astype(bool)
 
 
 def ring_px(region: np.ndarray) -> int:
@@ -116,23 +178,36 @@ def _low(x: np.ndarray) -> np.ndarray:
 
 
 def stationary_fill(image: np.ndarray, region: np.ndarray, *,
-                    alphas: tuple[float, ...] = STATIONARY_ALPHAS) -> tuple[np.ndarray, str]:
-    """(fill, choice): ``region`` of ``image`` ((H, W) or (H, W, C) float) filled by biharmonic or
-    by kriging (:func:`kriging_fill`) with one of ``alphas``, whichever predicts the ring
+                    alphas: tuple[float, ...] = STATIONARY_ALPHAS,
+                    two_phase: bool = False) -> tuple[np.ndarray, str]:
+    """(fill, choice): ``region`` of ``image`` ((H, W) or (H, W, C) float) filled by biharmonic,
+    by kriging (:func:`kriging_fill`) with one of ``alphas`` or, with ``two_phase``, by
+    :func:`two_phase_fill` where its context is two-phase — whichever predicts the ring
     (:func:`ring_px` wide) of known tissue around the hole best when the hole and the ring are
-    hidden together — mean squared error of the σ = ``RING_SIGMA`` blurred fills on the ring
-    (ties: the earlier candidate, biharmonic first). ``choice`` is ``"biharmonic"`` or
-    ``"kriging α=<α>"``. float64; outside ``region`` the input. A ring with no known pixel (a hole
-    reaching nearly everywhere) keeps biharmonic; a hole over ``CHECK_PIXELS`` is checked on a
-    block-averaged copy (:func:`_shrunk`). ``alphas=(1.0,)`` is session 20's two-way rule."""
+    hidden together: mean squared error of the σ = ``RING_SIGMA`` blurred fills on the ring (ties:
+    the earlier candidate, biharmonic first). ``choice`` names it: ``"biharmonic"``,
+    ``"kriging α=<α>"`` or ``"two-phase"``. float64; outside ``region`` the input. A ring with no
+    known pixel (a hole reaching nearly everywhere) keeps biharmonic; a hole over ``CHECK_PIXELS``
+    is checked on a block-averaged copy (:func:`_shrunk`). ``alphas=(1.0,)`` is session 20's
+    two-way rule."""
     region = np.asarray(region, bool)
     image = np.asarray(image, np.float64)
     if not region.any():
         return image.copy(), "biharmonic"
-    alpha = _ring_choice(*_shrunk(image, region), alphas)
-    if alpha is None:
-        return _biharmonic(image, region), "biharmonic"
-    return kriging_fill(image, region, alpha=alpha), f"kriging α={alpha:g}"
+    names = ["biharmonic", *(f"kriging α={a:g}" for a in alphas)] + (["two-phase"] if two_phase else [])
+    for name in _ring_ranking(*_shrunk(image, region), names):
+        fill = _candidate(name, image, region)
+        if fill is not None:  # two-phase can decline at full size where the check's copy did not
+            return fill, name
+    return _biharmonic(image, region), "biharmonic"
+
+
+def _candidate(name: str, image: np.ndarray, region: np.ndarray) -> np.ndarray | None:
+    if name == "biharmonic":
+        return _biharmonic(image, region)
+    if name == "two-phase":
+        return two_phase_fill(image, region)
+    return kriging_fill(image, region, alpha=float(name.split("=")[1]))
 
 
 def _shrunk(image: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -147,23 +222,21 @@ def _shrunk(image: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return img, region[:h, :w].reshape(blocks).any(axis=(1, 3))
 
 
-def _ring_choice(image: np.ndarray, region: np.ndarray, alphas: tuple[float, ...]) -> float | None:
-    """The ring check's pick: None for biharmonic, else the kriging α."""
+def _ring_ranking(image: np.ndarray, region: np.ndarray, names: list[str]) -> list[str]:
+    """``names`` ordered by how well each candidate, filling hole and ring, predicts the ring's low
+    frequencies (stable: ties keep the given order); candidates that decline are left out.
+    Biharmonic alone when there is no ring."""
     wide = ndimage.binary_dilation(region, iterations=ring_px(region))
     ring = wide & ~region
     if wide.all() or not ring.any():
-        return None
+        return ["biharmonic"]
     target = _low(image)[ring]
-
-    def err(fill: np.ndarray) -> float:
-        return float(np.mean((_low(fill)[ring] - target) ** 2))
-
-    best, best_err = None, err(_biharmonic(image, wide))
-    for alpha in alphas:
-        e = err(kriging_fill(image, wide, alpha=alpha))
-        if e < best_err:
-            best, best_err = alpha, e
-    return best
+    errs = {}
+    for name in names:
+        fill = _candidate(name, image, wide)
+        if fill is not None:
+            errs[name] = float(np.mean((_low(fill)[ring] - target) ** 2))
+    return sorted(errs, key=errs.get)
 
 
 def prior_fill(image: np.ndarray, region: np.ndarray, prior: str) -> np.ndarray:
