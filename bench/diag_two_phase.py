@@ -25,6 +25,9 @@ fixed on synthetic fields only): ``two_phase=True`` becomes the default iff at b
 is run once and reported as it comes.
 
     python bench/diag_two_phase.py --sizes 256 512 --n 15 --seed 5 --out bench/results/kriging_prior_round4.md
+
+Outcome (``kriging_prior_round4.md``): fails at 512² (+0.08 [−0.05, +0.25] dB pooled; +0.18
+[+0.01, +0.41] at 256²): ``two_phase`` stays off by default.
 """
 
 from __future__ import annotations

@@ -111,7 +111,9 @@ def two_phase_fill(image: np.ndarray, region: np.ndarray, *, alpha: float = 1.0)
     logistic boundary fitted to the context's phases). Each phase's hole pixels are
     then kriged (:func:`kriging_fill`'s predictor, ``alpha``) from that phase's context only, so
     neither side's level bleeds into the other (the ramp a stationary fill draws across a tissue
-    edge). float64, the input outside ``region``."""
+    edge). float64, the input outside ``region``. Measured as a ring-check candidate
+    (``stationary_fill(two_phase=True)``, ``bench/results/kriging_prior_round4.md``): large gains
+    on the few holes across an edge at 256², wrong boundaries at 512² — not the default."""
     from skimage.filters import threshold_otsu
 
     region = np.asarray(region, bool)
