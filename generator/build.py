@@ -258,6 +258,10 @@ def load_generator(
         if changed:
             digest = hashlib.sha256(f"{digest}|{json.dumps(changed, sort_keys=True)}".encode()).hexdigest()
         window, native_coarse, texture_match, coarse_prior = ({**own, **changed}[k] for k in own)
+        if coarse_prior == "kriging":  # the classical rule is part of what the outputs are
+            from generator.kriging import KRIGING_RULE
+
+            digest = hashlib.sha256(f"{digest}|{KRIGING_RULE}".encode()).hexdigest()
     elif native_coarse or texture_match or coarse_prior not in (None, "biharmonic"):
         raise ConfigError(f"{path_or_name}: native_coarse / texture_match / coarse_prior apply to "
                           "pixel checkpoints only (they compose on the pixel model's coarse channel)")

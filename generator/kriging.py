@@ -41,6 +41,10 @@ RIM_PX = 2  # every known pixel this close to the hole is used (continuity at th
 RING_SIGMA = 2.0  # px: the low-frequency band the ring check compares (issue 18's metric)
 PRIORS = ("biharmonic", "kriging")  # kriging = stationary_fill's per-image choice
 STATIONARY_ALPHAS = (0.5, 1.0, 1.5)  # the power variograms the ring check weighs against biharmonic
+# Names the kriging prior's rule in a generator's hash (generator.build.load_generator): outputs
+# change with it, so caches and content-addressed stores keyed on the hash must too. Change it
+# whenever stationary_fill's candidates or check change.
+KRIGING_RULE = "ring-check: biharmonic, power α 0.5/1/1.5 (session 21)"
 PHASE_MIN_SHARE = 0.1  # two-phase context: each phase holds at least this share of the context
 PHASE_MIN_SEPARATION = 0.75  # ... and the phases explain at least this share of its variance
 CHUNK = 4096  # hole pixels predicted per kernel block (bounds the (M, N) distance matrix)
