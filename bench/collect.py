@@ -10,7 +10,9 @@ import argparse
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["demo", "generator", "generator_kriging_rule", "generator_kriging_test_256",
+ORDER = ["demo", "generator", "generator_kriging4_test_256", "generator_kriging4_test_512",
+         "kriging_prior_round3", "kriging_prior_round4", "texture_ring", "dpo_composed",
+         "generator_kriging_rule", "generator_kriging_test_256",
          "generator_kriging_test_512", "generator_kriging_val_256", "generator_kriging_val_512",
          "kriging_prior", "kriging_prior_round2", "generator_realsize_256", "generator_realsize_512", "generator_realsize_512_native_exact",
          "generator_realsize_committed", "generator_texture_match", "generator_texture_match_val_256",

@@ -84,9 +84,10 @@ def build_bench(cfg: DemoConfig) -> Path:
 def ablation_config(cfg: DemoConfig, out: Path):
     """The small ablation the demo runs (configs/ablation/small.yaml, resized to the demo)."""
     from finetune.ablation import load_ablation_config
-    from generator.build import DEFAULT_CHECKPOINT, hash_directory
+    from generator.build import DEFAULT_CHECKPOINT, hash_directory, load_generator
 
-    # Trained models are reused by path: keying the folder by the generator checkpoint, the
+    # Trained models are reused by path: keying the folder by the generator as it runs (its
+    # checkpoint_hash: weights, inference settings and the classical prior's rule), the
     # fine-tuning recipes (configs/embedded) and the ablation's own settings (e.g. the box rule)
     # makes new negatives, a new recipe or a new evaluation start a new folder instead of meeting
     # the ablation's "holds results of another setup" refusal in the old one.
@@ -102,7 +103,8 @@ def ablation_config(cfg: DemoConfig, out: Path):
     ])
     settings = {k: v for k, v in to_dict(abl).items() if k not in ("output_dir", "threads")}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:6]
-    ablation_dir = out / (f"ablation-gen{hash_directory(DEFAULT_CHECKPOINT)[:10]}"
+    generator = load_generator(DEFAULT_CHECKPOINT).checkpoint_hash
+    ablation_dir = out / (f"ablation-gen{generator[:10]}"
                           f"-cfg{hash_directory(REPO / 'configs' / 'embedded')[:6]}-abl{key}")
     return dataclasses.replace(abl, output_dir=str(ablation_dir))
 

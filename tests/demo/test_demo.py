@@ -68,3 +68,18 @@ def test_bad_sizes_end_before_any_work(tmp_path, override, says):
     with pytest.raises(ConfigError, match=says):
         main(["--smoke", f"out={tmp_path / 'o'}", f"bench={tmp_path / 'b'}", override])
     assert not (tmp_path / "o").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_ablation_folder_follows_the_generator_as_it_runs(tmp_path, monkeypatch):
+    """The demo reuses trained models by folder: a change of the classical prior's rule (same
+    weights) must start a new folder, not reuse Stage 1+2 models trained on the old negatives (the
+    folder was keyed by the weights' directory hash alone)."""
+    import generator.kriging as kriging
+    from demo.__main__ import SMOKE, ablation_config
+    from generator.build import DEFAULT_CHECKPOINT, load_generator
+
+    cfg = SMOKE
+    first = ablation_config(cfg, tmp_path).output_dir
+    assert f"ablation-gen{load_generator(DEFAULT_CHECKPOINT).checkpoint_hash[:10]}" in first
+    monkeypatch.setattr(kriging, "KRIGING_RULE", kriging.KRIGING_RULE + " (changed)")
+    assert ablation_config(cfg, tmp_path).output_dir != first
