@@ -50,7 +50,8 @@ import numpy as np  # noqa: E402
 from scipy.spatial.distance import pdist  # noqa: E402
 
 from bench.bench_generator_realsize import low, psnr  # noqa: E402
-from bench.diag_sources import ci, command, parse, parser, run  # noqa: E402
+from bench.diag_sources import ci  # noqa: E402
+from bench.diag_sources import main as diag_main  # noqa: E402
 from generator.kriging import context_points, kriging_fill, prior_fill, stationary_fill  # noqa: E402
 from generator.masks import dilate  # noqa: E402
 from shared.benchmark.realsize import build_realsize  # noqa: E402
@@ -129,17 +130,17 @@ def table(size: int, results: dict[str, dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse(parser(__doc__.splitlines()[0]), argv)
-    lines = ["## Power-variogram kriging vs the committed coarse prior, training sources "
-             "(issue 18, diagnostic round 3)", "", command("diag_power_kriging.py", argv), "",
-             "Rows (module docstring of `bench/diag_power_kriging.py`): committed ="
-             " `generator.kriging.stationary_fill` (biharmonic or linear kriging by the hidden ring);"
-             " power-fit = kriging with γ(h) = h^α, α from the context's variogram; ring-4 = the"
-             " ring's pick among biharmonic and α ∈ {0.5, 1, 1.5}."
-             f" Items `shared.benchmark.realsize` (seed {args.seed}), region = lesion dilated by"
-             f" {DILATION_PX} px; low PSNR = both images blurred at σ = 2 px, dB, inside the region;"
-             " Δ paired over items (bootstrap 95 % CI).", ""]
-    run(args, lines, lambda source, size: measure(source, size, args.n, args.seed), table)
+    diag_main(__doc__, "diag_power_kriging.py",
+              "## Power-variogram kriging vs the committed coarse prior, training sources "
+              "(issue 18, diagnostic round 3)",
+              "Rows (module docstring of `bench/diag_power_kriging.py`): committed ="
+              " `generator.kriging.stationary_fill` (biharmonic or linear kriging by the hidden ring);"
+              " power-fit = kriging with γ(h) = h^α, α from the context's variogram; ring-4 = the"
+              " ring's pick among biharmonic and α ∈ {0.5, 1, 1.5}."
+              f" Items `shared.benchmark.realsize` (seed {{seed}}), region = lesion dilated by"
+              f" {DILATION_PX} px; low PSNR = both images blurred at σ = 2 px, dB, inside the region;"
+              " Δ paired over items (bootstrap 95 % CI).",
+              measure, table, argv)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,13 @@ def run(args: argparse.Namespace, header: list[str], measure: Callable[[str, int
 
 def command(script: str, argv: list[str] | None) -> str:
     return f"Command: `python bench/{script} " + " ".join(sys.argv[1:] if argv is None else argv) + "`"
+
+
+def main(doc: str, script: str, title: str, rows: str, measure: Callable[[str, int, int, int], dict],
+         table: Callable[[int, dict], list[str]], argv: list[str] | None) -> None:
+    """The whole of a diagnostic with the common options only: the report headed by ``title``,
+    the command and ``rows`` (its ``{seed}`` filled in), ``measure(source, size, n, seed)`` for
+    every size × source, ``table`` per size."""
+    args = parse(parser(doc.splitlines()[0]), argv)
+    lines = [title, "", command(script, argv), "", rows.replace("{seed}", str(args.seed)), ""]
+    run(args, lines, lambda source, size: measure(source, size, args.n, args.seed), table)

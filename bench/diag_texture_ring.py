@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from bench.bench_generator_realsize import TEXTURE_BAND, low, psnr, safe_texture_ratio  # noqa: E402
-from bench.diag_sources import command, parse, parser, run  # noqa: E402
+from bench.diag_sources import main as diag_main  # noqa: E402
 from generator.compose import TEXTURE_SIGMA  # noqa: E402
 from generator.kriging import prior_fill, ring_px  # noqa: E402
 from generator.masks import RING_PX, dilate, ring_texture_energy, texture_gain  # noqa: E402
@@ -126,17 +126,17 @@ def table(size: int, results: dict[str, dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse(parser(__doc__.splitlines()[0]), argv)
-    lines = ["## Texture target from the ring vs the lesion-free truth, training sources "
-             "(issue 18, diagnostic)", "", command("diag_texture_ring.py", argv), "",
-             "Rows (module docstring of `bench/diag_texture_ring.py`): the generator's composition"
-             " with white noise as the texture — kriging prior + g · high-pass(noise), g setting the"
-             " fill's texture energy to the row's estimate from the known ring; 4 samples per item."
-             f" Items `shared.benchmark.realsize` (seed {args.seed}), region = lesion dilated by"
-             f" {DILATION_PX} px. In band: share of samples with E_hf(sample)/E_hf(truth) in"
-             f" [{TEXTURE_BAND[0]}, {TEXTURE_BAND[1]}]; Δ paired over items; PSNR, low PSNR"
-             " (σ = 2 px blur): sample 0 vs the lesion-free image, dB.", ""]
-    run(args, lines, lambda source, size: measure(source, size, args.n, args.seed), table)
+    diag_main(__doc__, "diag_texture_ring.py",
+              "## Texture target from the ring vs the lesion-free truth, training sources "
+              "(issue 18, diagnostic)",
+              "Rows (module docstring of `bench/diag_texture_ring.py`): the generator's composition"
+              " with white noise as the texture — kriging prior + g · high-pass(noise), g setting the"
+              " fill's texture energy to the row's estimate from the known ring; 4 samples per item."
+              f" Items `shared.benchmark.realsize` (seed {{seed}}), region = lesion dilated by"
+              f" {DILATION_PX} px. In band: share of samples with E_hf(sample)/E_hf(truth) in"
+              f" [{TEXTURE_BAND[0]}, {TEXTURE_BAND[1]}]; Δ paired over items; PSNR, low PSNR"
+              " (σ = 2 px blur): sample 0 vs the lesion-free image, dB.",
+              measure, table, argv)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from bench.bench_generator_realsize import low, psnr  # noqa: E402
-from bench.diag_sources import ci, command, parse, parser, run  # noqa: E402
+from bench.diag_sources import ci  # noqa: E402
+from bench.diag_sources import main as diag_main  # noqa: E402
 from generator.kriging import prior_fill, stationary_fill  # noqa: E402
 from generator.masks import dilate  # noqa: E402
 from shared.benchmark.realsize import build_realsize  # noqa: E402
@@ -85,16 +86,16 @@ def table(size: int, results: dict[str, dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse(parser(__doc__.splitlines()[0]), argv)
-    lines = ["## Two-phase fill as a fifth candidate of the ring check, training sources "
-             "(issue 18, diagnostic round 4)", "", command("diag_two_phase.py", argv), "",
-             "Rows (module docstring of `bench/diag_two_phase.py`): committed ="
-             " `generator.kriging.stationary_fill` (round 3: biharmonic or kriging α ∈ {0.5, 1, 1.5} by"
-             " the hidden ring); + two-phase = the same with `two_phase=True`."
-             f" Items `shared.benchmark.realsize` (seed {args.seed}), region = lesion dilated by"
-             f" {DILATION_PX} px; low PSNR = both images blurred at σ = 2 px, dB, inside the region;"
-             " Δ paired over items (bootstrap 95 % CI); s/img = the two-phase check's time.", ""]
-    run(args, lines, lambda source, size: measure(source, size, args.n, args.seed), table)
+    diag_main(__doc__, "diag_two_phase.py",
+              "## Two-phase fill as a fifth candidate of the ring check, training sources "
+              "(issue 18, diagnostic round 4)",
+              "Rows (module docstring of `bench/diag_two_phase.py`): committed ="
+              " `generator.kriging.stationary_fill` (round 3: biharmonic or kriging α ∈ {0.5, 1, 1.5} by"
+              " the hidden ring); + two-phase = the same with `two_phase=True`."
+              f" Items `shared.benchmark.realsize` (seed {{seed}}), region = lesion dilated by"
+              f" {DILATION_PX} px; low PSNR = both images blurred at σ = 2 px, dB, inside the region;"
+              " Δ paired over items (bootstrap 95 % CI); s/img = the two-phase check's time.",
+              measure, table, argv)
 
 
 if __name__ == "__main__":
