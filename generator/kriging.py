@@ -109,11 +109,11 @@ def two_phase_fill(image: np.ndarray, region: np.ndarray, *, alpha: float = 1.0)
     when its context is not clearly two-phase.
 
     The context pixels (:func:`context_points`) are split in two (channel mean for colour): Otsu's
-    classes, then the midpoint of their means as the threshold. Two-phase means each side holds ≥ ``PHASE_MIN_SHARE`` of them and the split
-    explains ≥ ``PHASE_MIN_SEPARATION`` of their variance (Otsu's η = between-class / total).
-    The boundary inside the hole continues the known one (:func:`_phase_boundary`: a quadratic
-    logistic boundary fitted to the context's phases). Each phase's hole pixels are
-    then kriged (:func:`kriging_fill`'s predictor, ``alpha``) from that phase's context only, so
+    classes, then the midpoint of their means as the threshold. Two-phase means each side holds
+    ≥ ``PHASE_MIN_SHARE`` of them and the split explains ≥ ``PHASE_MIN_SEPARATION`` of their
+    variance (Otsu's η = between-class / total). The boundary inside the hole continues the known
+    one (:func:`_phase_boundary`: a quadratic logistic boundary fitted to the context's phases).
+    Each phase's hole pixels are then kriged (:func:`kriging_fill`'s predictor, ``alpha``) from that phase's context only, so
     neither side's level bleeds into the other (the ramp a stationary fill draws across a tissue
     edge). float64, the input outside ``region``. Measured as a ring-check candidate
     (``stationary_fill(two_phase=True)``, ``bench/results/kriging_prior_round4.md``): large gains
@@ -140,8 +140,8 @@ def two_phase_fill(image: np.ndarray, region: np.ndarray, *, alpha: float = 1.0)
     between = share * (1 - share) * (v[high].mean() - v[~high].mean()) ** 2 if 0 < share < 1 else 0.0
     if min(share, 1 - share) < PHASE_MIN_SHARE or between < PHASE_MIN_SEPARATION * float(v.var()):
         return None
-    hole_high = _phase_boundary(pts, high, np.argwhere(region))
     holes = np.argwhere(region)
+    hole_high = _phase_boundary(pts, high, holes)
     for side, sel in ((high, hole_high), (~high, ~hole_high)):
         if sel.any():
             out[holes[sel, 0], holes[sel, 1]] = _krige(pts[side], out[pts[side, 0], pts[side, 1]],

@@ -65,7 +65,9 @@ def ring_texture_energy(image: np.ndarray, region: np.ndarray, *, sigma: float =
     - ``"mad"``: ``(1.4826 · median|h − median h|)²``, the variance of ``h`` from its median
       absolute deviation (Hampel 1974; Donoho & Johnstone 1994 estimate image noise this way so
       that edges, a few large responses, do not count as texture). Equal to ``"mean"`` for
-      Gaussian texture; lower where the ring crosses a structure's edge.
+      Gaussian texture; lower where the ring crosses a structure's edge — and on heavy-tailed
+      real texture (speckle), which is why the generator keeps ``"mean"``
+      (``bench/results/texture_ring.md``: 0.27 fewer samples in band).
 
     0 when the ring is empty."""
     from shared.metrics import high_pass
