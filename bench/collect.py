@@ -11,7 +11,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ORDER = ["demo", "generator", "generator_kriging4_test_256", "generator_kriging4_test_512",
-         "kriging_prior_round3", "kriging_prior_round4", "texture_ring", "dpo_composed",
+         "kriging_prior_round3", "kriging_prior_round4", "texture_ring", "noise_texture_rule",
+         "noise_texture_val_256", "noise_texture_val_512", "dpo_composed",
          "generator_kriging_rule", "generator_kriging_test_256",
          "generator_kriging_test_512", "generator_kriging_val_256", "generator_kriging_val_512",
          "kriging_prior", "kriging_prior_round2", "generator_realsize_256", "generator_realsize_512", "generator_realsize_512_native_exact",
