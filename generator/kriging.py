@@ -31,6 +31,8 @@ in all. Nothing is learned from other images.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from scipy import ndimage
 from scipy.spatial.distance import cdist
@@ -42,9 +44,9 @@ RING_SIGMA = 2.0  # px: the low-frequency band the ring check compares (issue 18
 PRIORS = ("biharmonic", "kriging")  # kriging = stationary_fill's per-image choice
 STATIONARY_ALPHAS = (0.5, 1.0, 1.5)  # the power variograms the ring check weighs against biharmonic
 # Names the kriging prior's rule in a generator's hash (generator.build.load_generator): outputs
-# change with it, so caches and content-addressed stores keyed on the hash must too. Change it
-# whenever stationary_fill's candidates or check change.
-KRIGING_RULE = "ring-check: biharmonic, power α 0.5/1/1.5 (session 21)"
+# change with it, so caches and content-addressed stores keyed on the hash must too. The candidate
+# set enters by itself; bump the revision whenever the check itself changes.
+KRIGING_RULE = f"ring-check rev 1: biharmonic, power α {'/'.join(f'{a:g}' for a in STATIONARY_ALPHAS)}"
 PHASE_MIN_SHARE = 0.1  # two-phase context: each phase holds at least this share of the context
 PHASE_MIN_SEPARATION = 0.75  # ... and the phases explain at least this share of its variance
 CHUNK = 4096  # hole pixels predicted per kernel block (bounds the (M, N) distance matrix)
@@ -200,20 +202,14 @@ def stationary_fill(image: np.ndarray, region: np.ndarray, *,
     image = np.asarray(image, np.float64)
     if not region.any():
         return image.copy(), "biharmonic"
-    names = ["biharmonic", *(f"kriging α={a:g}" for a in alphas)] + (["two-phase"] if two_phase else [])
-    for name in _ring_ranking(*_shrunk(image, region), names):
-        fill = _candidate(name, image, region)
+    candidates = {"biharmonic": _biharmonic,
+                  **{f"kriging α={a:g}": partial(kriging_fill, alpha=a) for a in alphas},
+                  **({"two-phase": two_phase_fill} if two_phase else {})}
+    for name in _ring_ranking(*_shrunk(image, region), candidates):
+        fill = candidates[name](image, region)
         if fill is not None:  # two-phase can decline at full size where the check's copy did not
             return fill, name
     return _biharmonic(image, region), "biharmonic"
-
-
-def _candidate(name: str, image: np.ndarray, region: np.ndarray) -> np.ndarray | None:
-    if name == "biharmonic":
-        return _biharmonic(image, region)
-    if name == "two-phase":
-        return two_phase_fill(image, region)
-    return kriging_fill(image, region, alpha=float(name.split("=")[1]))
 
 
 def _shrunk(image: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -228,8 +224,8 @@ def _shrunk(image: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return img, region[:h, :w].reshape(blocks).any(axis=(1, 3))
 
 
-def _ring_ranking(image: np.ndarray, region: np.ndarray, names: list[str]) -> list[str]:
-    """``names`` ordered by how well each candidate, filling hole and ring, predicts the ring's low
+def _ring_ranking(image: np.ndarray, region: np.ndarray, candidates: dict) -> list[str]:
+    """The names of ``candidates`` (name → fill(image, region), None to decline) ordered by how well each candidate, filling hole and ring, predicts the ring's low
     frequencies (stable: ties keep the given order); candidates that decline are left out.
     Biharmonic alone when there is no ring."""
     wide = ndimage.binary_dilation(region, iterations=ring_px(region))
@@ -238,8 +234,8 @@ def _ring_ranking(image: np.ndarray, region: np.ndarray, names: list[str]) -> li
         return ["biharmonic"]
     target = _low(image)[ring]
     errs = {}
-    for name in names:
-        fill = _candidate(name, image, wide)
+    for name, fill_fn in candidates.items():
+        fill = fill_fn(image, wide)
         if fill is not None:
             errs[name] = float(np.mean((_low(fill)[ring] - target) ** 2))
     return sorted(errs, key=errs.get)
