@@ -20,8 +20,11 @@ MLP 4; the input as the CLIP gets it: grey replicated to RGB, OpenAI CLIP mean/s
 - ``conv8``: a convolutional stem (timm ``ConvStem``: three 3 × 3 stride-2 conv–BN–ReLU, 32/64/128
   channels) → 16 × 16 tokens (locality plus grid);
 - ``conv16``: the same stem with a fourth stride-2 conv → 8 × 8 tokens (locality alone).
-Head: one linear map per patch token → a logit; loss: binary cross-entropy against the token's
-lesion fraction (average-pooled mask; 0 on every token of an exact negative).
+Head: one linear map per patch token → a logit z_n; target y_n: the token's lesion fraction
+(average-pooled mask; 0 on every token of an exact negative). Loss (round 2, see below): binary
+cross-entropy with the lesion tokens up-weighted to balance the batch (``pos_weight`` = Σ(1 − y) /
+Σ y) plus, for each positive, the spatial cross-entropy −Σ_n q_n log softmax(z)_n with q = y / Σ y
+(the lesion as a distribution over tokens: exactly what pointing asks of a map).
 
 Data (training only, no held-out source): the training split of the three training domains
 (``data/bench128_n750``: brain MNI template, retina photograph, procedural ultrasound; 450 positives
@@ -39,6 +42,12 @@ seed 1); 150 positives and their exact negatives each. Pointing: the highest-sco
 map bilinearly upsampled to the image) lies in the lesion; mass: the share of the sigmoid map's
 mass inside the lesion; AUROC: each image's maximum token logit, positives vs their exact negatives.
 Chance pointing = lesion area share.
+
+Round 1 (the commit before this one) was void: a bug of this script fed every image at 1/255 of its
+range (``shared.io.read_image`` returns floats in [0, 1]; the script treated them as uint8), so
+``vit16`` learned only a position prior (loss at the entropy of a constant map, in-domain AUROC
+0.44–0.50). Fixed (``_u8``) before any valid number, together with the loss above (round 1: plain
+mean BCE, dominated by the 96 % lesion-free tokens); the rule is unchanged.
 
 Rule, fixed before any number (``local_detector.md`` is written with it): the architecture lever
 deserves a CLIP pre-training run iff some trunk ≠ ``vit16`` reaches a held-out mean pointing
@@ -125,17 +134,39 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
     return (x - MEAN) / STD
 
 
+def _u8(path) -> np.ndarray:
+    """A benchmark image as uint8 (``read_image`` gives floats in [0, 1]; the augmentation and
+    :func:`to_input` take uint8, as the trainer's batches are)."""
+    return (read_image(path) * 255.0).round().astype(np.uint8)
+
+
 def load_training() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every training positive, its mask and its exact negative as uint8 / bool tensors."""
     imgs, masks, negs = [], [], []
     for root, domains in TRAIN_SETS:
         for e in load_manifest(Path(root)):
             if e.domain in domains and e.split == "train" and e.label == "tumor":
-                imgs.append(read_image(e.image))
+                imgs.append(_u8(e.image))
                 masks.append(read_mask(e.mask))
-                negs.append(read_image(e.gt_negative))
+                negs.append(_u8(e.gt_negative))
     return (torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(masks)).bool(),
             torch.from_numpy(np.stack(negs)))
+
+
+def detector_loss(logits: torch.Tensor, target: torch.Tensor, n_pos: int) -> torch.Tensor:
+    """Balanced BCE + spatial cross-entropy. ``logits``, ``target`` (B, G, G), the first ``n_pos``
+    rows positives (Σ y > 0), the rest exact negatives (y = 0).
+
+    BCE: mean_n [−w y_n log σ(z_n) − (1 − y_n) log(1 − σ(z_n))], w = Σ(1 − y) / Σ y over the batch.
+    Spatial CE (positives): −Σ_n q_n log softmax(z)_n, q_n = y_n / Σ_m y_m, mean over positives.
+    """
+    y = target
+    w = ((1 - y).sum() / y.sum().clamp_min(1e-6)).detach()
+    bce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=w)
+    zp, yp = logits[:n_pos].flatten(1), y[:n_pos].flatten(1)
+    q = yp / yp.sum(1, keepdim=True).clamp_min(1e-6)
+    spatial = -(q * zp.log_softmax(1)).sum(1).mean()
+    return bce + spatial
 
 
 def lr_at(step: int) -> float:
@@ -163,7 +194,7 @@ def train(arch: str, log) -> Detector:
         g = model.grid[0]
         target = F.adaptive_avg_pool2d(mask.float()[:, None], g)[:, 0]
         target = torch.cat([target, torch.zeros_like(target)])
-        loss = F.binary_cross_entropy_with_logits(model(x), target)
+        loss = detector_loss(model(x), target, n_pos=len(pos))
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
@@ -184,8 +215,8 @@ def evaluate(model: Detector) -> dict[str, dict[str, float]]:
         hits, mass, chance, scores, labels = [], [], [], [], []
         for i in range(0, len(es), 50):
             chunk = es[i:i + 50]
-            pos = torch.from_numpy(np.stack([read_image(e.image) for e in chunk]))
-            neg = torch.from_numpy(np.stack([read_image(e.gt_negative) for e in chunk]))
+            pos = torch.from_numpy(np.stack([_u8(e.image) for e in chunk]))
+            neg = torch.from_numpy(np.stack([_u8(e.gt_negative) for e in chunk]))
             m = torch.from_numpy(np.stack([read_mask(e.mask) for e in chunk])).bool()
             logit = model(to_input(torch.cat([pos, neg])))
             scores += logit.flatten(1).amax(1).tolist()
