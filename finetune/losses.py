@@ -401,16 +401,22 @@ def patch_text_loss(
     captions differ, i.e. positives). This is a text-driven segmentation loss: it teaches the
     tokens M2IB reads that the lesion is what the lesion caption is about.
 
+    ``spatial`` is the lesion as a distribution over patches (what the pointing game asks of a
+    map): ``S = −mean_b Σ_n q_bn log softmax_n(z_b)_n``, ``q_bn = y_bn / Σ_m y_bm`` over the valid
+    rows with a lesion (the objective's ``spatial_weight``; measured in
+    bench/results/clip_spatial.md).
+
     Shapes: patch_emb (B, N, D), text_emb / text_neg_emb (B, D), soft_mask (B, N) in [0, 1],
-    valid (B,) bool. Returns ``{"loss", "accuracy"}`` (accuracy: patches with y ≥ 0.5 scored
-    z > 0 and y < 0.5 scored z ≤ 0, balanced the same way; no gradient). No valid row: loss 0.
+    valid (B,) bool. Returns ``{"loss", "spatial", "accuracy"}`` (accuracy: patches with y ≥ 0.5
+    scored z > 0 and y < 0.5 scored z ≤ 0, balanced the same way; no gradient). No valid row:
+    loss and spatial 0.
     """
     if patch_emb.dim() != 3 or soft_mask.shape != patch_emb.shape[:2]:
         raise ValueError(f"patch_emb (B, N, D) and soft_mask (B, N) expected, got "
                          f"{tuple(patch_emb.shape)} and {tuple(soft_mask.shape)}")
     if not bool(valid.any()):
         zero = patch_emb.sum() * 0.0
-        return {"loss": zero, "accuracy": zero.detach()}
+        return {"loss": zero, "spatial": zero, "accuracy": zero.detach()}
     p = F.normalize(patch_emb[valid], dim=-1)
     t_pos = F.normalize(text_emb[valid], dim=-1)
     t_neg = F.normalize(text_neg_emb[valid], dim=-1)
@@ -419,12 +425,16 @@ def patch_text_loss(
     per_patch = F.binary_cross_entropy_with_logits(z, y, reduction="none")
     loss = 0.5 * ((per_patch * y).sum() / y.sum().clamp_min(1e-6)  # lesion, then background
                   + (per_patch * (1 - y)).sum() / (1 - y).sum().clamp_min(1e-6))
+    has = y.sum(1) > 0
+    q = y[has] / y[has].sum(1, keepdim=True)
+    spatial = (-(q * z[has].log_softmax(1)).sum(1).mean() if bool(has.any())
+               else z.sum() * 0.0)
     with torch.no_grad():
         hard = (y >= 0.5).to(z.dtype)
         correct = ((z > 0).to(z.dtype) == hard).to(z.dtype)
         acc = 0.5 * ((correct * hard).sum() / hard.sum().clamp_min(1)
                      + (correct * (1 - hard)).sum() / (1 - hard).sum().clamp_min(1))
-    return {"loss": loss, "accuracy": acc}
+    return {"loss": loss, "spatial": spatial, "accuracy": acc}
 
 
 @torch.no_grad()

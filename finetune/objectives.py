@@ -105,7 +105,8 @@ def compute_objective(
 
     - ``clip``: symmetric InfoNCE (:func:`clip_infonce`); ``clip+dense``: + ``dense_weight ·
       losses.patch_text_loss`` (each positive's patch embeddings between its caption and its
-      lesion-free caption; pre-training the embedded CLIP);
+      lesion-free caption; pre-training the embedded CLIP) + ``spatial_weight ·`` its spatial
+      cross-entropy;
     - ``dhn``: ``losses.dhn_nce``; ``dhn+entropy``: + ``entropy_weight · attention_entropy`` of
       the captured blocks (local shard);
     - ``dpo``: ``losses.clip_dpo`` (positive image + caption vs negative image + negative caption,
@@ -133,8 +134,10 @@ def compute_objective(
         parts["loss"] = parts["clip_loss"]
     elif name == "clip+dense":
         dense = _dense(cfg, out, batch, text_emb)
-        parts.update({"dense_loss": dense["loss"], "monitor/dense_accuracy": dense["accuracy"]})
-        parts["loss"] = parts["clip_loss"] + cfg.dense_weight * dense["loss"]
+        parts.update({"dense_loss": dense["loss"], "spatial_loss": dense["spatial"],
+                      "monitor/dense_accuracy": dense["accuracy"]})
+        parts["loss"] = (parts["clip_loss"] + cfg.dense_weight * dense["loss"]
+                         + cfg.spatial_weight * dense["spatial"])
     elif name in ("dhn", "dhn+entropy"):
         dhn = losses.dhn_nce(image_emb, text_emb, temperature=cfg.tau, beta1=cfg.beta1,
                              beta2=cfg.beta2)

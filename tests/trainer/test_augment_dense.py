@@ -139,6 +139,25 @@ def test_patch_text_loss_closed_form():
     torch.testing.assert_close(same["loss"], out["loss"])
 
 
+def test_patch_text_loss_spatial_closed_form():
+    """Two lesion patches of four at z = +1/τ, two background at −1/τ: q = ½ on each lesion patch
+    and −Σ q log softmax(z) = log(2 + 2 e^{−2/τ}); a valid row without lesion patches and an
+    invalid row change nothing; moving the lesion to the background patches costs
+    log(2 + 2 e^{2/τ})."""
+    t_pos, t_neg = _unit([1, 0, 0], [0, 1, 0])
+    soft = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    patches = torch.where(soft[..., None] > 0.5, t_pos, t_neg)
+    patches[2] = torch.randn(4, 3)
+    text, text_neg = t_pos.expand(3, 3), t_neg.expand(3, 3)
+    tau = 0.5
+    out = patch_text_loss(patches, text, text_neg, soft, torch.tensor([True, True, False]),
+                          temperature=tau)
+    torch.testing.assert_close(out["spatial"], torch.tensor(math.log(2 + 2 * math.exp(-2 / tau))))
+    moved = patch_text_loss(patches, text, text_neg, soft[:, [1, 0, 3, 2]],
+                            torch.tensor([True, False, False]), temperature=tau)
+    torch.testing.assert_close(moved["spatial"], torch.tensor(math.log(2 + 2 * math.exp(2 / tau))))
+
+
 def test_patch_text_loss_balances_lesion_and_background():
     """One lesion patch among many background ones weighs half the loss: with the lesion patch
     wrong and the rest right the loss is ½[softplus(1/τ) + softplus(−1/τ)], whatever N is."""
@@ -229,6 +248,12 @@ def test_clip_dense_objective_is_infonce_plus_weighted_patch_loss():
                             batch["soft_mask"], batch["is_tumor"], temperature=0.2)
     want = clip_infonce(out["image_emb"], out["text_emb"], out["logit_scale"]) + 0.3 * dense["loss"]
     torch.testing.assert_close(parts["loss"], want)
+    spatial = compute_objective("clip+dense", ObjectiveConfig(
+        name="clip+dense", dense_weight=0.3, dense_tau=0.2, spatial_weight=0.7), out, batch,
+        step=0, max_steps=10)
+    assert float(dense["spatial"]) > 0
+    torch.testing.assert_close(spatial["loss"], want + 0.7 * dense["spatial"])
+    torch.testing.assert_close(spatial["spatial_loss"], dense["spatial"])
 
 
 @pytest.mark.parametrize("name", ["clip", "stage1", "stage1+2"])
