@@ -17,8 +17,8 @@ Trunks (timm ``VisionTransformer``, random init, the embedded tower's width 128,
 MLP 4; the input as the CLIP gets it: grey replicated to RGB, OpenAI CLIP mean/std, 128²):
 - ``vit16``: the embedded tower itself (patch 16 → 8 × 8 tokens);
 - ``vit8``: patch 8 → 16 × 16 tokens (token grid alone);
-- ``conv8``: a convolutional stem (timm ``ConvStem``: three 3 × 3 stride-2 conv–BN–ReLU, 32/64/128
-  channels) → 16 × 16 tokens (locality plus grid);
+- ``conv8``: a convolutional stem (timm ``ConvStem``: three 3 × 3 stride-2 convs, 32/64/128
+  channels, BatchNorm + ReLU after all but the last) → 16 × 16 tokens (locality plus grid);
 - ``conv16``: the same stem with a fourth stride-2 conv → 8 × 8 tokens (locality alone).
 Head: one linear map per patch token → a logit z_n; target y_n: the token's lesion fraction
 (average-pooled mask; 0 on every token of an exact negative). Loss (round 2, see below): binary

@@ -8,6 +8,9 @@ Sources understood by :func:`build_clip`:
   ``finetune/modeling/embedded/`` (architecture + tokenizer, no weights: random init);
 - ``"embedded-pretrained"``: the same architecture with the pre-trained weights committed in
   ``finetune/weights/embedded/`` (written by the trainer through :func:`export_local_dir`);
+- ``"embedded-convstem8"``: the embedded CLIP with a convolutional stem before the same
+  transformer (16 x 16 tokens at 128²; ``finetune.modeling.vit``), random init, from
+  ``finetune/modeling/embedded_convstem8/`` (no HF-port export);
 - ``"hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"`` (or any open_clip hub id):
   open_clip's own loader, from the local HF cache only (the hub is never contacted at run time:
   ``HF_HUB_OFFLINE`` while it loads);
@@ -50,6 +53,7 @@ from shared.cli import brief, load_state_mismatch
 from shared.config import ConfigError
 
 EMBEDDED_DIR = Path(__file__).parent / "modeling" / "embedded"
+EMBEDDED_CONVSTEM_DIR = Path(__file__).parent / "modeling" / "embedded_convstem8"
 EMBEDDED_PRETRAINED_DIR = Path(__file__).parent / "weights" / "embedded"
 LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"
 HF_PORT_WEIGHTS = "model.safetensors"
@@ -331,6 +335,8 @@ def resolve_clip_source(name_or_path: str | Path) -> tuple[str, str]:
     name = str(name_or_path)
     if name == "embedded":
         return "local-dir", str(EMBEDDED_DIR)
+    if name == "embedded-convstem8":
+        return "local-dir", str(EMBEDDED_CONVSTEM_DIR)
     if name == "embedded-pretrained":
         if not (EMBEDDED_PRETRAINED_DIR / LOCAL_DIR_WEIGHTS).is_file():
             raise ModelSourceError(f"no pre-trained embedded weights in {EMBEDDED_PRETRAINED_DIR}")
@@ -361,7 +367,8 @@ def resolve_clip_source(name_or_path: str | Path) -> tuple[str, str]:
         if isinstance(arch, list) and "BiomedCLIPModel" in arch:
             return "hf-port", str(path)
     raise ModelSourceError(
-        f"unknown CLIP source {name!r}: expected 'embedded', 'embedded-pretrained', 'hf-hub:ID', "
+        f"unknown CLIP source {name!r}: expected 'embedded', 'embedded-pretrained', "
+        "'embedded-convstem8', 'hf-hub:ID', "
         "'local-dir:DIR', "
         "'hf-port:DIR', 'ckpt:FILE', or an existing directory/file"
     )

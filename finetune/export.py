@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from finetune.build import HF_PORT_WEIGHTS, LOCAL_DIR_WEIGHTS, model_cfg_from_model
 from finetune.modeling.clip_configs import TEXT_CONFIG_SUBDIR
 from finetune.modeling.hf_port import open_clip_to_port, port_config
+from finetune.modeling.vit import has_single_patch_conv
 
 
 def _state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -66,9 +67,12 @@ def export_hf_port(
     these files to load with ``AutoModel.from_pretrained(dir, trust_remote_code=True)``
     (transformers 4.35-4.47).
     """
+    trunk = model.visual.trunk
+    if not has_single_patch_conv(trunk):
+        raise ValueError("HF-port export needs a ViT with one patch-embedding conv; this trunk has "
+                         f"a convolutional stem ({type(trunk.patch_embed).__name__})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    trunk = model.visual.trunk
     vision = {
         "width": trunk.embed_dim,
         "depth": len(trunk.blocks),

@@ -28,6 +28,7 @@ from finetune.data import TrainTensors, build_tensors, load_samples, normalise
 from finetune.export import export_hf_port, export_local_dir
 from finetune.features import ClipFeatures
 from finetune.losses import patch_soft_mask
+from finetune.modeling.vit import has_single_patch_conv, image_channels
 from finetune.negatives import resolve_negatives
 from finetune.objectives import compute_objective, needs_of
 from finetune.ot import not_converged_count
@@ -241,11 +242,14 @@ def train(cfg: TrainConfig) -> Path:
     bundle = build_clip(resolve_model_source(cfg.model), device="cpu")
     clip = bundle.model
     trunk = clip.visual.trunk
+    if cfg.export_hf_port and not has_single_patch_conv(trunk):
+        raise ConfigError(f"export_hf_port=true: model={cfg.model} has a convolutional stem, which "
+                          "MedCLIP-SAMv2's HF port (one patch-embedding conv) cannot hold")
     grid = tuple(int(g) for g in trunk.patch_embed.grid_size)
     image_size = int(clip.visual.image_size[0])
     pre = clip.visual.preprocess_cfg
     norm = {"mean": tuple(pre["mean"]), "std": tuple(pre["std"]),
-            "channels": int(trunk.patch_embed.proj.in_channels)}
+            "channels": image_channels(trunk)}
     data = _prepare_data(cfg, accelerator, grid, image_size)
 
     start_state = ({k: v.detach().clone() for k, v in clip.state_dict().items()}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from finetune.modeling.vit import image_channels
 from shared.config import ConfigError
 
 ResizeMode = Literal["pad", "stretch"]
@@ -76,7 +77,7 @@ def bundle_from_open_clip(
             "model.visual.trunk must be a timm VisionTransformer (open_clip TimmModel); "
             f"got visual={type(getattr(model, 'visual', None)).__name__}"
         )
-    in_chans = int(trunk.patch_embed.proj.in_channels)
+    in_chans = image_channels(trunk)
     cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     size = cfg.get("size", trunk.patch_embed.img_size)
     size = int(size[0] if isinstance(size, list | tuple) else size)

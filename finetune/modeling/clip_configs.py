@@ -13,7 +13,7 @@ import json
 from copy import deepcopy
 from pathlib import Path
 
-from finetune.modeling.vit import EMBEDDED_VIT_NAME
+from finetune.modeling.vit import CONVSTEM_VIT_NAME, EMBEDDED_VIT_NAME
 
 BIOMEDCLIP_HUB_ID = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 PUBMEDBERT_ID = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
@@ -145,18 +145,24 @@ def write_wordpiece_tokenizer(out_dir: str | Path, vocab: list[str]) -> Path:
     return out
 
 
-def write_embedded_dir(out_dir: str | Path) -> Path:
+def write_embedded_dir(out_dir: str | Path, vision: str = EMBEDDED_VIT_NAME) -> Path:
     """Write the embedded model's open_clip local dir, without weights.
 
     Layout: ``open_clip_config.json`` (``model_cfg`` + ``preprocess_cfg``), ``text_config/``
     (BERT config), tokenizer files. ``finetune/modeling/embedded/`` is this function's output,
     committed; the weights (``open_clip_model.safetensors``) are added there by pre-training.
+    ``vision`` names the registered timm trunk (``finetune.modeling.vit``):
+    ``finetune/modeling/embedded_convstem8/`` is the output with ``CONVSTEM_VIT_NAME``.
     """
+    if vision not in (EMBEDDED_VIT_NAME, CONVSTEM_VIT_NAME):
+        raise ValueError(f"vision={vision!r}: expected {EMBEDDED_VIT_NAME} or {CONVSTEM_VIT_NAME}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab = embedded_vocab()
     write_text_config(out / TEXT_CONFIG_SUBDIR, embedded_bert_config(len(vocab)))
     write_wordpiece_tokenizer(out, vocab)
-    config = {"model_cfg": EMBEDDED_MODEL_CFG, "preprocess_cfg": EMBEDDED_PREPROCESS_CFG}
+    model_cfg = deepcopy(EMBEDDED_MODEL_CFG)
+    model_cfg["vision_cfg"]["timm_model_name"] = vision
+    config = {"model_cfg": model_cfg, "preprocess_cfg": EMBEDDED_PREPROCESS_CFG}
     (out / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out

@@ -8,14 +8,27 @@ name -> constructor entry in timm's registry: no weights are loaded and nothing 
 (design §8): 128x128 input, 3 input channels (grayscale images are replicated to RGB by open_clip's
 standard preprocessing, exactly as for the real BiomedCLIP, so one preprocessing path serves
 both), patch 16 -> 8x8 = 64 patch tokens + 1 CLS token, width 128, depth 6, 2 heads, MLP ratio 4.
+
+``vit_tiny_medclip_convstem8_128`` is the same transformer behind a convolutional stem (timm
+``ConvStem``: three 3x3 stride-2 convs, 32/64/128 channels, BatchNorm + ReLU after the first two,
+then timm ``HybridEmbed``'s 1x1 projection) -> 16x16 = 256 patch tokens. As a mask-supervised
+lesion detector it pointed into lesions on held-out sources where the patch-16 tower did not
+(``bench/results/local_detector.md``). Its blocks,
+patch tokens and open_clip save/load are the embedded tower's; MedCLIP-SAMv2's HF port has a single
+patch-embedding conv, so this trunk has no HF-port export (``finetune.export`` refuses it).
 """
 
 from __future__ import annotations
 
+from functools import partial
+
+import torch
 from timm.models import build_model_with_cfg, register_model
 from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer_hybrid import ConvStem, HybridEmbed
 
 EMBEDDED_VIT_NAME = "vit_tiny_medclip_patch16_128"
+CONVSTEM_VIT_NAME = "vit_tiny_medclip_convstem8_128"
 
 
 def _default_cfg(name: str, input_size: tuple[int, int, int]) -> dict:
@@ -52,3 +65,35 @@ def vit_tiny_medclip_patch16_128(pretrained: bool = False, **kwargs) -> VisionTr
         pretrained_cfg=pretrained_cfg,
         **dict(model_args, **kwargs),
     )
+
+
+@register_model
+def vit_tiny_medclip_convstem8_128(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """The embedded ViT behind a 3-conv stride-8 stem: 128² RGB input -> 16 x 16 tokens, width 128."""
+    if pretrained:
+        raise ValueError(f"{CONVSTEM_VIT_NAME} has no pretrained timm weights; load a CLIP checkpoint")
+    pretrained_cfg = kwargs.pop("pretrained_cfg", None) or dict(
+        _default_cfg(CONVSTEM_VIT_NAME, (3, 128, 128)), first_conv="patch_embed.backbone.0.conv"
+    )
+    stem = ConvStem(in_chans=3, depth=3, channels=(32, 64, 128), stride=(2, 2, 2), padding=1)
+    model_args = dict(img_size=128, patch_size=1, embed_dim=128, depth=6, num_heads=2, mlp_ratio=4.0,
+                      embed_layer=partial(HybridEmbed, backbone=stem))
+    return build_model_with_cfg(
+        VisionTransformer,
+        CONVSTEM_VIT_NAME,
+        pretrained=False,
+        pretrained_cfg=pretrained_cfg,
+        **dict(model_args, **kwargs),
+    )
+
+
+def image_channels(trunk) -> int:
+    """Input channels of a timm ViT trunk: those of the first conv of its patch embedding (a
+    ``PatchEmbed``'s projection, or a ``HybridEmbed``'s stem)."""
+    return next(m.in_channels for m in trunk.patch_embed.modules()
+                if isinstance(m, torch.nn.Conv2d))
+
+
+def has_single_patch_conv(trunk) -> bool:
+    """Whether the trunk's patch embedding is one conv (what MedCLIP-SAMv2's HF port can hold)."""
+    return not isinstance(trunk.patch_embed, HybridEmbed)

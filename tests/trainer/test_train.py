@@ -138,3 +138,23 @@ def test_multisource_gpu_config_runs_at_toy_size(tmp_path):
     assert "ms_procedural" in domains and "ms_head_ct" in domains and "chest_xray" not in domains
     out = train(cfg)
     assert (Path(out) / "model" / "open_clip_model.safetensors").is_file()
+
+
+def test_convstem_model_trains_with_the_dense_term_and_refuses_the_hf_port(tiny_bench, tmp_path):
+    """The 16 x 16-token variant goes through the same trainer: the patch targets follow its grid
+    (a wrong grid would fail the dense term's shapes), the stem itself learns, and asking for the
+    HF port (which has one patch conv) fails before any step."""
+    from shared.config import ConfigError
+
+    cfg = load_train_config(tiny_overrides(
+        tiny_bench, tmp_path / "run", model="embedded-convstem8", objective={"name": "clip+dense"}))
+    out = train(cfg)
+    torch.manual_seed(0)
+    before = build_clip("embedded-convstem8").model.state_dict()
+    after = build_clip(f"local-dir:{out / 'model'}").model.state_dict()
+    key = "visual.trunk.patch_embed.backbone.0.conv.weight"
+    assert key in after and not torch.equal(before[key], after[key])
+    with pytest.raises(ConfigError, match="HF port"):
+        train(load_train_config(tiny_overrides(tiny_bench, tmp_path / "port",
+                                               model="embedded-convstem8", export_hf_port=True)))
+    assert not list((tmp_path / "port").glob("checkpoint*"))
