@@ -33,7 +33,7 @@ def _rss_mib() -> float:
 
 
 def _batch(n: int, size: int, grid: tuple[int, int], seed: int):
-    from finetune.losses import patch_soft_mask
+    from finetune.patch_losses import patch_soft_mask
 
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(n, 3, size, size, generator=g)

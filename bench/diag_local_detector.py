@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from functools import partial
@@ -73,9 +72,13 @@ import torch.nn.functional as F  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 from timm.layers import HybridEmbed  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
-from timm.models.vision_transformer_hybrid import ConvStem  # noqa: E402
 
 from finetune.augment import AugmentConfig, augment_batch  # noqa: E402
+from finetune.data import normalise  # noqa: E402
+from finetune.modeling.clip_configs import OPENAI_MEAN, OPENAI_STD  # noqa: E402
+from finetune.modeling.vit import conv_stem  # noqa: E402
+from finetune.patch_losses import patch_soft_mask, spatial_cross_entropy  # noqa: E402
+from finetune.train_loop import lr_lambda  # noqa: E402
 from shared.benchmark import load_manifest  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
 
@@ -98,8 +101,6 @@ TRAIN = {"steps": 1000, "pairs": 32, "lr": 5e-4, "weight_decay": 0.05, "warmup":
          "min_lr_ratio": 0.05, "seed": 0}
 TRUNK = {"embed_dim": 128, "depth": 6, "num_heads": 2, "mlp_ratio": 4.0}
 ARCHS = ("vit16", "vit8", "conv8", "conv16")
-MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
-STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
 
 
 class Detector(torch.nn.Module):
@@ -110,12 +111,8 @@ class Detector(torch.nn.Module):
         if arch.startswith("vit"):
             self.vit = VisionTransformer(img_size=SIZE, patch_size=int(arch[3:]), num_classes=0,
                                          global_pool="", **TRUNK)
-        else:
-            stride = int(arch[4:])
-            depth = int(math.log2(stride))
-            channels = tuple(TRUNK["embed_dim"] // 2 ** (depth - 1 - i) for i in range(depth))
-            stem = ConvStem(in_chans=3, depth=depth, channels=channels, stride=(2,) * depth,
-                            padding=1)
+        else:  # the stem of finetune.modeling.vit's embedded-convstem8 (stride 8)
+            stem = conv_stem(int(arch[4:]), TRUNK["embed_dim"])
             self.vit = VisionTransformer(
                 img_size=SIZE, patch_size=1, num_classes=0, global_pool="",
                 embed_layer=partial(HybridEmbed, backbone=stem),
@@ -129,9 +126,8 @@ class Detector(torch.nn.Module):
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, S, S) -> normalised (B, 3, S, S), as open_clip's preprocessing gives the CLIP."""
-    x = images.float().div(255.0)[:, None].expand(-1, 3, -1, -1)
-    return (x - MEAN) / STD
+    """uint8 (B, S, S) -> normalised (B, 3, S, S), as the trainer feeds the CLIP."""
+    return normalise(images, mean=OPENAI_MEAN, std=OPENAI_STD, channels=3)
 
 
 def _u8(path) -> np.ndarray:
@@ -163,18 +159,7 @@ def detector_loss(logits: torch.Tensor, target: torch.Tensor, n_pos: int) -> tor
     y = target
     w = ((1 - y).sum() / y.sum().clamp_min(1e-6)).detach()
     bce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=w)
-    zp, yp = logits[:n_pos].flatten(1), y[:n_pos].flatten(1)
-    q = yp / yp.sum(1, keepdim=True).clamp_min(1e-6)
-    spatial = -(q * zp.log_softmax(1)).sum(1).mean()
-    return bce + spatial
-
-
-def lr_at(step: int) -> float:
-    t = TRAIN
-    if step < t["warmup"]:
-        return t["lr"] * (step + 1) / t["warmup"]
-    p = (step - t["warmup"]) / max(1, t["steps"] - t["warmup"])
-    return t["lr"] * (t["min_lr_ratio"] + (1 - t["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi * p)))
+    return bce + spatial_cross_entropy(logits[:n_pos].flatten(1), y[:n_pos].flatten(1))
 
 
 def train(arch: str, log) -> Detector:
@@ -191,12 +176,12 @@ def train(arch: str, log) -> Detector:
         idx = torch.randint(len(imgs), (TRAIN["pairs"],), generator=gen)
         pos, mask, neg = augment_batch(imgs[idx], masks[idx], negs[idx], aug)
         x = to_input(torch.cat([pos, neg]))
-        g = model.grid[0]
-        target = F.adaptive_avg_pool2d(mask.float()[:, None], g)[:, 0]
+        target = patch_soft_mask(mask, model.grid).view(-1, *model.grid)
         target = torch.cat([target, torch.zeros_like(target)])
         loss = detector_loss(model(x), target, n_pos=len(pos))
         for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = TRAIN["lr"] * lr_lambda(step, warmup=TRAIN["warmup"], total=TRAIN["steps"],
+                                                  min_ratio=TRAIN["min_lr_ratio"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

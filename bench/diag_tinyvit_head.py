@@ -13,7 +13,7 @@ embedded CLIP's text space. Text tower: the committed embedded CLIP's, frozen. O
 embedded CLIP's pre-training objective (``clip+dense``): symmetric InfoNCE over the batch
 (``finetune.objectives.clip_infonce``; the exact negatives of one domain share one lesion-free
 caption, and with equal text embeddings the identity targets give the same loss as counting every
-equal caption as a target) + ``finetune.losses.patch_text_loss`` (each positive's patch embeddings
+equal caption as a target) + ``finetune.patch_losses.patch_text_loss`` (each positive's patch embeddings
 between its caption and its lesion-free caption, target = the patch's lesion fraction).
 Data: the first 120 training positives of each training domain and their exact negatives
 (``data/bench128_n750``, chest_xray held out); with ``--multi-source`` also the first 60 pairs of
@@ -65,8 +65,8 @@ from bench.tinyvit_tokens import (  # noqa: E402  (the cached frozen tokens and 
     ms_items,
     train_items,
 )
-from finetune.losses import patch_text_loss  # noqa: E402
 from finetune.objectives import clip_infonce  # noqa: E402
+from finetune.patch_losses import patch_text_loss  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
 
 HEAD = {"width": 192, "depth": 2, "heads": 3}

@@ -105,12 +105,12 @@ class ObjectiveConfig:
     # image and its patches from the lesion-free caption to the lesion caption; the twin says
     # what the lesion contributes)
     stage2_form: str = "hinge"
-    # clip+dense: weight and temperature of losses.patch_text_loss (patch embeddings scored
+    # clip+dense: weight and temperature of patch_losses.patch_text_loss (patch embeddings scored
     # between their image's lesion and lesion-free captions, target = patch lesion fraction)
     dense_weight: float = 1.0
     dense_tau: float = 0.1
     # clip+dense: weight of the term's spatial cross-entropy (the lesion as a distribution over
-    # patches, losses.patch_text_loss "spatial"); 0 = off (the committed weights' pre-training)
+    # patches, patch_losses.patch_text_loss "spatial"); 0 = off (the committed weights' pre-training)
     spatial_weight: float = 0.0
     # Fine-tuning objectives (clip, dpo, stage1/2): weight of the same patch-caption term added to
     # their anchor, so a fine-tune keeps what the embedded model was pre-trained with (its patch

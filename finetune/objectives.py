@@ -87,11 +87,11 @@ def _global(out: dict, key: str) -> torch.Tensor:
 
 
 def _dense(cfg: ObjectiveConfig, out: dict, batch: dict, text_emb: torch.Tensor) -> dict:
-    """losses.patch_text_loss on the global batch: each positive's patch embeddings between its
-    caption and its lesion-free caption (target = the patch's lesion fraction)."""
-    from finetune import losses
+    """patch_losses.patch_text_loss on the global batch: each positive's patch embeddings between
+    its caption and its lesion-free caption (target = the patch's lesion fraction)."""
+    from finetune.patch_losses import patch_text_loss
 
-    return losses.patch_text_loss(
+    return patch_text_loss(
         _global(out, "patch_emb"), text_emb, _global(out, "text_neg_emb"),
         gather(batch["soft_mask"]), gather(batch["is_tumor"].float()) > 0.5,
         temperature=cfg.dense_tau)
@@ -104,7 +104,7 @@ def compute_objective(
     """Loss parts of objective ``name`` for one micro-batch's features ``out``.
 
     - ``clip``: symmetric InfoNCE (:func:`clip_infonce`); ``clip+dense``: + ``dense_weight ·
-      losses.patch_text_loss`` (each positive's patch embeddings between its caption and its
+      patch_losses.patch_text_loss`` (each positive's patch embeddings between its caption and its
       lesion-free caption; pre-training the embedded CLIP) + ``spatial_weight ·`` its spatial
       cross-entropy;
     - ``dhn``: ``losses.dhn_nce``; ``dhn+entropy``: + ``entropy_weight · attention_entropy`` of
@@ -117,7 +117,7 @@ def compute_objective(
       ``stage2_form: counterfactual`` swaps Stage 2 for ``losses.stage2_counterfactual`` and puts
       every negative, with its lesion-free caption, into the InfoNCE anchor; ``stage2_form:
       text`` swaps it for ``losses.stage2_text`` (caption margins of the positive vs its twin);
-    - ``anchor_dense_weight`` > 0 adds ``anchor_dense_weight · losses.patch_text_loss`` to the
+    - ``anchor_dense_weight`` > 0 adds ``anchor_dense_weight · patch_losses.patch_text_loss`` to the
       loss of clip, dpo and the Stage objectives (their anchor keeps the pre-training's term).
 
     ``batch["soft_mask"]`` is the local (B, N) patch mask fraction. Returns ``{"loss": total,

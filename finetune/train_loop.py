@@ -27,11 +27,11 @@ from finetune.config import TrainConfig, validate
 from finetune.data import TrainTensors, build_tensors, load_samples, normalise
 from finetune.export import export_hf_port, export_local_dir
 from finetune.features import ClipFeatures
-from finetune.losses import patch_soft_mask
 from finetune.modeling.vit import has_single_patch_conv, image_channels
 from finetune.negatives import resolve_negatives
 from finetune.objectives import compute_objective, needs_of
 from finetune.ot import not_converged_count
+from finetune.patch_losses import patch_soft_mask
 from shared.config import ConfigError, to_dict
 from shared.io import write_json_atomic
 from shared.launch import check_joined, use_cpu

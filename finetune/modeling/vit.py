@@ -20,6 +20,7 @@ patch-embedding conv, so this trunk has no HF-port export (``finetune.export`` r
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -75,9 +76,8 @@ def vit_tiny_medclip_convstem8_128(pretrained: bool = False, **kwargs) -> Vision
     pretrained_cfg = kwargs.pop("pretrained_cfg", None) or dict(
         _default_cfg(CONVSTEM_VIT_NAME, (3, 128, 128)), first_conv="patch_embed.backbone.0.conv"
     )
-    stem = ConvStem(in_chans=3, depth=3, channels=(32, 64, 128), stride=(2, 2, 2), padding=1)
     model_args = dict(img_size=128, patch_size=1, embed_dim=128, depth=6, num_heads=2, mlp_ratio=4.0,
-                      embed_layer=partial(HybridEmbed, backbone=stem))
+                      embed_layer=partial(HybridEmbed, backbone=conv_stem(8, 128)))
     return build_model_with_cfg(
         VisionTransformer,
         CONVSTEM_VIT_NAME,
@@ -85,6 +85,16 @@ def vit_tiny_medclip_convstem8_128(pretrained: bool = False, **kwargs) -> Vision
         pretrained_cfg=pretrained_cfg,
         **dict(model_args, **kwargs),
     )
+
+
+def conv_stem(stride: int, width: int, in_chans: int = 3) -> ConvStem:
+    """timm ``ConvStem`` of log2(stride) 3x3 stride-2 convs, channels doubling up to ``width``
+    (stride 8, width 128: 32/64/128), BatchNorm + ReLU after all but the last."""
+    depth = int(math.log2(stride))
+    if 2 ** depth != stride:
+        raise ValueError(f"stride={stride}: a power of 2 expected")
+    channels = tuple(width // 2 ** (depth - 1 - i) for i in range(depth))
+    return ConvStem(in_chans=in_chans, depth=depth, channels=channels, stride=(2,) * depth, padding=1)
 
 
 def image_channels(trunk) -> int:

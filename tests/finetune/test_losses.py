@@ -16,11 +16,11 @@ from finetune.losses import (
     collapse_monitors,
     dhn_nce,
     dhn_nce_upstream,
-    patch_soft_mask,
     stage1,
     stage2,
 )
 from finetune.ot import entropic_ot, pairwise_cost, sinkhorn_divergence
+from finetune.patch_losses import patch_soft_mask, spatial_cross_entropy
 
 
 def _example(b=6, d=5, seed=0):
@@ -312,3 +312,22 @@ def test_stage2_text_closed_form():
     assert (p.grad[0, 0, 0] - p.grad[0, 0, 1]) < 0 and torch.all(p.grad[:, 1] == 0)
     none = stage2_text(pos_p, neg_p, pos_e, neg_e, text, text_neg, torch.zeros(3, 2))
     assert float(none["loss"]) == 0.0
+
+
+def test_spatial_cross_entropy_closed_form():
+    """Uniform logits over N patches: log N whatever the lesion's shape; a peaked map on the lesion
+    patch: −log softmax; rows without a lesion do not count (they would be NaN); none: 0 with a graph."""
+    z = torch.zeros(3, 4, requires_grad=True)
+    y = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.2, 0.6, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    torch.testing.assert_close(spatial_cross_entropy(z, y), torch.tensor(math.log(4)))
+    peaked = torch.tensor([[2.0, 0.0, 0.0, 0.0]])
+    expected = -(2.0 - math.log(math.exp(2.0) + 3))
+    torch.testing.assert_close(spatial_cross_entropy(peaked, y[:1]), torch.tensor(expected))
+    # a row's weight is its normalised target: 0.25 / 0.75 of the two patches
+    two = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    lsm = two.log_softmax(1)[0]
+    torch.testing.assert_close(spatial_cross_entropy(two, torch.tensor([[0.2, 0.6, 0.0, 0.0]])),
+                               -(0.25 * lsm[0] + 0.75 * lsm[1]))
+    none = spatial_cross_entropy(z, torch.zeros(3, 4))
+    none.backward()
+    assert float(none.detach()) == 0.0 and z.grad is not None

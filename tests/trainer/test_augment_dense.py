@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from finetune.augment import AugmentConfig, augment_batch, random_lut
-from finetune.losses import patch_text_loss
+from finetune.patch_losses import patch_text_loss
 
 NO_INTENSITY = dict(gamma=(1.0, 1.0), contrast=(1.0, 1.0), brightness=0.0, blur_prob=0.0,
                     max_noise=0.0)
