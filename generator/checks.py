@@ -25,7 +25,7 @@ from shared.datasets import SPLITS
 
 if TYPE_CHECKING:
     from generator.data import DataConfig
-    from generator.dpo import DpoConfig
+    from generator.dpo_config import DpoConfig
     from generator.sd_backend import SDModelConfig
     from generator.train import TrainConfig
     from generator.train_scorers import ScorerTrainConfig
