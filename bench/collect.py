@@ -24,7 +24,7 @@ ORDER = ["demo", "generator", "generator_kriging4_test_256", "generator_kriging4
          "m2ib_selection", "m2ib_boxes", "negatives_experiment", "negatives_box_rule", "stage2_text",
          "stage2_strength",
          "anchor_experiment", "clip_aux_anatomy", "clip_multisource", "clip_contrast_rand",
-         "clip_contrast_rand_val", "clip_spatial", "local_detector", "clip_convstem", "litemedsam_tokens", "tinyvit_head_rule", "tinyvit_head", "tinyvit_head_seed1",
+         "clip_contrast_rand_val", "clip_spatial", "local_detector", "clip_convstem", "dense_pointing", "litemedsam_tokens", "tinyvit_head_rule", "tinyvit_head", "tinyvit_head_seed1",
          "tinyvit_head_ms", "tinyvit_head_ms_seed1", "heldout_text",
          "embedded_models", "dpo",
          "attack", "service", "stage1", "m2ib", "trainer", "ablation"]
