@@ -54,12 +54,15 @@ TAU = 0.1  # the dense term's temperature (configs/embedded/pretrain_clip.yaml: 
 @torch.no_grad()
 def dense_maps(model, tokenizer, images: torch.Tensor, captions: list[str],
                captions_neg: list[str]) -> torch.Tensor:
-    """z maps (B, G, G) of uint8 images (B, S, S) under per-image caption pairs."""
+    """z maps (B, G, G) of uint8 images (B, S, S) under caption pairs; B may be a multiple k of the
+    number of pairs (image i is scored with pair i mod the number of pairs: positives, then their
+    negatives, encode the text once)."""
     _, tokens = encode_image_tokens(model, to_input(images))
     p = F.normalize(model.visual.head(tokens), dim=-1)  # (B, N, D)
     t = F.normalize(model.encode_text(tokenizer(captions)), dim=-1)
     t_neg = F.normalize(model.encode_text(tokenizer(captions_neg)), dim=-1)
-    z = torch.einsum("bnd,bd->bn", p, t - t_neg)
+    direction = (t - t_neg).repeat(len(images) // len(captions), 1)
+    z = torch.einsum("bnd,bd->bn", p, direction)
     return z.view(len(images), *patch_grid(model))
 
 
@@ -77,7 +80,7 @@ def evaluate(source: str) -> dict[str, dict[str, float]]:
             pos = torch.from_numpy(np.stack([_u8(e.image) for e in chunk]))
             neg = torch.from_numpy(np.stack([_u8(e.gt_negative) for e in chunk]))
             m = torch.from_numpy(np.stack([read_mask(e.mask) for e in chunk])).bool()
-            z = dense_maps(model, tokenizer, torch.cat([pos, neg]), caps * 2, caps_neg * 2)
+            z = dense_maps(model, tokenizer, torch.cat([pos, neg]), caps, caps_neg)
             scores += z.flatten(1).amax(1).tolist()
             labels += [1] * len(chunk) + [0] * len(chunk)
             up = F.interpolate(z[: len(chunk), None], size=(SIZE, SIZE), mode="bilinear",
