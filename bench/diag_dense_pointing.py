@@ -38,9 +38,9 @@ from bench.diag_local_detector import (  # noqa: E402
     EVAL_SETS,
     HELD_OUT_ROWS,
     N_EVAL,
-    SIZE,
     TRAINING_ROWS,
     _u8,
+    map_metrics,
     to_input,
 )
 from finetune.build import build_clip, encode_image_tokens, patch_grid  # noqa: E402
@@ -83,11 +83,8 @@ def evaluate(source: str) -> dict[str, dict[str, float]]:
             z = dense_maps(model, tokenizer, torch.cat([pos, neg]), caps, caps_neg)
             scores += z.flatten(1).amax(1).tolist()
             labels += [1] * len(chunk) + [0] * len(chunk)
-            up = F.interpolate(z[: len(chunk), None], size=(SIZE, SIZE), mode="bilinear",
-                               align_corners=False)[:, 0]
-            hits += m.flatten(1).gather(1, up.flatten(1).argmax(1)[:, None])[:, 0].float().tolist()
-            prob = (up / TAU).sigmoid()
-            mass += ((prob * m).sum((1, 2)) / prob.sum((1, 2))).tolist()
+            h, ms = map_metrics(z[: len(chunk)], m, temperature=TAU)
+            hits, mass = hits + h, mass + ms
         out[name] = {"pointing": float(np.mean(hits)), "mass": float(np.mean(mass)),
                      "auroc": float(roc_auc_score(labels, scores)), "n": len(es)}
         print(source, name, out[name], flush=True)

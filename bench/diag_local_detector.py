@@ -191,6 +191,18 @@ def train(arch: str, log) -> Detector:
 
 
 @torch.no_grad()
+def map_metrics(logit: torch.Tensor, masks: torch.Tensor,
+                temperature: float = 1.0) -> tuple[list[float], list[float]]:
+    """Pointing and mass of token score maps (B, G, G) against pixel masks (B, S, S) bool: the map
+    bilinearly upsampled to S²; pointing = its argmax lies in the mask; mass = the share of
+    σ(map / temperature)'s sum inside the mask."""
+    up = F.interpolate(logit[:, None], size=masks.shape[-2:], mode="bilinear",
+                       align_corners=False)[:, 0]
+    hits = masks.flatten(1).gather(1, up.flatten(1).argmax(1)[:, None])[:, 0].float()
+    prob = (up / temperature).sigmoid()
+    return hits.tolist(), ((prob * masks).sum((1, 2)) / prob.sum((1, 2))).tolist()
+
+
 def evaluate(model: Detector) -> dict[str, dict[str, float]]:
     model.eval()
     out = {}
@@ -206,12 +218,8 @@ def evaluate(model: Detector) -> dict[str, dict[str, float]]:
             logit = model(to_input(torch.cat([pos, neg])))
             scores += logit.flatten(1).amax(1).tolist()
             labels += [1] * len(chunk) + [0] * len(chunk)
-            up = F.interpolate(logit[: len(chunk), None], size=(SIZE, SIZE), mode="bilinear",
-                               align_corners=False)[:, 0]
-            flat = up.flatten(1).argmax(1)
-            hits += m.flatten(1).gather(1, flat[:, None])[:, 0].float().tolist()
-            prob = up.sigmoid()
-            mass += ((prob * m).sum((1, 2)) / prob.sum((1, 2))).tolist()
+            h, ms = map_metrics(logit[: len(chunk)], m)
+            hits, mass = hits + h, mass + ms
             chance += m.float().mean((1, 2)).tolist()
         out[name] = {"pointing": float(np.mean(hits)), "mass": float(np.mean(mass)),
                      "auroc": float(roc_auc_score(labels, scores)),
