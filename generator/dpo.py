@@ -61,7 +61,7 @@ from generator.dpo_config import (  # noqa: F401  (re-exported: generator.dpo.Dp
     LossConfig,
     ValConfig,
 )
-from generator.masks import dilate
+from generator.dpo_val import evaluate, load_val_items  # noqa: F401  (re-exported)
 from generator.modeling import pixel_unet
 from generator.pairs import read_pairs
 from generator.predictor import NegativeGenerator
@@ -75,7 +75,6 @@ from generator.preference import (
     scale_grad,
     sdpo_lambda,
 )
-from generator.scoring import ranking_score, score_negatives
 from generator.sd_backend import build_sd_backend, lora_hash
 from shared.config import load_config, to_dict
 from shared.io import read_image, read_mask, write_json_atomic
@@ -169,50 +168,6 @@ def preference_step_losses(
     out.update({"loss": total, "model_w_err": e_w.detach().mean(), "model_l_err": e_l.detach().mean(),
                 "ref_w_err": re_w.mean(), "ref_l_err": re_l.mean(), "sdpo_lambda": lam.mean()})
     return out
-
-
-def load_val_items(cfg: ValConfig, held_out: str, dilation_px: int = 2) -> list[dict]:
-    """Validation positives with GT negatives from the training domains (never the held-out one)."""
-    from shared.benchmark import load_manifest
-
-    items = []
-    for it in load_manifest(cfg.root):
-        if it.split != cfg.split or it.label != "tumor" or it.domain == held_out:
-            continue
-        if it.gt_negative is None:
-            continue
-        gray = lambda x: (x if x.ndim == 2 else x.mean(axis=2)).astype(np.float32)  # noqa: E731
-        mask = read_mask(it.mask)
-        items.append({"image": gray(read_image(it.image)), "mask": mask,
-                      "gt": gray(read_image(it.gt_negative)), "region": dilate(mask, dilation_px)})
-        if cfg.max_items and len(items) >= cfg.max_items:
-            break
-    if not items:
-        raise ValueError(f"{cfg.root}: no {cfg.split} tumor items with GT outside {held_out!r}")
-    return items
-
-
-def evaluate(generator: NegativeGenerator, scorers, items: list[dict], *, steps: int,
-             seed: int) -> dict[str, float]:
-    """Mean inside-mask PSNR/SSIM vs GT, texture ratio, flip rates, ranking score, outside diff."""
-    res = generator.generate([it["image"] for it in items], [it["mask"] for it in items],
-                             num_samples=1, seed=seed, steps=steps)
-    negs = [r[0].image for r in res]
-    scores = score_negatives(scorers, negs, [it["image"] for it in items],
-                             [it["region"] for it in items], [it["gt"] for it in items])
-
-    def mean(key: str) -> float:
-        vals = [s[key] for s in scores if key in s and np.isfinite(s[key])]
-        return float(np.mean(vals)) if vals else float("nan")
-
-    return {
-        "psnr": mean("psnr"), "ssim": mean("ssim"), "texture_ratio_gt": mean("texture_ratio_gt"),
-        "flip_lesion": float(np.mean([s["lesion_prob"] < 0.5 for s in scores])),
-        "flip_audit": float(np.mean([s["audit_prob"] < 0.5 for s in scores])),
-        "fill_prob": mean("fill_prob"),
-        "ranking_score": float(np.mean([ranking_score(s) for s in scores])),
-        "outside_max_abs_diff": float(max(s["outside_max_abs_diff"] for s in scores)),
-    }
 
 
 class GeneratorState:
