@@ -4,7 +4,8 @@ A generator spec is ``NAME=PATH[,FLAG...]`` (PATH a checkpoint directory or ``em
 override what the checkpoint says: ``native-coarse`` / ``upsampled-coarse``
 (``NegativeGenerator.native_coarse`` on / off), ``texture-match`` / ``full-residual``
 (``NegativeGenerator.texture_match`` on / off), ``kriging`` / ``biharmonic-prior``
-(``NegativeGenerator.coarse_prior``: the classical fill those compositions use). Specs with the same PATH share one backend whose
+(``NegativeGenerator.coarse_prior``: the classical fill those compositions use), ``lowcut`` /
+``no-lowcut`` (``NegativeGenerator.texture_lowcut_sigma`` 2 px / 0). Specs with the same PATH share one backend whose
 fills are memoised (:class:`MemoBackend`), so two compositions of the same checkpoint are judged on
 the *same* diffusion samples: their paired difference is the composition's alone, and the second
 costs no sampling.
@@ -28,7 +29,8 @@ DILATION_PX = 2  # the generator's default dilation
 POSITIVE, BIHARMONIC, GT = "untouched positive", "biharmonic", "GT negative (reference)"
 FLAGS = {"native-coarse": ("native_coarse", True), "upsampled-coarse": ("native_coarse", False),
          "texture-match": ("texture_match", True), "full-residual": ("texture_match", False),
-         "kriging": ("coarse_prior", "kriging"), "biharmonic-prior": ("coarse_prior", "biharmonic")}
+         "kriging": ("coarse_prior", "kriging"), "biharmonic-prior": ("coarse_prior", "biharmonic"),
+         "lowcut": ("texture_lowcut_sigma", 2.0), "no-lowcut": ("texture_lowcut_sigma", 0.0)}
 
 
 class CoarsePriorBackend:
@@ -92,7 +94,8 @@ class MemoBackend:
 def _twin(gen: NegativeGenerator, backend) -> NegativeGenerator:
     return NegativeGenerator(backend, checkpoint_hash=gen.checkpoint_hash, window=gen.window,
                              window_context=gen.window_context, native_coarse=gen.native_coarse,
-                             texture_match=gen.texture_match, coarse_prior=gen.coarse_prior)
+                             texture_match=gen.texture_match, coarse_prior=gen.coarse_prior,
+                             texture_lowcut_sigma=gen.texture_lowcut_sigma)
 
 
 def coarse_prior(gen: NegativeGenerator) -> NegativeGenerator | None:

@@ -207,6 +207,14 @@ def checkpoint_coarse_prior(path: str | Path) -> str:
     return str(meta.get("inference", {}).get("coarse_prior", "biharmonic"))
 
 
+def checkpoint_texture_lowcut(path: str | Path) -> float:
+    """The σ (input px) of the band a texture-matched pixel checkpoint removes from its learned
+    texture (``NegativeGenerator.texture_lowcut_sigma``): its ``inference.texture_lowcut_sigma``,
+    else 0 (off)."""
+    meta = json.loads((Path(path) / CONFIG_NAME).read_text())
+    return float(meta.get("inference", {}).get("texture_lowcut_sigma", 0.0))
+
+
 def _inference_flag(path: str | Path, name: str) -> bool:
     meta = json.loads((Path(path) / CONFIG_NAME).read_text())
     return bool(meta.get("inference", {}).get(name, False))
@@ -216,7 +224,7 @@ def load_generator(
     path_or_name: str | Path | None = None, *, device: str = "cpu", batch_size: int = 1,
     window: str | None = None, window_context: float = 4.0, lora: str | Path | None = None,
     native_coarse: bool | None = None, texture_match: bool | None = None,
-    coarse_prior: str | None = None,
+    coarse_prior: str | None = None, texture_lowcut_sigma: float | None = None,
 ) -> NegativeGenerator:
     """Load a generator.
 
@@ -231,6 +239,8 @@ def load_generator(
     ``texture_match``: None = as the checkpoint says (:func:`checkpoint_texture_match`; pixel only).
     ``coarse_prior``: ``"biharmonic"`` / ``"kriging"``; None = as the checkpoint says
     (:func:`checkpoint_coarse_prior`; pixel only).
+    ``texture_lowcut_sigma``: None = as the checkpoint says (:func:`checkpoint_texture_lowcut`;
+    pixel only).
     """
     if coarse_prior not in (None, *PRIORS):
         raise ConfigError(f"coarse prior {coarse_prior!r}: expected one of {', '.join(PRIORS)}")
@@ -249,21 +259,29 @@ def load_generator(
         backend, digest = load_pixel(path, device=device)
         own = {"window": checkpoint_window(path), "native_coarse": checkpoint_native_coarse(path),
                "texture_match": checkpoint_texture_match(path),
-               "coarse_prior": checkpoint_coarse_prior(path)}
+               "coarse_prior": checkpoint_coarse_prior(path),
+               "texture_lowcut_sigma": checkpoint_texture_lowcut(path)}
         asked = {"window": window, "native_coarse": native_coarse, "texture_match": texture_match,
-                 "coarse_prior": coarse_prior}
+                 "coarse_prior": coarse_prior, "texture_lowcut_sigma": texture_lowcut_sigma}
         # an override that changes the outputs changes the hash (content-addressed stores and
         # caches key on it); as the checkpoint says, the hash is the checkpoint's own
         changed = {k: v for k, v in asked.items() if v is not None and v != own[k]}
         if changed:
             digest = hashlib.sha256(f"{digest}|{json.dumps(changed, sort_keys=True)}".encode()).hexdigest()
-        window, native_coarse, texture_match, coarse_prior = ({**own, **changed}[k] for k in own)
+        window, native_coarse, texture_match, coarse_prior, texture_lowcut_sigma = (
+            {**own, **changed}[k] for k in own)
+        if texture_lowcut_sigma:  # so is the number of band-removal passes
+            from generator.compose import LOWCUT_PASSES
+
+            digest = hashlib.sha256(f"{digest}|lowcut passes {LOWCUT_PASSES}".encode()).hexdigest()
         if coarse_prior == "kriging":  # the classical rule is part of what the outputs are
             from generator.kriging import KRIGING_RULE
 
             digest = hashlib.sha256(f"{digest}|{KRIGING_RULE}".encode()).hexdigest()
-    elif native_coarse or texture_match or coarse_prior not in (None, "biharmonic"):
-        raise ConfigError(f"{path_or_name}: native_coarse / texture_match / coarse_prior apply to "
+    elif native_coarse or texture_match or coarse_prior not in (None, "biharmonic") or \
+            texture_lowcut_sigma:
+        raise ConfigError(f"{path_or_name}: native_coarse / texture_match / coarse_prior / "
+                          "texture_lowcut_sigma apply to "
                           "pixel checkpoints only (they compose on the pixel model's coarse channel)")
     elif path.is_dir() and (path / "model_index.json").is_file():
         backend, digest = load_sd_inpaint(path, device=device, lora=lora)
@@ -279,4 +297,5 @@ def load_generator(
     return NegativeGenerator(backend, checkpoint_hash=digest, batch_size=batch_size,
                              window=window or "whole", window_context=window_context,
                              native_coarse=bool(native_coarse), texture_match=bool(texture_match),
-                             coarse_prior=coarse_prior or "biharmonic")
+                             coarse_prior=coarse_prior or "biharmonic",
+                             texture_lowcut_sigma=texture_lowcut_sigma or 0.0)

@@ -7,12 +7,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from generator.kriging import prior_fill
 from generator.masks import ring_texture_gain
 from shared.metrics import high_pass
 
 TEXTURE_SIGMA = 1.0  # px: the high-pass band texture_match keeps (shared.metrics.high_pass's σ)
+LOWCUT_PASSES = 2  # passes of remove_low_band where a generator sets texture_lowcut_sigma
 
 
 def to_grid(x: np.ndarray, side: int) -> torch.Tensor:
@@ -65,11 +67,31 @@ def residual_on_native_coarse(base, image, fill) -> np.ndarray:
     return np.clip(native + up, 0.0, 1.0)[..., None].astype(np.float32)
 
 
-def texture_on_native_coarse(base, image, region, fill) -> np.ndarray:
-    """(H, W, 1) fill = prior(image) + g · high-pass(residual) inside the region, with g
-    from :func:`generator.masks.ring_texture_gain` (texture energy = the ring's)."""
+def remove_low_band(texture: np.ndarray, region: np.ndarray, sigma: float,
+                    passes: int = LOWCUT_PASSES) -> np.ndarray:
+    """``t ← 1_region · (t − G_σ * t)``, ``passes`` times (float HxW, bool HxW).
+
+    Each pass multiplies the texture's spectrum by ``1 − ĝ_σ(ω)`` (``ĝ_σ = exp(−σ²ω²/2)``, the
+    Gaussian's transfer function; the indicator only keeps the fill inside the hole), so what a
+    σ-blur still sees of the result, ``ĝ_σ (1 − ĝ_σ)^passes``, is at most
+    ``passes^passes / (passes + 1)^(passes + 1)`` of the texture at any frequency (0.15 for two
+    passes), against ``ĝ_σ`` untouched: added texture then barely moves the fill's σ-blurred
+    values away from the prior's."""
+    t = np.where(region, texture, 0.0)
+    for _ in range(passes):
+        t = np.where(region, t - ndimage.gaussian_filter(t, sigma), 0.0)
+    return t
+
+
+def texture_on_native_coarse(base, image, region, fill, lowcut_sigma: float = 0.0) -> np.ndarray:
+    """(H, W, 1) fill = prior(image) + g · T inside the region, T = the high-pass of the learned
+    residual (σ = ``TEXTURE_SIGMA``) with, where ``lowcut_sigma`` > 0, its band under a
+    ``lowcut_sigma`` blur removed (:func:`remove_low_band`: the prior alone sets the fill's low
+    frequencies); g from :func:`generator.masks.ring_texture_gain` (texture energy = the ring's)."""
     native, up = base[0], _residual(base, image, fill)
     texture = np.where(region, high_pass(up, TEXTURE_SIGMA), 0.0)
+    if lowcut_sigma > 0:
+        texture = remove_low_band(texture, region, lowcut_sigma)
     gain = ring_texture_gain(native, texture, image, region, sigma=TEXTURE_SIGMA)
     return np.clip(native + gain * texture, 0.0, 1.0)[..., None].astype(np.float32)
 

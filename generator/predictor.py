@@ -156,6 +156,9 @@ class NegativeGenerator:
       and only the *high-pass* (σ = 1 input px) of the learned residual, scaled so the fill is as
       textured as the tissue ring around the hole (:func:`generator.masks.ring_texture_gain`):
       the learned model supplies texture, not the coarse structure it gets wrong on unseen anatomy.
+    texture_lowcut_sigma (with texture_match; 0 = off): the texture's band under a σ-blur of this
+      many input px is removed as well (:func:`generator.compose.remove_low_band`), so the prior
+      alone sets the fill's low frequencies (the learned high-pass still leaks there otherwise).
     coarse_prior: the classical fill both compositions above put the learned part on —
       ``"biharmonic"`` (scikit-image's exact solve) or ``"kriging"`` (per image, linear-variogram
       kriging from the hole's wider context or biharmonic, whichever predicts a hidden ring of
@@ -165,7 +168,8 @@ class NegativeGenerator:
 
     def __init__(self, backend: FillBackend, *, checkpoint_hash: str, batch_size: int = 1,
                  window: str = "whole", window_context: float = 4.0, native_coarse: bool = False,
-                 texture_match: bool = False, coarse_prior: str = "biharmonic"):
+                 texture_match: bool = False, coarse_prior: str = "biharmonic",
+                 texture_lowcut_sigma: float = 0.0):
         if window not in WINDOWS:
             raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
         if window_context < 1:
@@ -178,6 +182,9 @@ class NegativeGenerator:
         # does, per its checkpoint: generator.build.checkpoint_native_coarse)
         self.native_coarse = native_coarse
         self.texture_match = texture_match
+        if not texture_lowcut_sigma >= 0:  # also NaN
+            raise ValueError(f"texture_lowcut_sigma must be >= 0, got {texture_lowcut_sigma}")
+        self.texture_lowcut_sigma = float(texture_lowcut_sigma)
         if coarse_prior not in PRIORS:
             raise ValueError(f"coarse_prior must be one of {PRIORS}, got {coarse_prior!r}")
         self.coarse_prior = coarse_prior
@@ -320,7 +327,8 @@ class NegativeGenerator:
             if texture or (native and self.native_coarse and f.shape[0] != max(image.shape)):
                 if i not in bases:
                     bases[i] = native_base(self.backend, image, region, side, self.coarse_prior)
-                f = (texture_on_native_coarse(bases[i], image, region, f) if texture
+                f = (texture_on_native_coarse(bases[i], image, region, f,
+                                              self.texture_lowcut_sigma) if texture
                      else residual_on_native_coarse(bases[i], image, f))
             fill = self._to_input_space(image, region, f, see_through=see_through_px > 0)
             if win is not None:  # the window's fill inside a copy of the whole image
