@@ -42,7 +42,7 @@ from finetune.evaluation.clip_bundle import bundle_from_open_clip  # noqa: E402
 from finetune.evaluation.evaluate import EvalConfig, prompts_from_mask, saliency_to_coarse  # noqa: E402
 from finetune.evaluation.m2ib import PRESETS, M2IBConfig, default_config, m2ib_saliency  # noqa: E402
 from finetune.evaluation.postprocess import mask_to_boxes  # noqa: E402
-from finetune.evaluation.saliency_baselines import centre_box  # noqa: E402
+from finetune.evaluation.saliency_baselines import centre_box, dense_contrast  # noqa: E402
 from finetune.train_loop import resolve_model_source  # noqa: E402
 from shared.benchmark import DOMAINS, HELD_OUT_DOMAIN, load_manifest  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
@@ -61,6 +61,9 @@ SELECT = {"iou": "iou", "stab": "stability"}  # ScoredMasks field a selecting ru
 # "contrast" / "contrast0.5" subtract 1 / 0.5 × the healthy caption's map (same image, same noise
 # seed), so structure both captions highlight (edges, bright anatomy) cancels.
 MAPS = {"m2ib": 0.0, "contrast": 1.0, "contrast0.5": 0.5}
+# Round 7: not M2IB at all — the CLIP's own last-block caption contrast
+# (finetune.evaluation.saliency_baselines.dense_contrast; bench/results/dense_pointing.md).
+DENSE = "dense"
 
 
 def map_of(name: str) -> tuple[str, str]:
@@ -68,8 +71,9 @@ def map_of(name: str) -> tuple[str, str]:
     key, sep, rule = name.rpartition(":")
     if not sep:
         return "m2ib", name
-    if key not in MAPS:
-        raise ValueError(f"box rule {name!r}: unknown map {key!r}; expected one of {list(MAPS)}")
+    if key not in (*MAPS, DENSE):
+        raise ValueError(f"box rule {name!r}: unknown map {key!r}; expected one of "
+                         f"{[*MAPS, DENSE]}")
     return key, rule
 
 
@@ -86,7 +90,7 @@ def parse_rule(name: str) -> tuple[EvalConfig, str | None, tuple[int, ...]]:
     dilations). GROWTH is ``+PX`` (a fixed dilation, e.g. ``thr0.3/peak/+4``), ``xF`` (the box
     scaled F× about its centre) or ``iou+0,4,8`` / ``stab+0,4,8``: one box per dilation (px at
     128², scaled with the image side), the segmenter's mask with the highest predicted IoU /
-    stability score kept (round 4: the segmenter chooses the margin). MAP: see ``MAPS``."""
+    stability score kept (round 4: the segmenter chooses the margin). MAP: see ``MAPS`` and ``DENSE``."""
     name = map_of(name)[1]
     try:
         binarize, component, growth = name.split("/")
@@ -163,10 +167,13 @@ def score_set(bundle, segmenter, data: Set, rules: list[str],
     seeds = list(range(len(data.images)))  # evaluate_dataset's seeds (seed 0)
     pos = m2ib_saliency(bundle, data.images, data.captions, m2ib, seed=seeds)
     maps = {"m2ib": pos}
-    if any(map_of(r)[0] != "m2ib" for r in rules):
+    if any(map_of(r)[0] in MAPS and map_of(r)[0] != "m2ib" for r in rules):
         neg = m2ib_saliency(bundle, data.images, data.neg_captions, m2ib, seed=seeds)
         maps |= {k: [contrast_map(a, b, w) for a, b in zip(pos, neg, strict=True)]
                  for k, w in MAPS.items() if k != "m2ib"}
+    if any(map_of(r)[0] == DENSE for r in rules):
+        maps[DENSE] = [m for i in range(0, len(data.images), 50) for m in dense_contrast(
+            bundle, data.images[i:i + 50], data.captions[i:i + 50], data.neg_captions[i:i + 50])]
     used = ["m2ib", *sorted({map_of(r)[0] for r in rules} - {"m2ib"})]
     out: dict[str, list[float]] = {
         ("pointing" if k == "m2ib" else f"pointing ({k})"):

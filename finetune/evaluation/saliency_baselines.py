@@ -5,6 +5,10 @@
   timm's fused attention, which never materialises the probabilities).
 - ``grad_x_input``: |∂ cos(text, image) / ∂ pixels ⊙ pixels| summed over channels, pooled to
   the patch grid (gradient × input, Shrikumar et al. 2016).
+- ``dense_contrast``: the CLIP's own patch-level caption contrast, MaskCLIP-style: each last-block
+  patch token through the image head, ``z_n = cos(p_n, T) − cos(p_n, T⁻)`` between the image's
+  lesion caption T and its lesion-free caption T⁻ (what the embedded pre-training's dense term,
+  ``finetune.patch_losses.patch_text_loss``, trains).
 - ``centre_box``: a fixed box covering the central half of each axis — the floor any method
   must beat (in the embedded trial only M2IB did, on every domain).
 All return float32 (H, W) maps in [0, 1] at each image's own size.
@@ -90,6 +94,44 @@ def grad_x_input(
     gh, gw = bundle.grid_size
     patch = F.adaptive_avg_pool2d(attribution[:, None], (gh, gw))[:, 0]
     return token_map_to_image(patch, bundle, placements)
+
+
+def dense_token_scores(
+    bundle: ClipBundle,
+    pixels: torch.Tensor,
+    prompts: Sequence[Sequence[str]],
+    neg_prompts: Sequence[Sequence[str]],
+) -> torch.Tensor:
+    """``z`` (B, gh, gw) of preprocessed ``pixels`` (B, C, S, S): per last-block patch token p_n
+    (after the trunk's final norm, through ``model.visual.head``, L2-normalised),
+    ``cos(p_n, T) − cos(p_n, T⁻)`` with T / T⁻ the image's prompt / negative-prompt embedding
+    (:func:`encode_prompts`: an ensemble is averaged)."""
+    from finetune.build import encode_image_tokens
+
+    if not len(prompts) == len(neg_prompts) == len(pixels):
+        raise ValueError(f"got {len(pixels)} images, {len(prompts)} prompt lists and "
+                         f"{len(neg_prompts)} negative prompt lists")
+    with frozen_eval(bundle.model), torch.no_grad():
+        _, tokens = encode_image_tokens(bundle.model, pixels)
+        p = F.normalize(bundle.model.visual.head(tokens).float(), dim=-1)  # (B, N, E)
+        direction = encode_prompts(bundle, prompts) - encode_prompts(bundle, neg_prompts)
+        z = torch.einsum("bne,be->bn", p, direction.float())
+    return z.view(len(pixels), *bundle.grid_size)
+
+
+def dense_contrast(
+    bundle: ClipBundle,
+    images: Sequence[np.ndarray],
+    prompts: Sequence[Sequence[str]],
+    neg_prompts: Sequence[Sequence[str]],
+    *,
+    resize_mode: ResizeMode = "pad",
+) -> list[np.ndarray]:
+    """:func:`dense_token_scores` of each image mapped back to it (:func:`token_map_to_image`:
+    bilinear, min-max to [0, 1]). Swapping the two prompt lists gives ``1 − map``."""
+    pixels, placements = preprocess(bundle, images, resize_mode=resize_mode)
+    return token_map_to_image(dense_token_scores(bundle, pixels, prompts, neg_prompts), bundle,
+                              placements)
 
 
 def centre_box(images: Sequence[np.ndarray], *, fraction: float = 0.5) -> list[np.ndarray]:

@@ -1,10 +1,17 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from finetune.evaluation.clip_bundle import preprocess, token_map_to_image
-from finetune.evaluation.saliency_baselines import centre_box, cls_attention, grad_x_input
-from tests.evaluation.conftest import blob_image
+from finetune.evaluation.saliency_baselines import (
+    centre_box,
+    cls_attention,
+    dense_contrast,
+    dense_token_scores,
+    grad_x_input,
+)
+from tests.evaluation.conftest import blob_image, toy_tokenizer
 
 
 def test_cls_attention_matches_timm_unfused_probabilities(tiny_clip):
@@ -44,3 +51,36 @@ def test_centre_box_hand_values():
     assert m[2:6, 3:9].all()
     with pytest.raises(ValueError, match="fraction"):
         centre_box([np.zeros((4, 4))], fraction=0)
+
+
+def test_dense_token_scores_are_the_caption_contrast_of_each_patch_token(tiny_clip):
+    """z[b, i, j] = cos(head(token), T) − cos(head(token), T⁻) for the last block's (final-norm)
+    patch token at grid cell (i, j), row-major, CLS dropped: recomputed token by token from the
+    trunk's own forward. Fails for the CLS token kept, a missing head projection, swapped
+    captions or a transposed grid."""
+    images = [blob_image(0)[0], blob_image(2, (36, 44))[0]]
+    prompts, negs = [["a tumor"], ["a mass"]], [["healthy tissue"], ["no lesion here"]]
+    pixels, _ = preprocess(tiny_clip, images)
+    z = dense_token_scores(tiny_clip, pixels, prompts, negs)
+    model = tiny_clip.model
+    with torch.no_grad():
+        tokens = model.visual.trunk.forward_features(pixels)[:, 1:]  # (B, 16, 32)
+        for b in range(2):
+            t = model.encode_text(toy_tokenizer(prompts[b] + negs[b]))
+            for n in range(tokens.shape[1]):
+                p = model.visual.head(tokens[b, n])
+                want = (F.cosine_similarity(p, t[0], dim=0) - F.cosine_similarity(p, t[1], dim=0))
+                assert float(z[b, n // 4, n % 4]) == pytest.approx(float(want), abs=1e-5)
+
+
+def test_dense_contrast_maps_back_and_swapping_captions_mirrors_it(tiny_clip):
+    images = [blob_image(1)[0], blob_image(3, (30, 50))[0]]
+    prompts, negs = [["a tumor"], ["a mass"]], [["healthy tissue"], ["no lesion"]]
+    maps = dense_contrast(tiny_clip, images, prompts, negs)
+    swapped = dense_contrast(tiny_clip, images, negs, prompts)
+    assert [m.shape for m in maps] == [(40, 40), (30, 50)]
+    for m, s in zip(maps, swapped, strict=True):
+        assert m.min() == 0.0 and m.max() == pytest.approx(1.0)
+        np.testing.assert_allclose(m + s, 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="negative prompt"):
+        dense_contrast(tiny_clip, images, prompts, negs[:1])
