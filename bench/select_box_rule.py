@@ -51,7 +51,8 @@ from shared.metrics import dice  # noqa: E402
 CURRENT = "2-means/largest/+0"
 BINARIZE = {"2-means": {"binarize": "kmeans"},
             "thr0.3": {"binarize": "threshold", "threshold": 0.3},
-            "thr0.5": {"binarize": "threshold", "threshold": 0.5}}
+            "thr0.5": {"binarize": "threshold", "threshold": 0.5},
+            "thr0.7": {"binarize": "threshold", "threshold": 0.7}}
 
 
 SELECT = {"iou": "iou", "stab": "stability"}  # ScoredMasks field a selecting rule maximises
@@ -118,7 +119,7 @@ def rule_config(name: str) -> EvalConfig:
     return parse_rule(name)[0]
 
 
-GRID = [f"{b}/{c}/+{d}" for b in BINARIZE for c in ("largest", "peak") for d in (0, 4)]
+GRID = [f"{b}/{c}/+{d}" for b in ("2-means", "thr0.3", "thr0.5") for c in ("largest", "peak") for d in (0, 4)]
 
 
 @dataclass
