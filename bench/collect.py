@@ -11,6 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ORDER = ["demo", "generator", "generator_kriging4_test_256", "generator_kriging4_test_512",
+         "texture_lowcut_rule", "texture_lowcut_val_256", "texture_lowcut_val_512",
          "kriging_prior_round3", "kriging_prior_round4", "texture_ring", "noise_texture_rule",
          "noise_texture_val_256", "noise_texture_val_512", "dpo_composed",
          "generator_kriging_rule", "generator_kriging_test_256",
@@ -20,7 +21,8 @@ ORDER = ["demo", "generator", "generator_kriging4_test_256", "generator_kriging4
          "generator_texture_match_val_512", "generator_projection", "generator_projection_biharmonic",
          "generator_biharmonic", "generator_sampling", "symmetric_prior",
          "clip_protocol", "box_rule_rule", "box_rule_val", "box_rule_val2", "box_rule_val3", "box_rule_test",
-         "box_rule_val4", "box_rule_val5", "box_rule_val6", "box_rule_test6",
+         "box_rule_val4", "box_rule_val5", "box_rule_val6", "box_rule_test6", "box_rule_val7",
+         "box_rule_val8",
          "m2ib_selection", "m2ib_boxes", "negatives_experiment", "negatives_box_rule", "stage2_text",
          "stage2_strength",
          "anchor_experiment", "clip_aux_anatomy", "clip_multisource", "clip_contrast_rand",
