@@ -230,6 +230,11 @@ def best_per_domain(scores, candidates: list[str], domains: list[str]) -> dict[s
                                                    -candidates.index(r))) for d in domains}
 
 
+def _ci_cell(a: list[float], b: list[float]) -> str:
+    d, lo, hi = paired_ci(a, b)
+    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" *" if lo > 0 or hi < 0 else "")
+
+
 def render(scores, rules, train, held, command, split, seconds, n, baseline=CURRENT,
            min_gain=0.02, presets: dict[str, str] | None = None, asked: list[str] | None = None
            ) -> str:
@@ -257,12 +262,16 @@ def render(scores, rules, train, held, command, split, seconds, n, baseline=CURR
     for r in rules:
         if r == CURRENT:
             continue
-        cells = []
-        for s in labels:
-            d, lo, hi = paired_ci(scores[s][r], scores[s][CURRENT])
-            star = " *" if lo > 0 or hi < 0 else ""
-            cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]{star}")
+        cells = [_ci_cell(scores[s][r], scores[s][CURRENT]) for s in labels]
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    if baseline != CURRENT and len(rules) > 2:
+        lines += ["", f"Paired bootstrap, rule − `{baseline}` (the baseline), Dice:", "",
+                  "| rule | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        for r in rules:
+            if r in (CURRENT, baseline):
+                continue
+            lines.append(f"| {r} | " + " | ".join(_ci_cell(scores[s][r], scores[s][baseline])
+                                                   for s in labels) + " |")
     if presets and split == "val" and asked:
         best = best_per_domain(scores, asked, [d for d in train if d in presets])
         lines += ["", "Per-dataset margins (round 6: each domain's best on its own validation "

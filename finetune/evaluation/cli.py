@@ -23,6 +23,7 @@ import torch
 from finetune.evaluation.evaluate import (
     MODES,
     SALIENCY_METHODS,
+    TEXT_SALIENCY,
     EvalConfig,
     check_box_rule,
     default_box_rule,
@@ -44,6 +45,7 @@ from shared.config import ConfigError
 from shared.datasets import SPLITS, list_pairs, list_tasks
 
 PROMPT_DIR = Path(__file__).resolve().parents[2] / "configs" / "prompts"
+HEALTHY_SUFFIX = "_healthy"  # <task>_healthy.txt: the task's lesion-free caption (--saliency dense)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,10 +73,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resize-mode", default=None, choices=("pad", "stretch"))
     p.add_argument("--prompt-file", type=Path, default=None, help=".txt (see prompts.py) or upstream .json")
     p.add_argument("--prompt", default=None, help="one caption for every image")
-    p.add_argument("--binarize", default="kmeans", choices=("kmeans", "threshold"))
+    p.add_argument("--neg-prompt-file", type=Path, default=None,
+                   help="--saliency dense: the lesion-free caption(s), same format as "
+                        "--prompt-file (default: configs/prompts/<task>_healthy.txt)")
+    p.add_argument("--neg-prompt", default=None,
+                   help="--saliency dense: one lesion-free caption for every image")
+    p.add_argument("--binarize", default=None, choices=("kmeans", "threshold"),
+                   help="saliency -> coarse mask (default: the rule's; kmeans, threshold 0.7 for "
+                        "--saliency dense)")
     p.add_argument("--threshold", type=float, default=None,
                    help="with --binarize threshold: pixels of the [0, 1] saliency map strictly "
-                        "above it are foreground, 0 <= T < 1 (default 0.3)")
+                        "above it are foreground, 0 <= T < 1 (default 0.3; 0.7 for dense)")
     p.add_argument("--num-components", type=int, default=1, help="components kept (>= 1)")
     p.add_argument("--component", default=None, choices=("largest", "peak"),
                    help="coarse-mask component to prompt with: the largest (upstream) or the one "
@@ -121,18 +130,22 @@ def _check_args(args: argparse.Namespace) -> None:
     for option, value in {"--beta": args.beta, "--var": args.var}.items():
         if value is not None and not value > 0:  # also refuses nan
             raise ConfigError(f"{option} must be > 0, got {value}")
-    _box_rule(args)  # the --box-* flags, by the rule check the pipeline itself uses
-    if args.threshold is not None:
-        if args.binarize != "threshold":
-            raise ConfigError(f"--threshold {args.threshold} applies to --binarize threshold only "
-                              f"(--binarize is {args.binarize})")
-        if not 0 <= args.threshold < 1:  # maps are min-max normalised: >= 1 is always empty
-            raise ConfigError(f"--threshold must be in [0, 1) (the saliency map is normalised to "
-                              f"[0, 1]), got {args.threshold}")
+    if args.threshold is not None and not 0 <= args.threshold < 1:  # maps are min-max normalised
+        raise ConfigError(f"--threshold must be in [0, 1) (the saliency map is normalised to "
+                          f"[0, 1]), got {args.threshold}")
+    rule = _box_rule(args)  # the --box-* flags, by the rule check the pipeline itself uses
+    if args.threshold is not None and rule["binarize"] != "threshold":
+        raise ConfigError(f"--threshold {args.threshold} applies to --binarize threshold only "
+                          f"(binarize is {rule['binarize']})")
     check_torch_device(args.device, "--device")
     _check_out(args.out)
     if args.prompt is not None and args.prompt_file is not None:
         raise ConfigError("--prompt and --prompt-file exclude each other: pass one")
+    if args.neg_prompt is not None and args.neg_prompt_file is not None:
+        raise ConfigError("--neg-prompt and --neg-prompt-file exclude each other: pass one")
+    if (args.neg_prompt is not None or args.neg_prompt_file is not None) and args.saliency != "dense":
+        raise ConfigError(f"--neg-prompt/--neg-prompt-file apply to --saliency dense only "
+                          f"(--saliency is {args.saliency})")
     if args.mode != "saliency":
         if args.segmenter == "none":
             raise ConfigError(f"--mode {args.mode} needs a --segmenter (e.g. litemedsam)")
@@ -187,42 +200,49 @@ def _resolve_task(data: Path, task: str | None, split: str) -> tuple[Path, str]:
     return data, tasks[0]
 
 
-def _prompts(args: argparse.Namespace, task: str) -> PromptSet | None:
+def _prompts(args: argparse.Namespace, task: str, negative: bool = False) -> PromptSet | None:
+    """--prompt / --prompt-file, else the task's built-in file (``negative``: the lesion-free
+    captions, --neg-prompt / --neg-prompt-file / ``<task>_healthy.txt``)."""
+    flag = "--neg-prompt" if negative else "--prompt"
+    one, file = (args.neg_prompt, args.neg_prompt_file) if negative else (args.prompt, args.prompt_file)
     try:
-        if args.prompt is not None:
-            return single_prompt(args.prompt)
+        if one is not None:
+            return single_prompt(one)
     except PromptError as err:
-        raise PromptError(f"--prompt {args.prompt!r}: {err}") from None
+        raise PromptError(f"{flag} {one!r}: {err}") from None
     try:
-        if args.prompt_file is not None:
-            return load_prompts(args.prompt_file)
+        if file is not None:
+            return load_prompts(file)
     except PromptError as err:
-        raise PromptError(f"--prompt-file: {err}") from None
-    default = PROMPT_DIR / f"{task}.txt"
+        raise PromptError(f"{flag}-file: {err}") from None
+    default = PROMPT_DIR / f"{task}{HEALTHY_SUFFIX if negative else ''}.txt"
     return load_prompts(default) if default.is_file() else None
 
 
-def _check_prompts_cover(prompts: PromptSet, pairs, args: argparse.Namespace) -> None:
+def _check_prompts_cover(prompts: PromptSet, pairs, args: argparse.Namespace,
+                         negative: bool = False) -> None:
     """Every image has a caption (a keyed prompt file may miss some): fail before the run."""
+    file, flag = (args.neg_prompt_file, "--neg-prompt-file") if negative else (args.prompt_file, "--prompt-file")
     for pair in pairs:
         try:
             prompts.for_image(pair.name)
         except PromptError as err:
-            source = f"--prompt-file {args.prompt_file}" if args.prompt_file else "the task's prompt file"
+            source = f"{flag} {file}" if file else f"the task's {'healthy ' if negative else ''}prompt file"
             raise PromptError(f"{source}: {err}") from None
 
 
 def _box_rule(args: argparse.Namespace, bundle=None) -> dict:
     """The preset's or the model's post-processing rule (``evaluate.default_box_rule``), then
     explicit flags."""
-    rule = default_box_rule(bundle, args.preset)
-    given = {"component": args.component, "box_dilation_px": args.box_dilation,
-             "box_dilation_frac": args.box_dilation_frac, "box_scale": args.box_scale}
+    rule = default_box_rule(bundle, args.preset, args.saliency)
+    given = {"binarize": args.binarize, "threshold": args.threshold, "component": args.component,
+             "box_dilation_px": args.box_dilation, "box_dilation_frac": args.box_dilation_frac,
+             "box_scale": args.box_scale}
     rule |= {k: v for k, v in given.items() if v is not None}
     try:
         check_box_rule(rule)
     except ValueError as err:
-        raise ConfigError(f"--component/--box-*: {err}") from None
+        raise ConfigError(f"--binarize/--threshold/--component/--box-*: {err}") from None
     return rule
 
 
@@ -303,13 +323,20 @@ def main(argv: list[str] | None = None) -> dict:
         check_classification_images(rows, args.classification_csv)
         class_prompts_from_rows(rows)
     needs_model = _needs_model(args)
-    needs_text = needs_model and args.saliency in ("m2ib", "grad_x_input")
+    needs_text = needs_model and args.saliency in TEXT_SALIENCY
     if needs_text and prompts is None:
-        known = sorted(p.stem for p in PROMPT_DIR.glob("*.txt"))
+        known = sorted(p.stem for p in PROMPT_DIR.glob("*.txt") if not p.stem.endswith(HEALTHY_SUFFIX))
         raise ConfigError(f"no text prompt for task {task!r} (built-in prompts exist for {known}): "
                           f"pass --prompt \"<a caption of the lesion>\" or --prompt-file FILE")
     if needs_text:
         _check_prompts_cover(prompts, pairs, args)
+    neg_prompts = _prompts(args, task, negative=True) if needs_model and args.saliency == "dense" else None
+    if needs_model and args.saliency == "dense":
+        if neg_prompts is None:
+            raise ConfigError(f"--saliency dense needs a lesion-free caption for task {task!r} "
+                              f"(no {task}{HEALTHY_SUFFIX}.txt built in): pass --neg-prompt "
+                              "\"<a caption of healthy tissue>\" or --neg-prompt-file FILE")
+        _check_prompts_cover(neg_prompts, pairs, args, negative=True)
     segmenter = None
     if args.mode != "saliency":
         try:
@@ -320,7 +347,6 @@ def main(argv: list[str] | None = None) -> dict:
     bundle = _load_model(args.model, "--model", args.device) if needs_model else None
     cfg = EvalConfig(
         mode=args.mode, saliency=args.saliency, m2ib=_m2ib_config(args, bundle),
-        binarize=args.binarize, threshold=0.3 if args.threshold is None else args.threshold,
         num_components=args.num_components, prompt=args.prompt_kind, num_points=args.num_points,
         **_box_rule(args, bundle), seed=args.seed,
     )
@@ -345,7 +371,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     results = evaluate_dataset(
-        bundle, pairs, segmenter=segmenter, prompts=prompts, cfg=cfg, progress=True, on_image=overlay
+        bundle, pairs, segmenter=segmenter, prompts=prompts, cfg=cfg, progress=True,
+        on_image=overlay, neg_prompts=neg_prompts,
     )
     results.summary.update({
         "model": args.model, "data": str(args.data), "task": task, "split": args.split,

@@ -19,14 +19,20 @@ from finetune.evaluation.m2ib import M2IBConfig, m2ib_saliency
 from finetune.evaluation.metrics_report import ImageScore, score_pair, summarize, summarize_scores
 from finetune.evaluation.postprocess import coarse_mask, mask_to_boxes, sample_points, scale_boxes
 from finetune.evaluation.prompts import PromptSet
-from finetune.evaluation.saliency_baselines import centre_box, cls_attention, grad_x_input
+from finetune.evaluation.saliency_baselines import (
+    centre_box,
+    cls_attention,
+    dense_contrast,
+    grad_x_input,
+)
 from finetune.evaluation.segmenters import Segmenter
 from shared.datasets import Pair
 from shared.io import check_pair, read_image, read_mask
 from shared.metrics import dice
 from shared.progress import progress as progress_bar
 
-SALIENCY_METHODS = ("m2ib", "cls_attention", "grad_x_input", "centre_box")
+SALIENCY_METHODS = ("m2ib", "dense", "cls_attention", "grad_x_input", "centre_box")
+TEXT_SALIENCY = ("m2ib", "dense", "grad_x_input")  # the methods that read the image's caption
 MODES = ("segmenter", "saliency", "oracle")
 PROMPT_KINDS = ("union", "components", "points")
 
@@ -36,7 +42,7 @@ class EvalConfig:
     """What to run and how to turn maps into prompts."""
 
     mode: Literal["segmenter", "saliency", "oracle"] = "segmenter"  # see module docstring
-    saliency: str = "m2ib"  # m2ib | cls_attention | grad_x_input | centre_box
+    saliency: str = "m2ib"  # m2ib | dense (needs negative prompts) | cls_attention | grad_x_input | centre_box
     m2ib: M2IBConfig = field(default_factory=M2IBConfig)  # bottleneck settings (and batch size)
     binarize: Literal["kmeans", "threshold"] = "kmeans"  # saliency -> coarse mask
     threshold: float = 0.3  # used when binarize == "threshold" (upstream default)
@@ -93,11 +99,17 @@ def compute_saliency(
     cfg: EvalConfig,
     *,
     first_index: int = 0,
+    neg_prompts: Sequence[Sequence[str]] | None = None,
 ) -> list[np.ndarray]:
-    """Saliency maps (H, W) in [0, 1] for a batch with the configured method."""
+    """Saliency maps (H, W) in [0, 1] for a batch with the configured method (``neg_prompts``:
+    each image's lesion-free caption(s), for ``dense``)."""
     if cfg.saliency == "m2ib":
         seeds = [cfg.seed + first_index + i for i in range(len(images))]
         return m2ib_saliency(bundle, images, prompts, cfg.m2ib, seed=seeds)
+    if cfg.saliency == "dense":
+        if neg_prompts is None:
+            raise ValueError("saliency 'dense' needs negative prompts (each image's lesion-free caption)")
+        return dense_contrast(bundle, images, prompts, neg_prompts, resize_mode=cfg.m2ib.resize_mode)
     if cfg.saliency == "cls_attention":
         return cls_attention(bundle, images, resize_mode=cfg.m2ib.resize_mode)
     if cfg.saliency == "grad_x_input":
@@ -123,10 +135,22 @@ PRESET_BOX_RULES: dict[str, dict] = {
     "embedded-retina": _EMBEDDED,
     "embedded-breast": _EMBEDDED,
 }
+# The dense caption-contrast map (saliency "dense") is broad where M2IB's is peaky: its 2-means
+# region is too wide for a box; thresholded at 0.7 of its range, the component holding the peak,
+# box +4 px per 128 (box_rule_val8.md, round 8: chosen on retina's validation positives, the one
+# domain where it beat M2IB; brain and breast keep M2IB).
+DENSE_BOX_RULE = {"binarize": "threshold", "threshold": 0.7} | _EMBEDDED
+_BINARIZE_DEFAULT = {"binarize": "kmeans", "threshold": 0.3}  # EvalConfig's (upstream's)
 
 
 def check_box_rule(rule: dict) -> None:
-    """ValueError naming the first bad field of a box rule (EvalConfig's component / box_* keys)."""
+    """ValueError naming the first bad field of a box rule (EvalConfig's binarize / threshold /
+    component / box_* keys)."""
+    if rule.get("binarize", "kmeans") not in ("kmeans", "threshold"):
+        raise ValueError(f"binarize {rule['binarize']!r}; expected kmeans | threshold")
+    if not 0 <= rule.get("threshold", 0.3) < 1:  # maps are min-max normalised: >= 1 is empty
+        raise ValueError(f"threshold must be in [0, 1) (the saliency map is normalised to "
+                         f"[0, 1]), got {rule['threshold']}")
     if rule.get("component", "largest") not in ("largest", "peak"):
         raise ValueError(f"box component {rule['component']!r}; expected largest | peak")
     if not (rule.get("box_dilation_px", 0) >= 0 and rule.get("box_dilation_frac", 0.0) >= 0):
@@ -135,12 +159,18 @@ def check_box_rule(rule: dict) -> None:
         raise ValueError(f"box scale must be > 0, got {rule['box_scale']}")
 
 
-def default_box_rule(bundle: ClipBundle | None, preset: str | None = None) -> dict:
-    """The post-processing a model gets when none is named (EvalConfig fields): the M2IB preset's
-    own rule where it has one (the per-dataset presets), else the model family's."""
-    if preset in PRESET_BOX_RULES:
-        return dict(PRESET_BOX_RULES[preset])
-    return dict(BOX_RULES["embedded" if bundle is not None and bundle.is_embedded else "upstream"])
+def default_box_rule(bundle: ClipBundle | None, preset: str | None = None,
+                     saliency: str = "m2ib") -> dict:
+    """The post-processing a model gets when none is named (EvalConfig fields, binarisation
+    included): the dense map's own rule for saliency ``dense``; else the M2IB preset's own rule
+    where it has one (the per-dataset presets), else the model family's."""
+    if saliency == "dense":
+        rule = DENSE_BOX_RULE
+    elif preset in PRESET_BOX_RULES:
+        rule = PRESET_BOX_RULES[preset]
+    else:
+        rule = BOX_RULES["embedded" if bundle is not None and bundle.is_embedded else "upstream"]
+    return _BINARIZE_DEFAULT | rule
 
 
 def saliency_to_coarse(saliency: np.ndarray, cfg: EvalConfig) -> np.ndarray:
@@ -171,6 +201,7 @@ def evaluate_dataset(
     keep_maps: bool = False,
     progress: bool = False,
     on_image: Callable[[ImageResult, np.ndarray, np.ndarray], None] | None = None,
+    neg_prompts: PromptSet | None = None,
 ) -> EvalResults:
     """Run the pipeline on image/mask pairs and score every image.
 
@@ -179,6 +210,7 @@ def evaluate_dataset(
         pairs: from :func:`shared.datasets.list_pairs` (name, image_path, mask_path).
         segmenter: LiteMedSAM / SAM (None allowed in saliency mode).
         prompts: text prompts per image (None allowed when the method needs no text).
+        neg_prompts: each image's lesion-free caption(s), for saliency ``dense`` only.
         cfg: pipeline settings.
         keep_maps: keep saliency / coarse / prediction arrays in the results.
         progress: show a tqdm progress bar.
@@ -186,9 +218,12 @@ def evaluate_dataset(
             the result carries its maps during the call even when ``keep_maps`` is False.
     """
     _check_config(cfg, bundle, segmenter)
-    needs_text = cfg.mode != "oracle" and cfg.saliency in ("m2ib", "grad_x_input")
+    needs_text = cfg.mode != "oracle" and cfg.saliency in TEXT_SALIENCY
     if needs_text and prompts is None:
         raise ValueError(f"saliency {cfg.saliency!r} needs text prompts")
+    needs_neg = cfg.mode != "oracle" and cfg.saliency == "dense"
+    if needs_neg and neg_prompts is None:
+        raise ValueError("saliency 'dense' needs negative prompts (each image's lesion-free caption)")
     results: list[ImageResult] = []
     step = cfg.m2ib.batch_size
     bar = progress_bar(total=len(pairs), desc=f"evaluate ({cfg.mode}, {cfg.saliency})",
@@ -203,7 +238,8 @@ def evaluate_dataset(
             maps = [None] * len(chunk)
         else:
             texts = [prompts.for_image(p.name) for p in chunk] if needs_text else [[""]] * len(chunk)
-            maps = compute_saliency(bundle, images, texts, cfg, first_index=start)
+            negs = [neg_prompts.for_image(p.name) for p in chunk] if needs_neg else None
+            maps = compute_saliency(bundle, images, texts, cfg, first_index=start, neg_prompts=negs)
         for i, (p, image, gt, sal) in enumerate(zip(chunk, images, gts, maps, strict=True)):
             seed = cfg.seed + start + i
             coarse = gt if sal is None else saliency_to_coarse(sal, cfg)

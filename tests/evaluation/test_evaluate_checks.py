@@ -81,6 +81,11 @@ def _fails(argv, dataset, tmp_path, capsys) -> str:
     (["--device", "cudaa"], "--device 'cudaa' is not a torch device"),
     (["--prompt", ""], "--prompt '': empty prompt"),
     (["--prompt-file", "/nope.txt", "--prompt", "a tumor"], "--prompt and --prompt-file exclude"),
+    (["--saliency", "dense", "--neg-prompt", "healthy", "--neg-prompt-file", "/nope.txt"],
+     "--neg-prompt and --neg-prompt-file exclude"),
+    (["--neg-prompt", "healthy tissue"], "--neg-prompt/--neg-prompt-file apply to --saliency dense"),
+    (["--saliency", "dense"], "--saliency dense needs a lesion-free caption for task 'toy'"),
+    (["--saliency", "dense", "--neg-prompt", ""], "--neg-prompt '': empty prompt"),
     (["--tsne-baseline", "embeded"], "--tsne-baseline: unknown CLIP source 'embeded'"),
     (["--model", "hf-hub:nonexistent/model"], "--model: hf-hub:nonexistent/model is not in the "
                                               "local Hugging Face cache"),

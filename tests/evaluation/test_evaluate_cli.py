@@ -94,7 +94,7 @@ def test_box_dilation_fraction_follows_the_image_size():
 
 def test_empty_saliency_gives_empty_prediction_counted(dataset, monkeypatch):
     monkeypatch.setattr(evaluate_mod, "compute_saliency",
-                        lambda bundle, images, prompts, cfg, first_index=0: [np.zeros(im.shape[:2]) for im in images])
+                        lambda bundle, images, prompts, cfg, first_index=0, neg_prompts=None: [np.zeros(im.shape[:2]) for im in images])
     seg = BoxFill()
     pairs = list_pairs(dataset.parent, "toy", "test")
     res = evaluate_dataset(None, pairs, segmenter=seg, prompts=single_prompt("x"),
@@ -248,6 +248,44 @@ def test_a_per_dataset_preset_brings_its_own_box_margin(tmp_path):
     flag = cli.main([*base, "--preset", "embedded-brain", "--box-dilation-frac", "0",
                      "--out", str(tmp_path / "o3")])["config"]
     assert flag["box_dilation_frac"] == 0 and flag["m2ib"]["layer"] == PRESETS["embedded-brain"].layer
+
+
+def test_dense_saliency_through_evaluate_dataset_matches_direct_call(dataset, tiny_clip):
+    """saliency "dense": the maps are dense_contrast's with each image's caption and lesion-free
+    caption (not swapped: the mirrored map would differ), the coarse mask follows the dense rule
+    (threshold 0.7 of the map's range); without negative prompts it is an error naming them."""
+    from finetune.evaluation.evaluate import DENSE_BOX_RULE, default_box_rule, saliency_to_coarse
+    from finetune.evaluation.saliency_baselines import dense_contrast
+
+    rule = default_box_rule(tiny_clip, "embedded-brain", "dense")
+    assert rule == DENSE_BOX_RULE and (rule["binarize"], rule["threshold"]) == ("threshold", 0.7)
+    assert default_box_rule(tiny_clip)["binarize"] == "kmeans"  # M2IB keeps 2-means
+    cfg = EvalConfig(mode="saliency", saliency="dense", **rule)
+    pairs = list_pairs(dataset.parent, "toy", "test")
+    res = evaluate_dataset(tiny_clip, pairs, segmenter=None, prompts=single_prompt("a tumor"),
+                           neg_prompts=single_prompt("healthy tissue"), cfg=cfg, keep_maps=True)
+    images = [read_image(p.image_path) for p in pairs]
+    direct = dense_contrast(tiny_clip, images, [["a tumor"]] * 3, [["healthy tissue"]] * 3)
+    for r, d in zip(res.images, direct, strict=True):
+        np.testing.assert_allclose(r.saliency, d, atol=1e-6)
+        assert np.array_equal(r.coarse, saliency_to_coarse(d, cfg))
+        assert r.coarse.any() and not r.coarse[d <= 0.7].any()  # the threshold, not 2-means
+    with pytest.raises(ValueError, match="negative prompts"):
+        evaluate_dataset(tiny_clip, pairs, segmenter=None, prompts=single_prompt("a tumor"), cfg=cfg)
+
+
+def test_cli_dense_saliency_uses_the_tasks_healthy_caption_and_the_dense_rule(tmp_path):
+    """`--saliency dense` on a folder named like a known task reads configs/prompts/
+    <task>_healthy.txt and gets the dense rule (threshold 0.7, peak component, 4 px per 128);
+    an explicit --binarize still wins."""
+    task = _one_image_task(tmp_path)
+    base = ["--data", str(task), "--saliency", "dense", "--mode", "saliency"]
+    cfg = cli.main([*base, "--out", str(tmp_path / "o1")])["config"]
+    assert (cfg["saliency"], cfg["binarize"], cfg["threshold"]) == ("dense", "threshold", 0.7)
+    assert cfg["component"] == "peak" and cfg["box_dilation_frac"] == pytest.approx(4 / 128)
+    cfg = cli.main([*base, "--binarize", "kmeans", "--neg-prompt", "normal brain",
+                    "--out", str(tmp_path / "o2")])["config"]
+    assert cfg["binarize"] == "kmeans"
 
 
 @pytest.mark.parametrize("argv, says", [
