@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from bench.diag_local_detector import (  # noqa: E402
@@ -43,7 +42,9 @@ from bench.diag_local_detector import (  # noqa: E402
     map_metrics,
     to_input,
 )
-from finetune.build import build_clip, encode_image_tokens, patch_grid  # noqa: E402
+from finetune.build import build_clip  # noqa: E402
+from finetune.evaluation.clip_bundle import bundle_from_open_clip  # noqa: E402
+from finetune.evaluation.saliency_baselines import dense_token_scores  # noqa: E402
 from finetune.train_loop import resolve_model_source  # noqa: E402
 from shared.benchmark import load_manifest  # noqa: E402
 from shared.io import read_mask  # noqa: E402
@@ -51,24 +52,21 @@ from shared.io import read_mask  # noqa: E402
 TAU = 0.1  # the dense term's temperature (configs/embedded/pretrain_clip.yaml: dense_tau)
 
 
-@torch.no_grad()
-def dense_maps(model, tokenizer, images: torch.Tensor, captions: list[str],
+def dense_maps(bundle, images: torch.Tensor, captions: list[str],
                captions_neg: list[str]) -> torch.Tensor:
-    """z maps (B, G, G) of uint8 images (B, S, S) under caption pairs; B may be a multiple k of the
-    number of pairs (image i is scored with pair i mod the number of pairs: positives, then their
-    negatives, encode the text once)."""
-    _, tokens = encode_image_tokens(model, to_input(images))
-    p = F.normalize(model.visual.head(tokens), dim=-1)  # (B, N, D)
-    t = F.normalize(model.encode_text(tokenizer(captions)), dim=-1)
-    t_neg = F.normalize(model.encode_text(tokenizer(captions_neg)), dim=-1)
-    direction = (t - t_neg).repeat(len(images) // len(captions), 1)
-    z = torch.einsum("bnd,bd->bn", p, direction)
-    return z.view(len(images), *patch_grid(model))
+    """z maps (B, G, G) of uint8 images (B, S, S) under caption pairs
+    (``finetune.evaluation.saliency_baselines.dense_token_scores``, the pipeline's ``dense``
+    saliency before upsampling); B may be a multiple k of the number of pairs (image i is scored
+    with pair i mod the number of pairs: positives, then their negatives; identical caption lists
+    are encoded once)."""
+    k = len(images) // len(captions)
+    return dense_token_scores(bundle, to_input(images), [[c] for c in captions] * k,
+                              [[c] for c in captions_neg] * k)
 
 
 def evaluate(source: str) -> dict[str, dict[str, float]]:
     clip = build_clip(resolve_model_source(source))
-    model, tokenizer = clip.model.float().eval(), clip.tokenizer
+    bundle = bundle_from_open_clip(clip.model.float().eval(), clip.tokenizer)
     out = {}
     for name, (root, domain, split) in EVAL_SETS.items():
         es = [e for e in load_manifest(Path(root))
@@ -80,7 +78,7 @@ def evaluate(source: str) -> dict[str, dict[str, float]]:
             pos = torch.from_numpy(np.stack([_u8(e.image) for e in chunk]))
             neg = torch.from_numpy(np.stack([_u8(e.gt_negative) for e in chunk]))
             m = torch.from_numpy(np.stack([read_mask(e.mask) for e in chunk])).bool()
-            z = dense_maps(model, tokenizer, torch.cat([pos, neg]), caps, caps_neg)
+            z = dense_maps(bundle, torch.cat([pos, neg]), caps, caps_neg)
             scores += z.flatten(1).amax(1).tolist()
             labels += [1] * len(chunk) + [0] * len(chunk)
             h, ms = map_metrics(z[: len(chunk)], m, temperature=TAU)
