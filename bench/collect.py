@@ -23,6 +23,7 @@ ORDER = ["demo", "generator", "generator_kriging4_test_256", "generator_kriging4
          "clip_protocol", "box_rule_rule", "box_rule_val", "box_rule_val2", "box_rule_val3", "box_rule_test",
          "box_rule_val4", "box_rule_val5", "box_rule_val6", "box_rule_test6", "box_rule_val7",
          "box_rule_val8", "box_rule_test8",
+         "box_rule_val8_captions_no-region", "box_rule_val8_captions_generic",
          "m2ib_selection", "m2ib_boxes", "negatives_experiment", "negatives_box_rule", "stage2_text",
          "stage2_strength",
          "anchor_experiment", "clip_aux_anatomy", "clip_multisource", "clip_contrast_rand",

@@ -26,6 +26,7 @@ and the external test sets, with ``--rules`` the current and the chosen one.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -38,10 +39,12 @@ import torch  # noqa: E402
 
 from finetune.ablation_eval import cached_segmenter  # noqa: E402
 from finetune.build import build_clip  # noqa: E402
+from finetune.evaluation.cli import PROMPT_DIR  # noqa: E402
 from finetune.evaluation.clip_bundle import bundle_from_open_clip  # noqa: E402
 from finetune.evaluation.evaluate import EvalConfig, prompts_from_mask, saliency_to_coarse  # noqa: E402
 from finetune.evaluation.m2ib import PRESETS, M2IBConfig, default_config, m2ib_saliency  # noqa: E402
 from finetune.evaluation.postprocess import mask_to_boxes  # noqa: E402
+from finetune.evaluation.prompts import load_prompts  # noqa: E402
 from finetune.evaluation.saliency_baselines import centre_box, dense_contrast  # noqa: E402
 from finetune.train_loop import resolve_model_source  # noqa: E402
 from shared.benchmark import DOMAINS, HELD_OUT_DOMAIN, load_manifest  # noqa: E402
@@ -131,14 +134,31 @@ class Set:
     neg_captions: list[list[str]]  # each positive's healthy caption (round 5's contrast maps)
 
 
-def load_set(root: str, domain: str, split: str | None, n: int, label: str) -> Set:
+CAPTIONS = ("own", "no-region", "generic")
+REGION = re.compile(r"\s+in the (?:[a-z]+ )*region")  # "… in the central left region"
+
+
+def caption_for(item, kind: str) -> str:
+    """The lesion caption a set is scored with: the item's ``own`` benchmark caption (size, look
+    and the region it lies in, all from its mask), the same without the region phrase
+    (``no-region``), or the domain's one ``generic`` caption (``configs/prompts/<domain>.txt``,
+    what the CLI gives a user by default)."""
+    if kind == "own":
+        return item.caption
+    if kind == "no-region":
+        return REGION.sub("", item.caption)
+    return load_prompts(PROMPT_DIR / f"{item.domain}.txt").for_image(item.image.name)[0]
+
+
+def load_set(root: str, domain: str, split: str | None, n: int, label: str,
+             captions: str = "own") -> Set:
     """First ``n`` tumour items of ``domain`` by id (of ``split``; all splits of an external set)."""
     items = sorted((it for it in load_manifest(root) if it.domain == domain and it.label == "tumor"
                     and (split is None or it.split == split)), key=lambda it: it.id)[:n]
     if not items:
         raise SystemExit(f"error: no {domain} tumour items in {root} (split {split})")
     return Set(label, [read_image(it.image) for it in items], [read_mask(it.mask) for it in items],
-               [[it.caption] for it in items], [[it.caption_neg] for it in items])
+               [[caption_for(it, captions)] for it in items], [[it.caption_neg] for it in items])
 
 
 def dice_of(segmenter, image: np.ndarray, mask: np.ndarray, coarse: np.ndarray, cfg: EvalConfig,
@@ -236,15 +256,16 @@ def _ci_cell(a: list[float], b: list[float]) -> str:
 
 
 def render(scores, rules, train, held, command, split, seconds, n, baseline=CURRENT,
-           min_gain=0.02, presets: dict[str, str] | None = None, asked: list[str] | None = None
-           ) -> str:
+           min_gain=0.02, presets: dict[str, str] | None = None, asked: list[str] | None = None,
+           captions: str = "own") -> str:
     labels = list(scores)
     m2ib = ("per-set M2IB presets " + ", ".join(f"{d}: `{k}`" for d, k in presets.items())
             if presets else "its M2IB preset")
     lines = [f"## Saliency → box rule, {split} split (issue 17)", "",
              f"Command: `{command}`", "",
              f"Committed embedded CLIP, {m2ib}, the pipeline's noise seeds; first {n} "
-             f"tumour images of each set; cells: mean LiteMedSAM Dice. Rules are "
+             f"tumour images of each set, scored with their `{captions}` lesion captions "
+             "(`caption_for`); cells: mean LiteMedSAM Dice. Rules are "
              "BINARIZE/COMPONENT/+box dilation px (`bench/select_box_rule.py`); current = "
              f"`{CURRENT}` (MedCLIP-SAMv2's). Training domains: {', '.join(train)}; held-out rows: "
              f"{', '.join(held) or 'none'}.", "",
@@ -306,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", action="append", default=[], metavar="DOMAIN=PRESET",
                    help="M2IB preset for DOMAIN's sets, its external set too (round 6: the "
                         "per-dataset presets); default: the model's own")
+    p.add_argument("--captions", default="own", choices=CAPTIONS,
+                   help="lesion captions the maps are scored with (see caption_for)")
     p.add_argument("--embedding-cache", default="runs/litemedsam_embeddings")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)
@@ -330,12 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or name not in PRESETS:
             p.error(f"--preset {spec!r}: expected DOMAIN=PRESET with PRESET in {sorted(PRESETS)}")
         presets[domain], preset_names[domain] = PRESETS[name], name
-    sets = [load_set(args.bench, d, args.split, args.n, d) for d in args.domains]
+    sets = [load_set(args.bench, d, args.split, args.n, d, args.captions) for d in args.domains]
     for spec in args.external:
         domain, sep, root = spec.partition("=")
         if not sep:
             p.error(f"--external {spec!r}: expected DOMAIN=DIR")
-        sets.append(load_set(root, domain, None, args.n, f"{domain} (external)"))
+        sets.append(load_set(root, domain, None, args.n, f"{domain} (external)", args.captions))
     scores = {}
     for data in sets:
         scores[data.label] = score_set(bundle, segmenter, data, args.rules,
@@ -347,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/select_box_rule.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = render(scores, args.rules, train, held, command, args.split,
                   time.perf_counter() - start, args.n, args.baseline, args.min_gain,
-                  preset_names, asked)
+                  preset_names, asked, args.captions)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)

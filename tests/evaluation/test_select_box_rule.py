@@ -90,3 +90,22 @@ def test_best_per_domain_takes_each_domains_own_best_and_ties_to_the_narrower():
     # retina: +0 and +4 both average 0.4 -> the earlier (narrower) one
     assert best_per_domain(scores, ["+0", "+4", "+8"], ["brain_mri", "retina"]) == {
         "brain_mri": "+8", "retina": "+0"}
+
+
+def test_caption_kinds_strip_only_the_region_phrase():
+    """``no-region`` drops exactly the "in the … region" phrase (one or more words before
+    "region") and keeps what follows; ``generic`` is the domain's prompt file's caption."""
+    from types import SimpleNamespace
+
+    from bench.select_box_rule import caption_for
+
+    it = SimpleNamespace(domain="brain_mri", image=SimpleNamespace(name="x.png"), caption=(
+        "A brain MRI showing a large, lobulated hypointense brain tumor with well-defined margins "
+        "in the upper left region and surrounding edema."))
+    assert caption_for(it, "own") == it.caption
+    assert caption_for(it, "no-region") == ("A brain MRI showing a large, lobulated hypointense "
+                                            "brain tumor with well-defined margins and "
+                                            "surrounding edema.")
+    it.caption = "A chest X-ray showing a round lung nodule in the upper region."
+    assert caption_for(it, "no-region") == "A chest X-ray showing a round lung nodule."
+    assert caption_for(it, "generic") == "A brain MRI showing a brain tumor."
