@@ -38,7 +38,7 @@ from finetune.evaluation.outputs import (
     write_per_image_csv,
     write_summary_json,
 )
-from finetune.evaluation.prompts import PromptError, PromptSet, load_prompts, single_prompt
+from finetune.evaluation.prompts import PromptSet, check_covers, resolve_prompts
 from finetune.evaluation.segmenters import SEGMENTERS, SegmenterError, build_segmenter
 from shared.cli import check_torch_device
 from shared.config import ConfigError
@@ -203,32 +203,28 @@ def _resolve_task(data: Path, task: str | None, split: str) -> tuple[Path, str]:
 def _prompts(args: argparse.Namespace, task: str, negative: bool = False) -> PromptSet | None:
     """--prompt / --prompt-file, else the task's built-in file (``negative``: the lesion-free
     captions, --neg-prompt / --neg-prompt-file / ``<task>_healthy.txt``)."""
-    flag = "--neg-prompt" if negative else "--prompt"
-    one, file = (args.neg_prompt, args.neg_prompt_file) if negative else (args.prompt, args.prompt_file)
-    try:
-        if one is not None:
-            return single_prompt(one)
-    except PromptError as err:
-        raise PromptError(f"{flag} {one!r}: {err}") from None
-    try:
-        if file is not None:
-            return load_prompts(file)
-    except PromptError as err:
-        raise PromptError(f"{flag}-file: {err}") from None
-    default = PROMPT_DIR / f"{task}{HEALTHY_SUFFIX if negative else ''}.txt"
-    return load_prompts(default) if default.is_file() else None
+    if negative:
+        return resolve_prompts(args.neg_prompt, args.neg_prompt_file,
+                               PROMPT_DIR / f"{task}{HEALTHY_SUFFIX}.txt", "--neg-prompt")
+    return resolve_prompts(args.prompt, args.prompt_file, PROMPT_DIR / f"{task}.txt", "--prompt")
 
 
-def _check_prompts_cover(prompts: PromptSet, pairs, args: argparse.Namespace,
-                         negative: bool = False) -> None:
-    """Every image has a caption (a keyed prompt file may miss some): fail before the run."""
-    file, flag = (args.neg_prompt_file, "--neg-prompt-file") if negative else (args.prompt_file, "--prompt-file")
-    for pair in pairs:
-        try:
-            prompts.for_image(pair.name)
-        except PromptError as err:
-            source = f"{flag} {file}" if file else f"the task's {'healthy ' if negative else ''}prompt file"
-            raise PromptError(f"{source}: {err}") from None
+def _require_prompts(prompts: PromptSet | None, args: argparse.Namespace, task: str, pairs,
+                     negative: bool = False) -> PromptSet:
+    """``prompts`` (from :func:`_prompts`) must exist and cover every image: ConfigError /
+    PromptError saying what to pass, before any work."""
+    if prompts is None and negative:
+        raise ConfigError(f"--saliency dense needs a lesion-free caption for task {task!r} "
+                          f"(no {task}{HEALTHY_SUFFIX}.txt built in): pass --neg-prompt "
+                          "\"<a caption of healthy tissue>\" or --neg-prompt-file FILE")
+    if prompts is None:
+        known = sorted(p.stem for p in PROMPT_DIR.glob("*.txt") if not p.stem.endswith(HEALTHY_SUFFIX))
+        raise ConfigError(f"no text prompt for task {task!r} (built-in prompts exist for {known}): "
+                          f"pass --prompt \"<a caption of the lesion>\" or --prompt-file FILE")
+    flag, file = ("--neg-prompt-file", args.neg_prompt_file) if negative else ("--prompt-file", args.prompt_file)
+    kind = "healthy prompt" if negative else "prompt"
+    check_covers(prompts, [p.name for p in pairs], f"{flag} {file}" if file else f"the task's {kind} file")
+    return prompts
 
 
 def _box_rule(args: argparse.Namespace, bundle=None) -> dict:
@@ -323,20 +319,10 @@ def main(argv: list[str] | None = None) -> dict:
         check_classification_images(rows, args.classification_csv)
         class_prompts_from_rows(rows)
     needs_model = _needs_model(args)
-    needs_text = needs_model and args.saliency in TEXT_SALIENCY
-    if needs_text and prompts is None:
-        known = sorted(p.stem for p in PROMPT_DIR.glob("*.txt") if not p.stem.endswith(HEALTHY_SUFFIX))
-        raise ConfigError(f"no text prompt for task {task!r} (built-in prompts exist for {known}): "
-                          f"pass --prompt \"<a caption of the lesion>\" or --prompt-file FILE")
-    if needs_text:
-        _check_prompts_cover(prompts, pairs, args)
-    neg_prompts = _prompts(args, task, negative=True) if needs_model and args.saliency == "dense" else None
-    if needs_model and args.saliency == "dense":
-        if neg_prompts is None:
-            raise ConfigError(f"--saliency dense needs a lesion-free caption for task {task!r} "
-                              f"(no {task}{HEALTHY_SUFFIX}.txt built in): pass --neg-prompt "
-                              "\"<a caption of healthy tissue>\" or --neg-prompt-file FILE")
-        _check_prompts_cover(neg_prompts, pairs, args, negative=True)
+    if needs_model and args.saliency in TEXT_SALIENCY:
+        _require_prompts(prompts, args, task, pairs)
+    dense = needs_model and args.saliency == "dense"
+    neg_prompts = _require_prompts(_prompts(args, task, True), args, task, pairs, True) if dense else None
     segmenter = None
     if args.mode != "saliency":
         try:

@@ -94,3 +94,31 @@ def single_prompt(caption: str) -> PromptSet:
     if not caption.strip():
         raise PromptError("empty prompt")
     return PromptSet((caption.strip(),), {})
+
+
+def resolve_prompts(caption: str | None, file: str | Path | None, default: Path,
+                    flag: str) -> PromptSet | None:
+    """A command line's prompts: ``flag CAPTION`` for every image, else ``flag-file FILE``, else
+    the built-in ``default`` file when it exists (None when none of them is there). Errors name
+    the flag."""
+    try:
+        if caption is not None:
+            return single_prompt(caption)
+    except PromptError as err:
+        raise PromptError(f"{flag} {caption!r}: {err}") from None
+    try:
+        if file is not None:
+            return load_prompts(file)
+    except PromptError as err:
+        raise PromptError(f"{flag}-file: {err}") from None
+    return load_prompts(default) if default.is_file() else None
+
+
+def check_covers(prompts: PromptSet, names, source: str) -> None:
+    """Every image name has a caption (a keyed file may miss some): PromptError naming ``source``
+    and the first image without one, before any run."""
+    for name in names:
+        try:
+            prompts.for_image(name)
+        except PromptError as err:
+            raise PromptError(f"{source}: {err}") from None
