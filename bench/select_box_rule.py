@@ -26,6 +26,7 @@ and the external test sets, with ``--rules`` the current and the chosen one.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 import time
@@ -147,7 +148,13 @@ def caption_for(item, kind: str) -> str:
         return item.caption
     if kind == "no-region":
         return REGION.sub("", item.caption)
-    return load_prompts(PROMPT_DIR / f"{item.domain}.txt").for_image(item.image.name)[0]
+    return _generic(item.domain).for_image(item.image.name)[0]
+
+
+@functools.cache
+def _generic(domain: str):
+    """The domain's prompt file, read once."""
+    return load_prompts(PROMPT_DIR / f"{domain}.txt")
 
 
 def load_set(root: str, domain: str, split: str | None, n: int, label: str,

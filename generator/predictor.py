@@ -156,9 +156,8 @@ class NegativeGenerator:
       and only the *high-pass* (σ = 1 input px) of the learned residual, scaled so the fill is as
       textured as the tissue ring around the hole (:func:`generator.masks.ring_texture_gain`):
       the learned model supplies texture, not the coarse structure it gets wrong on unseen anatomy.
-    texture_lowcut_sigma (with texture_match; 0 = off): the texture's band under a σ-blur of this
-      many input px is removed as well (:func:`generator.compose.remove_low_band`), so the prior
-      alone sets the fill's low frequencies (the learned high-pass still leaks there otherwise).
+    texture_lowcut_sigma (with texture_match; 0 = off): also remove the texture's band under a
+      σ-blur of this many px (:func:`generator.compose.remove_low_band`; fidelity for realism).
     coarse_prior: the classical fill both compositions above put the learned part on —
       ``"biharmonic"`` (scikit-image's exact solve) or ``"kriging"`` (per image, linear-variogram
       kriging from the hole's wider context or biharmonic, whichever predicts a hidden ring of
