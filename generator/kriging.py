@@ -41,12 +41,13 @@ from skimage.restoration import inpaint_biharmonic
 MAX_POINTS = 2500  # known pixels one fit uses (a dense (N + 1)² solve)
 RIM_PX = 2  # every known pixel this close to the hole is used (continuity at the rim)
 RING_SIGMA = 2.0  # px: the low-frequency band the ring check compares (issue 18's metric)
-PRIORS = ("biharmonic", "kriging")  # kriging = stationary_fill's per-image choice
+PRIORS = ("biharmonic", "kriging", "stacked")  # kriging: stationary_fill's choice; stacked: stacked_fill
 STATIONARY_ALPHAS = (0.5, 1.0, 1.5)  # the power variograms the ring check weighs against biharmonic
 # Names the kriging prior's rule in a generator's hash (generator.build.load_generator): outputs
 # change with it, so caches and content-addressed stores keyed on the hash must too. The candidate
 # set enters by itself; bump the revision whenever the check itself changes.
 KRIGING_RULE = f"ring-check rev 1: biharmonic, power α {'/'.join(f'{a:g}' for a in STATIONARY_ALPHAS)}"
+STACK_MIN_WEIGHT = 1e-3  # stacked_fill drops (and does not compute) candidates weighted below this
 PHASE_MIN_SHARE = 0.1  # two-phase context: each phase holds at least this share of the context
 PHASE_MIN_SEPARATION = 0.75  # ... and the phases explain at least this share of its variance
 CHUNK = 4096  # hole pixels predicted per kernel block (bounds the (M, N) distance matrix)
@@ -224,29 +225,106 @@ def _shrunk(image: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return img, region[:h, :w].reshape(blocks).any(axis=(1, 3))
 
 
-def _ring_ranking(image: np.ndarray, region: np.ndarray, candidates: dict) -> list[str]:
-    """The names of ``candidates`` (name → fill(image, region), None to decline) ordered by how well each candidate, filling hole and ring, predicts the ring's low
-    frequencies (stable: ties keep the given order); candidates that decline are left out.
-    Biharmonic alone when there is no ring."""
+def _ring_predictions(image: np.ndarray, region: np.ndarray,
+                      candidates: dict) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """``(target, predictions)``: the ring's (:func:`ring_px` wide) σ = ``RING_SIGMA`` blurred
+    values, and each candidate's (name → fill(image, region), None to decline) blurred values
+    there when it fills hole and ring together; candidates that decline are left out. ``(None,
+    {})`` when there is no ring (a hole reaching nearly everywhere)."""
     wide = ndimage.binary_dilation(region, iterations=ring_px(region))
     ring = wide & ~region
     if wide.all() or not ring.any():
-        return ["biharmonic"]
-    target = _low(image)[ring]
-    errs = {}
+        return None, {}
+    preds = {}
     for name, fill_fn in candidates.items():
         fill = fill_fn(image, wide)
         if fill is not None:
-            errs[name] = float(np.mean((_low(fill)[ring] - target) ** 2))
+            preds[name] = _low(fill)[ring]
+    return _low(image)[ring], preds
+
+
+def _ring_ranking(image: np.ndarray, region: np.ndarray, candidates: dict) -> list[str]:
+    """The names of ``candidates`` ordered by how well each, filling hole and ring, predicts the
+    ring's low frequencies (mean squared error; stable: ties keep the given order); candidates
+    that decline are left out. Biharmonic alone when there is no ring."""
+    target, preds = _ring_predictions(image, region, candidates)
+    if target is None:
+        return ["biharmonic"]
+    errs = {name: float(np.mean((p - target) ** 2)) for name, p in preds.items()}
     return sorted(errs, key=errs.get)
+
+
+def simplex_weights(preds: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(K,) weights ``w`` minimising ``‖P w − t‖²`` subject to ``w ≥ 0``, ``Σ w = 1`` (stacked
+    regression with non-negative weights summing to one, Breiman 1996), ``preds`` P (R, K),
+    ``target`` t (R,) or (R, C) (then P is (R, K, C) and the squared error sums over C).
+
+    With ``Σ w = 1``, ``P w − t = D w`` for ``D = P − t 1ᵀ``: the point of the convex hull of D's
+    columns nearest the origin. Solved exactly by enumerating the supports S (K ≤ 6, at most 63
+    solves of the equality-constrained problem ``min w_Sᵀ G_SS w_S, 1ᵀ w_S = 1``, G = DᵀD, through
+    its KKT system) and keeping the best feasible one; ties keep the earliest support (so the
+    first of two equal candidates)."""
+    p, t = np.asarray(preds, np.float64), np.asarray(target, np.float64)
+    d = (p - t[:, None]).reshape(len(p), p.shape[1], -1)  # (R, K, C)
+    k = d.shape[1]
+    if not 1 <= k <= 6:
+        raise ValueError(f"simplex_weights needs 1 to 6 candidates, got {k}")
+    gram = np.einsum("rkc,rlc->kl", d, d)
+    best, best_err = np.eye(k)[0], np.inf
+    for mask in range(1, 2 ** k):
+        s = [i for i in range(k) if mask >> i & 1]
+        n = len(s)
+        kkt = np.zeros((n + 1, n + 1))
+        kkt[:n, :n] = 2.0 * gram[np.ix_(s, s)]
+        kkt[:n, n] = kkt[n, :n] = 1.0
+        sol = np.linalg.lstsq(kkt, np.r_[np.zeros(n), 1.0], rcond=None)[0][:n]
+        if np.any(sol < -1e-12):
+            continue
+        w = np.zeros(k)
+        w[s] = np.clip(sol, 0.0, None) / np.clip(sol, 0.0, None).sum()
+        err = float(w @ gram @ w)
+        if err < best_err - 1e-12 * max(1.0, abs(best_err) if np.isfinite(best_err) else 1.0):
+            best, best_err = w, err
+    return best
+
+
+def stacked_fill(image: np.ndarray, region: np.ndarray, *,
+                 alphas: tuple[float, ...] = STATIONARY_ALPHAS) -> tuple[np.ndarray, dict[str, float]]:
+    """(fill, weights): ``region`` of ``image`` ((H, W) or (H, W, C) float) filled by the convex
+    combination of :func:`stationary_fill`'s candidates (biharmonic, kriging with each of
+    ``alphas``) whose blurred fills best predict the hidden ring — the same check, with the one
+    best candidate replaced by :func:`simplex_weights` over all of them (the choice is the
+    simplex's vertex case). ``weights`` maps the candidates with weight > ``STACK_MIN_WEIGHT``
+    to their weight (renormalised to sum 1); those alone are computed at full size. Checked on
+    the block-averaged copy for a hole over ``CHECK_PIXELS`` (:func:`_shrunk`); biharmonic alone
+    where there is no ring. float64; outside ``region`` the input."""
+    region = np.asarray(region, bool)
+    image = np.asarray(image, np.float64)
+    if not region.any():
+        return image.copy(), {"biharmonic": 1.0}
+    candidates = {"biharmonic": _biharmonic,
+                  **{f"kriging α={a:g}": partial(kriging_fill, alpha=a) for a in alphas}}
+    target, preds = _ring_predictions(*_shrunk(image, region), candidates)
+    if target is None:
+        return _biharmonic(image, region), {"biharmonic": 1.0}
+    names = list(preds)
+    w = simplex_weights(np.stack([preds[n] for n in names], axis=1), target)
+    keep = {n: float(x) for n, x in zip(names, w, strict=True) if x > STACK_MIN_WEIGHT}
+    total = sum(keep.values())
+    weights = {n: x / total for n, x in keep.items()}
+    fill = sum(x * candidates[n](image, region) for n, x in weights.items())
+    return np.where(region[(...,) + (None,) * (image.ndim - 2)], fill, image), weights
 
 
 def prior_fill(image: np.ndarray, region: np.ndarray, prior: str) -> np.ndarray:
     """The classical coarse fill a generator composes on: ``"biharmonic"`` (scikit-image, in the
-    input's float precision) or ``"kriging"`` (:func:`stationary_fill`'s choice, float64); the
-    input outside ``region``."""
+    input's float precision), ``"kriging"`` (:func:`stationary_fill`'s choice, float64) or
+    ``"stacked"`` (:func:`stacked_fill`'s convex combination, float64); the input outside
+    ``region``."""
     if prior == "biharmonic":
         return _biharmonic(image, region) if np.any(region) else np.array(image)
     if prior == "kriging":
         return stationary_fill(image, region)[0]
+    if prior == "stacked":
+        return stacked_fill(image, region)[0]
     raise ValueError(f"unknown coarse prior {prior!r}; expected one of {PRIORS}")
