@@ -47,8 +47,9 @@ class Settings(BaseSettings):
     texture_match: bool | None = None
     # Pixel generator only: the classical fill its native compositions build on — "biharmonic"
     # or "kriging" (per image, linear-variogram kriging or biharmonic, whichever predicts a hidden
-    # ring of tissue better: generator.kriging); None = as the checkpoint says. Changes the hash.
-    coarse_prior: Literal["biharmonic", "kriging"] | None = None
+    # ring of tissue better: generator.kriging) or "stacked" (their convex combination fitted on
+    # that ring: generator.kriging.stacked_fill); None = as the checkpoint says. Changes the hash.
+    coarse_prior: Literal["biharmonic", "kriging", "stacked"] | None = None
     # torch device the generator runs on ("cpu", "cuda", "cuda:1"); one batching worker per device.
     device: str = "cpu"
     # Rows (image x sample) per backend call inside the predictor; None = max_batch. The

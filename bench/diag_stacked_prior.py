@@ -43,6 +43,8 @@ from bench.bench_generator_realsize import low, psnr  # noqa: E402
 from bench.diag_sources import ci  # noqa: E402
 from bench.diag_sources import main as diag_main  # noqa: E402
 from generator.kriging import STATIONARY_ALPHAS, prior_fill, stacked_fill, stationary_fill  # noqa: E402
+
+# the rows as run (round 5 adopted the second: it is now stacked_fill's default, STACK_ALPHAS)
 from generator.masks import dilate  # noqa: E402
 from shared.benchmark.realsize import build_realsize  # noqa: E402
 

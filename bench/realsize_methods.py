@@ -3,7 +3,7 @@
 A generator spec is ``NAME=PATH[,FLAG...]`` (PATH a checkpoint directory or ``embedded``); flags
 override what the checkpoint says: ``native-coarse`` / ``upsampled-coarse``
 (``NegativeGenerator.native_coarse`` on / off), ``texture-match`` / ``full-residual``
-(``NegativeGenerator.texture_match`` on / off), ``kriging`` / ``biharmonic-prior``
+(``NegativeGenerator.texture_match`` on / off), ``kriging`` / ``stacked`` / ``biharmonic-prior``
 (``NegativeGenerator.coarse_prior``: the classical fill those compositions use), ``lowcut`` /
 ``no-lowcut`` (``NegativeGenerator.texture_lowcut_sigma`` 2 px / 0). Specs with the same PATH share one backend whose
 fills are memoised (:class:`MemoBackend`), so two compositions of the same checkpoint are judged on
@@ -30,6 +30,7 @@ POSITIVE, BIHARMONIC, GT = "untouched positive", "biharmonic", "GT negative (ref
 FLAGS = {"native-coarse": ("native_coarse", True), "upsampled-coarse": ("native_coarse", False),
          "texture-match": ("texture_match", True), "full-residual": ("texture_match", False),
          "kriging": ("coarse_prior", "kriging"), "biharmonic-prior": ("coarse_prior", "biharmonic"),
+         "stacked": ("coarse_prior", "stacked"),
          "lowcut": ("texture_lowcut_sigma", 2.0), "no-lowcut": ("texture_lowcut_sigma", 0.0)}
 
 

@@ -237,7 +237,7 @@ def load_generator(
     None = as the checkpoint was trained (:func:`checkpoint_window`; ``"whole"`` for SD-inpaint).
     ``native_coarse``: None = as the checkpoint says (:func:`checkpoint_native_coarse`; pixel only).
     ``texture_match``: None = as the checkpoint says (:func:`checkpoint_texture_match`; pixel only).
-    ``coarse_prior``: ``"biharmonic"`` / ``"kriging"``; None = as the checkpoint says
+    ``coarse_prior``: ``"biharmonic"`` / ``"kriging"`` / ``"stacked"``; None = as the checkpoint says
     (:func:`checkpoint_coarse_prior`; pixel only).
     ``texture_lowcut_sigma``: None = as the checkpoint says (:func:`checkpoint_texture_lowcut`;
     pixel only).
@@ -274,10 +274,10 @@ def load_generator(
             from generator.compose import LOWCUT_PASSES
 
             digest = hashlib.sha256(f"{digest}|lowcut passes {LOWCUT_PASSES}".encode()).hexdigest()
-        if coarse_prior == "kriging":  # the classical rule is part of what the outputs are
-            from generator.kriging import KRIGING_RULE
+        from generator.kriging import prior_rule
 
-            digest = hashlib.sha256(f"{digest}|{KRIGING_RULE}".encode()).hexdigest()
+        if rule := prior_rule(coarse_prior):  # the classical rule is part of what the outputs are
+            digest = hashlib.sha256(f"{digest}|{rule}".encode()).hexdigest()
     elif native_coarse or texture_match or coarse_prior not in (None, "biharmonic") or \
             texture_lowcut_sigma:
         raise ConfigError(f"{path_or_name}: native_coarse / texture_match / coarse_prior / "

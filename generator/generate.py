@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # `accelerate launch generator/generate.py` runs 
 import numpy as np
 import torch
 
+from generator.kriging import PRIORS
 from generator.masks import dilate
 from generator.predictor import NoContextError
 from generator.scoring import SCORERS_DIR, load_scorers, ranking_score, score_negatives
@@ -116,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--texture-match", action=argparse.BooleanOptionalAction, default=None,
                    help="pixel generator: classical fill (--coarse-prior) + ring-matched learned texture "
                         "(NegativeGenerator.texture_match; default: as the checkpoint says)")
-    p.add_argument("--coarse-prior", choices=("biharmonic", "kriging"), default=None,
+    p.add_argument("--coarse-prior", choices=PRIORS, default=None,
                    help="pixel generator: the classical fill its native compositions build on "
                         "(NegativeGenerator.coarse_prior; default: as the checkpoint says)")
     p.add_argument("--scorers", default="embedded", help="scorer dir, 'embedded', or 'none'")

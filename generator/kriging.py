@@ -1,6 +1,6 @@
 """The hole's coarse tissue as a stationary random field's best linear guess from its context
 (issue 18): ordinary kriging with a power variogram, or biharmonic, whichever predicts a hidden
-ring of known tissue better.
+ring of known tissue better — or the mix of them that predicts it best.
 
 Biharmonic inpainting (scikit-image's solve, the project's classical baseline) is the
 conditional mean of a very smooth field: it uses only the two-pixel rim and carries the rim's
@@ -21,6 +21,13 @@ pooled at 256², +1.15 [+0.73, +1.61] at 512² (``kriging_prior_round2.md``, see
 choice adds +0.58 [+0.33, +0.85] / +0.53 [+0.18, +0.91] dB over the two-way one, no source's mean
 below −0.24 (``kriging_prior_round3.md``, seed 4; a variogram-fitted α lost 1.6 dB on leg
 radiographs at 512² and was not adopted).
+
+``prior: stacked`` (:func:`stacked_fill`, the committed generator's since session 26) keeps the
+same check but, instead of the one best candidate, fills with the convex combination of biharmonic
+and α ∈ ``STACK_ALPHAS`` (the three above and 0.25) that best predicts the ring
+(:func:`simplex_weights`; stacked regression, Breiman 1996): on fresh training-source items
+(seed 10) +0.25 [+0.06, +0.46] dB low-frequency PSNR over the one-best choice pooled at 256²,
++0.35 [+0.14, +0.61] at 512², no source's mean below −0.04 (``kriging_prior_round5.md``).
 
 Kriging here is solved in its dual form, ``[K 1; 1ᵀ 0] [w; c] = [z; 0]`` with the generalised
 covariance K(r) = −r^α and a constant drift (the ordinary-kriging system's dual: the same
@@ -47,7 +54,12 @@ STATIONARY_ALPHAS = (0.5, 1.0, 1.5)  # the power variograms the ring check weigh
 # change with it, so caches and content-addressed stores keyed on the hash must too. The candidate
 # set enters by itself; bump the revision whenever the check itself changes.
 KRIGING_RULE = f"ring-check rev 1: biharmonic, power α {'/'.join(f'{a:g}' for a in STATIONARY_ALPHAS)}"
+# stacked_fill's power variograms: the ring check's and the rougher α = 0.25 (round 5,
+# bench/results/kriging_prior_round5.md: without it the stack does not beat the one-best choice)
+STACK_ALPHAS = (0.25, *STATIONARY_ALPHAS)
 STACK_MIN_WEIGHT = 1e-3  # stacked_fill drops (and does not compute) candidates weighted below this
+STACK_RULE = (f"stack rev 1: simplex weights on the ring, power α {'/'.join(f'{a:g}' for a in STACK_ALPHAS)},"
+              f" min weight {STACK_MIN_WEIGHT:g}")
 PHASE_MIN_SHARE = 0.1  # two-phase context: each phase holds at least this share of the context
 PHASE_MIN_SEPARATION = 0.75  # ... and the phases explain at least this share of its variance
 CHUNK = 4096  # hole pixels predicted per kernel block (bounds the (M, N) distance matrix)
@@ -289,10 +301,10 @@ def simplex_weights(preds: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def stacked_fill(image: np.ndarray, region: np.ndarray, *,
-                 alphas: tuple[float, ...] = STATIONARY_ALPHAS) -> tuple[np.ndarray, dict[str, float]]:
+                 alphas: tuple[float, ...] = STACK_ALPHAS) -> tuple[np.ndarray, dict[str, float]]:
     """(fill, weights): ``region`` of ``image`` ((H, W) or (H, W, C) float) filled by the convex
-    combination of :func:`stationary_fill`'s candidates (biharmonic, kriging with each of
-    ``alphas``) whose blurred fills best predict the hidden ring — the same check, with the one
+    combination of biharmonic and kriging with each of ``alphas`` (:func:`stationary_fill`'s
+    candidates and α = 0.25) whose blurred fills best predict the hidden ring — the same check, with the one
     best candidate replaced by :func:`simplex_weights` over all of them (the choice is the
     simplex's vertex case). ``weights`` maps the candidates with weight > ``STACK_MIN_WEIGHT``
     to their weight (renormalised to sum 1); those alone are computed at full size. Checked on
@@ -314,6 +326,14 @@ def stacked_fill(image: np.ndarray, region: np.ndarray, *,
     weights = {n: x / total for n, x in keep.items()}
     fill = sum(x * candidates[n](image, region) for n, x in weights.items())
     return np.where(region[(...,) + (None,) * (image.ndim - 2)], fill, image), weights
+
+
+def prior_rule(prior: str) -> str:
+    """What names ``prior``'s rule in a generator's hash (``generator.build.load_generator``):
+    ``""`` for biharmonic (scikit-image's solve), ``KRIGING_RULE`` for the ring's one-best choice,
+    and that with ``STACK_RULE`` for the stacked one (read when called, so a changed rule changes
+    the hash)."""
+    return {"biharmonic": "", "kriging": KRIGING_RULE, "stacked": f"{KRIGING_RULE} | {STACK_RULE}"}[prior]
 
 
 def prior_fill(image: np.ndarray, region: np.ndarray, prior: str) -> np.ndarray:

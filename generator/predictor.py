@@ -161,7 +161,8 @@ class NegativeGenerator:
     coarse_prior: the classical fill both compositions above put the learned part on —
       ``"biharmonic"`` (scikit-image's exact solve) or ``"kriging"`` (per image, linear-variogram
       kriging from the hole's wider context or biharmonic, whichever predicts a hidden ring of
-      known tissue better: :func:`generator.kriging.stationary_fill`).
+      known tissue better: :func:`generator.kriging.stationary_fill`) or ``"stacked"`` (those
+      candidates' convex combination fitted on that ring: :func:`generator.kriging.stacked_fill`).
     The fill is pasted back exactly either way: outside the dilated mask the output is the input.
     """
 

@@ -93,7 +93,7 @@ class InferenceConfig:
     # compose each fill from the classical prior's low frequencies + the learned residual's
     # ring-matched high-pass (NegativeGenerator.texture_match)
     texture_match: bool = False
-    coarse_prior: str = "biharmonic"  # the classical fill it composes on: biharmonic | kriging
+    coarse_prior: str = "biharmonic"  # the classical fill it composes on: biharmonic | kriging | stacked
 
 
 @dataclass(frozen=True)

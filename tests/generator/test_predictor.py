@@ -342,12 +342,18 @@ def test_coarse_prior_kriging_is_what_texture_match_composes_on(tiny_pixel_dir):
     # the kriging rule is part of the outputs, so of the hash (stale caches are redone)
     import generator.kriging as kriging
 
-    rule = kriging.KRIGING_RULE
+    stacked = load_generator(tiny_pixel_dir, coarse_prior="stacked").checkpoint_hash
+    assert stacked not in (kriged, plain.checkpoint_hash)
+    rule, stack = kriging.KRIGING_RULE, kriging.STACK_RULE
     try:
         kriging.KRIGING_RULE = rule + " (changed)"
         assert load_generator(tiny_pixel_dir, coarse_prior="kriging").checkpoint_hash != kriged
+        assert load_generator(tiny_pixel_dir, coarse_prior="stacked").checkpoint_hash != stacked
+        kriging.KRIGING_RULE, kriging.STACK_RULE = rule, stack + " (changed)"
+        assert load_generator(tiny_pixel_dir, coarse_prior="kriging").checkpoint_hash == kriged
+        assert load_generator(tiny_pixel_dir, coarse_prior="stacked").checkpoint_hash != stacked
     finally:
-        kriging.KRIGING_RULE = rule
+        kriging.KRIGING_RULE, kriging.STACK_RULE = rule, stack
     with pytest.raises(ConfigError, match="coarse prior 'krig'"):
         load_generator(tiny_pixel_dir, coarse_prior="krig")
     with pytest.raises(ConfigError, match="pixel checkpoints only"):
