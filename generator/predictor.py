@@ -30,9 +30,10 @@ from shared.io import InputError
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 weights for RGB → gray
 # biharmonic: scikit-image's classical fill, the baseline; kriging: the linear-variogram kriging
 # fill or biharmonic, whichever predicts a hidden ring of tissue better (generator.kriging);
+# stacked: their ring-fitted convex combination (generator.kriging.stacked_fill);
 # latent-boundary: a classifier-boundary
 # step in a small VAE's latent (generator.latent_boundary), needs its weights
-METHODS = ("diffusion", "biharmonic", "kriging", "latent-boundary")
+METHODS = ("diffusion", *PRIORS, "latent-boundary")
 
 
 class GenerationInputError(InputError):
@@ -257,7 +258,7 @@ class NegativeGenerator:
             if region.all():
                 raise NoContextError(f"image {i}: {no_context_message(dilation_px)}")
         fills: list[list[np.ndarray | None]] = [[None] * num_samples for _ in pairs]
-        if method in ("biharmonic", "kriging"):
+        if method in PRIORS:
             for i, ((image, _), region) in enumerate(zip(pairs, regions, strict=True)):
                 fills[i] = [_classical(image, region, method)] * num_samples
         elif method == "latent-boundary":  # one call per distinct seed (its noise is per call)

@@ -335,6 +335,13 @@ def test_coarse_prior_kriging_is_what_texture_match_composes_on(tiny_pixel_dir):
     np.testing.assert_allclose(out[region], want[region], atol=1e-5)
     classical = gen.generate([image], [mask], method="kriging")[0][0].image
     np.testing.assert_allclose(classical[region], want[region], atol=1e-6)
+    # the stacked prior: the same composition on its ring-fitted mix (not the one-best fill)
+    mixed = np.clip(prior_fill(image.astype(np.float64), region, "stacked"), 0, 1)
+    assert np.abs(mixed - want)[region].max() > 1e-3
+    gen.coarse_prior = "stacked"
+    np.testing.assert_allclose(gen.generate([image], [mask], steps=1)[0][0].image[region], mixed[region], atol=1e-5)
+    classical = gen.generate([image], [mask], method="stacked")[0][0].image
+    np.testing.assert_allclose(classical[region], mixed[region], atol=1e-6)
     plain = load_generator(tiny_pixel_dir)
     assert load_generator(tiny_pixel_dir, coarse_prior="biharmonic").checkpoint_hash == plain.checkpoint_hash
     kriged = load_generator(tiny_pixel_dir, coarse_prior="kriging").checkpoint_hash
