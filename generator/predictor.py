@@ -28,10 +28,8 @@ from generator.masks import coarse_fill, dilate, paste_back
 from shared.io import InputError
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 weights for RGB → gray
-# biharmonic: scikit-image's classical fill, the baseline; kriging: the linear-variogram kriging
-# fill or biharmonic, whichever predicts a hidden ring of tissue better (generator.kriging);
-# stacked: their ring-fitted convex combination (generator.kriging.stacked_fill);
-# latent-boundary: a classifier-boundary
+# biharmonic / kriging / stacked: the classical fills (generator.kriging.prior_fill: scikit-image's
+# baseline, the ring check's one best, its ring-fitted mix); latent-boundary: a classifier-boundary
 # step in a small VAE's latent (generator.latent_boundary), needs its weights
 METHODS = ("diffusion", *PRIORS, "latent-boundary")
 
