@@ -215,14 +215,19 @@ def stationary_fill(image: np.ndarray, region: np.ndarray, *,
     image = np.asarray(image, np.float64)
     if not region.any():
         return image.copy(), "biharmonic"
-    candidates = {"biharmonic": _biharmonic,
-                  **{f"kriging α={a:g}": partial(kriging_fill, alpha=a) for a in alphas},
-                  **({"two-phase": two_phase_fill} if two_phase else {})}
+    candidates = {**_stationary_candidates(alphas), **({"two-phase": two_phase_fill} if two_phase else {})}
     for name in _ring_ranking(*_shrunk(image, region), candidates):
         fill = candidates[name](image, region)
         if fill is not None:  # two-phase can decline at full size where the check's copy did not
             return fill, name
     return _biharmonic(image, region), "biharmonic"
+
+
+def _stationary_candidates(alphas: tuple[float, ...]) -> dict:
+    """name → fill(image, region): biharmonic and kriging with each of ``alphas``, in that order
+    (the order ties are broken in)."""
+    return {"biharmonic": _biharmonic,
+            **{f"kriging α={a:g}": partial(kriging_fill, alpha=a) for a in alphas}}
 
 
 def _shrunk(image: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -293,9 +298,10 @@ def simplex_weights(preds: np.ndarray, target: np.ndarray) -> np.ndarray:
         if np.any(sol < -1e-12):
             continue
         w = np.zeros(k)
-        w[s] = np.clip(sol, 0.0, None) / np.clip(sol, 0.0, None).sum()
+        w[s] = np.clip(sol, 0.0, None)
+        w /= w.sum()
         err = float(w @ gram @ w)
-        if err < best_err - 1e-12 * max(1.0, abs(best_err) if np.isfinite(best_err) else 1.0):
+        if err < best_err - 1e-12 * (1.0 + err):  # strictly better: ties keep the earlier support
             best, best_err = w, err
     return best
 
@@ -314,8 +320,7 @@ def stacked_fill(image: np.ndarray, region: np.ndarray, *,
     image = np.asarray(image, np.float64)
     if not region.any():
         return image.copy(), {"biharmonic": 1.0}
-    candidates = {"biharmonic": _biharmonic,
-                  **{f"kriging α={a:g}": partial(kriging_fill, alpha=a) for a in alphas}}
+    candidates = _stationary_candidates(alphas)
     target, preds = _ring_predictions(*_shrunk(image, region), candidates)
     if target is None:
         return _biharmonic(image, region), {"biharmonic": 1.0}
