@@ -114,6 +114,9 @@ class AblationConfig:
     negatives_cache_dir: str = "runs/negatives_cache"  # generated negatives, content-addressed
     train_overrides: tuple[str, ...] = ()  # key=value for every variant (variant's own win)
     m2ib: M2IBConfig = field(default_factory=lambda: PRESETS["embedded"])  # saliency settings
+    # pipeline saliency: m2ib | dense (the caption contrast with each positive's lesion-free caption,
+    # binarised by evaluate.DENSE_BOX_RULE; faithfulness and `m2ib_pointing` stay M2IB's)
+    saliency: str = "m2ib"
     # saliency -> box: the embedded model's rule (finetune.evaluation.evaluate.BOX_RULES, chosen on
     # validation: bench/results/box_rule_val.md); tables before it used largest / 0 / 0
     box_component: str = "peak"  # coarse-mask component prompted: largest | peak
@@ -150,6 +153,8 @@ def load_ablation_config(path: str | Path | dict | None, overrides: list[str] | 
         raise ConfigError(f"n_positives must be >= 2, got {cfg.n_positives}")
     if cfg.threads < 1:
         raise ConfigError(f"threads must be >= 1, got {cfg.threads}")
+    if cfg.saliency not in ("m2ib", "dense"):
+        raise ConfigError(f"saliency={cfg.saliency!r}; expected m2ib | dense")
     try:
         check_box_rule({"component": cfg.box_component, "box_dilation_px": cfg.box_dilation_px,
                         "box_dilation_frac": cfg.box_dilation_frac, "box_scale": cfg.box_scale})
@@ -274,8 +279,8 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
             "n_pos": cfg.n_positives, "n_neg": len(any_run["p_neg"]) if any_run else 0,
             "completed": {v: sorted(r) for v, r in results.items()},
             "n_resamples": cfg.n_resamples, "timings_s": timings,
-            "box_rule": box_rule_text(cfg.box_component, cfg.box_dilation_px,
-                                      cfg.box_dilation_frac, cfg.box_scale)}
+            "saliency": cfg.saliency, "box_rule": box_rule_text(
+                cfg.box_component, cfg.box_dilation_px, cfg.box_dilation_frac, cfg.box_scale)}
     meta["utility"] = [(gen, gt, m, u) for gen, gt in UTILITY_PAIRS
                        for m in ("dice", "faithfulness") if (u := negative_utility(
                            results, m, generated=gen, gt=gt, n_resamples=cfg.n_resamples,
@@ -283,7 +288,8 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
     if "stage1+2-gt" in results and "stage1" in results:  # what exact negatives add to Stage 1
         meta["gt_gain"] = {m: compare(results["stage1+2-gt"], results["stage1"], m,
                                       n_resamples=cfg.n_resamples, seed=cfg.eval_seed)
-                           for m in ("dice", "pointing", "faithfulness", "auroc")}
+                           for m in ("dice", "pointing", "faithfulness", "auroc",
+                                     *(("m2ib_pointing",) if cfg.saliency == "dense" else ()))}
     text = render_report(rows, meta)
     also = {}
     for domain in cfg.also_domains:

@@ -19,7 +19,7 @@ import torch
 from sklearn.metrics import silhouette_samples
 
 from finetune.evaluation.clip_bundle import ClipBundle
-from finetune.evaluation.evaluate import BOX_RULES, EvalConfig, evaluate_dataset
+from finetune.evaluation.evaluate import BOX_RULES, DENSE_BOX_RULE, EvalConfig, evaluate_dataset
 from finetune.evaluation.m2ib import m2ib_saliency
 from finetune.evaluation.prompts import PromptSet
 from finetune.evaluation.segmenters import LiteMedSAMSegmenter
@@ -117,9 +117,14 @@ def load_eval_set(cfg: AblationConfig, domain: str | None = None) -> EvalSet:
 
 
 def eval_config(cfg: AblationConfig, mode: str) -> EvalConfig:
-    return EvalConfig(mode=mode, saliency="m2ib", m2ib=cfg.m2ib, seed=cfg.eval_seed,
+    """The pipeline's settings: cfg's saliency and box fields; the dense map is binarised by its
+    own threshold (``DENSE_BOX_RULE``), M2IB's by 2-means."""
+    binarize = ({k: DENSE_BOX_RULE[k] for k in ("binarize", "threshold")}
+                if cfg.saliency == "dense" else {})
+    return EvalConfig(mode=mode, saliency=cfg.saliency, m2ib=cfg.m2ib, seed=cfg.eval_seed,
                       component=cfg.box_component, box_dilation_px=cfg.box_dilation_px,
-                      box_dilation_frac=cfg.box_dilation_frac, box_scale=cfg.box_scale)
+                      box_dilation_frac=cfg.box_dilation_frac, box_scale=cfg.box_scale,
+                      **binarize)
 
 
 def reference_config(cfg: AblationConfig, mode: str, saliency: str = "m2ib") -> EvalConfig:
@@ -175,7 +180,9 @@ def evaluate_model(cfg: AblationConfig, bundle: ClipBundle, data: EvalSet, segme
 
     Prompt faithfulness of a positive: the share of M2IB saliency mass inside its lesion with its
     own caption minus that with its lesion-free caption (same noise seed): > 0 when the "normal"
-    prompt does not highlight the tumour as the tumour prompt does.
+    prompt does not highlight the tumour as the tumour prompt does. ``pointing`` is the
+    pipeline's map's (M2IB's, or the dense map's with ``cfg.saliency == "dense"``, which then
+    also records M2IB's as ``m2ib_pointing``).
     """
     pointing: list[float] = []
     mass_pos: list[float] = []
@@ -185,13 +192,24 @@ def evaluate_model(cfg: AblationConfig, bundle: ClipBundle, data: EvalSet, segme
         pointing.append(float(gt.flat[int(np.argmax(sal))]))
         mass_pos.append(lesion_mass(sal, gt))
 
+    seeds = [cfg.eval_seed + i for i in range(len(data.pos))]  # the seeds evaluate_dataset gives
+    dense = cfg.saliency == "dense"
+    neg_prompts = (PromptSet((), {p.name: (c,) for p, c in zip(data.pairs, data.captions_neg,
+                                                                 strict=True)}) if dense else None)
     res = evaluate_dataset(bundle, data.pairs, segmenter=segmenter, prompts=data.prompts,
-                           cfg=eval_config(cfg, "segmenter"), on_image=on_image)
+                           cfg=eval_config(cfg, "segmenter"), on_image=on_image,
+                           neg_prompts=neg_prompts)
+    extra = {}
+    if dense:  # faithfulness is M2IB's: its maps with the positive captions
+        pos_maps = m2ib_saliency(bundle, data.pos, [data.prompts.for_image(p.name)
+                                                    for p in data.pairs], cfg.m2ib, seed=seeds)
+        mass_pos = [lesion_mass(s, m) for s, m in zip(pos_maps, data.masks, strict=True)]
+        extra["m2ib_pointing"] = [float(m.flat[int(np.argmax(s))])
+                                  for s, m in zip(pos_maps, data.masks, strict=True)]
     probs, classes = zero_shot_probs(bundle, data.pos + data.neg, data.class_prompts)
     p_tumor = probs[:, classes.index("tumor")]
     n = len(data.pos)
     out = {m: [getattr(r.score, m) for r in res.images] for m in ("dice", "iou", "nsd")}
-    seeds = [cfg.eval_seed + i for i in range(n)]  # the seeds evaluate_dataset gave each image
     neg_maps = m2ib_saliency(bundle, data.pos, [[c] for c in data.captions_neg], cfg.m2ib,
                              seed=seeds)
     mass_neg = [lesion_mass(s, m) for s, m in zip(neg_maps, data.masks, strict=True)]
@@ -200,5 +218,5 @@ def evaluate_model(cfg: AblationConfig, bundle: ClipBundle, data: EvalSet, segme
                faithfulness=[a - b for a, b in zip(mass_pos, mass_neg, strict=True)],
                silhouette=patch_silhouette_per_image(bundle, data, cap=cfg.max_patches_per_image,
                                                      seed=cfg.eval_seed),
-               p_pos=p_tumor[:n].tolist(), p_neg=p_tumor[n:].tolist())
+               p_pos=p_tumor[:n].tolist(), p_neg=p_tumor[n:].tolist(), **extra)
     return out

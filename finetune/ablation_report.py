@@ -15,7 +15,7 @@ import numpy as np
 
 from shared.metrics import paired_bootstrap_ci
 
-PER_IMAGE = ("dice", "iou", "nsd", "pointing", "faithfulness", "silhouette")
+PER_IMAGE = ("dice", "iou", "nsd", "pointing", "m2ib_pointing", "faithfulness", "silhouette")
 METRICS = (*PER_IMAGE, "auroc")
 SEG_METRICS = ("dice", "iou", "nsd")
 REFERENCES = ("none", "control")
@@ -189,6 +189,13 @@ def box_rule_text(component: str = "largest", dilation_px: int = 0, dilation_fra
     return text
 
 
+_SALIENCY_TEXT = {
+    "m2ib": "M2IB saliency → 2-means",
+    "dense": ("the CLIP's dense caption contrast cos(p, T) − cos(p, T⁻) per patch (each positive's "
+              "caption T vs its lesion-free caption T⁻) → above 0.7 of its range"),
+}
+
+
 def render_report(rows: Sequence[dict], meta: dict) -> str:
     """Full markdown report: what was run, then the table."""
     done = ", ".join(f"{v}: seeds {s}" for v, s in meta["completed"].items())
@@ -202,12 +209,13 @@ def render_report(rows: Sequence[dict], meta: dict) -> str:
         f"images). Training: {meta['steps']} steps × batch {meta['batch_size']} for every "
         f"variant, from `{meta['base_model']}`; seeds requested {meta['seeds']}.", "",
         f"Completed (variant: seeds): {done}.", "",
-        f"Pipeline: M2IB saliency → 2-means → {meta.get('box_rule', box_rule_text())} → "
-        "LiteMedSAM; the "
+        f"Pipeline: {_SALIENCY_TEXT[meta.get('saliency', 'm2ib')]} → "
+        f"{meta.get('box_rule', box_rule_text())} → LiteMedSAM; the "
         "oracle box is the GT mask's box, the centre box a fixed box in the middle (both "
-        "model-independent). Pointing game: the saliency argmax lies in the GT mask. Prompt "
-        "faithfulness: share of saliency mass inside the lesion with the positive caption minus "
-        "with the lesion-free caption. Silhouette: cosine silhouette of last-block patch tokens "
+        "model-independent). Pointing game: the pipeline's saliency argmax lies in the GT mask"
+        + ("; m2ib_pointing: the same for M2IB's map" if meta.get("saliency") == "dense" else "")
+        + ". Prompt faithfulness: share of M2IB saliency mass inside the lesion with the positive "
+        "caption minus with the lesion-free caption. Silhouette: cosine silhouette of last-block patch tokens "
         "(tumor vs background patches of all positives), averaged per image. AUROC: zero-shot "
         "p(tumor) with the domain's negative caption vs its positive captions.", "",
         "Δ: variant minus reference, per-image values averaged over seeds first, paired "

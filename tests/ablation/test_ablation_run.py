@@ -158,3 +158,51 @@ def test_in_domain_protocol_with_an_also_evaluated_domain(tiny_bench, tmp_path):
                                  "splits": ["val"]}).splits == ("val",)  # choosing a recipe
     with pytest.raises(ConfigError, match="repeats"):
         load_ablation_config({"domain": "breast_us", "also_domains": ["breast_us"]})
+
+
+def test_dense_saliency_ablation_keeps_m2ib_faithfulness_and_points_with_the_dense_map(
+        tiny_bench, tmp_path):
+    """``saliency: dense``: the pipeline prompts LiteMedSAM from the caption-contrast map (its
+    pointing is that map's argmax, recomputed here with ``dense_contrast`` and each positive's own
+    lesion-free caption), while faithfulness, silhouette and AUROC stay what the M2IB run of the
+    same model measures and ``m2ib_pointing`` equals that run's pointing. Fails if the dense run
+    kept M2IB's maps, swapped or dropped the negative captions, or let the dense map leak into
+    faithfulness."""
+    from finetune.ablation import load_eval_set
+    from finetune.ablation_eval import eval_config
+    from finetune.build import build_clip
+    from finetune.evaluation.clip_bundle import bundle_from_open_clip
+    from finetune.evaluation.evaluate import saliency_to_coarse
+    from finetune.evaluation.saliency_baselines import dense_contrast
+    from shared.metrics import dice
+
+    base = {"bench": str(tiny_bench), "domain": "breast_us", "variants": ["none"], "seeds": [0],
+            "n_positives": 3, "n_resamples": 50,
+            "m2ib": {"layer": 3, "beta": 0.1, "steps": 2, "num_samples": 2, "batch_size": 4}}
+    runs = {}
+    for sal in ("m2ib", "dense"):
+        cfg = load_ablation_config(base | {"saliency": sal, "output_dir": str(tmp_path / sal)})
+        text = run_ablation(cfg).read_text()
+        runs[sal] = json.loads((tmp_path / sal / "results" / "none__seed0.json").read_text())
+    assert "dense caption contrast" in text and "m2ib_pointing" in text
+    m2ib, dense = runs["m2ib"], runs["dense"]
+    for key in ("faithfulness", "lesion_mass", "lesion_mass_neg_prompt", "silhouette", "p_pos",
+                "p_neg"):
+        assert dense[key] == pytest.approx(m2ib[key], abs=1e-6), key
+    assert dense["m2ib_pointing"] == m2ib["pointing"] and "m2ib_pointing" not in m2ib
+    data = load_eval_set(cfg)
+    clip = build_clip(cfg.base_model)
+    maps = dense_contrast(bundle_from_open_clip(clip.model, clip.tokenizer), data.pos,
+                          [data.prompts.for_image(p.name) for p in data.pairs],
+                          [[c] for c in data.captions_neg])
+    assert dense["pointing"] == [float(m.flat[int(np.argmax(s))])
+                                 for s, m in zip(maps, data.masks, strict=True)]
+    ec = eval_config(cfg, "segmenter")
+    assert (ec.saliency, ec.binarize, ec.threshold, ec.component) == ("dense", "threshold", 0.7,
+                                                                      "peak")
+    # the coarse mask LiteMedSAM is prompted from: the dense map above 0.7, peak component
+    assert dense["coarse_dice"] == pytest.approx(
+        [dice(saliency_to_coarse(s, ec), m) for s, m in zip(maps, data.masks, strict=True)])
+    assert dense["coarse_dice"] != pytest.approx(m2ib["coarse_dice"])  # not M2IB's maps
+    with pytest.raises(ConfigError, match="saliency='gradcam'"):
+        load_ablation_config({"saliency": "gradcam"})
