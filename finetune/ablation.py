@@ -12,8 +12,7 @@ per image (``ablation_eval.CachedEncoder``) and reused by the reference passes a
 (variant, seed); the oracle and centre boxes are computed once per domain; "none" is evaluated once (the evaluation seed is fixed, so the
 seed spread measures training). Each finished (variant, seed) is stored as JSON under
 ``output_dir/results`` and skipped on a rerun; the report is re-rendered after each one, so an
-interrupted run still leaves the table of what finished. Seeds are the outer loop: seed 0 of
-every variant comes before seed 1.
+interrupted run leaves the table of what finished. Seeds are the outer loop (seed 0 first).
 """
 
 from __future__ import annotations
@@ -335,8 +334,7 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
     out.mkdir(parents=True, exist_ok=True)
     _check_same_setup(cfg, out / "ablation_config.json")
     _check_trained_configs(cfg)
-    timings_path = out / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    timings_path = out / "timings.json"  # (variant/seed -> s), shared by side-by-side runs
     segmenter = cached_segmenter(cfg.segmenter_checkpoint, cfg.embedding_cache_dir)
     domains = (cfg.domain, *cfg.also_domains)
     data = {d: load_eval_set(cfg, d) for d in domains}
@@ -347,7 +345,7 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
             if not (folder / f"{name}.json").is_file():
                 (folder / f"{name}.json").write_text(json.dumps(fn(cfg, data[d], segmenter)))
     if oracle_only:
-        return write_report(cfg, command, timings)
+        return write_report(cfg, command, _read_timings(timings_path))
     jobs = [(v, s) for s in cfg.seeds for v in cfg.variants
             if VARIANTS[v] is not None or s == cfg.seeds[0]]
     for variant, seed in jobs:
@@ -364,12 +362,16 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
         for d in todo:
             result = evaluate_model(cfg, bundle, data[d], segmenter)
             (results_dir(cfg, d) / f"{variant}__seed{seed}.json").write_text(json.dumps(result))
-        timings[f"{variant}/{seed}"] = time.perf_counter() - start
+        took = time.perf_counter() - start  # merged into the file as it is now: side-by-side runs
+        timings = _read_timings(timings_path) | {f"{variant}/{seed}": took}  # keep each other's
         timings_path.write_text(json.dumps(timings, indent=1) + "\n")
         report = write_report(cfg, command, timings)
-        print(f"[ablation] {variant} seed {seed}: {timings[f'{variant}/{seed}']:.0f} s -> {report}",
-              flush=True)
-    return write_report(cfg, command, timings)
+        print(f"[ablation] {variant} seed {seed}: {took:.0f} s -> {report}", flush=True)
+    return write_report(cfg, command, _read_timings(timings_path))
+
+
+def _read_timings(path: Path) -> dict[str, float]:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,9 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         if not any(results_dir(cfg).glob("*__seed*.json")):
             raise ConfigError(f"--report-only: {cfg.output_dir} holds no finished (variant, seed) "
                               "result yet; run the ablation first")
-        timings_path = Path(cfg.output_dir) / "timings.json"
-        timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-        print(write_report(cfg, command, timings))
+        print(write_report(cfg, command, _read_timings(Path(cfg.output_dir) / "timings.json")))
         return 0
     print(run_ablation(cfg, command=command, oracle_only=args.oracle_only))
     return 0

@@ -1,6 +1,7 @@
 """Tiny end-to-end run of the ablation runner: 2 variants, 1 seed, 3 images, 2 training steps."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,7 +162,7 @@ def test_in_domain_protocol_with_an_also_evaluated_domain(tiny_bench, tmp_path):
 
 
 def test_dense_saliency_ablation_keeps_m2ib_faithfulness_and_points_with_the_dense_map(
-        tiny_bench, tmp_path):
+        tiny_bench, tmp_path, monkeypatch):
     """``saliency: dense``: the pipeline prompts LiteMedSAM from the caption-contrast map (its
     pointing is that map's argmax, recomputed here with ``dense_contrast`` and each positive's own
     lesion-free caption), while faithfulness, silhouette and AUROC stay what the M2IB run of the
@@ -179,12 +180,23 @@ def test_dense_saliency_ablation_keeps_m2ib_faithfulness_and_points_with_the_den
     base = {"bench": str(tiny_bench), "domain": "breast_us", "variants": ["none"], "seeds": [0],
             "n_positives": 3, "n_resamples": 50,
             "m2ib": {"layer": 3, "beta": 0.1, "steps": 2, "num_samples": 2, "batch_size": 4}}
+    import finetune.ablation as ablation
+
+    real_evaluate = ablation.evaluate_model
+
+    def side_by_side(cfg, *args):  # another run into the same output_dir finishes meanwhile
+        (Path(cfg.output_dir) / "timings.json").write_text(json.dumps({"control/1": 2.0}))
+        return real_evaluate(cfg, *args)
+
+    monkeypatch.setattr(ablation, "evaluate_model", side_by_side)
     runs = {}
     for sal in ("m2ib", "dense"):
         cfg = load_ablation_config(base | {"saliency": sal, "output_dir": str(tmp_path / sal)})
         text = run_ablation(cfg).read_text()
         runs[sal] = json.loads((tmp_path / sal / "results" / "none__seed0.json").read_text())
     assert "dense caption contrast" in text and "m2ib_pointing" in text
+    timings = json.loads((tmp_path / "dense" / "timings.json").read_text())
+    assert set(timings) == {"control/1", "none/0"}  # the other run's entry is kept
     m2ib, dense = runs["m2ib"], runs["dense"]
     for key in ("faithfulness", "lesion_mass", "lesion_mass_neg_prompt", "silhouette", "p_pos",
                 "p_neg"):
