@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oracle-only", action="store_true",
                    help="only the model-independent oracle pass (fills the embedding cache)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of AblationConfig")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides before and after --report-only
     cfg = load_ablation_config(args.config, args.overrides)
     command = "python -m finetune.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.report_only:
