@@ -33,6 +33,8 @@ def test_report_only_before_any_result_says_so(tmp_path):
 
     with pytest.raises(ConfigError, match="holds no finished .* run the ablation first"):
         main(["--report-only", f"output_dir={tmp_path / 'nothing'}"])  # was: "No such file"
+    with pytest.raises(ConfigError, match="holds no finished"):  # overrides on both sides of the
+        main([f"output_dir={tmp_path / 'nothing'}", "--report-only", "n_resamples=10"])  # flag
     from finetune.acceptance import main as acceptance_main
 
     with pytest.raises(ConfigError, match="holds no acceptance.json yet"):
