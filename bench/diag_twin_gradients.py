@@ -14,7 +14,7 @@ run's cache), in batches of ``--batch``, with the model the run started from:
 For scale, a fourth column replaces the twin by another real lesion-free image of the domain
 (``negatives.source=normal``): not a twin at all.
 
-Nothing is chosen from it (a reading, not a rule).
+Nothing is chosen from it (a reading, not a rule). `--model` asks another encoder.
 
     python bench/diag_twin_gradients.py --run runs/test_retina_dense --n 160 \
         --out bench/results/twin_gradients.md
@@ -66,11 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", default="runs/test_retina_dense")
     p.add_argument("--n", type=int, default=160)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--model", default="", help="encoder to ask (default: the run's start model)")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     samples, twins, cfg = twin_sets(Path(args.run), args.n)
-    clip = build_clip(cfg.model)
+    model_name = args.model or cfg.model
+    clip = build_clip(model_name)
     model = clip.model.train(False)
     bundle = bundle_from_open_clip(model, clip.tokenizer)
     grid = patch_grid(model)
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             ("cos(twin embedding, positive's)", "emb_cos_pos"),
             ("cos(twin lesion tokens, positive's), mask-weighted", "lesion_tok_cos_pos")]
     n_batches = len(stats["loss/exact"])
-    lines = [f"Run `{args.run}`, model `{cfg.model}`, {len(samples)} training positives of "
+    lines = [f"Run `{args.run}`, model `{model_name}`, {len(samples)} training positives of "
              f"{list(cfg.data.domains)} in "
              f"{n_batches} batches of ≤ {args.batch}; mean [min, max] over batches.", "",
              "| quantity | " + " | ".join(SOURCES) + " |", "|---|" + "---|" * len(SOURCES)]
