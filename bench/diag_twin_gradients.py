@@ -47,6 +47,11 @@ SOURCES = {"exact": ("stage1+2-gt", []), "generated": ("stage1+2", []),
 
 def twin_sets(run: Path, n: int) -> tuple[list, dict[str, list[np.ndarray]], object]:
     """The first n lesion-bearing training samples and each source's twin of them, as trained."""
+    missing = [v for v, _ in SOURCES.values() if not (run / "train" / v / "seed0" / "config.json")
+               .is_file()]
+    if missing:
+        raise SystemExit(f"{run} has no seed-0 training config of {sorted(set(missing))}: run the "
+                         "ablation of negatives_retina_dense.md first")
     cfgs = {src: load_train_config(json.loads((run / "train" / v / "seed0" / "config.json")
                                               .read_text()), over) for src, (v, over) in SOURCES.items()}
     samples = [s for s in load_samples(cfgs["exact"].data) if s.is_tumor][:n]
