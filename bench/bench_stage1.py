@@ -48,8 +48,9 @@ def _batch(n: int, size: int, grid: tuple[int, int], seed: int):
 def _make_step(variant: str, batch: int):
     """A model (seeded, identical for both variants) and a closure doing one optimiser step."""
     from finetune.attention import capture_attention
-    from finetune.build import build_clip, encode_image_tokens, patch_grid
+    from finetune.build import build_clip
     from finetune.losses import attention_entropy, dhn_nce, stage1
+    from finetune.modeling.tokens import encode_image_tokens, patch_grid
 
     torch.manual_seed(0)
     model, _, tokenizer = build_clip("embedded")

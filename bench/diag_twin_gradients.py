@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from finetune import losses
-from finetune.build import build_clip, encode_image_tokens, patch_grid
+from finetune.build import build_clip
 from finetune.config import load_train_config
 from finetune.data import load_samples
 from finetune.evaluation.clip_bundle import bundle_from_open_clip, preprocess
+from finetune.modeling.tokens import encode_image_tokens, patch_grid
 from finetune.negatives import resolve_negatives
 from finetune.patch_losses import patch_soft_mask
 

@@ -211,37 +211,6 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
         )
 
 
-def model_cfg_from_model(
-    model: open_clip.CustomTextCLIP, *, context_length: int | None = None
-) -> dict:
-    """Reconstruct an open_clip ``model_cfg`` of a built BiomedCLIP-family model.
-
-    The timm architecture name comes from ``trunk.pretrained_cfg``; the text tower's config is
-    referenced as ``text_config`` (exports write it there). ``context_length`` is the tokenizer's
-    (default: min(256, BERT max positions), BiomedCLIP's 256).
-    """
-    trunk = model.visual.trunk
-    if context_length is None:
-        context_length = min(256, int(model.text.config.max_position_embeddings))
-    return {
-        "embed_dim": model.visual.head.proj.out_features,
-        "vision_cfg": {
-            "timm_model_name": trunk.pretrained_cfg["architecture"],
-            "timm_model_pretrained": False,
-            "timm_pool": "",
-            "timm_proj": "linear",
-            "image_size": int(model.visual.image_size[0]),
-        },
-        "text_cfg": {
-            "hf_model_name": TEXT_CONFIG_SUBDIR,
-            "hf_tokenizer_name": ".",
-            "hf_proj_type": "mlp",
-            "hf_pooler_type": "cls_last_hidden_state_pooler",
-            "context_length": int(context_length),
-        },
-    }
-
-
 # ----------------------------------------------------------------------------- loaders
 
 
@@ -413,32 +382,3 @@ def build_clip(
     bundle.model.to(device)
     return ClipBundle(bundle.model.eval(), bundle.preprocess, bundle.tokenizer,
                       bundle.model_cfg, name)
-
-
-# ----------------------------------------------------------------------------- features
-
-
-def encode_image_tokens(
-    model: open_clip.CustomTextCLIP, images: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global image embedding and last-block patch tokens in one trunk pass.
-
-    ``images``: (B, 3, S, S) preprocessed. Returns ``image_emb`` (B, D), un-normalised and equal to
-    ``model.encode_image(images)``, and ``patch_tokens`` (B, N, W): the trunk's final-norm output
-    of the last block with the prefix (CLS) tokens dropped; N = (S/patch)², row-major grid.
-    """
-    trunk = model.visual.trunk
-    tokens = trunk.forward_features(images)  # (B, prefix + N, W)
-    image_emb = model.visual.head(trunk.forward_head(tokens))  # (B, D)
-    return image_emb, tokens[:, trunk.num_prefix_tokens:]
-
-
-def vision_blocks(model: open_clip.CustomTextCLIP) -> torch.nn.Sequential:
-    """The timm ViT blocks of the vision tower (index -1 is the last block)."""
-    return model.visual.trunk.blocks
-
-
-def patch_grid(model: open_clip.CustomTextCLIP) -> tuple[int, int]:
-    """(rows, cols) of the vision tower's patch grid, e.g. (14, 14) for ViT-B/16 at 224²."""
-    rows, cols = model.visual.trunk.patch_embed.grid_size
-    return int(rows), int(cols)

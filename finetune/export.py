@@ -17,8 +17,8 @@ import torch
 from open_clip.model import get_model_preprocess_cfg
 from safetensors.torch import save_file
 
-from finetune.build import HF_PORT_WEIGHTS, LOCAL_DIR_WEIGHTS, model_cfg_from_model
-from finetune.modeling.clip_configs import TEXT_CONFIG_SUBDIR
+from finetune.build import HF_PORT_WEIGHTS, LOCAL_DIR_WEIGHTS
+from finetune.modeling.clip_configs import TEXT_CONFIG_SUBDIR, model_cfg_from_model
 from finetune.modeling.hf_port import open_clip_to_port, port_config
 from finetune.modeling.vit import has_single_patch_conv
 

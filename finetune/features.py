@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from finetune.attention import capture_attention
-from finetune.build import encode_image_tokens
+from finetune.modeling.tokens import encode_image_tokens
 
 
 class ClipFeatures(nn.Module):

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from timm.layers import resample_abs_pos_embed
 
-from finetune.build import build_clip, patch_grid
+from finetune.build import build_clip
 from finetune.export import export_local_dir
+from finetune.modeling.tokens import patch_grid
 
 POS_EMBED = "visual.trunk.pos_embed"
 

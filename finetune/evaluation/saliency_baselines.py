@@ -106,7 +106,7 @@ def dense_token_scores(
     (after the trunk's final norm, through ``model.visual.head``, L2-normalised),
     ``cos(p_n, T) − cos(p_n, T⁻)`` with T / T⁻ the image's prompt / negative-prompt embedding
     (:func:`encode_prompts`: an ensemble is averaged)."""
-    from finetune.build import encode_image_tokens
+    from finetune.modeling.tokens import encode_image_tokens
 
     if not len(prompts) == len(neg_prompts) == len(pixels):
         raise ValueError(f"got {len(pixels)} images, {len(prompts)} prompt lists and "

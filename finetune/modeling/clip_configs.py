@@ -4,7 +4,8 @@ Both are open_clip ``model_cfg`` dicts: a timm ViT vision tower (``vision_cfg.ti
 and a Hugging Face BERT text tower (``text_cfg.hf_model_name``) inside open_clip's
 ``CustomTextCLIP``. Values of the real model come from its hub ``open_clip_config.json``
 (microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224) and PubMedBERT's ``config.json``.
-This module only holds data and writes small config files; it loads no weights.
+This module holds data, writes small config files and reads a built model's config back
+(:func:`model_cfg_from_model`); it loads no weights.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ from __future__ import annotations
 import json
 from copy import deepcopy
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune.modeling.vit import CONVSTEM_VIT_NAME, EMBEDDED_VIT_NAME
+
+if TYPE_CHECKING:
+    from open_clip import CustomTextCLIP
 
 BIOMEDCLIP_HUB_ID = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 PUBMEDBERT_ID = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
@@ -166,3 +171,34 @@ def write_embedded_dir(out_dir: str | Path, vision: str = EMBEDDED_VIT_NAME) -> 
     config = {"model_cfg": model_cfg, "preprocess_cfg": EMBEDDED_PREPROCESS_CFG}
     (out / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out
+
+
+def model_cfg_from_model(
+    model: CustomTextCLIP, *, context_length: int | None = None
+) -> dict:
+    """Reconstruct an open_clip ``model_cfg`` of a built BiomedCLIP-family model.
+
+    The timm architecture name comes from ``trunk.pretrained_cfg``; the text tower's config is
+    referenced as ``text_config`` (exports write it there). ``context_length`` is the tokenizer's
+    (default: min(256, BERT max positions), BiomedCLIP's 256).
+    """
+    trunk = model.visual.trunk
+    if context_length is None:
+        context_length = min(256, int(model.text.config.max_position_embeddings))
+    return {
+        "embed_dim": model.visual.head.proj.out_features,
+        "vision_cfg": {
+            "timm_model_name": trunk.pretrained_cfg["architecture"],
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": int(model.visual.image_size[0]),
+        },
+        "text_cfg": {
+            "hf_model_name": TEXT_CONFIG_SUBDIR,
+            "hf_tokenizer_name": ".",
+            "hf_proj_type": "mlp",
+            "hf_pooler_type": "cls_last_hidden_state_pooler",
+            "context_length": int(context_length),
+        },
+    }

@@ -14,8 +14,6 @@ from finetune.build import (
     EMBEDDED_PRETRAINED_DIR,
     ModelSourceError,
     build_clip,
-    encode_image_tokens,
-    patch_grid,
 )
 from finetune.export import export_hf_port, export_local_dir
 from finetune.modeling.clip_configs import (
@@ -28,6 +26,7 @@ from finetune.modeling.clip_configs import (
     write_wordpiece_tokenizer,
 )
 from finetune.modeling.hf_port import open_clip_to_port, port_to_open_clip
+from finetune.modeling.tokens import encode_image_tokens, patch_grid
 
 CAPTIONS = ["A brain MRI showing a small, round hypointense brain tumor.",
             "A breast ultrasound showing normal breast tissue with no signs of pathology."]

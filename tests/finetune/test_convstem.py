@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.build import EMBEDDED_CONVSTEM_DIR, build_clip, encode_image_tokens, patch_grid
+from finetune.build import EMBEDDED_CONVSTEM_DIR, build_clip
 from finetune.evaluation.clip_bundle import (
     bundle_from_open_clip,
     preprocess,
@@ -19,6 +19,7 @@ from finetune.evaluation.clip_bundle import (
 from finetune.evaluation.m2ib import M2IBConfig, m2ib_saliency
 from finetune.export import export_hf_port, export_local_dir
 from finetune.modeling.clip_configs import write_embedded_dir
+from finetune.modeling.tokens import encode_image_tokens, patch_grid
 from finetune.modeling.vit import CONVSTEM_VIT_NAME, has_single_patch_conv, image_channels
 
 
