@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from finetune.evaluation.evaluate import DENSE_BOX_RULE
 from shared.metrics import paired_bootstrap_ci
 
 PER_IMAGE = ("dice", "iou", "nsd", "pointing", "m2ib_pointing", "faithfulness", "silhouette")
@@ -192,7 +193,8 @@ def box_rule_text(component: str = "largest", dilation_px: int = 0, dilation_fra
 _SALIENCY_TEXT = {
     "m2ib": "M2IB saliency → 2-means",
     "dense": ("the CLIP's dense caption contrast cos(p, T) − cos(p, T⁻) per patch (each positive's "
-              "caption T vs its lesion-free caption T⁻) → above 0.7 of its range"),
+              f"caption T vs its lesion-free caption T⁻) → above {DENSE_BOX_RULE['threshold']:g} of "
+              "its range"),
 }
 
 
