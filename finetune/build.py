@@ -11,6 +11,8 @@ Sources understood by :func:`build_clip`:
 - ``"embedded-convstem8"``: the embedded CLIP with a convolutional stem before the same
   transformer (16 x 16 tokens at 128²; ``finetune.modeling.vit``), random init, from
   ``finetune/modeling/embedded_convstem8/`` (no HF-port export);
+- ``"embedded-convstem8-pretrained"``: that architecture with the pre-trained weights committed in
+  ``finetune/weights/embedded_convstem8/`` (``scripts/train_embedded_convstem8.sh``);
 - ``"hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"`` (or any open_clip hub id):
   open_clip's own loader, from the local HF cache only (the hub is never contacted at run time:
   ``HF_HUB_OFFLINE`` while it loads);
@@ -55,6 +57,11 @@ from shared.config import ConfigError
 EMBEDDED_DIR = Path(__file__).parent / "modeling" / "embedded"
 EMBEDDED_CONVSTEM_DIR = Path(__file__).parent / "modeling" / "embedded_convstem8"
 EMBEDDED_PRETRAINED_DIR = Path(__file__).parent / "weights" / "embedded"
+# the committed pre-trained weights, by name (finetune.pretrain_embedded installs them)
+PRETRAINED_DIRS = {
+    "embedded-pretrained": EMBEDDED_PRETRAINED_DIR,
+    "embedded-convstem8-pretrained": Path(__file__).parent / "weights" / "embedded_convstem8",
+}
 LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"
 HF_PORT_WEIGHTS = "model.safetensors"
 
@@ -306,10 +313,10 @@ def resolve_clip_source(name_or_path: str | Path) -> tuple[str, str]:
         return "local-dir", str(EMBEDDED_DIR)
     if name == "embedded-convstem8":
         return "local-dir", str(EMBEDDED_CONVSTEM_DIR)
-    if name == "embedded-pretrained":
-        if not (EMBEDDED_PRETRAINED_DIR / LOCAL_DIR_WEIGHTS).is_file():
-            raise ModelSourceError(f"no pre-trained embedded weights in {EMBEDDED_PRETRAINED_DIR}")
-        return "local-dir", str(EMBEDDED_PRETRAINED_DIR)
+    if name in PRETRAINED_DIRS:
+        if not (PRETRAINED_DIRS[name] / LOCAL_DIR_WEIGHTS).is_file():
+            raise ModelSourceError(f"no pre-trained weights for {name} in {PRETRAINED_DIRS[name]}")
+        return "local-dir", str(PRETRAINED_DIRS[name])
     if name.startswith("hf-hub:"):
         _check_hub_cached(name)
         return "hub", name
@@ -337,7 +344,7 @@ def resolve_clip_source(name_or_path: str | Path) -> tuple[str, str]:
             return "hf-port", str(path)
     raise ModelSourceError(
         f"unknown CLIP source {name!r}: expected 'embedded', 'embedded-pretrained', "
-        "'embedded-convstem8', 'hf-hub:ID', "
+        "'embedded-convstem8', 'embedded-convstem8-pretrained', 'hf-hub:ID', "
         "'local-dir:DIR', "
         "'hf-port:DIR', 'ckpt:FILE', or an existing directory/file"
     )

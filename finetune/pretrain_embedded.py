@@ -6,6 +6,10 @@
    ``python -m finetune.pretrain_embedded --install-from runs/pretrain_embedded`` to install a
    finished run. Extra ``key=value`` arguments override the config. The committed weights are two
    such runs back to back (the second from the first's weights): see the config's header.
+
+``--dest NAME`` installs into another committed model's folder (``finetune.build.PRETRAINED_DIRS``):
+``embedded-convstem8-pretrained`` is installed with ``--install-from`` by
+``scripts/train_embedded_convstem8.sh`` (warm start and three continuations of this config).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from finetune.build import build_clip
+from finetune.build import PRETRAINED_DIRS, build_clip
 from finetune.config import load_train_config
 from finetune.export import export_local_dir
 from finetune.train_loop import EMBEDDED_PRETRAINED, EXPORT, train
@@ -37,15 +41,20 @@ def install(run_dir: str | Path, dest: str | Path = EMBEDDED_PRETRAINED) -> Path
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m finetune.pretrain_embedded", description=__doc__)
     p.add_argument("--install-from", default=None, help="install a finished run, do not train")
+    p.add_argument("--dest", default="embedded-pretrained", choices=sorted(PRETRAINED_DIRS),
+                   help="which committed model the run becomes (default: embedded-pretrained)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     run_dir = args.install_from
     if run_dir is not None and not (Path(run_dir) / EXPORT).is_dir():
         p.error(f"--install-from {run_dir}: no finished run there (no {EXPORT}/ folder)")
+    if run_dir is None and args.dest != "embedded-pretrained":
+        p.error(f"--dest {args.dest} needs --install-from RUN: this config trains the "
+                "embedded-pretrained architecture (scripts/train_embedded_convstem8.sh trains it)")
     if run_dir is None:
         run_dir = train(load_train_config(CONFIG, args.overrides))
-    print(f"installed: {install(run_dir)}")
+    print(f"installed: {install(run_dir, PRETRAINED_DIRS[args.dest])}")
     return 0
 
 

@@ -22,7 +22,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedDataParallelKwargs
 
 from finetune.augment import AugmentConfig, augment_batch
-from finetune.build import build_clip
+from finetune.build import PRETRAINED_DIRS, build_clip
 from finetune.config import TrainConfig, validate
 from finetune.data import TrainTensors, build_tensors, load_samples, normalise
 from finetune.export import export_hf_port, export_local_dir
@@ -37,15 +37,16 @@ from shared.io import write_json_atomic
 from shared.launch import check_joined, use_cpu
 from shared.progress import progress
 
-EMBEDDED_PRETRAINED = Path(__file__).parent / "weights" / "embedded"
+EMBEDDED_PRETRAINED = PRETRAINED_DIRS["embedded-pretrained"]
 CHECKPOINTS = "checkpoints"
 EXPORT = "model"
 
 
 def resolve_model_source(name: str) -> str:
-    """``embedded-pretrained`` -> our committed pre-trained embedded CLIP; others unchanged."""
-    if name == "embedded-pretrained":
-        return f"local-dir:{EMBEDDED_PRETRAINED}"
+    """``embedded-pretrained`` / ``embedded-convstem8-pretrained`` -> the committed weights' local
+    dir (``finetune.build.PRETRAINED_DIRS``); others unchanged."""
+    if name in PRETRAINED_DIRS:
+        return f"local-dir:{PRETRAINED_DIRS[name]}"
     return name
 
 

@@ -94,3 +94,42 @@ def test_m2ib_hooks_the_blocks_and_maps_the_16_grid(convstem):
     maps = m2ib_saliency(bundle, images, [["a brain tumor"]] * 2,
                          M2IBConfig(layer=2, beta=1.0, steps=2, num_samples=2))
     assert len(maps) == 2 and all(m.shape == (128, 128) and np.isfinite(m).all() for m in maps)
+
+
+def test_committed_pretrained_convstem_loads_back_from_fp16(convstem):
+    """``embedded-convstem8-pretrained``: the committed fp16 file is what the model holds, bit for
+    bit (a loader that silently kept the random init, or a file not in fp16, fails), on the
+    16 x 16 token grid, and it is trained (not ``convstem``'s random init)."""
+    from safetensors.torch import load_file
+
+    from finetune.build import PRETRAINED_DIRS
+    from finetune.train_loop import resolve_model_source
+
+    folder = PRETRAINED_DIRS["embedded-convstem8-pretrained"]
+    stored = load_file(str(folder / "open_clip_model.safetensors"))
+    bundle = build_clip(resolve_model_source("embedded-convstem8-pretrained"))
+    assert patch_grid(bundle.model) == (16, 16)
+    state = bundle.model.state_dict()
+    assert set(stored) <= set(state) and "visual.trunk.patch_embed.proj.weight" in stored
+    for k, v in stored.items():
+        assert v.dtype == torch.float16 or not v.is_floating_point(), k
+        torch.testing.assert_close(state[k], v.to(state[k].dtype), rtol=0, atol=0)
+    key = "visual.trunk.patch_embed.proj.weight"
+    assert not torch.equal(state[key], convstem.model.state_dict()[key])
+
+
+def test_missing_pretrained_weights_name_the_model(tmp_path, monkeypatch):
+    from finetune import build
+    from finetune.build import ModelSourceError, resolve_clip_source
+
+    monkeypatch.setitem(build.PRETRAINED_DIRS, "embedded-convstem8-pretrained", tmp_path)
+    with pytest.raises(ModelSourceError, match="embedded-convstem8-pretrained"):
+        resolve_clip_source("embedded-convstem8-pretrained")
+
+
+def test_install_refuses_to_train_another_architecture_into_the_convstem_folder(capsys):
+    from finetune.pretrain_embedded import main
+
+    with pytest.raises(SystemExit):
+        main(["--dest", "embedded-convstem8-pretrained"])
+    assert "needs --install-from" in capsys.readouterr().err

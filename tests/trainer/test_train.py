@@ -96,6 +96,15 @@ def test_committed_embedded_weights_load_back_from_fp16():
                            state["visual.trunk.blocks.0.attn.qkv.weight"])
 
 
+def test_all_committed_weights_stay_in_the_30_mb_budget():
+    """DEVELOPERS.md: embedded weights the project trains, together, ≤ 30 MB (safetensors)."""
+    root = Path(__file__).resolve().parents[2]
+    files = [f for d in ("finetune/weights", "generator/weights")
+             for f in (root / d).rglob("*.safetensors")]
+    assert len(files) >= 7  # both CLIPs, two generators, three scorers: none silently missing
+    assert sum(f.stat().st_size for f in files) <= 30 * 1000**2
+
+
 def test_interpolate_weights_is_the_wise_ft_line():
     from finetune.train_loop import interpolate_weights
 
