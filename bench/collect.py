@@ -29,7 +29,7 @@ ORDER = ["demo", "generator", "kriging_prior_round5", "generator_stacked_test_25
          "negatives_retina_dense", "negatives_retina_dense_test", "twin_gradients", "stage2_text",
          "stage2_strength",
          "anchor_experiment", "clip_aux_anatomy", "clip_multisource", "clip_contrast_rand",
-         "clip_contrast_rand_val", "clip_spatial", "local_detector", "clip_convstem", "dense_pointing", "litemedsam_tokens", "tinyvit_head_rule", "tinyvit_head", "tinyvit_head_seed1",
+         "clip_contrast_rand_val", "clip_spatial", "local_detector", "clip_convstem", "clip_protocol_convstem", "dense_pointing", "litemedsam_tokens", "tinyvit_head_rule", "tinyvit_head", "tinyvit_head_seed1",
          "tinyvit_head_ms", "tinyvit_head_ms_seed1", "heldout_text",
          "embedded_models", "dpo",
          "attack", "service", "stage1", "m2ib", "trainer", "ablation"]

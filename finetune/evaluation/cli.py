@@ -50,7 +50,7 @@ HEALTHY_SUFFIX = "_healthy"  # <task>_healthy.txt: the task's lesion-free captio
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m finetune.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="embedded-pretrained", help="embedded-pretrained (committed weights) | embedded (random init) | checkpoint dir | hf-hub:... | local-dir:...")
+    p.add_argument("--model", default="embedded-pretrained", help="embedded-pretrained (committed weights) | embedded-convstem8-pretrained (16 x 16 tokens) | embedded (random init) | checkpoint dir | hf-hub:... | local-dir:...")
     p.add_argument("--data", required=True, type=Path, help="task folder (with <split>_images/) or a root of tasks")
     p.add_argument("--task", default=None, help="task under --data when --data is a root")
     p.add_argument("--split", default="test", choices=SPLITS)
