@@ -133,3 +133,17 @@ def test_install_refuses_to_train_another_architecture_into_the_convstem_folder(
     with pytest.raises(SystemExit):
         main(["--dest", "embedded-convstem8-pretrained"])
     assert "needs --install-from" in capsys.readouterr().err
+
+
+def test_install_refuses_a_run_of_the_other_architecture(tmp_path, capsys, monkeypatch):
+    from finetune.build import PRETRAINED_DIRS
+    from finetune.modeling.clip_configs import write_embedded_dir
+    from finetune.pretrain_embedded import main
+
+    # should the guard fail, the install lands in tmp_path, never in the committed folder
+    monkeypatch.setitem(PRETRAINED_DIRS, "embedded-pretrained", tmp_path / "dest")
+
+    write_embedded_dir(tmp_path / "run" / "model", CONVSTEM_VIT_NAME)  # a conv-stem run's export
+    with pytest.raises(SystemExit):
+        main(["--install-from", str(tmp_path / "run"), "--dest", "embedded-pretrained"])
+    assert "not embedded-pretrained's architecture" in capsys.readouterr().err
