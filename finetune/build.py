@@ -62,6 +62,9 @@ PRETRAINED_DIRS = {
     "embedded-pretrained": EMBEDDED_PRETRAINED_DIR,
     "embedded-convstem8-pretrained": Path(__file__).parent / "weights" / "embedded_convstem8",
 }
+# ... and the random-init architecture each of them is
+PRETRAINED_ARCHITECTURE = {"embedded-pretrained": EMBEDDED_DIR,
+                           "embedded-convstem8-pretrained": EMBEDDED_CONVSTEM_DIR}
 LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"
 HF_PORT_WEIGHTS = "model.safetensors"
 

@@ -21,13 +21,12 @@ from pathlib import Path
 
 import torch
 
-from finetune.build import EMBEDDED_CONVSTEM_DIR, EMBEDDED_DIR, PRETRAINED_DIRS, build_clip
+from finetune.build import PRETRAINED_ARCHITECTURE, PRETRAINED_DIRS, build_clip
 from finetune.config import load_train_config
 from finetune.export import export_local_dir
 from finetune.train_loop import EMBEDDED_PRETRAINED, EXPORT, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "embedded" / "pretrain_clip.yaml"
-ARCHITECTURE = {"embedded-pretrained": EMBEDDED_DIR, "embedded-convstem8-pretrained": EMBEDDED_CONVSTEM_DIR}
 
 
 def _vision_cfg(folder: Path) -> dict:
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--dest {args.dest} needs --install-from RUN: this config trains the "
                 "embedded-pretrained architecture (scripts/train_embedded_convstem8.sh trains it)")
     if run_dir is not None and \
-            _vision_cfg(Path(run_dir) / EXPORT) != _vision_cfg(ARCHITECTURE[args.dest]):
+            _vision_cfg(Path(run_dir) / EXPORT) != _vision_cfg(PRETRAINED_ARCHITECTURE[args.dest]):
         p.error(f"--install-from {run_dir}: its vision tower is not {args.dest}'s architecture")
     if run_dir is None:
         run_dir = train(load_train_config(CONFIG, args.overrides))
