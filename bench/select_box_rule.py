@@ -264,13 +264,13 @@ def _ci_cell(a: list[float], b: list[float]) -> str:
 
 def render(scores, rules, train, held, command, split, seconds, n, baseline=CURRENT,
            min_gain=0.02, presets: dict[str, str] | None = None, asked: list[str] | None = None,
-           captions: str = "own") -> str:
+           captions: str = "own", model: str = "embedded-pretrained") -> str:
     labels = list(scores)
     m2ib = ("per-set M2IB presets " + ", ".join(f"{d}: `{k}`" for d, k in presets.items())
             if presets else "its M2IB preset")
     lines = [f"## Saliency → box rule, {split} split (issue 17)", "",
              f"Command: `{command}`", "",
-             f"Committed embedded CLIP, {m2ib}, the pipeline's noise seeds; first {n} "
+             f"Model `{model}`, {m2ib}, the pipeline's noise seeds; first {n} "
              f"tumour images of each set, scored with their `{captions}` lesion captions "
              "(`caption_for`); cells: mean LiteMedSAM Dice. Rules are "
              "BINARIZE/COMPONENT/+box dilation px (`bench/select_box_rule.py`); current = "
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/select_box_rule.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = render(scores, args.rules, train, held, command, args.split,
                   time.perf_counter() - start, args.n, args.baseline, args.min_gain,
-                  preset_names, asked, args.captions)
+                  preset_names, asked, args.captions, args.model)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)
