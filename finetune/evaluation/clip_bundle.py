@@ -59,6 +59,15 @@ class ClipBundle:
         return self.num_blocks == 6 and self.image_size == 128
 
     @property
+    def family(self) -> str:
+        """The key of the model's own box rule (``evaluate.BOX_RULES``): ``embedded`` (8 × 8
+        tokens), ``embedded-convstem8`` (the conv-stem variant's 16 × 16 tokens: sharper maps
+        want their own margin) or ``upstream`` (BiomedCLIP and any other tower)."""
+        if not self.is_embedded:
+            return "upstream"
+        return "embedded-convstem8" if self.grid_size == (16, 16) else "embedded"
+
+    @property
     def num_prefix_tokens(self) -> int:
         return int(getattr(self.trunk, "num_prefix_tokens", 1))
 

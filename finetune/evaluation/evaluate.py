@@ -129,6 +129,7 @@ BOX_RULES: dict[str, dict] = {
     "upstream": {"component": "largest", "box_dilation_px": 0, "box_dilation_frac": 0.0,
                  "box_scale": 1.0},
     "embedded": _EMBEDDED,
+    "embedded-convstem8": _EMBEDDED,
 }
 PRESET_BOX_RULES: dict[str, dict] = {
     "embedded-brain": _EMBEDDED | {"box_dilation_frac": 12 / 128},
@@ -169,7 +170,7 @@ def default_box_rule(bundle: ClipBundle | None, preset: str | None = None,
     elif preset in PRESET_BOX_RULES:
         rule = PRESET_BOX_RULES[preset]
     else:
-        rule = BOX_RULES["embedded" if bundle is not None and bundle.is_embedded else "upstream"]
+        rule = BOX_RULES["upstream" if bundle is None else bundle.family]
     return _BINARIZE_DEFAULT | rule
 
 
