@@ -10,7 +10,9 @@
    game, prompt faithfulness, zero-shot AUROC, patch silhouette, each with paired bootstrap CIs;
    oracle-box and centre-box reference rows; negative utility U; the same models on the held-out
    chest X-rays (forgetting row); t-SNE; overlays;
-6. print the summary table and the report's path.
+6. the evaluation default (``python -m finetune.evaluate``'s CLIP, the conv-stem model) zero-shot
+   on the same test positives, paired against the "none" row (``demo/default_model.py``);
+7. print the summary table and the report's path.
 
 Every step reuses what a previous run left (benchmark, negatives cache, trained models,
 per-variant results), so a re-run finishes in seconds. ``--smoke`` runs tiny sizes (CI).
@@ -134,6 +136,7 @@ def run(cfg: DemoConfig) -> Path:
     """Run every step; returns the report path."""
     import torch
 
+    from demo.default_model import default_model_rows
     from demo.report import write_demo_report
     from demo.service import generator_service
     from demo.sheets import negatives_sheet
@@ -177,9 +180,15 @@ def run(cfg: DemoConfig) -> Path:
     timings["ablation"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    _log("evaluation default (finetune.evaluate's model): zero-shot on the same test positives")
+    default_rows = {d: default_model_rows(abl, d) for d in (abl.domain, *abl.also_domains)}
+    timings["evaluation default, zero-shot"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     report = write_demo_report(cfg, out, bench=bench, ablation_dir=Path(abl.output_dir),
                                sheet=sheet, sheet_stats=sheet_stats, items=items,
-                               timings=timings, ablation_report=ablation_report)
+                               timings=timings, ablation_report=ablation_report,
+                               default_rows=default_rows)
     timings["report"] = time.perf_counter() - t
     _log(f"done in {time.perf_counter() - start:.0f} s: {report}")
     return report

@@ -13,16 +13,19 @@ from shared.io import read_image, read_mask
 N_OVERLAYS = 4  # test images drawn with saliency / coarse mask / prediction / GT
 
 
-def _models(ablation_dir: Path, seed: int) -> dict[str, str]:
+def _models(abl, ablation_dir: Path, seed: int) -> dict[str, str]:
+    from finetune.evaluation.cli import DEFAULT_MODEL
     from finetune.train_loop import resolve_model_source
 
-    return {"no fine-tune": resolve_model_source("embedded-pretrained"),
-            "stage1+2": f"local-dir:{ablation_dir / 'train' / 'stage1+2' / f'seed{seed}' / 'model'}"}
+    return {"no fine-tune": resolve_model_source(abl.base_model),
+            "stage1+2": f"local-dir:{ablation_dir / 'train' / 'stage1+2' / f'seed{seed}' / 'model'}",
+            "default eval model": resolve_model_source(DEFAULT_MODEL)}
 
 
 def _overlays_and_tsne(cfg, out: Path, ablation_dir: Path, items: list[BenchmarkItem]) -> dict:
     """Overlays of the pipeline on a few test positives of the ablation's domain and t-SNE of
     both models."""
+    from demo.default_model import default_model_config
     from finetune.ablation import load_ablation_config
     from finetune.ablation_eval import cached_segmenter, eval_config
     from finetune.build import build_clip
@@ -38,7 +41,7 @@ def _overlays_and_tsne(cfg, out: Path, ablation_dir: Path, items: list[Benchmark
             and (not abl.splits or it.split in abl.splits)]
     held = sorted(held, key=lambda it: it.id)[: abl.n_positives]
     bundles = {}
-    for name, source in _models(ablation_dir, cfg.seed).items():
+    for name, source in _models(abl, ablation_dir, cfg.seed).items():
         clip = build_clip(source)
         bundles[name] = bundle_from_open_clip(clip.model.eval(), clip.tokenizer)
     segmenter = cached_segmenter(abl.segmenter_checkpoint)
@@ -49,13 +52,15 @@ def _overlays_and_tsne(cfg, out: Path, ablation_dir: Path, items: list[Benchmark
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     for name, bundle in bundles.items():
         tag = name.replace(" ", "_").replace("+", "")
+        # the evaluation default draws its box by its own rule (demo.default_model)
+        model_cfg = default_model_config(abl, bundle) if name == "default eval model" else abl
 
         def save(result, image, gt, tag=tag):
             overlays.append(str(save_overlay(out / "overlays" / f"{tag}_{result.name}",
                                              image, result, gt).relative_to(out)))
 
         evaluate_dataset(bundle, pairs, segmenter=segmenter, prompts=prompts,
-                         cfg=eval_config(abl, "segmenter"), on_image=save)
+                         cfg=eval_config(model_cfg, "segmenter"), on_image=save)
     pos = [read_image(it.image) for it in held]
     masks = [read_mask(it.mask) for it in held]
     negs = [read_image(it.gt_negative) for it in held]
@@ -86,7 +91,7 @@ def _summary_table(rows: list[dict], title: str) -> str:
 
 def write_demo_report(cfg, out: Path, *, bench: Path, ablation_dir: Path, sheet: Path,
                       sheet_stats: list[dict], items: list[BenchmarkItem], timings: dict,
-                      ablation_report: Path) -> Path:
+                      ablation_report: Path, default_rows: dict[str, list[dict]]) -> Path:
     """Write ``out/report.md`` and ``out/summary.txt``; returns the report path."""
     extras_path = ablation_dir / "figures.json"  # figures belong to one set of trained models
     if extras_path.is_file():
@@ -95,15 +100,19 @@ def write_demo_report(cfg, out: Path, *, bench: Path, ablation_dir: Path, sheet:
         extras = _overlays_and_tsne(cfg, out, ablation_dir, items)
         extras_path.write_text(json.dumps(extras, indent=1) + "\n")
     from finetune.ablation import load_ablation_config
+    from finetune.ablation_report import render_table
+    from finetune.evaluation.cli import DEFAULT_MODEL
 
     abl = load_ablation_config(ablation_dir / "ablation_config.json")
     rows = json.loads((ablation_dir / "rows.json").read_text())
-    summary = _summary_table(rows, f"{abl.domain}, test split (fine-tuned on its training split)")
+    summary = _summary_table(rows + default_rows.get(abl.domain, []),
+                             f"{abl.domain}, test split (fine-tuned on its training split)")
     also_path = ablation_dir / "rows_also.json"
     for domain, also_rows in (json.loads(also_path.read_text()) if also_path.is_file() else {}
                               ).items():
         summary += "\n\n" + _summary_table(
-            also_rows, f"{domain}, the same models (left out of fine-tuning: forgetting row)")
+            also_rows + default_rows.get(domain, []),
+            f"{domain}, the same models (left out of fine-tuning: forgetting row)")
     utility = [line for line in ablation_report.read_text().splitlines()
                if line.startswith("Negative utility")] if ablation_report.is_file() else []
     summary += "\n\n" + "\n".join(utility) if utility else ""
@@ -128,6 +137,11 @@ def write_demo_report(cfg, out: Path, *, bench: Path, ablation_dir: Path, sheet:
         f"{max(s['outside_mask_max_diff'] for s in sheet_stats):.0f}.", "",
         "## Small ablation in the researcher's protocol", "",
         (ablation_report.read_text().split("\n", 1)[1] if ablation_report.is_file() else ""), "",
+        "## The evaluation default, zero-shot", "",
+        f"`python -m finetune.evaluate` without `--model` uses `{DEFAULT_MODEL}` (16 × 16 tokens, "
+        "its own box rule); the ablation fine-tunes `" + abl.base_model + "`. The same test "
+        "positives, Δ against the ablation's `none` row:", "",
+        *[f"**{d}**\n\n{render_table(r)}\n" for d, r in default_rows.items()],
         "## Pipeline overlays (image, saliency, coarse mask, prediction, GT)", "",
         *[f"![{p}]({p})" for p in extras["overlays"]], "",
         "## t-SNE of tumor vs background patches and positives vs negatives", "",

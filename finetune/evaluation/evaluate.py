@@ -121,6 +121,8 @@ def compute_saliency(
 # for any model; for the embedded model the rule chosen on the validation split by
 # bench/select_box_rule.py (bench/results/box_rule_val.md): the 2-means component holding the
 # saliency maximum, its box grown by 4 px per 128 px of image side (4 px at the model's 128²).
+# The conv-stem tower's 16 x 16-token maps are sharper: its rule is the same with the box grown by
+# 12 px per 128 (box_rule_val9.md, round 9; training-domain validation Dice 0.427 -> 0.578).
 # A per-dataset M2IB preset (m2ib.PRESETS, "embedded-<domain>") carries its own rule, chosen with
 # that preset's maps on its own domain's validation positives (box_rule_val6.md, round 6).
 _EMBEDDED = {"component": "peak", "box_dilation_px": 0, "box_dilation_frac": 4 / 128,
@@ -129,12 +131,13 @@ BOX_RULES: dict[str, dict] = {
     "upstream": {"component": "largest", "box_dilation_px": 0, "box_dilation_frac": 0.0,
                  "box_scale": 1.0},
     "embedded": _EMBEDDED,
-    "embedded-convstem8": _EMBEDDED,
+    "embedded-convstem8": _EMBEDDED | {"box_dilation_frac": 12 / 128},
 }
 PRESET_BOX_RULES: dict[str, dict] = {
     "embedded-brain": _EMBEDDED | {"box_dilation_frac": 12 / 128},
     "embedded-retina": _EMBEDDED,
     "embedded-breast": _EMBEDDED,
+    "convstem8-retina": _EMBEDDED | {"box_dilation_frac": 8 / 128},  # box_rule_val10.md, round 10
 }
 # The dense caption-contrast map (saliency "dense") is broad where M2IB's is peaky: its 2-means
 # region is too wide for a box; thresholded at 0.7 of its range, the component holding the peak,

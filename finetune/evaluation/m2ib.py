@@ -82,6 +82,10 @@ PRESETS: dict[str, M2IBConfig] = {
     "embedded-brain": M2IBConfig(layer=4, beta=1.0, var=1.0),
     "embedded-retina": M2IBConfig(layer=2, beta=1.0, var=1.0),
     "embedded-breast": M2IBConfig(layer=2, beta=0.03, var=1.0),
+    # embedded-convstem8-pretrained (16 x 16 tokens): its default is "embedded" (block 3, chosen
+    # in bench/results/clip_convstem.md round 3); retina alone gains from another block there
+    # (pointing 0.70 at block 2 vs 0.48), box_rule_rule.md round 10
+    "convstem8-retina": M2IBConfig(layer=2, beta=1.0, var=1.0),
 }
 
 

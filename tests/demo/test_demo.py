@@ -16,12 +16,19 @@ def test_demo_smoke_end_to_end(tmp_path, capsys):
     assert f"report: {out / 'report.md'}" in printed
     report = (out / "report.md").read_text()
     for section in ("Negatives from the generator service", "Small ablation", "overlays", "t-SNE",
-                    "The same models on `chest_xray`", "Negative utility U on dice"):
+                    "The same models on `chest_xray`", "Negative utility U on dice",
+                    "The evaluation default, zero-shot"):
         assert section in report
     summary = (out / "summary.txt").read_text()
     for row in ("oracle box (GT)", "centre box", "none", "control", "stage1", "stage1+2-gt",
-                "stage1+2", "forgetting row", "Negative utility"):
+                "stage1+2", "forgetting row", "Negative utility", "default eval model"):
         assert row in summary
+    # the evaluation default's row, on both tables, scored on the ablation's own test positives
+    for folder in (out.glob("ablation-gen*/results"), out.glob("ablation-gen*/results/also_*")):
+        (folder,) = folder
+        mine = json.loads((folder / "default_model__seed0.json").read_text())
+        none = json.loads((folder / "none__seed0.json").read_text())
+        assert len(mine["dice"]) == len(none["dice"]) == 2 and mine["p_pos"] != none["p_pos"]
     # negatives came over HTTP and are exact outside the dilated mask
     stats = json.loads((out / "negatives_sheet.json").read_text())
     assert stats and all(s["outside_mask_max_diff"] == 0 for s in stats)
@@ -83,3 +90,17 @@ def test_the_ablation_folder_follows_the_generator_as_it_runs(tmp_path, monkeypa
     assert f"ablation-gen{load_generator(DEFAULT_CHECKPOINT).checkpoint_hash[:10]}" in first
     monkeypatch.setattr(kriging, "KRIGING_RULE", kriging.KRIGING_RULE + " (changed)")
     assert ablation_config(cfg, tmp_path).output_dir != first
+
+
+def test_the_default_eval_row_uses_that_models_box_rule():
+    """The demo's zero-shot row of the evaluation default keeps the ablation's M2IB settings but
+    draws its box by the conv-stem model's rule (12 px per 128, box_rule_val9.md), not by the
+    fine-tuned 8 x 8 model's 4."""
+    from demo.default_model import default_model_config, load_default_bundle
+    from finetune.ablation import load_ablation_config
+
+    abl = load_ablation_config({"bench": "unused"})
+    cfg = default_model_config(abl, load_default_bundle())
+    assert abl.box_dilation_frac == pytest.approx(4 / 128)
+    assert cfg.box_dilation_frac == pytest.approx(12 / 128) and cfg.box_component == "peak"
+    assert cfg.m2ib == abl.m2ib and cfg.base_model == abl.base_model

@@ -212,22 +212,27 @@ def _one_image_task(tmp_path):
 
 
 def test_defaults_follow_the_model_on_a_fresh_folder(tmp_path):
-    """`python -m finetune.evaluate --data DIR --out OUT` with every default (committed embedded
-    model, M2IB, LiteMedSAM) runs on a folder named like a known task: the embedded model gets its
-    own preset instead of upstream's layer 9 (issue 20: a traceback before)."""
+    """`python -m finetune.evaluate --data DIR --out OUT` with every default (the conv-stem
+    model, M2IB, LiteMedSAM) runs on a folder named like a known task: the embedded models get
+    their preset instead of upstream's layer 9 (issue 20: a traceback before), and each its own
+    box rule (12 px per 128 for the default's 16 x 16 maps, box_rule_val9.md; 4 for the 8 x 8
+    model's, box_rule_val.md)."""
     task = _one_image_task(tmp_path)
     summary = cli.main(["--data", str(task), "--steps", "1", "--samples", "1", "--out",
                         str(tmp_path / "out")])
     assert summary["n_images"] == 1 and summary["segmenter"] == "litemedsam"
+    assert summary["model"] == "embedded-convstem8-pretrained"
     assert summary["config"]["m2ib"]["layer"] == PRESETS["embedded"].layer
     assert summary["config"]["m2ib"]["beta"] == PRESETS["embedded"].beta
-    # and the embedded model's box rule (chosen on validation, bench/results/box_rule_val.md)
     assert summary["config"]["component"] == "peak"
-    assert summary["config"]["box_dilation_frac"] == pytest.approx(4 / 128)
+    assert summary["config"]["box_dilation_frac"] == pytest.approx(12 / 128)
     # an explicit flag wins over the model's rule, the rest of the rule stays
     summary = cli.main(["--data", str(task), "--steps", "1", "--samples", "1", "--component",
                         "largest", "--out", str(tmp_path / "out2")])
     assert summary["config"]["component"] == "largest"
+    assert summary["config"]["box_dilation_frac"] == pytest.approx(12 / 128)
+    summary = cli.main(["--data", str(task), "--model", "embedded-pretrained", "--steps", "1",
+                        "--samples", "1", "--out", str(tmp_path / "out3")])
     assert summary["config"]["box_dilation_frac"] == pytest.approx(4 / 128)
 
 

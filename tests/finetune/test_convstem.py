@@ -96,6 +96,23 @@ def test_m2ib_hooks_the_blocks_and_maps_the_16_grid(convstem):
     assert len(maps) == 2 and all(m.shape == (128, 128) and np.isfinite(m).all() for m in maps)
 
 
+def test_the_16_grid_gets_its_own_box_rule(convstem):
+    """The box rule follows the token grid: the conv-stem tower's sharper 16 x 16 maps get the rule
+    chosen for them (box_rule_val9.md), the 8 x 8 embedded tower and BiomedCLIP-sized towers keep
+    theirs; an explicit per-dataset preset's rule still wins."""
+    from finetune.evaluation.evaluate import BOX_RULES, PRESET_BOX_RULES, default_box_rule
+    from finetune.evaluation.loading import load_clip_bundle
+
+    bundle = bundle_from_open_clip(convstem.model, convstem.tokenizer)
+    committed = load_clip_bundle("embedded-pretrained")
+    assert (bundle.family, committed.family) == ("embedded-convstem8", "embedded")
+    for b in (bundle, committed):
+        rule = default_box_rule(b)
+        assert {k: rule[k] for k in BOX_RULES[b.family]} == BOX_RULES[b.family]
+    assert default_box_rule(bundle, "embedded-brain")["box_dilation_frac"] == \
+        PRESET_BOX_RULES["embedded-brain"]["box_dilation_frac"]
+
+
 def test_committed_pretrained_convstem_loads_back_from_fp16(convstem):
     """``embedded-convstem8-pretrained``: the committed fp16 file is what the model holds, bit for
     bit (a loader that silently kept the random init, or a file not in fp16, fails), on the

@@ -1,0 +1,58 @@
+"""The demo's zero-shot row for the evaluation default: the CLIP ``python -m finetune.evaluate``
+uses when none is named (``cli.DEFAULT_MODEL``, the conv-stem model), on the very test positives
+of the ablation's tables, with its own box rule (``evaluate.BOX_RULES[bundle.family]``) and the
+ablation's M2IB settings, paired against the fine-tuning base model's "none" row.
+
+The ablation fine-tunes the 8 x 8-token ``embedded-pretrained`` (a conv-stem fine-tune costs about
+four times as much per step); this row shows what a user's unlabelled scan gets today.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from finetune.ablation import AblationConfig, results_dir
+from finetune.ablation_report import build_rows
+
+LABEL = "default eval model (zero-shot)"
+
+
+def default_model_config(abl: AblationConfig, bundle) -> AblationConfig:
+    """The ablation's settings with the model's own saliency -> box rule."""
+    from finetune.evaluation.evaluate import BOX_RULES
+
+    rule = BOX_RULES[bundle.family]
+    return dataclasses.replace(abl, box_component=rule["component"],
+                               box_dilation_px=rule["box_dilation_px"],
+                               box_dilation_frac=rule["box_dilation_frac"],
+                               box_scale=rule["box_scale"])
+
+
+def load_default_bundle():
+    from finetune.evaluation.cli import DEFAULT_MODEL
+    from finetune.evaluation.loading import load_clip_bundle
+
+    return load_clip_bundle(DEFAULT_MODEL)
+
+
+def default_model_rows(abl: AblationConfig, domain: str) -> list[dict]:
+    """Rows (``ablation_report.build_rows`` format, Δ vs the ablation's "none") of the default
+    evaluation model on ``domain``'s evaluation set; its per-image results are kept beside the
+    ablation's (``default_model__seed<eval_seed>.json``) and reused."""
+    from finetune.ablation_eval import cached_segmenter, evaluate_model, load_eval_set
+
+    folder = results_dir(abl, domain)
+    path = folder / f"default_model__seed{abl.eval_seed}.json"
+    if path.is_file():
+        result = json.loads(path.read_text())
+    else:
+        bundle = load_default_bundle()
+        segmenter = cached_segmenter(abl.segmenter_checkpoint, abl.embedding_cache_dir)
+        result = evaluate_model(default_model_config(abl, bundle), bundle,
+                                load_eval_set(abl, domain), segmenter)
+        path.write_text(json.dumps(result))
+    none = json.loads((folder / f"none__seed{abl.eval_seed}.json").read_text())
+    rows = build_rows({"none": {abl.eval_seed: none}, LABEL: {abl.eval_seed: result}}, {},
+                      n_resamples=abl.n_resamples, seed=abl.eval_seed)
+    return [r for r in rows if r["variant"] == LABEL]
