@@ -15,7 +15,7 @@ import json
 from finetune.ablation import AblationConfig, results_dir
 from finetune.ablation_report import build_rows
 
-LABEL = "default eval model (zero-shot)"
+LABEL = "default eval model"  # zero-shot: no fine-tune
 
 
 def default_model_config(abl: AblationConfig, bundle) -> AblationConfig:
