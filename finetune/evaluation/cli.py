@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="M2IB preset, then --layer/--beta/... override it (default: 'embedded' for "
                         "both embedded models, upstream's layer 9 / beta 1 for BiomedCLIP); "
                         "per dataset: embedded-brain|retina|breast for embedded-pretrained, "
-                        "convstem8-retina for the default model; embedded-* also set their box "
+                        "convstem8-retina for the default model; these also set their box "
                         "margin (evaluate.PRESET_BOX_RULES), which --box-* flags override")
     p.add_argument("--layer", type=int, default=None,
                    help="M2IB bottleneck after this block (0-based, < the model's block count)")
