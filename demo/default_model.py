@@ -9,10 +9,10 @@ four times as much per step); this row shows what a user's unlabelled scan gets 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 from finetune.ablation import AblationConfig, results_dir
+from finetune.ablation_eval import with_box_rule
 from finetune.ablation_report import build_rows
 
 LABEL = "default eval model"  # zero-shot: no fine-tune
@@ -22,11 +22,7 @@ def default_model_config(abl: AblationConfig, bundle) -> AblationConfig:
     """The ablation's settings with the model's own saliency -> box rule."""
     from finetune.evaluation.evaluate import BOX_RULES
 
-    rule = BOX_RULES[bundle.family]
-    return dataclasses.replace(abl, box_component=rule["component"],
-                               box_dilation_px=rule["box_dilation_px"],
-                               box_dilation_frac=rule["box_dilation_frac"],
-                               box_scale=rule["box_scale"])
+    return with_box_rule(abl, BOX_RULES[bundle.family])
 
 
 def load_default_bundle():

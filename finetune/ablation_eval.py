@@ -20,6 +20,7 @@ from sklearn.metrics import silhouette_samples
 
 from finetune.evaluation.clip_bundle import ClipBundle
 from finetune.evaluation.evaluate import BOX_RULES, DENSE_BOX_RULE, EvalConfig, evaluate_dataset
+from finetune.evaluation.loading import clip_family
 from finetune.evaluation.m2ib import m2ib_saliency
 from finetune.evaluation.prompts import PromptSet
 from finetune.evaluation.segmenters import LiteMedSAMSegmenter
@@ -220,3 +221,18 @@ def evaluate_model(cfg: AblationConfig, bundle: ClipBundle, data: EvalSet, segme
                                                      seed=cfg.eval_seed),
                p_pos=p_tumor[:n].tolist(), p_neg=p_tumor[n:].tolist(), **extra)
     return out
+
+
+
+def with_box_rule(cfg: AblationConfig, rule: dict | None = None) -> AblationConfig:
+    """``cfg`` with the box fields of ``rule`` (an ``evaluate.BOX_RULES`` entry). Without one, the
+    fields ``cfg`` leaves unset (None) get the base model's family rule (read without loading its
+    weights where it is an open_clip local dir); a field the user named wins."""
+    keys = {"box_component": "component", "box_dilation_px": "box_dilation_px",
+            "box_dilation_frac": "box_dilation_frac", "box_scale": "box_scale"}
+    if rule is None:
+        keys = {k: v for k, v in keys.items() if getattr(cfg, k) is None}
+        if not keys:
+            return cfg
+        rule = BOX_RULES[clip_family(cfg.base_model)]
+    return replace(cfg, **{k: rule[v] for k, v in keys.items()})

@@ -28,6 +28,16 @@ class UnsupportedModelError(ConfigError):
     mistake: a model the evaluation cannot use)."""
 
 
+def model_family(num_blocks: int, image_size: int, grid_size: Sequence[int]) -> str:
+    """The key of a vision tower's own box rule (``evaluate.BOX_RULES``): ``embedded`` (the
+    embedded architecture, 6 blocks at 128², 8 × 8 tokens), ``embedded-convstem8`` (its conv-stem
+    variant's 16 × 16 tokens: sharper maps want their own margin) or ``upstream`` (BiomedCLIP and
+    any other tower)."""
+    if not (num_blocks == 6 and image_size == 128):
+        return "upstream"
+    return "embedded-convstem8" if tuple(grid_size) == (16, 16) else "embedded"
+
+
 @dataclass(frozen=True)
 class ClipBundle:
     """A CLIP model with what evaluation needs to feed it."""
@@ -60,12 +70,8 @@ class ClipBundle:
 
     @property
     def family(self) -> str:
-        """The key of the model's own box rule (``evaluate.BOX_RULES``): ``embedded`` (8 × 8
-        tokens), ``embedded-convstem8`` (the conv-stem variant's 16 × 16 tokens: sharper maps
-        want their own margin) or ``upstream`` (BiomedCLIP and any other tower)."""
-        if not self.is_embedded:
-            return "upstream"
-        return "embedded-convstem8" if self.grid_size == (16, 16) else "embedded"
+        """The key of the model's own box rule (``evaluate.BOX_RULES``): :func:`model_family`."""
+        return model_family(self.num_blocks, self.image_size, self.grid_size)
 
     @property
     def num_prefix_tokens(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetune.evaluation.clip_bundle import ClipBundle, bundle_from_open_clip
+from finetune.evaluation.clip_bundle import ClipBundle, bundle_from_open_clip, model_family
 from shared.config import ConfigError
 
 
@@ -27,3 +27,26 @@ def load_clip_bundle(spec: str | Path, *, device: str = "cpu") -> ClipBundle:
     if model is None or tokenizer is None:
         raise ModelLoadError(f"build_clip({spec!r}) returned no model/tokenizer")
     return bundle_from_open_clip(model.eval(), tokenizer)
+
+
+def clip_family(spec: str | Path) -> str:
+    """``ClipBundle.family`` of the CLIP named by ``spec`` (the key of its box rule). An open_clip
+    local dir (the embedded models, every fine-tune the ablation writes) is read from its
+    ``open_clip_config.json``: the timm tower is built without weights, the text tower not at all;
+    any other source is loaded."""
+    import json
+
+    import timm
+
+    import finetune.modeling.vit  # noqa: F401  (registers our timm ViTs)
+    from finetune.build import resolve_clip_source
+
+    kind, where = resolve_clip_source(str(spec))
+    if kind == "local-dir":
+        vision = json.loads((Path(where) / "open_clip_config.json").read_text())
+        vision = vision.get("model_cfg", {}).get("vision_cfg", {})
+        if vision.get("timm_model_name") and vision.get("image_size"):
+            trunk = timm.create_model(vision["timm_model_name"], pretrained=False, num_classes=0)
+            return model_family(len(trunk.blocks), int(vision["image_size"]),
+                                trunk.patch_embed.grid_size)
+    return load_clip_bundle(spec).family

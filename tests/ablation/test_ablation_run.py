@@ -50,6 +50,27 @@ def test_presets_load():
     assert len(small.seeds) <= 2 and small.n_positives <= 50
 
 
+def test_box_fields_default_to_the_base_models_rule(tmp_path):
+    """Unset box fields take the base model's family rule (evaluate.BOX_RULES): 4 px per 128 for
+    the 8 x 8 model, 12 for the conv-stem one; a field the user names wins, the rest still follow
+    the model. The family of a local dir is read from its open_clip_config.json alone."""
+    import shutil
+
+    from finetune.build import EMBEDDED_CONVSTEM_DIR
+    from finetune.evaluation.loading import clip_family
+
+    eight = load_ablation_config({})
+    assert (eight.box_component, eight.box_dilation_px, eight.box_scale) == ("peak", 0, 1.0)
+    assert eight.box_dilation_frac == pytest.approx(4 / 128)
+    stem = load_ablation_config({"base_model": "embedded-convstem8-pretrained"})
+    assert stem.box_dilation_frac == pytest.approx(12 / 128) and stem.box_component == "peak"
+    named = load_ablation_config({"base_model": "embedded-convstem8-pretrained",
+                                  "box_component": "largest", "box_dilation_frac": 0.0})
+    assert (named.box_component, named.box_dilation_frac, named.box_scale) == ("largest", 0.0, 1.0)
+    shutil.copy(EMBEDDED_CONVSTEM_DIR / "open_clip_config.json", tmp_path)  # no weights, no text
+    assert clip_family(tmp_path) == "embedded-convstem8"
+
+
 def test_cached_encoder_runs_once_per_input(tmp_path):
     import torch
 
