@@ -1,5 +1,7 @@
 """Statistics of the ablation table: AUROC closed form, paired CIs, table rows."""
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -113,3 +115,27 @@ def test_negative_utility_pairs_each_form_with_its_own_twin():
     text = render_report([], meta)
     assert ("Negative utility U on dice = (stage1+2-text − stage1) / (stage1+2-text-gt − stage1): "
             "+1.00") in text
+
+
+def test_ablation_pairs_reads_every_variant_and_seed(tmp_path, capsys):
+    """bench/ablation_pairs.py: ``stage1+2-gt__seed2.json`` is variant ``stage1+2-gt`` seed 2 (not
+    ``stage1+2``), seeds are averaged per image before the paired difference, and a pair with an
+    unfinished variant is refused in one line."""
+    from bench.ablation_pairs import load_results, main
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(size=20)
+    per = {"stage1+2__seed0": base, "stage1+2__seed1": base + 0.2, "stage1+2-gt__seed2": base}
+    for name, dice in per.items():
+        p_pos, p_neg = rng.uniform(size=20).tolist(), rng.uniform(size=5).tolist()
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "dice": dice.tolist(), "pointing": dice.tolist(), "faithfulness": dice.tolist(),
+            "p_pos": p_pos, "p_neg": p_neg}))
+    (tmp_path / "oracle.json").write_text("{}")
+    res = load_results(tmp_path)
+    assert {v: sorted(s) for v, s in res.items()} == {"stage1+2": [0, 1], "stage1+2-gt": [2]}
+    assert main([str(tmp_path), "stage1+2:stage1+2-gt"]) == 0
+    dice_line = [ln for ln in capsys.readouterr().out.splitlines() if ", dice:" in ln][0]
+    assert "+0.100 [+0.100, +0.100] *" in dice_line  # seeds averaged: (0 + 0.2) / 2
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "stage1+2:control"])
