@@ -223,7 +223,6 @@ def evaluate_model(cfg: AblationConfig, bundle: ClipBundle, data: EvalSet, segme
     return out
 
 
-
 def with_box_rule(cfg: AblationConfig, rule: dict | None = None) -> AblationConfig:
     """``cfg`` with the box fields of ``rule`` (an ``evaluate.BOX_RULES`` entry). Without one, the
     fields ``cfg`` leaves unset (None) get the base model's family rule (read without loading its

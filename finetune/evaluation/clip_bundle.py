@@ -66,7 +66,7 @@ class ClipBundle:
     @property
     def is_embedded(self) -> bool:
         """The embedded architecture (6 blocks at 128²): it gets its own M2IB preset and box rule."""
-        return self.num_blocks == 6 and self.image_size == 128
+        return self.family != "upstream"
 
     @property
     def family(self) -> str:
