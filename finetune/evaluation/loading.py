@@ -34,17 +34,15 @@ def clip_family(spec: str | Path) -> str:
     local dir (the embedded models, every fine-tune the ablation writes) is read from its
     ``open_clip_config.json``: the timm tower is built without weights, the text tower not at all;
     any other source is loaded."""
-    import json
-
     import timm
 
     import finetune.modeling.vit  # noqa: F401  (registers our timm ViTs)
-    from finetune.build import resolve_clip_source
+    from finetune.build import _model_cfg_of, _read_json, resolve_clip_source
 
     kind, where = resolve_clip_source(str(spec))
     if kind == "local-dir":
-        vision = json.loads((Path(where) / "open_clip_config.json").read_text())
-        vision = vision.get("model_cfg", {}).get("vision_cfg", {})
+        path = Path(where) / "open_clip_config.json"
+        vision = _model_cfg_of(_read_json(path, "open_clip config"), path)["vision_cfg"]
         if vision.get("timm_model_name") and vision.get("image_size"):
             trunk = timm.create_model(vision["timm_model_name"], pretrained=False, num_classes=0)
             return model_family(len(trunk.blocks), int(vision["image_size"]),

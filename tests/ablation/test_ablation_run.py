@@ -69,6 +69,9 @@ def test_box_fields_default_to_the_base_models_rule(tmp_path):
     assert (named.box_component, named.box_dilation_frac, named.box_scale) == ("largest", 0.0, 1.0)
     shutil.copy(EMBEDDED_CONVSTEM_DIR / "open_clip_config.json", tmp_path)  # no weights, no text
     assert clip_family(tmp_path) == "embedded-convstem8"
+    (tmp_path / "open_clip_config.json").write_text("{not json")  # a one-line error, no traceback
+    with pytest.raises(ConfigError, match="open_clip_config.json"):
+        load_ablation_config({"base_model": str(tmp_path)})
 
 
 def test_cached_encoder_runs_once_per_input(tmp_path):
