@@ -27,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--multi-source", type=int, default=0,
                    help="also N training-only positives on every real training source at many "
                         "scales and on procedural textures (shared.benchmark.multisource)")
+    p.add_argument("--multi-source-extra", action="store_true",
+                   help="with --multi-source: also the sources found later (a chest CT, a cardiac "
+                        "cine, a lymph-node ultrasound; shared.benchmark.sources.EXTRA_TRAIN)")
     return p.parse_args(argv)
 
 
@@ -39,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = build_benchmark(args.out, domains=args.domains, n_per_domain=args.n_per_domain,
                                    size=args.size, seed=args.seed, progress=True,
                                    external=args.external, aux_per_source=args.aux_per_source,
-                                   multi_source=args.multi_source)
+                                   multi_source=args.multi_source,
+                                   multi_source_extra=args.multi_source_extra)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -67,7 +67,8 @@ def _clear_old_benchmark(out: Path) -> None:
         # both: a generator run's --out also holds a manifest.jsonl (and was overwritten)
         raise ValueError(f"{out} is not empty and holds no benchmark (manifest.jsonl and "
                          "benchmark.json): choose a new or empty folder")
-    ours = set(DOMAINS) | set(AUX_DOMAINS) | {f"ms_{name}" for name in multisource.MS_SOURCES}
+    ours = set(DOMAINS) | set(AUX_DOMAINS) | {f"ms_{name}" for name in
+                                               multisource.MS_SOURCES + multisource.MS_EXTRA}
     for child in out.iterdir():
         if child.is_dir() and child.name in ours:
             shutil.rmtree(child)
@@ -78,7 +79,7 @@ def _clear_old_benchmark(out: Path) -> None:
 def build_benchmark(
     out: str | Path, *, domains: tuple[str, ...] | list[str] = DOMAINS, n_per_domain: int = 100,
     size: int = 224, seed: int = 0, progress: bool = False, external: bool = False,
-    aux_per_source: int = 0, multi_source: int = 0,
+    aux_per_source: int = 0, multi_source: int = 0, multi_source_extra: bool = False,
 ) -> Path:
     """Write the benchmark under ``out`` and return the manifest's path.
 
@@ -90,6 +91,9 @@ def build_benchmark(
     (``AUX_DOMAINS``: a leg radiograph, a shoulder MR, an abdominal CT), all in the *train* split,
     with the lesion appearance of the benchmark domain they share physics with
     (``lesions.RENDER_AS``) and their own captions. The benchmark domains' files are unchanged.
+    ``multi_source``: that many positives (plus normals) on every training anatomy source and on
+    procedural textures (``multisource``), train split; ``multi_source_extra`` adds the sources
+    found later (``sources.EXTRA_TRAIN``) without changing the other domains' images.
     """
     unknown = [d for d in domains if d not in DOMAINS]
     if unknown:
@@ -110,13 +114,16 @@ def build_benchmark(
             raise ValueError(f"{name} must be >= 0, got {n}")
         if n and external:
             raise ValueError(f"{name} cannot be combined with external (an external set is all test)")
+    if multi_source_extra and not multi_source:
+        raise ValueError("multi_source_extra adds sources to the multi-source set: give multi_source > 0")
     out = Path(out)
     _clear_old_benchmark(out)
     records, dpo_rows = [], []
     n_normal = math.ceil(NORMAL_FRACTION * n_per_domain)
     n_aux_normal = math.ceil(NORMAL_FRACTION * aux_per_source)
     n_ms_normal = math.ceil(NORMAL_FRACTION * multi_source)
-    ms_domains = tuple(f"ms_{name}" for name in multisource.MS_SOURCES) if multi_source else ()
+    ms_names = multisource.MS_SOURCES + (multisource.MS_EXTRA if multi_source_extra else ())
+    ms_domains = tuple(f"ms_{name}" for name in ms_names) if multi_source else ()
     tasks = [(d, i, lab) for d in domains for lab, n in (("tumor", n_per_domain), ("normal", n_normal))
              for i in range(n)]
     tasks += [(d, i, lab) for d in (AUX_DOMAINS if aux_per_source else ())
@@ -178,7 +185,8 @@ def build_benchmark(
     (out / "benchmark.json").write_text(json.dumps(
         {"domains": list(domains), "n_per_domain": n_per_domain, "size": size, "seed": seed,
          "held_out_domain": HELD_OUT_DOMAIN, "external": external,
-         "aux_per_source": aux_per_source, "multi_source": multi_source}, indent=2, sort_keys=True) + "\n")
+         "aux_per_source": aux_per_source, "multi_source": multi_source,
+         "multi_source_extra": multi_source_extra}, indent=2, sort_keys=True) + "\n")
     return manifest
 
 

@@ -168,6 +168,8 @@ MODALITY = {
     "shoulder_mri": ("A shoulder MRI", "soft-tissue mass", "normal shoulder tissue"),
     "abdomen_ct": ("An abdominal CT", "abdominal mass", "normal abdominal organs"),
     "head_ct": ("A head CT", "brain lesion", "normal brain tissue"),
+    "chest_ct": ("A chest CT", "lung nodule", "normal lung tissue"),
+    "ultrasound": ("An ultrasound", "mass", "normal tissue"),
 }
 APPEARANCE = {
     "ring-enhancing": "ring-enhancing", "hypointense": "hypointense",

@@ -22,7 +22,8 @@ needs many backgrounds whose normal look it cannot memorise. This module draws t
   text side's lesion/normal direction is shared across modalities.
 
 Items are written by ``build_benchmark(..., multi_source=N)`` as training-only domains
-``ms_<source>`` (see :mod:`shared.benchmark.build`). Item ``i`` of source ``k`` draws from
+``ms_<source>`` (see :mod:`shared.benchmark.build`); ``multi_source_extra=True`` adds the sources
+of ``sources.EXTRA_TRAIN`` (a chest CT, a cardiac cine and a lymph-node ultrasound scan). Item ``i`` of source ``k`` draws from
 ``default_rng([seed, 200 + k, i, is_tumor])``.
 """
 
@@ -36,7 +37,7 @@ from skimage.transform import resize
 from shared.benchmark.anatomy import _clear_border
 from shared.benchmark.lesions import PRESETS, Lesion, sample_lesion
 from shared.benchmark.realsize import PRESET_OF, _square_around
-from shared.benchmark.sources import SOURCES, TRAIN, check_training_sources, frames
+from shared.benchmark.sources import EXTRA_TRAIN, SOURCES, TRAIN, check_training_sources, frames
 
 ZOOM = (1.0, 4.0)  # native pixels per output pixel, log-uniform (capped by the frame's side)
 P_OWN_PRESET = 0.5  # share of lesions drawn with the source modality's own appearance
@@ -47,10 +48,14 @@ TRIES = 16
 PROCEDURAL = "procedural"
 # Real training sources used (scikit-image photographs are not medical anatomy: left out).
 MS_SOURCES = tuple(n for n in TRAIN if n != "natural_images") + (PROCEDURAL,)
+# With ``multi_source_extra``: also the sources found later (``sources.EXTRA_TRAIN``), appended so
+# every earlier domain keeps its random stream.
+MS_EXTRA = EXTRA_TRAIN
 # Caption words per source: a benchmark or auxiliary domain of ``lesions.MODALITY``.
 CAPTION_DOMAIN = {"mni_brain": "brain_mri", "retina": "retina", "breast_us": "breast_us",
                   "shoulder_mri": "shoulder_mri", "extremity_xray": "extremity_xray",
-                  "head_ct": "head_ct"}
+                  "head_ct": "head_ct", "chest_ct": "chest_ct", "echo_us": "ultrasound",
+                  "lymph_us": "ultrasound"}
 
 
 def window_crop(name: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:

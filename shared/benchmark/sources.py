@@ -1,14 +1,14 @@
 """Real anatomy at its own pixel scale, one registry, split by source (issue 18).
 
-Each *source* — one volume, one series, one photograph — is either a training source (``TRAIN``)
-or a held-out one (``HELD_OUT``), never both: the generator's window training
+Each *source* — one volume, one series, one photograph — is either a training source (``TRAIN``,
+plus the later ``EXTRA_TRAIN``) or a held-out one (``HELD_OUT``), never both: the generator's window training
 (``generator.windows``) draws only ``TRAIN``; the real-size benchmark (``shared.benchmark.realsize``)
 draws its test images from ``HELD_OUT`` (plus, marked "seen anatomy", the training domains whose
 single source cannot be split).
 
 A source is ``frames(name) -> list[(image, tissue)]``: native-resolution float32 images in [0, 1]
 and bool maps of where a lesion or hole may be centred (inside the body). Everything ships in
-installed packages (nilearn, pydicom-data, scikit-image); nothing is downloaded.
+installed packages (nilearn, pydicom-data, pydicom's own test files, scikit-image); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -108,6 +108,48 @@ def _us_panes() -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def _chest_ct() -> list[tuple[np.ndarray, np.ndarray]]:
+    """pydicom's ``CT_small.dcm``, an upper thoracic CT slice (128²), in a lung and a soft-tissue
+    window; tissue = the body in the soft-tissue window."""
+    from pydicom.data import get_testdata_file
+
+    from shared.io import read_dicom
+
+    path = get_testdata_file("CT_small.dcm")
+    body = _body(read_dicom(path, window=(40.0, 400.0))[0], 0.3, erode=2)
+    return [(read_dicom(path, window=w)[0].astype(np.float32), body) for w in ((-600.0, 1500.0), (40.0, 400.0))]
+
+
+def _echo_us() -> list[tuple[np.ndarray, np.ndarray]]:
+    """pydicom-data ``color3d_jpeg_baseline.dcm``, a cardiac B-mode cine (120 frames 480×640), every
+    8th frame; tissue = the largest bright component of the frames' maximum (the sector)."""
+    frames = [f.astype(np.float32) for f in _dicom("color3d_jpeg_baseline.dcm")[::8]]
+    labels, n = ndimage.label(_body(np.max(frames, axis=0), 0.08, sigma=8, erode=8))
+    sizes = ndimage.sum(np.ones_like(labels), labels, index=range(1, n + 1))
+    sector = labels == 1 + int(np.argmax(sizes))
+    return [(f, sector) for f in frames]
+
+
+def _lymph_us() -> list[tuple[np.ndarray, np.ndarray]]:
+    """pydicom-data ``US1_UNCR.dcm``, a neck lymph-node B-mode scan (480×640, RGB) with a
+    power-Doppler overlay: the coloured pixels (channel spread > 20, dilated by 2) are filled with
+    the Gaussian-weighted mean (σ 6 px) of the grey pixels around them, so no colour blob can look
+    like a lesion; tissue = the image band between the header and the caption."""
+    import pydicom
+
+    from shared.benchmark.anatomy import _pydicom_data
+
+    rgb = pydicom.dcmread(_pydicom_data("US1_UNCR.dcm")).pixel_array.astype(np.float32)
+    grey = rgb.mean(axis=-1) / 255.0
+    colour = ndimage.binary_dilation(rgb.max(axis=-1) - rgb.min(axis=-1) > 20, iterations=2)
+    valid = (~colour).astype(np.float32)
+    fill = ndimage.gaussian_filter(grey * valid, 6) / np.maximum(ndimage.gaussian_filter(valid, 6), 1e-3)
+    image = np.where(colour, fill, grey).astype(np.float32)
+    tissue = np.zeros(image.shape, bool)
+    tissue[115:325, 24:616] = True
+    return [(image, tissue)]
+
+
 def _chest() -> list[tuple[np.ndarray, np.ndarray]]:
     from shared.benchmark.anatomy import ChestXray
 
@@ -133,6 +175,10 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("retina", "fundus", False, _retina, "fundus photograph 1411², green (scikit-image)"),
     Source("breast_us", "us", False, _breast_us, "procedural breast ultrasound 448² (ours)"),
     Source("natural_images", "photo", False, _natural, "scikit-image photographs"),
+    # training sources found in session 31 (EXTRA_TRAIN, below)
+    Source("chest_ct", "ct", False, _chest_ct, "upper thoracic CT 128², lung + soft-tissue window (pydicom CT_small)"),
+    Source("echo_us", "us", False, _echo_us, "cardiac B-mode cine 480×640, 15 frames (pydicom-data color3d)"),
+    Source("lymph_us", "us", False, _lymph_us, "neck lymph-node B-mode 480×640, Doppler filled (pydicom-data US1)"),
     # held-out sources: one per modality the benchmark has, plus body CT; never trained on
     Source("emri_head_mr", "mri", True, _dicom_source("emri_small.dcm", 0.2), "head MR 64², 10 frames (pydicom-data emri_small)"),
     Source("abdomen_mr", "mri", True, _dicom_source("MR-SIEMENS-DICOM-WithOverlays.dcm", 0.1), "abdominal MR 484² (pydicom-data MR-SIEMENS)"),
@@ -140,7 +186,11 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("pelvis_us", "us", True, _us_panes, "real B-mode ultrasound 480×640, 2 panes (pydicom-data ALOKA)"),
     Source("chest_xray", "xray", True, _chest, "chest radiograph 1955×1841 (pydicom-data RG1; the held-out domain)"),
 )}
-TRAIN = tuple(n for n, s in SOURCES.items() if not s.held_out)
+# Training sources added after the generator's committed weights were trained: they extend the
+# CLIP's multi-source set (``build_benchmark(multi_source_extra=True)``) and are not in ``TRAIN``,
+# so the committed generator and CLIP weights stay reproducible from ``TRAIN`` by their scripts.
+EXTRA_TRAIN = ("chest_ct", "echo_us", "lymph_us")
+TRAIN = tuple(n for n, s in SOURCES.items() if not s.held_out and n not in EXTRA_TRAIN)
 HELD_OUT = tuple(n for n, s in SOURCES.items() if s.held_out)
 
 
@@ -162,4 +212,4 @@ def check_training_sources(names: tuple[str, ...]) -> None:
         raise ValueError(f"unknown anatomy sources {unknown}; choose from {sorted(SOURCES)}")
     held = [n for n in names if SOURCES[n].held_out]
     if held:
-        raise ValueError(f"{held} are held-out sources (evaluation only); train on {list(TRAIN)}")
+        raise ValueError(f"{held} are held-out sources (evaluation only); train on {list(TRAIN + EXTRA_TRAIN)}")
