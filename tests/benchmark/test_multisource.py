@@ -89,3 +89,63 @@ def test_flat_backgrounds_still_give_a_consistent_pair(monkeypatch):
     bg, _, lesion, positive, mask = ms.draw_item("mni_brain", np.random.default_rng(0), 32, tumor=True)
     assert lesion is not None and mask.any()
     np.testing.assert_array_equal(positive[~mask], to_uint8(bg)[~mask])
+
+
+def test_extra_sources_are_appended_without_changing_the_earlier_domains(tmp_path):
+    """``multi_source_extra`` adds one ``ms_*`` domain per EXTRA_TRAIN source and leaves every
+    earlier item byte-identical (each domain keeps its random stream: a re-indexing fails)."""
+    base = load_manifest(build_benchmark(tmp_path / "a", domains=("brain_mri",), n_per_domain=1,
+                                         size=48, seed=0, multi_source=1))
+    more = load_manifest(build_benchmark(tmp_path / "b", domains=("brain_mri",), n_per_domain=1,
+                                         size=48, seed=0, multi_source=1, multi_source_extra=True))
+    old = {it.id: it for it in more if it.domain not in {f"ms_{s}" for s in ms.MS_EXTRA}}
+    assert sorted(old) == sorted(it.id for it in base)
+    for it in base:
+        assert it.image.read_bytes() == old[it.id].image.read_bytes()
+    new = [it for it in more if it.id not in old]
+    assert {it.domain for it in new} == {f"ms_{s}" for s in ms.MS_EXTRA}
+    assert {it.split for it in new} == {"train"}
+    ct = next(it for it in new if it.domain == "ms_chest_ct" and it.label == "normal")
+    assert ct.caption == "A chest CT showing normal lung tissue with no signs of pathology."
+    with pytest.raises(ValueError, match="multi_source > 0"):
+        build_benchmark(tmp_path / "c", domains=("brain_mri",), n_per_domain=1, size=48,
+                        multi_source_extra=True)
+
+
+def test_lymph_node_scan_has_its_doppler_colour_replaced_by_the_grey_around_it():
+    """The power-Doppler overlay (orange/yellow, bright in luminance) would be a lesion-like blob in
+    every "normal" crop: after the fill, the formerly coloured pixels are as dark as the grey
+    tissue within 10 px of them (a plain grey conversion leaves them ≥ 0.15 brighter), and the
+    source is one frame with a tissue band away from the header and caption."""
+    import pydicom
+    from scipy import ndimage
+
+    from shared.benchmark.anatomy import _pydicom_data
+    from shared.benchmark.sources import frames
+
+    rgb = pydicom.dcmread(_pydicom_data("US1_UNCR.dcm")).pixel_array.astype(np.float32)
+    colour = rgb.max(-1) - rgb.min(-1) > 20
+    ring = ndimage.binary_dilation(colour, iterations=10) & ~ndimage.binary_dilation(colour, iterations=3)
+    (image, tissue), = frames("lymph_us")
+    assert colour.mean() > 0.02 and image.shape == colour.shape
+    assert abs(float(image[colour].mean()) - float(image[ring].mean())) < 0.1
+    assert rgb.mean(-1)[colour].mean() / 255 - image[ring].mean() > 0.15  # what the fill removes
+    assert not tissue[:100].any() and not tissue[340:].any() and tissue.mean() > 0.3
+
+
+def test_echo_and_chest_ct_sources_load_with_tissue_inside_the_image():
+    """The cardiac cine gives 15 frames sharing one connected sector (the text columns at the
+    right edge are outside it); the thoracic CT gives its lung and soft-tissue windows of one slice
+    (the lung window is the brighter one: air at −1000 HU maps above 0 only there)."""
+    from scipy import ndimage
+
+    from shared.benchmark.sources import frames
+
+    echo = frames("echo_us")
+    assert len(echo) == 15 and all(t is echo[0][1] for _, t in echo)
+    sector = echo[0][1]
+    assert ndimage.label(sector)[1] == 1 and 0.05 < sector.mean() < 0.6
+    assert not sector[:, -40:].any()
+    (lung, body), (soft, body2) = frames("chest_ct")
+    assert lung.shape == soft.shape == (128, 128) and body is body2 and 0.3 < body.mean() < 0.95
+    assert lung.mean() > soft.mean() + 0.1

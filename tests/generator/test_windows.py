@@ -14,13 +14,15 @@ from generator.windows import (
     draw_window,
     window_hole,
 )
-from shared.benchmark.sources import HELD_OUT, SOURCES, TRAIN, check_training_sources
+from shared.benchmark.sources import EXTRA_TRAIN, HELD_OUT, SOURCES, TRAIN, check_training_sources
 
 PLAIN = WindowConfig(rotate=True, elastic_p=0.0, noise_p=0.0, blur_p=0.0, min_tissue=0.0, min_std=0.0)
 
 
 def test_sources_are_split_and_held_out_ones_are_refused():
-    assert set(TRAIN).isdisjoint(HELD_OUT) and set(TRAIN) | set(HELD_OUT) == set(SOURCES)
+    assert set(TRAIN).isdisjoint(HELD_OUT) and set(TRAIN) | set(EXTRA_TRAIN) | set(HELD_OUT) == set(SOURCES)
+    assert set(EXTRA_TRAIN).isdisjoint(TRAIN) and set(EXTRA_TRAIN).isdisjoint(HELD_OUT)
+    check_training_sources(EXTRA_TRAIN)
     assert {"chest_xray", "abdomen_ct", "pelvis_us", "emri_head_mr", "abdomen_mr"} <= set(HELD_OUT)
     check_training_sources(TRAIN)
     with pytest.raises(ValueError, match="held-out sources"):
