@@ -178,7 +178,7 @@ def variant_run(cfg: AblationConfig, variant: str, seed: int) -> tuple[Path, lis
           if cfg.protocol == "in_domain" else [f"data.held_out_domains=[{cfg.domain}]"]),
         f"data.max_items={cfg.train_max_items}",
         f"negatives.cache_dir={cfg.negatives_cache_dir}", "resume=auto",
-        "checkpoint_every=0", "num_threads=1", *cfg.train_overrides, *extra,
+        "checkpoint_every=0", f"num_threads={cfg.threads}", *cfg.train_overrides, *extra,
     ]
     return REPO / "configs" / "embedded" / name, overrides, out
 
@@ -221,11 +221,11 @@ _TRANSPORT = ("url", "api_key", "max_concurrency", "max_retries", "timeout_s")
 
 
 def _recipe(train_cfg: dict) -> dict:
-    """A saved training config without its transport-only fields (``service`` ≡ ``inprocess``)."""
+    """A saved training config without its transport-only fields (``service`` ≡ ``inprocess``, threads)."""
     neg = {k: v for k, v in train_cfg.get("negatives", {}).items() if k not in _TRANSPORT}
     if neg.get("source") == "service":
         neg["source"] = "inprocess"
-    return {**train_cfg, "negatives": neg}
+    return {**train_cfg, "negatives": neg, "num_threads": None}
 
 
 def _diff_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -1,5 +1,6 @@
 """Tiny end-to-end run of the ablation runner: 2 variants, 1 seed, 3 images, 2 training steps."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -135,6 +136,10 @@ def test_tiny_end_to_end(tiny_bench, tmp_path, monkeypatch):
     # a rerun finds every result done and only re-renders
     assert run_ablation(cfg) == report
     assert segmenters[1].model.image_encoder.calls == 0  # nothing recomputed
+    # threads are how a run trains, not what: training gets the process's threads (the demo's two
+    # cores), and a rerun with another count reuses every trained variant
+    assert "num_threads=2" in ablation.variant_run(dataclasses.replace(cfg, threads=2), "control", 0)[1]
+    assert run_ablation(dataclasses.replace(cfg, threads=2)) == report
     # the variant's training recipe changed since (e.g. configs/embedded/control.yaml edited):
     # its export and results are not silently reused
     monkeypatch.setitem(ablation.VARIANTS, "control", ("control.yaml", ("wise_alpha=0.5",)))
