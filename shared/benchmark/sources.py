@@ -116,8 +116,9 @@ def _chest_ct() -> list[tuple[np.ndarray, np.ndarray]]:
     from shared.io import read_dicom
 
     path = get_testdata_file("CT_small.dcm")
-    body = _body(read_dicom(path, window=(40.0, 400.0))[0], 0.3, erode=2)
-    return [(read_dicom(path, window=w)[0].astype(np.float32), body) for w in ((-600.0, 1500.0), (40.0, 400.0))]
+    lung, soft = (read_dicom(path, window=w)[0].astype(np.float32) for w in ((-600.0, 1500.0), (40.0, 400.0)))
+    body = _body(soft, 0.3, erode=2)
+    return [(lung, body), (soft, body)]
 
 
 def _echo_us() -> list[tuple[np.ndarray, np.ndarray]]:
