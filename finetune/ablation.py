@@ -54,6 +54,7 @@ from finetune.evaluation.m2ib import PRESETS, M2IBConfig
 from finetune.train_loop import EXPORT, resolve_model_source, train
 from shared.benchmark import HELD_OUT_DOMAIN
 from shared.config import ConfigError, load_config, to_dict
+from shared.io import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 # variant -> (training config under configs/embedded, extra overrides); "none" is not trained
@@ -296,8 +297,7 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
         text += (f"\n### The same models on `{domain}` ({'/'.join(cfg.splits) or 'all'} split; "
                  f"{'left out of' if cfg.protocol == 'in_domain' else 'not the target of'} "
                  f"fine-tuning: transfer or forgetting)\n\n{render_table(also[domain])}\n")
-    report = out / "report.md"
-    report.write_text(text)
+    report = write_text_atomic(out / "report.md", text)  # side-by-side runs each rewrite it
     (out / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
     if also:
         (out / "rows_also.json").write_text(json.dumps(also, indent=1) + "\n")
@@ -322,7 +322,7 @@ def _check_same_setup(cfg: AblationConfig, path: Path) -> None:
         if diff:
             raise ConfigError(f"{path.parent} holds results of another setup (differs in {diff}); "
                               "use another output_dir")
-    path.write_text(json.dumps(new, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(new, indent=2) + "\n")
 
 
 def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
@@ -343,7 +343,7 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
         folder.mkdir(parents=True, exist_ok=True)
         for name, fn in (("oracle", evaluate_oracle), ("centre_box", evaluate_centre_box)):
             if not (folder / f"{name}.json").is_file():
-                (folder / f"{name}.json").write_text(json.dumps(fn(cfg, data[d], segmenter)))
+                write_text_atomic(folder / f"{name}.json", json.dumps(fn(cfg, data[d], segmenter)))
     if oracle_only:
         return write_report(cfg, command, _read_timings(timings_path))
     jobs = [(v, s) for s in cfg.seeds for v in cfg.variants
@@ -361,10 +361,10 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
         bundle = bundle_from_open_clip(clip.model, clip.tokenizer)
         for d in todo:
             result = evaluate_model(cfg, bundle, data[d], segmenter)
-            (results_dir(cfg, d) / f"{variant}__seed{seed}.json").write_text(json.dumps(result))
+            write_text_atomic(results_dir(cfg, d) / f"{variant}__seed{seed}.json", json.dumps(result))
         took = time.perf_counter() - start  # merged into the file as it is now: side-by-side runs
         timings = _read_timings(timings_path) | {f"{variant}/{seed}": took}  # keep each other's
-        timings_path.write_text(json.dumps(timings, indent=1) + "\n")
+        write_text_atomic(timings_path, json.dumps(timings, indent=1) + "\n")
         report = write_report(cfg, command, timings)
         print(f"[ablation] {variant} seed {seed}: {took:.0f} s -> {report}", flush=True)
     return write_report(cfg, command, _read_timings(timings_path))

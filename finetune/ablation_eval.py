@@ -29,7 +29,7 @@ from finetune.evaluation.zero_shot import zero_shot_probs
 from shared.benchmark import load_manifest
 from shared.config import ConfigError
 from shared.datasets import Pair
-from shared.io import read_image, read_mask
+from shared.io import atomic_tmp, read_image, read_mask
 
 if TYPE_CHECKING:
     from finetune.ablation import AblationConfig
@@ -65,8 +65,9 @@ class CachedEncoder(torch.nn.Module):
         self.cache[key] = self.encoder(x)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(self.cache[key], path.with_suffix(".tmp"))
-            path.with_suffix(".tmp").replace(path)
+            tmp = atomic_tmp(path)  # per process: runs sharing the cache never collide
+            torch.save(self.cache[key], tmp)
+            tmp.replace(path)
         return self.cache[key]
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from finetune.config import TrainConfig
 from finetune.data import Sample, TrainDataError, load_samples
-from shared.io import InputError, decode_image, encode_png, read_image
+from shared.io import InputError, decode_image, encode_png, read_image, write_bytes_atomic
 from shared.negatives_client import NegativesClient, ServiceError, negative_ids, negative_params
 from shared.provenance import sha256_bytes
 
@@ -165,9 +165,7 @@ def fetch_in_process(cfg: TrainConfig, positives: Sequence[Sample], generator=No
             png = encode_png(res[0].image)
             path = _cache_path(cache, nid)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(png)
-            os.replace(tmp, path)
+            write_bytes_atomic(path, png)  # per-process temp: runs sharing the cache never collide
             out[s.id] = _gray(decode_image(png, str(path)))
     return out, len(todo)
 

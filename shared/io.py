@@ -213,15 +213,26 @@ def check_pair(image: np.ndarray, mask: np.ndarray, name: str = "input") -> None
         )
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a hidden per-process temp file and ``os.replace``: a
+def atomic_tmp(path: str | Path) -> Path:
+    """The hidden per-process temp file to write ``path`` through before ``os.replace``: a
     process killed mid-write leaves the old file or none, never a truncated one, and processes
-    that write the same file at once (each rank of a launch) never replace one another's temp."""
+    that write the same file at once (each rank of a launch, two ablation runs sharing a cache)
+    never replace one another's temp."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_tmp`)."""
+    tmp = atomic_tmp(path)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
-    return path
+    return Path(path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_tmp`)."""
+    return write_bytes_atomic(path, text.encode())
 
 
 def write_json_atomic(path: str | Path, obj) -> Path:

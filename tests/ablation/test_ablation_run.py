@@ -90,6 +90,40 @@ def test_cached_encoder_runs_once_per_input(tmp_path):
     assert fresh.calls == 0
 
 
+_OTHER_PROCESS = """
+import sys, torch
+from finetune.ablation import CachedEncoder
+torch.manual_seed(0)
+CachedEncoder(torch.nn.Conv2d(3, 2, 1), sys.argv[1])(torch.zeros(1, 3, 4, 4))
+"""
+
+
+def test_encoder_cache_survives_another_process_writing_the_same_entry(tmp_path, monkeypatch):
+    """Two ablation runs side by side share the embedding cache. Session 32 saw one die with
+    'No such file ... .tmp -> .pt' when both wrote one entry: the temp name was per entry, not per
+    process. Here a real second process writes the same entry between our save and our replace."""
+    import subprocess
+    import sys
+
+    import torch
+
+    import finetune.ablation_eval as ablation_eval
+
+    real_save = torch.save
+
+    def save_then_other_process(obj, path):
+        real_save(obj, path)
+        subprocess.run([sys.executable, "-c", _OTHER_PROCESS, str(tmp_path)], check=True)
+
+    monkeypatch.setattr(ablation_eval.torch, "save", save_then_other_process)
+    torch.manual_seed(0)
+    enc = CachedEncoder(torch.nn.Conv2d(3, 2, 1), tmp_path)
+    y = enc(torch.zeros(1, 3, 4, 4))
+    (entry,) = tmp_path.iterdir()  # one entry, no temp file left behind
+    assert entry.suffix == ".pt"
+    torch.testing.assert_close(torch.load(entry, weights_only=True), y, rtol=0, atol=0)
+
+
 @pytest.mark.slow  # ~60 s on the shared 2-core machine (LiteMedSAM load, 2 M2IB passes, training)
 def test_tiny_end_to_end(tiny_bench, tmp_path, monkeypatch):
     import finetune.ablation as ablation
