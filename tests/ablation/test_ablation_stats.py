@@ -139,3 +139,26 @@ def test_ablation_pairs_reads_every_variant_and_seed(tmp_path, capsys):
     assert "+0.100 [+0.100, +0.100] *" in dice_line  # seeds averaged: (0 + 0.2) / 2
     with pytest.raises(SystemExit):
         main([str(tmp_path), "stage1+2:control"])
+
+
+def test_wise_alpha_sweep_recovers_the_line_from_one_export():
+    """bench/wise_alpha_sweep.py: from θ0 and the export θ_0.3 = θ0 + 0.3 (θ − θ0) (the trainer's
+    own interpolate_weights), α' = 1 gives the fine-tune θ and α' = 0.6 the trainer's θ_0.6; an
+    integer buffer is the export's. Fails if the ratio α'/α is inverted or α' used unscaled."""
+    import torch
+
+    from bench.wise_alpha_sweep import reweighted_state
+    from finetune.train_loop import interpolate_weights
+    from shared.config import ConfigError
+
+    g = torch.Generator().manual_seed(0)
+    start = {"w": torch.randn(5, 3, generator=g), "n": torch.tensor(7)}
+    tuned = {"w": start["w"] + torch.randn(5, 3, generator=g), "n": torch.tensor(9)}
+    exported = interpolate_weights(start, tuned, 0.3)
+    full = reweighted_state(start, exported, 0.3, 1.0)
+    torch.testing.assert_close(full["w"], tuned["w"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(reweighted_state(start, exported, 0.3, 0.6)["w"],
+                               interpolate_weights(start, tuned, 0.6)["w"], rtol=0, atol=1e-5)
+    assert int(full["n"]) == 9
+    with pytest.raises(ConfigError, match="WiSE-FT"):
+        reweighted_state(start, exported, 0.0, 1.0)
