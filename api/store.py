@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.io import write_bytes_atomic
 from shared.provenance import sha256_bytes
 
 logger = logging.getLogger(__name__)
@@ -83,16 +82,6 @@ class StoredNegative:
     png: bytes  # the negative, 8-bit PNG
     meta: dict[str, Any]  # metadata as written by put()
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class NegativeStore:
@@ -199,8 +188,8 @@ class NegativeStore:
         stored_meta = {**meta, "id": negative_id, "png_sha256": sha256_bytes(png)}
         meta_bytes = json.dumps(stored_meta, sort_keys=True, indent=1).encode()
         png_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(png_path, png)
-        _atomic_write(meta_path, meta_bytes)  # last: an entry is complete once its JSON exists
+        write_bytes_atomic(png_path, png)
+        write_bytes_atomic(meta_path, meta_bytes)  # last: an entry is complete once its JSON exists
         with self._lock:
             self._sizes[negative_id] = len(png) + len(meta_bytes)
             self._sizes.move_to_end(negative_id)

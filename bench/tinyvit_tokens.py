@@ -13,6 +13,7 @@ normals and exact negatives) so that shards are disjoint and a rerun only fills 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch.nn.functional as F  # noqa: E402
 from finetune.ablation_eval import embedding_key  # noqa: E402
 from finetune.evaluation.segmenters import _rgb, litemedsam_input  # noqa: E402
 from shared.benchmark import load_manifest  # noqa: E402
-from shared.io import read_image  # noqa: E402
+from shared.io import read_image, write_bytes_atomic  # noqa: E402
 
 GRID = 32
 TOKENS = Path("runs/tinyvit_tokens")
@@ -71,8 +72,9 @@ def cached_tokens(image: np.ndarray, encoder=None) -> torch.Tensor | None:
             emb = encoder(x)
     tok = F.avg_pool2d(emb.float(), 64 // GRID)[0]
     TOKENS.mkdir(parents=True, exist_ok=True)
-    torch.save(tok.half(), path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
+    buf = io.BytesIO()
+    torch.save(tok.half(), buf)
+    write_bytes_atomic(path, buf.getvalue())
     return tok
 
 

@@ -10,6 +10,7 @@ zero-shot p(tumor).
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +30,7 @@ from finetune.evaluation.zero_shot import zero_shot_probs
 from shared.benchmark import load_manifest
 from shared.config import ConfigError
 from shared.datasets import Pair
-from shared.io import atomic_tmp, read_image, read_mask
+from shared.io import read_image, read_mask, write_bytes_atomic
 
 if TYPE_CHECKING:
     from finetune.ablation import AblationConfig
@@ -65,9 +66,9 @@ class CachedEncoder(torch.nn.Module):
         self.cache[key] = self.encoder(x)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = atomic_tmp(path)  # per process: runs sharing the cache never collide
-            torch.save(self.cache[key], tmp)
-            tmp.replace(path)
+            buf = io.BytesIO()
+            torch.save(self.cache[key], buf)
+            write_bytes_atomic(path, buf.getvalue())  # runs sharing the cache never collide
         return self.cache[key]
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -213,25 +214,25 @@ def check_pair(image: np.ndarray, mask: np.ndarray, name: str = "input") -> None
         )
 
 
-def atomic_tmp(path: str | Path) -> Path:
-    """The hidden per-process temp file to write ``path`` through before ``os.replace``: a
-    process killed mid-write leaves the old file or none, never a truncated one, and processes
-    that write the same file at once (each rank of a launch, two ablation runs sharing a cache)
-    never replace one another's temp."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (:func:`atomic_tmp`)."""
-    tmp = atomic_tmp(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return Path(path)
+    """Write ``data`` to ``path`` through a hidden temp file of its own (``mkstemp`` beside it) and
+    ``os.replace``: a writer killed mid-write leaves the old file or none, never a truncated one,
+    and writers of the same file at once (ranks of a launch, ablation runs sharing a cache, the
+    service's threads) never replace one another's temp. The one atomic write of the project."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (:func:`atomic_tmp`)."""
+    """Write ``text`` to ``path`` atomically (:func:`write_bytes_atomic`)."""
     return write_bytes_atomic(path, text.encode())
 
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import random
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from shared.io import decode_image, encode_png
+from shared.io import decode_image, encode_png, write_bytes_atomic
 from shared.provenance import content_key, sha256_bytes
 
 RETRY_STATUSES = (503, 504)
@@ -218,10 +216,7 @@ class NegativesClient:
             return
         path = self._cache_path(negative_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(png)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, png)
 
     # -- public API ------------------------------------------------------------------------------
     async def generate(

@@ -107,15 +107,15 @@ def test_encoder_cache_survives_another_process_writing_the_same_entry(tmp_path,
 
     import torch
 
-    import finetune.ablation_eval as ablation_eval
+    import shared.io
 
-    real_save = torch.save
+    real_replace = shared.io.os.replace
 
-    def save_then_other_process(obj, path):
-        real_save(obj, path)
+    def other_process_then_replace(src, dst):
         subprocess.run([sys.executable, "-c", _OTHER_PROCESS, str(tmp_path)], check=True)
+        real_replace(src, dst)
 
-    monkeypatch.setattr(ablation_eval.torch, "save", save_then_other_process)
+    monkeypatch.setattr(shared.io.os, "replace", other_process_then_replace)
     torch.manual_seed(0)
     enc = CachedEncoder(torch.nn.Conv2d(3, 2, 1), tmp_path)
     y = enc(torch.zeros(1, 3, 4, 4))
