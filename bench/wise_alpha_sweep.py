@@ -68,13 +68,17 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy2(path, dst / path.name)
     segmenter = cached_segmenter(cfg.segmenter_checkpoint, cfg.embedding_cache_dir)
     data = load_eval_set(cfg)
+    starts: dict[str, dict[str, torch.Tensor]] = {}  # base model source -> θ0, built once
     for variant in cfg.variants:
         for seed in cfg.seeds:
             _, _, run = variant_run(cfg, variant, seed)
             if not (run / EXPORT).is_dir():
                 raise ConfigError(f"{run / EXPORT}: no finished export; run the ablation first")
             train_cfg = json.loads((run / "config.json").read_text())
-            start = build_clip(resolve_model_source(train_cfg["model"])).model.state_dict()
+            source = resolve_model_source(train_cfg["model"])
+            if source not in starts:
+                starts[source] = build_clip(source).model.state_dict()
+            start = starts[source]
             bundle = build_clip(f"local-dir:{run / EXPORT}")
             exported = {k: v.detach().clone() for k, v in bundle.model.state_dict().items()}
             if any(t.dtype == torch.float16 for t in exported.values()):

@@ -298,12 +298,12 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
                  f"{'left out of' if cfg.protocol == 'in_domain' else 'not the target of'} "
                  f"fine-tuning: transfer or forgetting)\n\n{render_table(also[domain])}\n")
     report = write_text_atomic(out / "report.md", text)  # side-by-side runs each rewrite it
-    (out / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
+    write_text_atomic(out / "rows.json", json.dumps(rows, indent=1) + "\n")
     if also:
-        (out / "rows_also.json").write_text(json.dumps(also, indent=1) + "\n")
+        write_text_atomic(out / "rows_also.json", json.dumps(also, indent=1) + "\n")
     if cfg.table_path:
         Path(cfg.table_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.table_path).write_text(text)
+        write_text_atomic(cfg.table_path, text)
     return report
 
 
