@@ -8,7 +8,7 @@ single source cannot be split).
 
 A source is ``frames(name) -> list[(image, tissue)]``: native-resolution float32 images in [0, 1]
 and bool maps of where a lesion or hole may be centred (inside the body). Everything ships in
-installed packages (nilearn, pydicom-data, pydicom's own test files, scikit-image); nothing is downloaded.
+installed packages (nilearn, pydicom-data, pydicom's own test files, scikit-image, dipy); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -151,6 +151,36 @@ def _lymph_us() -> list[tuple[np.ndarray, np.ndarray]]:
     return [(image, tissue)]
 
 
+def _dipy_volume(name: str) -> np.ndarray:
+    """A volume bundled with dipy (``dipy/data/files``), scaled to its 99.5th percentile."""
+    import nibabel as nib
+
+    from shared.benchmark.anatomy import _package_file
+
+    vol = np.asarray(nib.load(str(_package_file("dipy", "data", "files", name))).dataobj, np.float32)
+    return np.clip(vol / np.percentile(vol[vol > 0], 99.5), 0.0, 1.0)
+
+
+def _dipy_t2_head() -> list[tuple[np.ndarray, np.ndarray]]:
+    """The b = 0 volume of dipy's diffusion sample (T2-weighted, skull-stripped, 128², 2 mm):
+    10 consecutive axial slices through the ventricles, anterior at the top."""
+    vol = _dipy_volume("S0_10slices.nii.gz")[..., 0]
+    out = []
+    for k in range(vol.shape[2]):
+        sl = np.ascontiguousarray(np.rot90(vol[:, :, k]))
+        out.append((sl, _body(sl, 0.08, sigma=1.5, erode=2)))
+    return out
+
+
+def _dipy_t1_coronal() -> list[tuple[np.ndarray, np.ndarray]]:
+    """dipy's bundled T1 coronal slice (256², skull-stripped; another head than the others)."""
+    from shared.benchmark.anatomy import _package_file
+
+    sl = np.load(_package_file("dipy", "data", "files", "t1_coronal_slice.npy")).astype(np.float32)
+    sl = np.ascontiguousarray(np.clip(sl / np.percentile(sl[sl > 0], 99.5), 0.0, 1.0))
+    return [(sl, _body(sl, 0.1, sigma=2.0, erode=3))]
+
+
 def _chest() -> list[tuple[np.ndarray, np.ndarray]]:
     from shared.benchmark.anatomy import ChestXray
 
@@ -185,6 +215,10 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("abdomen_mr", "mri", True, _dicom_source("MR-SIEMENS-DICOM-WithOverlays.dcm", 0.1), "abdominal MR 484² (pydicom-data MR-SIEMENS)"),
     Source("abdomen_ct", "ct", True, _dicom_source("explicit_VR-UN.dcm", 0.2, window=(40.0, 400.0)), "abdominal CT 512², soft-tissue window (pydicom-data explicit_VR-UN)"),
     Source("pelvis_us", "us", True, _us_panes, "real B-mode ultrasound 480×640, 2 panes (pydicom-data ALOKA)"),
+    # held-out brain MR found in session 33 (dipy's bundled samples): whole skull-stripped slices
+    # laid out like a BraTS slice, at 128² and 256² native
+    Source("dipy_t2_head", "mri", True, _dipy_t2_head, "head MR, T2-weighted b0 128², 10 axial slices (dipy S0_10slices)"),
+    Source("dipy_t1_coronal", "mri", True, _dipy_t1_coronal, "head MR, T1 coronal slice 256² (dipy t1_coronal_slice)"),
     Source("chest_xray", "xray", True, _chest, "chest radiograph 1955×1841 (pydicom-data RG1; the held-out domain)"),
 )}
 # Training sources added after the generator's committed weights were trained: they extend the

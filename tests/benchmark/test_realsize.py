@@ -99,3 +99,27 @@ def test_preset_follows_modality_and_photo_is_refused():
         build_realsize("natural_images", 64, 1)
     with pytest.raises(ValueError, match="unknown"):
         build_realsize("nope", 64, 1)
+
+
+def test_dipy_head_mr_sources_are_whole_brain_slices_held_out_of_training():
+    """dipy's bundled head MR (session 33): 10 axial T2 slices at 128² and one T1 coronal slice at
+    256², skull-stripped; the lesion map covers the brain, not the black background around it,
+    and training refuses both sources."""
+    from shared.benchmark.sources import check_training_sources
+
+    t2, t1 = frames("dipy_t2_head"), frames("dipy_t1_coronal")
+    assert len(t2) == 10 and all(img.shape == (128, 128) for img, _ in t2)
+    assert len(t1) == 1 and t1[0][0].shape == (256, 256)
+    for img, tissue in t2 + t1:
+        assert img.dtype == np.float32 and 0.0 <= img.min() and img.max() == 1.0
+        assert 0.15 < tissue.mean() < 0.6  # a brain, not the frame
+        assert np.median(img[tissue]) > 5 * np.median(img[~tissue]) + 0.02  # tissue is the bright part
+    # anterior at the top: the axial slices' brain is taller than wide (rot90 applied once)
+    rows, cols = np.nonzero(t2[5][1])
+    assert np.ptp(rows) > np.ptp(cols)
+    for name in ("dipy_t2_head", "dipy_t1_coronal"):
+        assert SOURCES[name].held_out and name in HELD_OUT
+        with pytest.raises(ValueError, match="held-out"):
+            check_training_sources((name,))
+    for it in build_realsize("dipy_t2_head", 256, 3, seed=0):  # upsampled ×2, exact GT off the mask
+        np.testing.assert_array_equal(it.image[~it.mask], it.gt_negative[~it.mask])
