@@ -175,9 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         layer, beta = lb.split(",")
         m2ib[name] = (int(layer), float(beta))
     entries = [(d, args.bench, d, Path(args.out)) for d in args.domains]
+    ext_domains = [spec.partition("=")[0] for spec in args.external]
     for spec in args.external:
         domain, _, bench = spec.partition("=")
-        entries.append((domain, bench, f"{domain} (external)", Path(args.out) / "external"))
+        if ext_domains.count(domain) == 1:
+            entries.append((domain, bench, f"{domain} (external)", Path(args.out) / "external"))
+        else:  # two external sets of one domain: each keeps its own label and folder
+            name = Path(bench).name
+            entries.append((domain, bench, f"{domain} (external {name})", Path(args.out) / "external" / name))
     results, timings = {}, {}
     for domain, bench, label, out in entries:
         results[label] = {}

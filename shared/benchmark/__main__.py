@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from shared.benchmark.build import DOMAINS, build_benchmark, load_manifest
+from shared.benchmark.external import EXTERNAL_ALTERNATES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -21,6 +22,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preview", action="store_true", help="also write preview.png (contact sheet)")
     p.add_argument("--external", action="store_true",
                    help="anatomy from each domain's external source (never trained on), all test")
+    p.add_argument("--external-source", default=None, choices=sorted(EXTERNAL_ALTERNATES),
+                   help="an external set by name (implies --external), replacing its domain's default "
+                        "(dipy_t2_head: whole T2 slices of another head, brain_mri)")
     p.add_argument("--aux-per-source", type=int, default=0,
                    help="also N training-only positives on each auxiliary anatomy source "
                         "(leg X-ray, shoulder MR, abdominal CT)")
@@ -35,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.external = args.external or args.external_source is not None
     if Path(args.out).exists() and not Path(args.out).is_dir():
         print(f"error: --out {args.out} is a file, not a folder", file=sys.stderr)
         return 2
@@ -43,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                                    size=args.size, seed=args.seed, progress=True,
                                    external=args.external, aux_per_source=args.aux_per_source,
                                    multi_source=args.multi_source,
-                                   multi_source_extra=args.multi_source_extra)
+                                   multi_source_extra=args.multi_source_extra,
+                                   external_source=args.external_source)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ import numpy as np
 
 from shared.benchmark import multisource
 from shared.benchmark.anatomy import AUX_SOURCES, SOURCES
-from shared.benchmark.external import EXTERNAL_SOURCES
+from shared.benchmark.external import EXTERNAL_ALTERNATES, EXTERNAL_SOURCES
 from shared.benchmark.lesions import RENDER_AS, caption, caption_negative, render, sample_lesion
 from shared.datasets import DpoRow, write_dpo_csv
 from shared.io import InputError, to_uint8, write_png
@@ -80,13 +80,16 @@ def build_benchmark(
     out: str | Path, *, domains: tuple[str, ...] | list[str] = DOMAINS, n_per_domain: int = 100,
     size: int = 224, seed: int = 0, progress: bool = False, external: bool = False,
     aux_per_source: int = 0, multi_source: int = 0, multi_source_extra: bool = False,
+    external_source: str | None = None,
 ) -> Path:
     """Write the benchmark under ``out`` and return the manifest's path.
 
     ``n_per_domain`` positives per domain plus ``ceil(NORMAL_FRACTION·n)`` normal images.
     ``external``: draw the anatomy from each domain's external source
     (``external.EXTERNAL_SOURCES``: another subject and scanner, never used in training) and put
-    every image in the test split — an external set of the same modality.
+    every image in the test split — an external set of the same modality. ``external_source``
+    (with ``external``): a named set of ``external.EXTERNAL_ALTERNATES`` replaces its domain's
+    default (e.g. ``"dipy_t2_head"``: whole T2 slices of another head for ``brain_mri``).
     ``aux_per_source``: also that many positives (plus normals) on each auxiliary anatomy source
     (``AUX_DOMAINS``: a leg radiograph, a shoulder MR, an abdominal CT), all in the *train* split,
     with the lesion appearance of the benchmark domain they share physics with
@@ -107,6 +110,16 @@ def build_benchmark(
         if missing:
             raise ValueError(f"no external anatomy source for {missing}; external sets exist for "
                              f"{sorted(EXTERNAL_SOURCES)}")
+    if external_source is not None:
+        if not external:
+            raise ValueError("external_source names an external set: give external=True as well")
+        if external_source not in EXTERNAL_ALTERNATES:
+            raise ValueError(f"unknown external source {external_source!r}; choose from "
+                             f"{sorted(EXTERNAL_ALTERNATES)}")
+        domain = EXTERNAL_ALTERNATES[external_source].name
+        if domain not in domains:
+            raise ValueError(f"external source {external_source!r} is a {domain} set; the domains "
+                             f"{list(domains)} do not include it")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     for name, n in (("aux_per_source", aux_per_source), ("multi_source", multi_source)):
@@ -136,6 +149,9 @@ def build_benchmark(
 
         iterator = progress_bar(tasks, desc="benchmark", every=500)
     sources = {d: (EXTERNAL_SOURCES if external else SOURCES)[d]() for d in domains}
+    if external_source is not None:
+        alternate = EXTERNAL_ALTERNATES[external_source]()
+        sources[alternate.name] = alternate
     split_of = {
         (d, lab): ["test"] * n if external else
         _splits(n, np.random.default_rng([seed, DOMAINS.index(d), 10**6, lab == "tumor"]))
@@ -185,6 +201,7 @@ def build_benchmark(
     (out / "benchmark.json").write_text(json.dumps(
         {"domains": list(domains), "n_per_domain": n_per_domain, "size": size, "seed": seed,
          "held_out_domain": HELD_OUT_DOMAIN, "external": external,
+         **({"external_source": external_source} if external_source else {}),
          "aux_per_source": aux_per_source, "multi_source": multi_source,
          "multi_source_extra": multi_source_extra}, indent=2, sort_keys=True) + "\n")
     return manifest

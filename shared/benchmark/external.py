@@ -81,5 +81,38 @@ class ExternalUltrasound:
         return crop, _clear_border(np.ones((size, size), bool))
 
 
+class ExternalBrainT2:
+    """Whole axial slices of another real head in another contrast: the held-out source
+    ``dipy_t2_head`` (dipy's bundled b = 0 volume: T2-weighted, skull-stripped, 128², 10 slices
+    through the ventricles) — laid out like a BraTS slice, which neither the MNI template (T1) nor
+    ``emri_small`` (a 64² zoom) is. Never used in training: an alternative external set of the
+    brain domain (``build_benchmark(..., external=True, external_source="dipy_t2_head")``). The
+    lesions keep the brain domain's appearance (a T1-style hypointense core, optional rim): the
+    set changes the head and its contrast, not the lesion model. A square around the brain with a
+    random 4–40 % margin, random left-right flip, resized to the benchmark size."""
+
+    name = "brain_mri"
+
+    def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        from shared.benchmark.sources import frames
+
+        slices = frames("dipy_t2_head")
+        img, brain = slices[int(rng.integers(len(slices)))]
+        rows, cols = np.nonzero(brain)
+        cy, cx = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
+        extent = max(np.ptp(rows), np.ptp(cols)) + 1
+        side = min(int(extent * (1 + rng.uniform(0.04, 0.4))), img.shape[0])
+        top = int(np.clip(round(cy - side / 2), 0, img.shape[0] - side))
+        left = int(np.clip(round(cx - side / 2), 0, img.shape[1] - side))
+        crop = _crop(img, top, left, side)
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        crop = _resize(np.ascontiguousarray(crop), size)
+        tissue = ndimage.binary_fill_holes(ndimage.gaussian_filter(crop, size / 60) > 0.08)
+        return crop, _clear_border(ndimage.binary_erosion(tissue, iterations=max(2, size // 14)))
+
+
 # Sources of the same modality as a benchmark domain that training never sees (external sets).
 EXTERNAL_SOURCES = {"brain_mri": ExternalBrainMR, "breast_us": ExternalUltrasound}
+# Other external sets, chosen by name (``--external-source``); each replaces its domain's default.
+EXTERNAL_ALTERNATES = {"dipy_t2_head": ExternalBrainT2}
