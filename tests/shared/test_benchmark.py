@@ -172,6 +172,34 @@ def test_external_ultrasound_is_a_real_scan_not_the_procedural_one(tmp_path):
     np.testing.assert_array_equal(read_image(pos.image)[outside], read_image(pos.gt_negative)[outside])
 
 
+def test_named_external_set_replaces_the_domain_default(tmp_path):
+    """--external-source dipy_t2_head: the brain set's images are whole T2 slices of dipy's head
+    (the held-out source's frames), not emri_small's; recorded in benchmark.json; a name for
+    another domain, or without external, is refused."""
+    from shared.benchmark.external import ExternalBrainMR, ExternalBrainT2
+
+    manifest = build_benchmark(tmp_path / "t2", domains=("brain_mri",), n_per_domain=3, size=64,
+                               seed=0, external=True, external_source="dipy_t2_head")
+    items = load_manifest(manifest)
+    assert {it.split for it in items} == {"test"}
+    assert json.loads((tmp_path / "t2" / "benchmark.json").read_text())["external_source"] == "dipy_t2_head"
+    normal = read_image(next(it.image for it in items if it.label == "normal"))
+    rng = np.random.default_rng([0, DOMAINS.index("brain_mri"), 0, False])
+    t2, tissue = ExternalBrainT2().sample(rng, 64)
+    rng = np.random.default_rng([0, DOMAINS.index("brain_mri"), 0, False])
+    emri, _ = ExternalBrainMR().sample(rng, 64)
+    assert np.abs(normal - t2).max() <= 1 / 255 + 1e-6 and np.abs(normal - emri).max() > 0.2
+    # a whole slice: dark background around the brain on every side, lesions centred inside it
+    assert max(t2[0].max(), t2[-1].max(), t2[:, 0].max(), t2[:, -1].max()) < 0.1
+    assert tissue.any() and np.median(t2[tissue]) > 0.1
+    with pytest.raises(ValueError, match="is a brain_mri set"):
+        build_benchmark(tmp_path / "bad", domains=("breast_us",), n_per_domain=2, size=64,
+                        external=True, external_source="dipy_t2_head")
+    with pytest.raises(ValueError, match="give external=True"):
+        build_benchmark(tmp_path / "bad", domains=("brain_mri",), n_per_domain=2, size=64,
+                        external_source="dipy_t2_head")
+
+
 def test_aux_lesion_domains_are_training_only_and_leave_the_benchmark_unchanged(tmp_path):
     """--aux-per-source adds positives (and normals) on the auxiliary anatomy, all in the train
     split, with exact GT negatives and their own captions; the benchmark domains' files and
