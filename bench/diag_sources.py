@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.bench_generator import _kept_reading
-from shared.benchmark.sources import SOURCES, TRAIN
+from shared.benchmark.sources import HELD_OUT, SOURCES, TRAIN
 from shared.metrics import paired_bootstrap_ci
 
 
@@ -26,12 +26,18 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--sources", nargs="+", default=[s for s in TRAIN if SOURCES[s].modality != "photo"])
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--held-out", action="store_true",
+                   help="run on the held-out test sources instead (once, after a rule picked a row)")
     return p
 
 
 def parse(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parsed arguments; a held-out (test) source is a usage error."""
+    """Parsed arguments; a held-out (test) source is a usage error unless ``--held-out`` asks for
+    all of them (the one test run a diagnostic's rule allows)."""
     args = p.parse_args(argv)
+    if args.held_out:
+        args.sources = list(HELD_OUT)
+        return args
     held = [s for s in args.sources if SOURCES[s].held_out]
     if held:
         p.error(f"held-out (test) sources are not for a diagnostic: {', '.join(held)}")

@@ -260,6 +260,36 @@ def _ring_predictions(image: np.ndarray, region: np.ndarray,
     return _low(image)[ring], preds
 
 
+def _shift_predictions(image: np.ndarray, region: np.ndarray,
+                       candidates: dict) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """Like :func:`_ring_predictions`, but the check's hidden pixels are copies of the hole itself
+    translated by its extent plus a gap (up, down, left, right; those inside the image), each
+    filled alone from its own context: the candidates are scored at the hole's own distances from
+    known tissue, not on a ring next to it. The gap (the context's reach, :func:`context_points`,
+    plus the rim) keeps the lesion out of every copy's context, so the lesion's pixels enter the
+    target and the prediction alike and cancel. ``(None, {})`` when no copy fits."""
+    rows, cols = np.nonzero(region)
+    gap = int(np.ceil(max(6.0, np.sqrt(rows.size / np.pi)))) + RIM_PX + 1
+    dy, dx = int(np.ptp(rows)) + 1 + gap, int(np.ptp(cols)) + 1 + gap
+    low = _low(image)
+    targets, preds = [], {name: [] for name in candidates}
+    for oy, ox in ((-dy, 0), (dy, 0), (0, -dx), (0, dx)):
+        r, c = rows + oy, cols + ox
+        if r.min() < 0 or c.min() < 0 or r.max() >= region.shape[0] or c.max() >= region.shape[1]:
+            continue
+        copy = np.zeros_like(region)
+        copy[r, c] = True
+        if copy.all():
+            continue
+        targets.append(low[copy])
+        for name, fill_fn in candidates.items():
+            fill = fill_fn(image, copy)
+            preds[name] = None if fill is None or preds[name] is None else [*preds[name], _low(fill)[copy]]
+    if not targets:
+        return None, {}
+    return np.concatenate(targets), {n: np.concatenate(p) for n, p in preds.items() if p is not None}
+
+
 def _ring_ranking(image: np.ndarray, region: np.ndarray, candidates: dict) -> list[str]:
     """The names of ``candidates`` ordered by how well each, filling hole and ring, predicts the
     ring's low frequencies (mean squared error; stable: ties keep the given order); candidates
@@ -306,8 +336,8 @@ def simplex_weights(preds: np.ndarray, target: np.ndarray) -> np.ndarray:
     return best
 
 
-def stacked_fill(image: np.ndarray, region: np.ndarray, *,
-                 alphas: tuple[float, ...] = STACK_ALPHAS) -> tuple[np.ndarray, dict[str, float]]:
+def stacked_fill(image: np.ndarray, region: np.ndarray, *, alphas: tuple[float, ...] = STACK_ALPHAS,
+                 check: str = "ring") -> tuple[np.ndarray, dict[str, float]]:
     """(fill, weights): ``region`` of ``image`` ((H, W) or (H, W, C) float) filled by the convex
     combination of biharmonic and kriging with each of ``alphas`` (:func:`stationary_fill`'s
     candidates and α = 0.25) whose blurred fills best predict the hidden ring — the same check, with the one
@@ -315,13 +345,19 @@ def stacked_fill(image: np.ndarray, region: np.ndarray, *,
     simplex's vertex case). ``weights`` maps the candidates with weight > ``STACK_MIN_WEIGHT``
     to their weight (renormalised to sum 1); those alone are computed at full size. Checked on
     the block-averaged copy for a hole over ``CHECK_PIXELS`` (:func:`_shrunk`); biharmonic alone
-    where there is no ring. float64; outside ``region`` the input."""
+    where there is no ring. ``check="shift"`` fits the weights on translated copies of the hole
+    instead (:func:`_shift_predictions`; the ring where no copy fits). float64; outside ``region``
+    the input."""
     region = np.asarray(region, bool)
     image = np.asarray(image, np.float64)
     if not region.any():
         return image.copy(), {"biharmonic": 1.0}
     candidates = _stationary_candidates(alphas)
-    target, preds = _ring_predictions(*_shrunk(image, region), candidates)
+    if check not in ("ring", "shift"):
+        raise ValueError(f"unknown check {check!r}; expected 'ring' or 'shift'")
+    target, preds = _shift_predictions(*_shrunk(image, region), candidates) if check == "shift" else (None, {})
+    if target is None:
+        target, preds = _ring_predictions(*_shrunk(image, region), candidates)
     if target is None:
         return _biharmonic(image, region), {"biharmonic": 1.0}
     names = list(preds)
