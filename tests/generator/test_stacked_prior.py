@@ -98,3 +98,44 @@ def test_stacked_fill_keeps_smooth_fields_biharmonic_and_handles_colour_and_empt
     assert out.shape == rgb.shape and np.array_equal(out[~hole], rgb[~hole])
     empty = np.zeros_like(hole)
     np.testing.assert_array_equal(stacked_fill(smooth, empty)[0], smooth)
+
+
+def test_shift_check_fits_the_weights_on_translated_copies_of_the_hole():
+    """check="shift": the weights are simplex_weights of the candidates' blurred fills of each
+    in-image translated copy (filled alone) on that copy — not the ring's; the hole's own content
+    (the lesion) does not move them, because every copy's context lies beyond its reach; a hole
+    with no room for a copy falls back to the ring."""
+    from generator.kriging import _shift_predictions, _stationary_candidates
+
+    rng = np.random.default_rng(4)
+    y, x = np.mgrid[0:128, 0:128] / 127.0
+    hole = (y - 0.2) ** 2 + (x - 0.5) ** 2 < 0.07**2  # near the top: the upward copy does not fit
+    field = 0.5 + 0.25 * ndimage.gaussian_filter(rng.standard_normal((128, 128)), 3.0) + 0.1 * np.sin(4 * y)
+    fill, weights = stacked_fill(field, hole, check="shift")
+    candidates = _stationary_candidates(STACK_ALPHAS)
+    rows, cols = np.nonzero(hole)
+    gap = int(np.ceil(max(6.0, np.sqrt(hole.sum() / np.pi)))) + 3
+    shifts = [(oy, ox) for oy, ox in ((-(np.ptp(rows) + 1 + gap), 0), (np.ptp(rows) + 1 + gap, 0),
+                                      (0, -(np.ptp(cols) + 1 + gap)), (0, np.ptp(cols) + 1 + gap))
+              if rows.min() + oy >= 0 and rows.max() + oy < 128 and cols.min() + ox >= 0 and cols.max() + ox < 128]
+    assert len(shifts) == 3  # down, left, right
+    copies = [np.roll(hole, s, axis=(0, 1)) for s in shifts]
+    target = np.concatenate([_low(field)[c] for c in copies])
+    preds = np.stack([np.concatenate([_low(fn(field, c))[c] for c in copies]) for fn in candidates.values()], 1)
+    expect = {n: w for n, w in zip(candidates, simplex_weights(preds, target), strict=True) if w > 1e-3}
+    total = sum(expect.values())
+    assert weights.keys() == expect.keys()
+    for name, w in expect.items():
+        assert weights[name] == pytest.approx(w / total, abs=1e-9)
+    assert weights != stacked_fill(field, hole)[1]  # the ring check weighs them otherwise
+    np.testing.assert_allclose(fill, sum(w * candidates[n](field, hole) for n, w in weights.items()), atol=1e-12)
+    # a lesion inside the hole changes no weight: target and predictions see it alike
+    lesioned = np.where(hole, 1.0 - field + rng.random(field.shape), field)
+    assert stacked_fill(lesioned, hole, check="shift")[1] == pytest.approx(weights, abs=1e-9)
+    t2, p2 = _shift_predictions(lesioned, hole, candidates)
+    np.testing.assert_allclose(t2, target, atol=1e-12)
+    # no room for any copy: the ring check's weights
+    big = (y - 0.5) ** 2 + (x - 0.5) ** 2 < 0.3**2
+    assert stacked_fill(field, big, check="shift")[1] == pytest.approx(stacked_fill(field, big)[1], abs=1e-12)
+    with pytest.raises(ValueError, match="unknown check"):
+        stacked_fill(field, hole, check="rim")
