@@ -152,12 +152,14 @@ def _lymph_us() -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _dipy_volume(name: str) -> np.ndarray:
-    """A volume bundled with dipy (``dipy/data/files``), scaled to its 99.5th percentile."""
+    """An image bundled with dipy (``dipy/data/files``: NIfTI or ``.npy``), float32 scaled to the
+    99.5th percentile of its non-zero voxels."""
     import nibabel as nib
 
     from shared.benchmark.anatomy import _package_file
 
-    vol = np.asarray(nib.load(str(_package_file("dipy", "data", "files", name))).dataobj, np.float32)
+    path = _package_file("dipy", "data", "files", name)
+    vol = np.asarray(np.load(path) if name.endswith(".npy") else nib.load(str(path)).dataobj, np.float32)
     return np.clip(vol / np.percentile(vol[vol > 0], 99.5), 0.0, 1.0)
 
 
@@ -174,10 +176,7 @@ def _dipy_t2_head() -> list[tuple[np.ndarray, np.ndarray]]:
 
 def _dipy_t1_coronal() -> list[tuple[np.ndarray, np.ndarray]]:
     """dipy's bundled T1 coronal slice (256², skull-stripped; another head than the others)."""
-    from shared.benchmark.anatomy import _package_file
-
-    sl = np.load(_package_file("dipy", "data", "files", "t1_coronal_slice.npy")).astype(np.float32)
-    sl = np.ascontiguousarray(np.clip(sl / np.percentile(sl[sl > 0], 99.5), 0.0, 1.0))
+    sl = np.ascontiguousarray(_dipy_volume("t1_coronal_slice.npy"))
     return [(sl, _body(sl, 0.1, sigma=2.0, erode=3))]
 
 
