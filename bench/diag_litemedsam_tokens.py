@@ -25,7 +25,6 @@ aware head on these tokens could do. It trains on the *test* positives of the tr
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from bench.tinyvit_tokens import EVAL_SETS as SETS  # noqa: E402  (name -> (root
 from bench.tinyvit_tokens import TRAIN_DOMAINS, key_of  # noqa: E402
 from finetune.evaluation.segmenters import LiteMedSAMSegmenter  # noqa: E402
 from shared.benchmark import load_manifest  # noqa: E402
-from shared.io import read_image, read_mask, write_bytes_atomic  # noqa: E402
+from shared.io import read_image, read_mask, save_torch_atomic  # noqa: E402
 
 GRID = 32  # tokens per side after pooling the 64² embedding
 
@@ -63,9 +62,7 @@ def load_set(root: str, domain: str, n: int, cache: Path, encoder) -> dict:
                 emb = encoder(x)
             computed += 1
             cache.mkdir(parents=True, exist_ok=True)  # the pipeline's cache format (CachedEncoder)
-            buf = io.BytesIO()
-            torch.save(emb, buf)
-            write_bytes_atomic(path, buf.getvalue())
+            save_torch_atomic(emb, path)
         tok = F.avg_pool2d(emb.float(), 64 // GRID)[0]  # (256, G, G)
         feats.append(tok.flatten(1).T.numpy())
         gray = x[0].mean(0, keepdim=True)[None]  # (1, 1, 256, 256)

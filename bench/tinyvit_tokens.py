@@ -13,7 +13,6 @@ normals and exact negatives) so that shards are disjoint and a rerun only fills 
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 from finetune.ablation_eval import embedding_key  # noqa: E402
 from finetune.evaluation.segmenters import _rgb, litemedsam_input  # noqa: E402
 from shared.benchmark import load_manifest  # noqa: E402
-from shared.io import read_image, write_bytes_atomic  # noqa: E402
+from shared.io import read_image, save_torch_atomic  # noqa: E402
 
 GRID = 32
 TOKENS = Path("runs/tinyvit_tokens")
@@ -72,9 +71,7 @@ def cached_tokens(image: np.ndarray, encoder=None) -> torch.Tensor | None:
             emb = encoder(x)
     tok = F.avg_pool2d(emb.float(), 64 // GRID)[0]
     TOKENS.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(tok.half(), buf)
-    write_bytes_atomic(path, buf.getvalue())
+    save_torch_atomic(tok.half(), path)
     return tok
 
 

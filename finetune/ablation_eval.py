@@ -10,7 +10,6 @@ zero-shot p(tumor).
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +29,7 @@ from finetune.evaluation.zero_shot import zero_shot_probs
 from shared.benchmark import load_manifest
 from shared.config import ConfigError
 from shared.datasets import Pair
-from shared.io import read_image, read_mask, write_bytes_atomic
+from shared.io import read_image, read_mask, save_torch_atomic
 
 if TYPE_CHECKING:
     from finetune.ablation import AblationConfig
@@ -66,9 +65,7 @@ class CachedEncoder(torch.nn.Module):
         self.cache[key] = self.encoder(x)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            buf = io.BytesIO()
-            torch.save(self.cache[key], buf)
-            write_bytes_atomic(path, buf.getvalue())  # runs sharing the cache never collide
+            save_torch_atomic(self.cache[key], path)  # runs sharing the cache never collide
         return self.cache[key]
 
 

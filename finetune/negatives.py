@@ -165,7 +165,7 @@ def fetch_in_process(cfg: TrainConfig, positives: Sequence[Sample], generator=No
             png = encode_png(res[0].image)
             path = _cache_path(cache, nid)
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(path, png)  # per-process temp: runs sharing the cache never collide
+            write_bytes_atomic(path, png)  # a temp of its own: runs sharing the cache never collide
             out[s.id] = _gray(decode_image(png, str(path)))
     return out, len(todo)
 

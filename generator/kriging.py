@@ -69,12 +69,18 @@ CHUNK = 4096  # hole pixels predicted per kernel block (bounds the (M, N) distan
 CHECK_PIXELS = 20_000
 
 
+def context_reach(region: np.ndarray) -> float:
+    """How far from ``region`` (px) a kriging fit takes known pixels: the hole's equivalent
+    radius, at least 6 px (:func:`context_points`)."""
+    return max(6.0, float(np.sqrt(np.count_nonzero(region) / np.pi)))
+
+
 def context_points(region: np.ndarray) -> np.ndarray:
     """(N, 2) int row/col of the known pixels a fit uses: all within ``RIM_PX`` of ``region``, plus
     a grid of those out to the hole's equivalent radius (≥ 6 px), the grid's stride the smallest
     that keeps N ≤ ``MAX_POINTS`` (the rim itself thinned only for a hole too large for that)."""
     dist = ndimage.distance_transform_edt(~region)
-    reach = max(6.0, float(np.sqrt(region.sum() / np.pi)))
+    reach = context_reach(region)
     rim = np.argwhere((dist > 0) & (dist <= RIM_PX))
     if len(rim) > MAX_POINTS:
         rim = rim[:: int(np.ceil(len(rim) / MAX_POINTS))]
@@ -269,7 +275,7 @@ def _shift_predictions(image: np.ndarray, region: np.ndarray,
     plus the rim) keeps the lesion out of every copy's context, so the lesion's pixels enter the
     target and the prediction alike and cancel. ``(None, {})`` when no copy fits."""
     rows, cols = np.nonzero(region)
-    gap = int(np.ceil(max(6.0, np.sqrt(rows.size / np.pi)))) + RIM_PX + 1
+    gap = int(np.ceil(context_reach(region))) + RIM_PX + 1
     dy, dx = int(np.ptp(rows)) + 1 + gap, int(np.ptp(cols)) + 1 + gap
     low = _low(image)
     targets, preds = [], {name: [] for name in candidates}

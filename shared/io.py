@@ -236,6 +236,16 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode())
 
 
+def save_torch_atomic(obj, path: str | Path) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (:func:`write_bytes_atomic`): the embedding and
+    token caches that runs side by side share."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_bytes_atomic(path, buf.getvalue())
+
+
 def write_json_atomic(path: str | Path, obj) -> Path:
     """``obj`` as one JSON line, atomically (:func:`write_text_atomic`): checkpoint state files,
     whose presence marks a checkpoint as complete."""
