@@ -71,11 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     bundle = bundle_from_open_clip(clip.model.eval(), clip.tokenizer)
     sets = {d: [it for it in load_manifest(args.bench) if it.domain == d and it.split == "val"]
             for d in DOMAINS}
+    ext_domains = [spec.partition("=")[0] for spec in args.external]
     for spec in args.external:
         domain, sep, root = spec.partition("=")
         if not sep:
             p.error(f"--external {spec!r}: expected DOMAIN=DIR")
-        sets[f"{domain} (external)"] = [it for it in load_manifest(root) if it.domain == domain]
+        # two external sets of one domain keep apart, each labelled by its folder's name
+        label = "external" if ext_domains.count(domain) == 1 else f"external {Path(root).name}"
+        sets[f"{domain} ({label})"] = [it for it in load_manifest(root) if it.domain == domain]
     columns = list(sets)
     data, aurocs = {}, {}
     for d, val in sets.items():

@@ -162,3 +162,30 @@ def test_wise_alpha_sweep_recovers_the_line_from_one_export():
     assert int(full["n"]) == 9
     with pytest.raises(ConfigError, match="WiSE-FT"):
         reweighted_state(start, exported, 0.0, 1.0)
+
+
+def test_soup_clip_writes_the_interpolated_model(tmp_path):
+    """bench/soup_clip.py: the soup loaded back is θ_a + α (θ_b − θ_a) tensor by tensor (a
+    wrong direction, a dropped upcast of the fp16 endpoint or a lost tensor fails it); two
+    architectures are refused."""
+    import torch
+
+    from bench.soup_clip import soup
+    from finetune.build import build_clip
+    from finetune.export import export_local_dir
+
+    b = build_clip("embedded-convstem8")  # random init: an endpoint unlike the committed one
+    export_local_dir(b.model, b.tokenizer, b.model_cfg, tmp_path / "b")
+    sa = build_clip("embedded-convstem8-pretrained").model.state_dict()
+    sb = build_clip(f"local-dir:{tmp_path / 'b'}").model.state_dict()
+    out = soup("embedded-convstem8-pretrained", f"local-dir:{tmp_path / 'b'}", 0.25, tmp_path / "s")
+    ss = build_clip(f"local-dir:{out}").model.state_dict()
+    assert ss.keys() == sa.keys()
+    floats = [k for k in ss if ss[k].is_floating_point()]
+    assert floats and all(ss[k].dtype == torch.float32 for k in floats)
+    for k in floats:
+        want = sa[k].float() + 0.25 * (sb[k].float() - sa[k].float())
+        assert torch.allclose(ss[k], want, atol=1e-6), k
+    assert any(not torch.equal(sa[k].float(), sb[k].float()) for k in floats)
+    with pytest.raises(ValueError, match="different architectures"):
+        soup("embedded-pretrained", "embedded-convstem8-pretrained", 0.5, tmp_path / "x")
