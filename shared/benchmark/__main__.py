@@ -24,7 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="anatomy from each domain's external source (never trained on), all test")
     p.add_argument("--external-source", default=None, choices=sorted(EXTERNAL_ALTERNATES),
                    help="an external set by name (implies --external), replacing its domain's default "
-                        "(dipy_t2_head: whole T2 slices of another head, brain_mri)")
+                        "(dipy_t2_head: whole T2 slices of another head, brain_mri; "
+                        "dipy_t2_head_hyperintense: the same with T2-looking, hyperintense lesions)")
     p.add_argument("--aux-per-source", type=int, default=0,
                    help="also N training-only positives on each auxiliary anatomy source "
                         "(leg X-ray, shoulder MR, abdominal CT)")

@@ -176,8 +176,9 @@ def build_benchmark(
             background, tissue = sources[domain].sample(rng, size)
             lesion, words = None, domain
             if label == "tumor":
-                lesion = sample_lesion(domain, rng, tissue)
-                positive, mask = render(domain, background, lesion, rng)
+                looks = getattr(sources[domain], "lesion_as", domain)  # its lesions' appearance
+                lesion = sample_lesion(looks, rng, tissue)
+                positive, mask = render(looks, background, lesion, rng)
         image_rel = f"{domain}/{split}_images/{name}"
         mask_rel = f"{domain}/{split}_masks/{name}"
         if label == "tumor":

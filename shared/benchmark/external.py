@@ -112,7 +112,18 @@ class ExternalBrainT2:
         return crop, _clear_border(ndimage.binary_erosion(tissue, iterations=max(2, size // 14)))
 
 
+class ExternalBrainT2Hyperintense(ExternalBrainT2):
+    """The same whole T2 slices with lesions as T2 / FLAIR shows a brain tumour: a hyperintense
+    core and hyperintense edema (``lesions.TEST_PRESETS["brain_mri_t2"]``, never drawn in
+    training) — what a BraTS T2 slice looks like, where ``ExternalBrainT2`` keeps the training
+    lesion model (a T1-style dark mass). The slices are drawn exactly as there."""
+
+    lesion_as = "brain_mri_t2"
+
+
 # Sources of the same modality as a benchmark domain that training never sees (external sets).
 EXTERNAL_SOURCES = {"brain_mri": ExternalBrainMR, "breast_us": ExternalUltrasound}
 # Other external sets, chosen by name (``--external-source``); each replaces its domain's default.
-EXTERNAL_ALTERNATES = {"dipy_t2_head": ExternalBrainT2}
+# ``lesion_as`` (optional): the appearance its lesions are drawn and rendered with.
+EXTERNAL_ALTERNATES = {"dipy_t2_head": ExternalBrainT2,
+                       "dipy_t2_head_hyperintense": ExternalBrainT2Hyperintense}

@@ -65,6 +65,17 @@ PRESETS = {
 }
 
 
+# Test-only appearances, never drawn in training (multi-source draws from ``PRESETS`` alone, so its
+# items stay byte-identical): a brain tumour as T2 / FLAIR shows it — a hyperintense core with
+# hyperintense edema, the look of a BraTS slice, where the brain preset is T1's hypointense mass.
+TEST_PRESETS = {
+    "brain_mri_t2": dict(kinds=("hyperintense",), radius=(0.06, 0.15), irregularity=(0.08, 0.3),
+                         margin=(0.15, 0.5), contrast=(0.3, 0.55), texture=(0.03, 0.07),
+                         rim=(0.0, 0.0), edema_p=0.6, edema_width=(0.25, 0.6),
+                         edema_shift=(0.07, 0.16)),
+}
+
+
 # Training-only lesion domains on auxiliary anatomy (``build_benchmark(aux_per_source=...)``):
 # each borrows the appearance of the benchmark domain whose physics it shares — a projection
 # opacity on a radiograph, a hypointense / ring-enhancing mass on MR and CT.
@@ -73,7 +84,7 @@ RENDER_AS = {"extremity_xray": "chest_xray", "shoulder_mri": "brain_mri", "abdom
 
 def sample_lesion(domain: str, rng: np.random.Generator, tissue: np.ndarray) -> Lesion:
     """Draw lesion parameters for ``domain``, centred on a random pixel of ``tissue``."""
-    p = PRESETS[RENDER_AS.get(domain, domain)]
+    p = (PRESETS | TEST_PRESETS)[RENDER_AS.get(domain, domain)]
     size = tissue.shape[0]
     candidates = np.argwhere(tissue)
     if len(candidates) == 0:
@@ -133,6 +144,8 @@ def render(
 
     if domain == "brain_mri":  # T1: hypointense core, optional enhancing rim
         value = local * (1.0 - lesion.contrast) + lesion.texture * tex + rim
+    elif domain == "brain_mri_t2":  # T2 / FLAIR: hyperintense core (the edema below, brighter)
+        value = local + lesion.contrast * (1.0 - local) + lesion.texture * tex
     elif domain == "chest_xray":  # projection: the opacity adds density on top of the anatomy
         value = bg + lesion.contrast * (1.0 - bg) * (0.8 + 0.2 * np.tanh(tex)) + lesion.texture * tex
     elif domain == "retina":
@@ -172,7 +185,7 @@ MODALITY = {
     "ultrasound": ("An ultrasound", "mass", "normal tissue"),
 }
 APPEARANCE = {
-    "ring-enhancing": "ring-enhancing", "hypointense": "hypointense",
+    "ring-enhancing": "ring-enhancing", "hypointense": "hypointense", "hyperintense": "hyperintense",
     "nodule": "well-circumscribed opacity", "mass": "dense opacity",
     "hemorrhage": "dark hemorrhage", "exudate": "bright exudate", "hypoechoic": "hypoechoic",
 }

@@ -200,6 +200,36 @@ def test_named_external_set_replaces_the_domain_default(tmp_path):
                         external_source="dipy_t2_head")
 
 
+def test_hyperintense_t2_set_draws_bright_lesions_on_the_same_slices(tmp_path):
+    """--external-source dipy_t2_head_hyperintense: the same slices as dipy_t2_head (normals
+    identical), its lesions brighter than the tissue they replace and captioned "hyperintense",
+    where dipy_t2_head's (the training lesion model) are darker; outside the mask every positive
+    is its GT negative; the appearance is not one training can draw."""
+    from shared.benchmark.lesions import PRESETS, TEST_PRESETS
+
+    sets = {}
+    for name in ("dipy_t2_head", "dipy_t2_head_hyperintense"):
+        manifest = build_benchmark(tmp_path / name, domains=("brain_mri",), n_per_domain=6,
+                                   size=64, seed=0, external=True, external_source=name)
+        sets[name] = load_manifest(manifest)
+    normals = [[read_image(it.image) for it in sets[n] if it.label == "normal"] for n in sets]
+    assert all(np.array_equal(a, b) for a, b in zip(*normals))
+    change = {}  # per positive: mean change over the lesion's inner half (positive − GT negative)
+    for name in sets:
+        change[name] = []
+        for it in (it for it in sets[name] if it.label == "tumor"):
+            pos, neg, mask = read_image(it.image), read_image(it.gt_negative), read_mask(it.mask)
+            assert np.array_equal(pos[~mask], neg[~mask])
+            centre = np.array(np.nonzero(mask)).mean(1)[:, None, None]
+            core = mask & (np.hypot(*(np.mgrid[:64, :64] - centre)) < 0.5 * it.lesion["radius"] * 64)
+            change[name].append((pos[core] - neg[core]).mean())
+            assert ("hyperintense" in it.caption) == (name == "dipy_t2_head_hyperintense")
+    # bright on every positive; the T1-style mass darker on average (on dark T2 white matter a
+    # hypointense core changes little: that set's lesions are faint by construction)
+    assert min(change["dipy_t2_head_hyperintense"]) > 0.1 and np.mean(change["dipy_t2_head"]) < 0
+    assert not set(TEST_PRESETS) & set(PRESETS)
+
+
 def test_aux_lesion_domains_are_training_only_and_leave_the_benchmark_unchanged(tmp_path):
     """--aux-per-source adds positives (and normals) on the auxiliary anatomy, all in the train
     split, with exact GT negatives and their own captions; the benchmark domains' files and
