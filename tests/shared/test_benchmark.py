@@ -212,8 +212,8 @@ def test_hyperintense_t2_set_draws_bright_lesions_on_the_same_slices(tmp_path):
         manifest = build_benchmark(tmp_path / name, domains=("brain_mri",), n_per_domain=6,
                                    size=64, seed=0, external=True, external_source=name)
         sets[name] = load_manifest(manifest)
-    normals = [[read_image(it.image) for it in sets[n] if it.label == "normal"] for n in sets]
-    assert all(np.array_equal(a, b) for a, b in zip(*normals))
+    dark, bright = ([read_image(it.image) for it in sets[n] if it.label == "normal"] for n in sets)
+    assert dark and all(np.array_equal(a, b) for a, b in zip(dark, bright, strict=True))
     change = {}  # per positive: mean change over the lesion's inner half (positive − GT negative)
     for name in sets:
         change[name] = []
