@@ -3,7 +3,7 @@
 On whole T2 slices of an unseen head the default's M2IB map misses dark (T1-style) lesions and
 avoids bright (T2-style) ones (``bench/results/clip_external_t2.md``). Two things changed at once
 there: the anatomy (the training MNI template, T1, smooth → a real T2 head, sharp gyri) and, in the
-second set, the lesion's look. This crosses them, 2 × 2, paired: the same backgrounds, lesion
+second set, the lesion's look. This crosses them, 2 × 2 (and a third row, below), paired: the same backgrounds, lesion
 centres and boundary shapes (one seed per item for both looks; sizes from the same range — the
 dark look's rim draw shifts the stream), only the rendering differs —
 
@@ -11,6 +11,10 @@ dark look's rim draw shifts the stream), only the rendering differs —
   training) or the held-out T2 head (``external.ExternalBrainT2``);
 * look: the training lesion model (``brain_mri``: hypointense core, optional rim) or the test-only
   T2 look (``brain_mri_t2``: hyperintense core and edema).
+
+A third look keeps the bright rendering but captions it with the training look's word
+("hypointense" for "hyperintense", a word no training caption has): an unfamiliar word and an
+unfamiliar look are told apart (added after the first run's four rows; it reads the same rule).
 
 Scored as ``bench/select_m2ib.py`` scores a set: M2IB (the default's block 3, β 1) with each
 positive's own caption; pointing (the map's peak in the lesion) and the saliency mass inside it.
@@ -45,10 +49,14 @@ from shared.benchmark.external import ExternalBrainT2  # noqa: E402
 from shared.benchmark.lesions import caption, render, sample_lesion  # noqa: E402
 
 ANATOMY = {"MNI template (seen)": BrainMRI, "dipy T2 head (held out)": ExternalBrainT2}
-LOOKS = {"dark, T1-style (training)": "brain_mri", "bright, T2-style (test-only)": "brain_mri_t2"}
+# look name -> (appearance, caption word replaced): the third row keeps the bright look but
+# captions it with the training look's word, to tell an unfamiliar word from an unfamiliar look
+LOOKS = {"dark, T1-style (training)": ("brain_mri", None),
+         "bright, T2-style (test-only)": ("brain_mri_t2", None),
+         "bright, captioned 'hypointense'": ("brain_mri_t2", ("hyperintense", "hypointense"))}
 
 
-def draw(source, look: str, n: int, size: int, seed: int):
+def draw(source, look: str, n: int, size: int, seed: int, swap: tuple[str, str] | None = None):
     """``n`` (positive uint8, mask, caption) of ``look`` on ``source``; item ``i`` uses one seed
     for its background and one for its lesion, whatever the look (a paired design)."""
     out = []
@@ -56,7 +64,8 @@ def draw(source, look: str, n: int, size: int, seed: int):
         bg, tissue = source.sample(np.random.default_rng([seed, 1, i]), size)
         lesion = sample_lesion(look, np.random.default_rng([seed, 2, i]), tissue)
         positive, mask = render(look, bg, lesion, np.random.default_rng([seed, 3, i]))
-        out.append((positive, mask, caption("brain_mri", lesion)))
+        text = caption("brain_mri", lesion)
+        out.append((positive, mask, text.replace(*swap) if swap else text))
     return out
 
 
@@ -77,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for aname, cls in ANATOMY.items():
         source = cls()
-        for lname, look in LOOKS.items():
-            items = draw(source, look, args.n, args.size, args.seed)
+        for lname, (look, swap) in LOOKS.items():
+            items = draw(source, look, args.n, args.size, args.seed, swap)
             maps = m2ib_saliency(bundle, [x / 255.0 for x, _, _ in items],
                                  [[c] for _, _, c in items], cfg, seed=0)
             masks = [m for _, m, _ in items]
