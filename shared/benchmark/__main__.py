@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--multi-source-extra", action="store_true",
                    help="with --multi-source: also the sources found later (a chest CT, a cardiac "
                         "cine, a lymph-node ultrasound; shared.benchmark.sources.EXTRA_TRAIN)")
+    p.add_argument("--multi-source-t2-look", action="store_true",
+                   help="with --multi-source: half the brain-look lesions drawn as T2 shows a "
+                        "tumour (bright core and edema): brain lesions of both polarities")
     return p.parse_args(argv)
 
 
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                                    external=args.external, aux_per_source=args.aux_per_source,
                                    multi_source=args.multi_source,
                                    multi_source_extra=args.multi_source_extra,
+                                   multi_source_t2_look=args.multi_source_t2_look,
                                    external_source=args.external_source)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

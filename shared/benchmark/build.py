@@ -80,6 +80,7 @@ def build_benchmark(
     out: str | Path, *, domains: tuple[str, ...] | list[str] = DOMAINS, n_per_domain: int = 100,
     size: int = 224, seed: int = 0, progress: bool = False, external: bool = False,
     aux_per_source: int = 0, multi_source: int = 0, multi_source_extra: bool = False,
+    multi_source_t2_look: bool = False,
     external_source: str | None = None,
 ) -> Path:
     """Write the benchmark under ``out`` and return the manifest's path.
@@ -96,7 +97,8 @@ def build_benchmark(
     (``lesions.RENDER_AS``) and their own captions. The benchmark domains' files are unchanged.
     ``multi_source``: that many positives (plus normals) on every training anatomy source and on
     procedural textures (``multisource``), train split; ``multi_source_extra`` adds the sources
-    found later (``sources.EXTRA_TRAIN``) without changing the other domains' images.
+    found later (``sources.EXTRA_TRAIN``) without changing the other domains' images;
+    ``multi_source_t2_look`` draws half of their brain-look lesions as T2 shows a tumour (bright).
     """
     unknown = [d for d in domains if d not in DOMAINS]
     if unknown:
@@ -127,6 +129,8 @@ def build_benchmark(
             raise ValueError(f"{name} must be >= 0, got {n}")
         if n and external:
             raise ValueError(f"{name} cannot be combined with external (an external set is all test)")
+    if multi_source_t2_look and not multi_source:
+        raise ValueError("multi_source_t2_look changes the multi-source lesions: give multi_source > 0")
     if multi_source_extra and not multi_source:
         raise ValueError("multi_source_extra adds sources to the multi-source set: give multi_source > 0")
     out = Path(out)
@@ -169,7 +173,7 @@ def build_benchmark(
         if domain in ms_domains:  # every real training source at many scales, procedural textures
             split = "train"
             background, preset, lesion, positive, mask = multisource.draw_item(
-                domain[3:], rng, size, tumor=label == "tumor")
+                domain[3:], rng, size, tumor=label == "tumor", t2_look=multi_source_t2_look)
             words = multisource.caption_domain(domain[3:], preset)
         else:
             split = split_of[(domain, label)][i]
@@ -204,7 +208,9 @@ def build_benchmark(
          "held_out_domain": HELD_OUT_DOMAIN, "external": external,
          **({"external_source": external_source} if external_source else {}),
          "aux_per_source": aux_per_source, "multi_source": multi_source,
-         "multi_source_extra": multi_source_extra}, indent=2, sort_keys=True) + "\n")
+         "multi_source_extra": multi_source_extra,
+         **({"multi_source_t2_look": True} if multi_source_t2_look else {})},
+        indent=2, sort_keys=True) + "\n")
     return manifest
 
 

@@ -65,15 +65,17 @@ PRESETS = {
 }
 
 
-# Test-only appearances, never drawn in training (multi-source draws from ``PRESETS`` alone, so its
-# items stay byte-identical): a brain tumour as T2 / FLAIR shows it — a hyperintense core with
-# hyperintense edema, the look of a BraTS slice, where the brain preset is T1's hypointense mass.
+# Appearances the default data never draws (multi-source draws from ``PRESETS`` alone, so its items
+# stay byte-identical; ``build_benchmark(multi_source_t2_look=True)`` opts in): a brain tumour as
+# T2 / FLAIR shows it — a hyperintense core with hyperintense edema, the look of a BraTS slice,
+# where the brain preset is T1's hypointense mass. ``WORDS_OF``: whose caption words it takes.
 TEST_PRESETS = {
     "brain_mri_t2": dict(kinds=("hyperintense",), radius=(0.06, 0.15), irregularity=(0.08, 0.3),
                          margin=(0.15, 0.5), contrast=(0.3, 0.55), texture=(0.03, 0.07),
                          rim=(0.0, 0.0), edema_p=0.6, edema_width=(0.25, 0.6),
                          edema_shift=(0.07, 0.16)),
 }
+WORDS_OF = {"brain_mri_t2": "brain_mri"}
 
 
 # Training-only lesion domains on auxiliary anatomy (``build_benchmark(aux_per_source=...)``):

@@ -35,7 +35,7 @@ import numpy as np
 from skimage.transform import resize
 
 from shared.benchmark.anatomy import _clear_border
-from shared.benchmark.lesions import PRESETS, Lesion, sample_lesion
+from shared.benchmark.lesions import PRESETS, WORDS_OF, Lesion, sample_lesion
 from shared.benchmark.realsize import PRESET_OF, _square_around
 from shared.benchmark.sources import EXTRA_TRAIN, SOURCES, TRAIN, check_training_sources, frames
 
@@ -113,18 +113,20 @@ def background(name: str, rng: np.random.Generator, size: int) -> tuple[np.ndarr
     return procedural(rng, size) if name == PROCEDURAL else window_crop(name, rng, size)
 
 
-def draw_item(name: str, rng: np.random.Generator, size: int, *, tumor: bool):
+def draw_item(name: str, rng: np.random.Generator, size: int, *, tumor: bool,
+              t2_look: bool = False):
     """``(background, preset, lesion, positive uint8, mask)`` of source ``name``: the background is
     redrawn while flatter than ``MIN_STD``, the lesion (and background) while it changes its mask
     by less than ``MIN_VISIBLE`` on average (an opacity on a saturated radiograph is invisible, and
     a positive nobody could see is a wrong label); after ``TRIES`` the last draw is kept.
-    Normals (``tumor=False``) get ``lesion`` and ``positive`` None, a random preset for the words."""
+    Normals (``tumor=False``) get ``lesion`` and ``positive`` None, a random preset for the words.
+    ``t2_look``: see :func:`draw_lesion`."""
     from shared.benchmark.lesions import render
 
     last = None
     for _ in range(TRIES):
         bg, tissue = background(name, rng, size)
-        preset, lesion = draw_lesion(name, rng, tissue)
+        preset, lesion = draw_lesion(name, rng, tissue, t2_look=t2_look)
         if float(bg.std()) < MIN_STD:
             continue
         if not tumor:
@@ -140,16 +142,21 @@ def draw_item(name: str, rng: np.random.Generator, size: int, *, tumor: bool):
     return last
 
 
-def draw_lesion(name: str, rng: np.random.Generator, tissue: np.ndarray) -> tuple[str, Lesion]:
+def draw_lesion(name: str, rng: np.random.Generator, tissue: np.ndarray,
+                t2_look: bool = False) -> tuple[str, Lesion]:
     """``(preset, lesion)``: the source's own preset with probability ``P_OWN_PRESET`` (procedural
-    textures: always random), else a random one; radius scaled by U(``RADIUS_SCALE``)."""
+    textures: always random), else a random one; radius scaled by U(``RADIUS_SCALE``). With
+    ``t2_look`` a brain lesion is drawn half the time with the T2 look (``lesions.TEST_PRESETS``:
+    bright core and edema) — brain lesions of both polarities; off, the stream is unchanged."""
     own = None if name == PROCEDURAL else PRESET_OF.get(SOURCES[name].modality)
     presets = sorted(PRESETS)
     preset = own if own and rng.random() < P_OWN_PRESET else presets[int(rng.integers(len(presets)))]
+    if t2_look and preset == "brain_mri" and rng.random() < 0.5:
+        preset = "brain_mri_t2"
     lesion = sample_lesion(preset, rng, tissue)
     return preset, replace(lesion, radius=lesion.radius * float(rng.uniform(*RADIUS_SCALE)))
 
 
 def caption_domain(name: str, preset: str) -> str:
     """The ``lesions.MODALITY`` key whose words caption an item of source ``name``."""
-    return CAPTION_DOMAIN.get(name, preset)
+    return CAPTION_DOMAIN.get(name, WORDS_OF.get(preset, preset))

@@ -149,3 +149,25 @@ def test_echo_and_chest_ct_sources_load_with_tissue_inside_the_image():
     (lung, body), (soft, body2) = frames("chest_ct")
     assert lung.shape == soft.shape == (128, 128) and body is body2 and 0.3 < body.mean() < 0.95
     assert lung.mean() > soft.mean() + 0.1
+
+
+def test_t2_look_draws_brain_lesions_of_both_polarities_and_is_off_by_default():
+    """``t2_look``: among the brain-look lesions some are drawn bright (the T2 look, captioned with
+    the brain's words and "hyperintense"), brighter than their background inside the lesion; off,
+    the draws are exactly those of a call without the argument (the default data unchanged)."""
+    from shared.benchmark.lesions import caption
+
+    looks, bright = [], []
+    for i in range(40):
+        plain = ms.draw_item("procedural", np.random.default_rng([7, i]), 48, tumor=True)
+        off = ms.draw_item("procedural", np.random.default_rng([7, i]), 48, tumor=True, t2_look=False)
+        assert plain[1] == off[1] and np.array_equal(plain[3], off[3])
+        bg, preset, lesion, positive, mask = ms.draw_item(
+            "procedural", np.random.default_rng([7, i]), 48, tumor=True, t2_look=True)
+        looks.append(preset)
+        if preset == "brain_mri_t2":
+            assert ms.caption_domain("procedural", preset) == "brain_mri"
+            assert "hyperintense brain tumor" in caption("brain_mri", lesion)
+            bright.append((positive[mask] / 255.0 - bg[mask]).mean())
+    assert "brain_mri" in looks and "brain_mri_t2" in looks
+    assert bright and min(bright) > 0
