@@ -141,6 +141,21 @@ def render(results: dict, models: list[tuple[str, str]], command: str, timings: 
     return "\n".join(lines)
 
 
+def external_sets(specs: list[str], error) -> list[tuple[str, str, str, str]]:
+    """``--external DOMAIN=DIR`` specs as (domain, dir, label, folder name): a domain with one
+    external set is labelled "DOMAIN (external)"; two sets of one domain keep apart, each labelled
+    and filed by its folder's name ("" = no subfolder)."""
+    domains = [spec.partition("=")[0] for spec in specs]
+    sets = []
+    for spec in specs:
+        domain, sep, root = spec.partition("=")
+        if not sep or not domain or not root:
+            error(f"--external {spec!r}: expected DOMAIN=DIR")
+        name = "" if domains.count(domain) == 1 else Path(root).name
+        sets.append((domain, root, f"{domain} (external{' ' + name if name else ''})", name))
+    return sets
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,14 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         layer, beta = lb.split(",")
         m2ib[name] = (int(layer), float(beta))
     entries = [(d, args.bench, d, Path(args.out)) for d in args.domains]
-    ext_domains = [spec.partition("=")[0] for spec in args.external]
-    for spec in args.external:
-        domain, _, bench = spec.partition("=")
-        if ext_domains.count(domain) == 1:
-            entries.append((domain, bench, f"{domain} (external)", Path(args.out) / "external"))
-        else:  # two external sets of one domain: each keeps its own label and folder
-            name = Path(bench).name
-            entries.append((domain, bench, f"{domain} (external {name})", Path(args.out) / "external" / name))
+    for domain, bench, label, name in external_sets(args.external, p.error):
+        entries.append((domain, bench, label, Path(args.out) / "external" / name))
     results, timings = {}, {}
     for domain, bench, label, out in entries:
         results[label] = {}

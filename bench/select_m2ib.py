@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.bench_clip_protocol import external_sets  # noqa: E402
 from finetune.ablation_eval import lesion_mass  # noqa: E402
 from finetune.ablation_report import auroc  # noqa: E402
 from finetune.build import build_clip  # noqa: E402
@@ -71,14 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     bundle = bundle_from_open_clip(clip.model.eval(), clip.tokenizer)
     sets = {d: [it for it in load_manifest(args.bench) if it.domain == d and it.split == "val"]
             for d in DOMAINS}
-    ext_domains = [spec.partition("=")[0] for spec in args.external]
-    for spec in args.external:
-        domain, sep, root = spec.partition("=")
-        if not sep:
-            p.error(f"--external {spec!r}: expected DOMAIN=DIR")
-        # two external sets of one domain keep apart, each labelled by its folder's name
-        label = "external" if ext_domains.count(domain) == 1 else f"external {Path(root).name}"
-        sets[f"{domain} ({label})"] = [it for it in load_manifest(root) if it.domain == domain]
+    for domain, root, label, _ in external_sets(args.external, p.error):
+        sets[label] = [it for it in load_manifest(root) if it.domain == domain]
     columns = list(sets)
     data, aurocs = {}, {}
     for d, val in sets.items():

@@ -327,8 +327,6 @@ def read_nifti_slices(
     one, writes NaN outside the brain) are background: they take the volume's finite minimum,
     with a warning that counts them; a volume with no finite voxel is a ``NonFiniteImageError``.
     """
-    import warnings
-
     path = Path(path)
     volume = _nifti_volume(path, axis, lambda img: np.asarray(img.get_fdata(), dtype=np.float64))
     finite = np.isfinite(volume)

@@ -189,3 +189,18 @@ def test_soup_clip_writes_the_interpolated_model(tmp_path):
     assert any(not torch.equal(sa[k].float(), sb[k].float()) for k in floats)
     with pytest.raises(ValueError, match="different architectures"):
         soup("embedded-pretrained", "embedded-convstem8-pretrained", 0.5, tmp_path / "x")
+
+
+def test_external_sets_keep_two_sets_of_one_domain_apart():
+    """bench scripts' --external DOMAIN=DIR: a domain's single set keeps the plain label (the
+    recorded reports' rows), two sets of one domain are labelled and filed by folder (labelling
+    by domain alone would merge them into one row); a spec without '=' is refused."""
+    from bench.bench_clip_protocol import external_sets
+
+    sets = external_sets(["brain_mri=data/t1", "breast_us=data/us", "brain_mri=data/t2"], print)
+    assert sets == [("brain_mri", "data/t1", "brain_mri (external t1)", "t1"),
+                    ("breast_us", "data/us", "breast_us (external)", ""),
+                    ("brain_mri", "data/t2", "brain_mri (external t2)", "t2")]
+    errors = []
+    external_sets(["brain_mri"], errors.append)
+    assert errors == ["--external 'brain_mri': expected DOMAIN=DIR"]
