@@ -21,6 +21,10 @@ positive's own caption; pointing (the map's peak in the lesion) and the saliency
 
     OMP_NUM_THREADS=1 python bench/diag_lesion_look.py --n 60 --out bench/results/lesion_look.md
 
+``--saliency dense`` scores the pipeline's ``dense`` saliency instead (the last block's patch
+tokens between the caption and the lesion-free caption, ``saliency_baselines.dense_contrast``):
+where M2IB misses a lesion the dense map finds, the tower knows where and the readout loses it.
+
 Reading, fixed before the run: if on the MNI template the bright look points ≥ 0.3 below the dark
 one, the tower's concept is the training look (rim / dark core), whatever the anatomy; if both
 looks point alike on the template (within 0.1) and both fail on the T2 head, it is the anatomy.
@@ -43,10 +47,11 @@ from finetune.ablation_eval import lesion_mass  # noqa: E402
 from finetune.build import build_clip  # noqa: E402
 from finetune.evaluation.clip_bundle import bundle_from_open_clip  # noqa: E402
 from finetune.evaluation.m2ib import PRESETS, m2ib_saliency  # noqa: E402
+from finetune.evaluation.saliency_baselines import dense_contrast  # noqa: E402
 from finetune.train_loop import resolve_model_source  # noqa: E402
 from shared.benchmark.anatomy import BrainMRI  # noqa: E402
 from shared.benchmark.external import ExternalBrainT2  # noqa: E402
-from shared.benchmark.lesions import caption, render, sample_lesion  # noqa: E402
+from shared.benchmark.lesions import caption, caption_negative, render, sample_lesion  # noqa: E402
 
 ANATOMY = {"MNI template (seen)": BrainMRI, "dipy T2 head (held out)": ExternalBrainT2}
 # look name -> (appearance, caption word replaced): the third row keeps the bright look but
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="embedded-convstem8-pretrained")
     p.add_argument("--layer", type=int, default=3)
+    p.add_argument("--saliency", choices=["m2ib", "dense"], default="m2ib")
     p.add_argument("--n", type=int, default=60)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--seed", type=int, default=5)
@@ -88,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         source = cls()
         for lname, (look, swap) in LOOKS.items():
             items = draw(source, look, args.n, args.size, args.seed, swap)
-            maps = m2ib_saliency(bundle, [x / 255.0 for x, _, _ in items],
-                                 [[c] for _, _, c in items], cfg, seed=0)
+            images, prompts = [x / 255.0 for x, _, _ in items], [[c] for _, _, c in items]
+            if args.saliency == "dense":
+                maps = dense_contrast(bundle, images, prompts,
+                                      [[caption_negative("brain_mri")]] * len(items))
+            else:
+                maps = m2ib_saliency(bundle, images, prompts, cfg, seed=0)
             masks = [m for _, m, _ in items]
             rows.append((aname, lname,
                          float(np.mean([m.flat[int(np.argmax(s))] for s, m in zip(maps, masks, strict=True)])),
@@ -98,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             print(rows[-1], flush=True)
     lines = ["## The default CLIP's brain-lesion concept: the lesion's look or the anatomy? (issue 17)", "",
              f"Command: `python bench/diag_lesion_look.py {' '.join(argv or sys.argv[1:])}`", "",
-             f"Model `{args.model}`, M2IB block {args.layer}, β 1; {args.n} positives a cell, paired "
+             f"Model `{args.model}`, "
+             + (f"M2IB block {args.layer}, β 1" if args.saliency == "m2ib" else "dense saliency")
+             + f"; {args.n} positives a cell, paired "
              "across looks (same backgrounds, lesion centres and shapes); see the module "
              "docstring of `bench/diag_lesion_look.py` for the design and the reading fixed before "
              "the run.", "",
