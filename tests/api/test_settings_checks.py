@@ -142,3 +142,20 @@ def test_uvicorn_app_from_the_environment_runs_the_same_checks(monkeypatch):
     monkeypatch.setenv("NEG_API_MAX_BATCHES", "4")  # `uvicorn api.main:app` builds create_app()
     with pytest.raises(SettingsError, match="NEG_API_MAX_BATCHES: no such setting"):
         create_app()
+
+
+def test_cli_port_overrides_the_environment_and_bad_options_are_refused(monkeypatch, capsys):
+    """`python -m api --port N` binds N (it was silently ignored: the service came up on 8000);
+    an out-of-range port or an unknown option ends with an argparse error, exit status 2."""
+    from api.__main__ import settings_from_args
+
+    monkeypatch.setenv("NEG_API_PORT", "8100")
+    monkeypatch.setenv("NEG_API_HOST", "127.0.0.1")  # restored after the test: the CLI writes both
+    assert settings_from_args([]).port == 8100
+    assert settings_from_args(["--port", "8123", "--host", "0.0.0.0"]).port == 8123
+    assert settings_from_env().host == "0.0.0.0"
+    for argv, says in ((["--port", "99999"], "expected a TCP port 0-65535"),
+                       (["--prot", "8123"], "unrecognized arguments: --prot")):
+        with pytest.raises(SystemExit) as err:
+            settings_from_args(argv)
+        assert err.value.code == 2 and says in capsys.readouterr().err
