@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
+from bench.bench_clip_protocol import external_sets  # noqa: E402
 from bench.diag_local_detector import (  # noqa: E402
     EVAL_SETS,
     HELD_OUT_ROWS,
@@ -64,11 +65,11 @@ def dense_maps(bundle, images: torch.Tensor, captions: list[str],
                               [[c] for c in captions_neg] * k)
 
 
-def evaluate(source: str) -> dict[str, dict[str, float]]:
+def evaluate(source: str, sets: dict = EVAL_SETS) -> dict[str, dict[str, float]]:
     clip = build_clip(resolve_model_source(source))
     bundle = bundle_from_open_clip(clip.model.float().eval(), clip.tokenizer)
     out = {}
-    for name, (root, domain, split) in EVAL_SETS.items():
+    for name, (root, domain, split) in sets.items():
         es = [e for e in load_manifest(Path(root))
               if e.domain == domain and e.split == split and e.label == "tumor"][:N_EVAL]
         hits, mass, scores, labels = [], [], [], []
@@ -93,21 +94,28 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True, metavar="NAME=SOURCE")
+    p.add_argument("--external", action="append", default=[], metavar="DOMAIN=DIR",
+                   help="one more held-out set (python -m shared.benchmark --external; its test "
+                        "split, the first 150 positives); repeat")
     p.add_argument("--out", default="bench/results/dense_pointing.md")
     args = p.parse_args(argv)
     models = dict(spec.split("=", 1) for spec in args.model)
-    rows = {name: evaluate(source) for name, source in models.items()}
-    cols = list(EVAL_SETS)
+    sets = dict(EVAL_SETS) | {label: (root, domain, "test") for domain, root, label, _
+                              in external_sets(args.external, p.error)}
+    held_out = HELD_OUT_ROWS + [label for label in sets if label not in EVAL_SETS]
+    rows = {name: evaluate(source, sets) for name, source in models.items()}
+    cols = list(sets)
     lines = ["| model | " + " | ".join(cols) + " | training mean | held-out mean |",
              "|---|" + "---|" * (len(cols) + 2)]
     for name, res in rows.items():
         cells = [f"{res[c]['pointing']:.3f} / {res[c]['mass']:.3f} / {res[c]['auroc']:.3f}"
                  for c in cols]
         means = [np.mean([res[c]["pointing"] for c in group])
-                 for group in (TRAINING_ROWS, HELD_OUT_ROWS)]
+                 for group in (TRAINING_ROWS, held_out)]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {means[0]:.3f} | {means[1]:.3f} |")
     command = "python bench/diag_dense_pointing.py " + " ".join(
-        f"--model {s}" for s in args.model) + f" --out {args.out}"
+        [f"--model {s}" for s in args.model] + [f"--external {s}" for s in args.external]
+    ) + f" --out {args.out}"
     doc = __doc__.split("\n\n")
     text = ["## Diagnostic: the CLIP's dense caption-contrast map on validation sets (issue 17)", "",
             f"Command: `{command}`", "", doc[2].replace("\n", " "), "", doc[3].replace("\n", " "),
