@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from finetune.ablation_eval import lesion_mass  # noqa: E402
+from finetune.ablation_eval import lesion_mass, pointing_hit  # noqa: E402
 from finetune.build import build_clip  # noqa: E402
 from finetune.evaluation.clip_bundle import bundle_from_open_clip  # noqa: E402
 from finetune.evaluation.m2ib import PRESETS, m2ib_saliency  # noqa: E402
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 maps = m2ib_saliency(bundle, images, prompts, cfg, seed=0)
             masks = [m for _, m, _ in items]
             rows.append((aname, lname,
-                         float(np.mean([m.flat[int(np.argmax(s))] for s, m in zip(maps, masks, strict=True)])),
+                         float(np.mean([pointing_hit(s, m) for s, m in zip(maps, masks, strict=True)])),
                          float(np.mean([lesion_mass(s, m) for s, m in zip(maps, masks, strict=True)])),
                          float(np.mean([m.mean() for m in masks]))))
             print(rows[-1], flush=True)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from finetune.ablation_eval import cached_segmenter  # noqa: E402
+from finetune.ablation_eval import cached_segmenter, pointing_hit  # noqa: E402
 from finetune.build import build_clip  # noqa: E402
 from finetune.evaluation.cli import PROMPT_DIR  # noqa: E402
 from finetune.evaluation.clip_bundle import bundle_from_open_clip  # noqa: E402
@@ -205,7 +205,7 @@ def score_set(bundle, segmenter, data: Set, rules: list[str],
     used = ["m2ib", *sorted({map_of(r)[0] for r in rules} - {"m2ib"})]
     out: dict[str, list[float]] = {
         ("pointing" if k == "m2ib" else f"pointing ({k})"):
-            [float(m.flat[int(np.argmax(s))]) for s, m in zip(maps[k], data.masks, strict=True)]
+            [pointing_hit(s, m) for s, m in zip(maps[k], data.masks, strict=True)]
         for k in used}
     for name in rules:
         cfg, select, candidates = parse_rule(name)

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.bench_clip_protocol import external_sets  # noqa: E402
-from finetune.ablation_eval import lesion_mass  # noqa: E402
+from finetune.ablation_eval import lesion_mass, pointing_hit  # noqa: E402
 from finetune.ablation_report import auroc  # noqa: E402
 from finetune.build import build_clip  # noqa: E402
 from finetune.evaluation.clip_bundle import bundle_from_open_clip  # noqa: E402
@@ -97,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             for d, (images, masks, prompts) in data.items():
                 maps = m2ib_saliency(bundle, images, prompts, cfg, seed=0)
                 maps_of[(layer, beta, d)] = maps
-                row[d] = (float(np.mean([m.flat[int(np.argmax(s))] for s, m in zip(maps, masks,
-                                                                                    strict=True)])),
+                row[d] = (float(np.mean([pointing_hit(s, m) for s, m in zip(maps, masks, strict=True)])),
                           float(np.mean([lesion_mass(s, m) for s, m in zip(maps, masks,
                                                                            strict=True)])))
             train = [d for d in DOMAINS if d != HELD_OUT_DOMAIN]

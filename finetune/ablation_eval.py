@@ -148,6 +148,12 @@ def evaluate_centre_box(cfg: AblationConfig, data: EvalSet, segmenter) -> dict:
     return {m: [getattr(r.score, m) for r in res.images] for m in ("dice", "iou", "nsd")}
 
 
+def pointing_hit(saliency: np.ndarray, mask: np.ndarray) -> float:
+    """Pointing game for one image: 1.0 if the saliency map's maximum (the first, row-major, on
+    ties) lies inside the lesion mask, else 0.0."""
+    return float(mask.flat[int(np.argmax(saliency))])
+
+
 def lesion_mass(saliency: np.ndarray, mask: np.ndarray) -> float:
     """Share of a saliency map's mass inside the lesion mask: Σ s·m / Σ s (0 for an empty map)."""
     total = float(saliency.sum())
@@ -189,7 +195,7 @@ def evaluate_model(cfg: AblationConfig, bundle: ClipBundle, data: EvalSet, segme
 
     def on_image(result, image, gt):
         sal = result.saliency
-        pointing.append(float(gt.flat[int(np.argmax(sal))]))
+        pointing.append(pointing_hit(sal, gt))
         mass_pos.append(lesion_mass(sal, gt))
 
     seeds = [cfg.eval_seed + i for i in range(len(data.pos))]  # the seeds evaluate_dataset gives
@@ -204,8 +210,7 @@ def evaluate_model(cfg: AblationConfig, bundle: ClipBundle, data: EvalSet, segme
         pos_maps = m2ib_saliency(bundle, data.pos, [data.prompts.for_image(p.name)
                                                     for p in data.pairs], cfg.m2ib, seed=seeds)
         mass_pos = [lesion_mass(s, m) for s, m in zip(pos_maps, data.masks, strict=True)]
-        extra["m2ib_pointing"] = [float(m.flat[int(np.argmax(s))])
-                                  for s, m in zip(pos_maps, data.masks, strict=True)]
+        extra["m2ib_pointing"] = [pointing_hit(s, m) for s, m in zip(pos_maps, data.masks, strict=True)]
     probs, classes = zero_shot_probs(bundle, data.pos + data.neg, data.class_prompts)
     p_tumor = probs[:, classes.index("tumor")]
     n = len(data.pos)
