@@ -54,6 +54,16 @@ def box_iou(boxes: np.ndarray, mask: np.ndarray) -> float:
     return float(iw * ih / (area - iw * ih))
 
 
+def validation_sets(bench: str, externals: list[str], error) -> dict[str, list]:
+    """{set label: manifest items}: each benchmark domain's validation split, then every external
+    set (``DOMAIN=DIR``: all its items of DOMAIN; labels from ``external_sets``)."""
+    sets = {d: [it for it in load_manifest(bench) if it.domain == d and it.split == "val"]
+            for d in DOMAINS}
+    for domain, root, label, _ in external_sets(externals, error):
+        sets[label] = [it for it in load_manifest(root) if it.domain == domain]
+    return sets
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,10 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     clip = build_clip(resolve_model_source(args.model))
     bundle = bundle_from_open_clip(clip.model.eval(), clip.tokenizer)
-    sets = {d: [it for it in load_manifest(args.bench) if it.domain == d and it.split == "val"]
-            for d in DOMAINS}
-    for domain, root, label, _ in external_sets(args.external, p.error):
-        sets[label] = [it for it in load_manifest(root) if it.domain == domain]
+    sets = validation_sets(args.bench, args.external, p.error)
     columns = list(sets)
     data, aurocs = {}, {}
     for d, val in sets.items():
