@@ -204,3 +204,23 @@ def test_external_sets_keep_two_sets_of_one_domain_apart():
     errors = []
     external_sets(["brain_mri"], errors.append)
     assert errors == ["--external 'brain_mri': expected DOMAIN=DIR"]
+
+
+def test_fused_saliency_rule_clauses():
+    """bench/diag_fused_saliency.py's rule, clause by clause on hand-made rates: (a) one training
+    domain more than 0.05 below the baseline, (b) held-out mean gain under +0.05, (c) one held-out
+    set more than 0.05 below; a candidate with none of these is eligible. The fusions are the
+    elementwise mean and product."""
+    from bench.diag_fused_saliency import TRAINING, fuse, judge
+
+    held = ["chest_xray", "t2"]
+    base = {**{d: 0.8 for d in TRAINING}, "chest_xray": 0.1, "t2": 0.2}
+    good = {**base, "t2": 0.35}  # held-out mean +0.075, nothing below
+    assert judge(good, base, held) == []
+    assert judge({**good, TRAINING[0]: 0.74}, base, held) == ["a"]
+    assert judge({**good, "t2": 0.29}, base, held) == ["b"]
+    assert judge({**good, "chest_xray": 0.04, "t2": 0.5}, base, held) == ["c"]
+    a, b = np.array([[0.0, 1.0]]), np.array([[1.0, 0.5]])
+    maps = fuse(a, b)
+    np.testing.assert_allclose(maps["mean"], [[0.5, 0.75]])
+    np.testing.assert_allclose(maps["product"], [[0.0, 0.5]])
