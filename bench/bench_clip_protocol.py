@@ -144,13 +144,17 @@ def render(results: dict, models: list[tuple[str, str]], command: str, timings: 
 def external_sets(specs: list[str], error) -> list[tuple[str, str, str, str]]:
     """``--external DOMAIN=DIR`` specs as (domain, dir, label, folder name): a domain with one
     external set is labelled "DOMAIN (external)"; two sets of one domain keep apart, each labelled
-    and filed by its folder's name ("" = no subfolder)."""
+    and filed by its folder's name ("" = no subfolder). A DIR without a benchmark manifest is
+    refused before anything runs (a missing set would otherwise fail after the others' hours)."""
     domains = [spec.partition("=")[0] for spec in specs]
     sets = []
     for spec in specs:
         domain, sep, root = spec.partition("=")
         if not sep or not domain or not root:
             error(f"--external {spec!r}: expected DOMAIN=DIR")
+        elif not (Path(root) / "manifest.jsonl").is_file():
+            error(f"--external {spec!r}: no benchmark manifest in {root} (build it with python -m "
+                  "shared.benchmark --external)")
         name = "" if domains.count(domain) == 1 else Path(root).name
         sets.append((domain, root, f"{domain} (external{' ' + name if name else ''})", name))
     return sets

@@ -191,19 +191,26 @@ def test_soup_clip_writes_the_interpolated_model(tmp_path):
         soup("embedded-pretrained", "embedded-convstem8-pretrained", 0.5, tmp_path / "x")
 
 
-def test_external_sets_keep_two_sets_of_one_domain_apart():
+def test_external_sets_keep_two_sets_of_one_domain_apart(tmp_path):
     """bench scripts' --external DOMAIN=DIR: a domain's single set keeps the plain label (the
     recorded reports' rows), two sets of one domain are labelled and filed by folder (labelling
-    by domain alone would merge them into one row); a spec without '=' is refused."""
+    by domain alone would merge them into one row); a spec without '=' and a folder without a
+    benchmark manifest are refused up front."""
     from bench.bench_clip_protocol import external_sets
 
-    sets = external_sets(["brain_mri=data/t1", "breast_us=data/us", "brain_mri=data/t2"], print)
-    assert sets == [("brain_mri", "data/t1", "brain_mri (external t1)", "t1"),
-                    ("breast_us", "data/us", "breast_us (external)", ""),
-                    ("brain_mri", "data/t2", "brain_mri (external t2)", "t2")]
+    t1, us, t2 = (tmp_path / n for n in ("t1", "us", "t2"))
+    for d in (t1, us, t2):
+        d.mkdir()
+        (d / "manifest.jsonl").write_text("")
+    sets = external_sets([f"brain_mri={t1}", f"breast_us={us}", f"brain_mri={t2}"], print)
+    assert sets == [("brain_mri", str(t1), "brain_mri (external t1)", "t1"),
+                    ("breast_us", str(us), "breast_us (external)", ""),
+                    ("brain_mri", str(t2), "brain_mri (external t2)", "t2")]
     errors = []
-    external_sets(["brain_mri"], errors.append)
-    assert errors == ["--external 'brain_mri': expected DOMAIN=DIR"]
+    external_sets(["brain_mri", f"breast_us={tmp_path / 'missing'}"], errors.append)
+    assert errors == ["--external 'brain_mri': expected DOMAIN=DIR",
+                      f"--external 'breast_us={tmp_path / 'missing'}': no benchmark manifest in "
+                      f"{tmp_path / 'missing'} (build it with python -m shared.benchmark --external)"]
 
 
 def test_fused_saliency_rule_clauses():
