@@ -8,6 +8,9 @@
         --external brain_mri=data/external_val_t2_brain128 \
         --external brain_mri=data/external_val_t2h_brain128 --out bench/results/fused_saliency.md
 
+(as run in session 36, when ``embedded-convstem8-pretrained`` was round 3; it is round 9 since,
+and round 3 is ``local-dir:runs/pt_convstem8_ms3/model`` from ``scripts/train_embedded_convstem8.sh``)
+
 The two maps fail in complementary places (``dense_pointing_t2.md``, ``clip_convstem.md`` rounds
 7–8): M2IB (block 3, β 1: the embedded preset) finds dark lesions in an unseen T1 head, the
 dense caption-contrast map (last block's tokens, ``cos(p, T) − cos(p, T⁻)``) finds bright
@@ -74,9 +77,9 @@ def pointing(source: str, sets: dict, n: int) -> dict[str, dict[str, int]]:
         m2ib = m2ib_saliency(bundle, images, [[it.caption] for it in tumors], cfg, seed=0)
         dense = dense_contrast(bundle, images, [[it.caption] for it in tumors],
                                [[it.caption_neg] for it in tumors], resize_mode=cfg.resize_mode)
+        fused = [fuse(a, b) for a, b in zip(m2ib, dense, strict=True)]
         for s in SALIENCIES:
-            out[s][name] = int(sum(pointing_hit(fuse(a, b)[s], m)
-                                   for a, b, m in zip(m2ib, dense, masks, strict=True)))
+            out[s][name] = int(sum(pointing_hit(f[s], m) for f, m in zip(fused, masks, strict=True)))
         print(source, name, {s: out[s][name] for s in SALIENCIES}, flush=True)
     return out
 

@@ -57,8 +57,8 @@ def box_iou(boxes: np.ndarray, mask: np.ndarray) -> float:
 def validation_sets(bench: str, externals: list[str], error) -> dict[str, list]:
     """{set label: manifest items}: each benchmark domain's validation split, then every external
     set (``DOMAIN=DIR``: all its items of DOMAIN; labels from ``external_sets``)."""
-    sets = {d: [it for it in load_manifest(bench) if it.domain == d and it.split == "val"]
-            for d in DOMAINS}
+    items = load_manifest(bench)
+    sets = {d: [it for it in items if it.domain == d and it.split == "val"] for d in DOMAINS}
     for domain, root, label, _ in external_sets(externals, error):
         sets[label] = [it for it in load_manifest(root) if it.domain == domain]
     return sets
