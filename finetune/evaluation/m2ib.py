@@ -12,7 +12,11 @@ the closed-form Gaussian KL per token and channel
     KL = −½ (1 + log (1 − λ)² − (λ x̃)² − (1 − λ)²).
 
 α is fitted with Adam (lr 1, 10 steps) on  β · mean(KL) − mean_s cos(text_emb, img_emb(z_s)),
-over S noise samples (10). The saliency map is Σ_D KL per patch token (prefix tokens dropped),
+over S noise samples (10). With ``contrast`` the fit is the caption *contrast*
+cos(T, img_emb(z_s)) − cos(T⁻, img_emb(z_s)) between the lesion caption T and the lesion-free
+caption T⁻: what the two captions share (the anatomy, "a brain MRI") no longer pays for keeping a
+token, only evidence for T over T⁻ does — the question MedCLIP-SAMv2's users ask when a "normal"
+prompt still highlights the tumour (our variant; upstream fits cos(T, ·) alone). The saliency map is Σ_D KL per patch token (prefix tokens dropped),
 bilinear to image size and min-max normalised. It is taken from α after all steps (upstream
 reads the KL buffer of the last forward, i.e. α before the final update).
 
@@ -67,6 +71,7 @@ class M2IBConfig:
     noise_stats: Literal["prior", "tokens"] = "prior"  # see module docstring
     resize_mode: ResizeMode = "pad"  # "pad" keeps aspect ratio; "stretch" squashes to square
     batch_size: int = 8  # images optimised together (memory: batch_size*num_samples suffixes)
+    contrast: bool = False  # fit cos(T, ·) − cos(T⁻, ·) (needs negative prompts); module docstring
 
 
 # Per-dataset presets of MedCLIP-SAMv2 (zeroshot_scripts), plus the embedded 6-block model: after
@@ -166,6 +171,7 @@ def m2ib_saliency(
     *,
     seed: int | Sequence[int] = 0,
     class_token_shortcut: bool = True,
+    neg_prompts: Sequence[Sequence[str]] | None = None,
 ) -> list[np.ndarray]:
     """Batched M2IB saliency.
 
@@ -177,28 +183,45 @@ def m2ib_saliency(
         seed: int -> image i uses seed + i; or one seed per image.
         class_token_shortcut: run the last block for the class token only (same maps, less
             work; see ``clip_bundle.vision_suffix``). False only to measure what it saves.
+        neg_prompts: B lists of lesion-free captions; required with ``cfg.contrast``.
     Returns:
         B float32 maps in [0, 1], each of its image's (H, W).
     """
-    if len(images) != len(prompts):
-        raise ValueError(f"got {len(images)} images but {len(prompts)} prompt lists")
+    _check_prompts(images, prompts, neg_prompts, cfg)
     _check(bundle, cfg)
     seeds = _seeds(seed, len(images))
     out: list[np.ndarray] = []
     for start in range(0, len(images), cfg.batch_size):
         stop = start + cfg.batch_size
+        negs = neg_prompts[start:stop] if cfg.contrast else None
         out += _m2ib_batch(bundle, images[start:stop], prompts[start:stop], cfg, seeds[start:stop],
-                           class_token_shortcut)
+                           class_token_shortcut, negs)
     return out
 
 
+def _check_prompts(images, prompts, neg_prompts, cfg: M2IBConfig) -> None:
+    if len(images) != len(prompts):
+        raise ValueError(f"got {len(images)} images but {len(prompts)} prompt lists")
+    if cfg.contrast and (neg_prompts is None or len(neg_prompts) != len(images)):
+        raise ValueError("M2IB with contrast needs one list of lesion-free captions per image")
+
+
+def _fit(emb: torch.Tensor, text: torch.Tensor, text_neg: torch.Tensor | None) -> torch.Tensor:
+    """(..., E) embeddings vs (..., E) caption(s) -> cos(T, emb) [− cos(T⁻, emb)], shape (...)."""
+    fit = F.cosine_similarity(emb, text, dim=-1, eps=1e-6)
+    if text_neg is not None:
+        fit = fit - F.cosine_similarity(emb, text_neg, dim=-1, eps=1e-6)
+    return fit
+
+
 def _m2ib_batch(bundle, images, prompts, cfg: M2IBConfig, seeds,
-                class_token_shortcut: bool) -> list[np.ndarray]:
+                class_token_shortcut: bool, neg_prompts=None) -> list[np.ndarray]:
     with frozen_eval(bundle.model):
         pixels, placements = preprocess(bundle, images, resize_mode=cfg.resize_mode)
         with torch.no_grad():
             tokens = vision_prefix(bundle, pixels, cfg.layer)  # (B, N, D)
             text = encode_prompts(bundle, prompts)  # (B, E)
+            text_neg = None if neg_prompts is None else encode_prompts(bundle, neg_prompts)[:, None]
         b, n, d = tokens.shape
         mu, sigma = _noise_stats(tokens, cfg)
         alpha = torch.full((b, 1, n, d), cfg.init_alpha, device=tokens.device, requires_grad=True)
@@ -212,7 +235,7 @@ def _m2ib_batch(bundle, images, prompts, cfg: M2IBConfig, seeds,
                 z, kl = _bottleneck(tokens, alpha, eps, mu, sigma)
                 emb = vision_suffix(bundle, z.reshape(b * s, n, d), cfg.layer,
                                     class_token_only=class_token_shortcut).reshape(b, s, -1)
-                fit = F.cosine_similarity(emb, text[:, None], dim=-1, eps=1e-6).mean(1)  # (B,)
+                fit = _fit(emb, text[:, None], text_neg).mean(1)  # (B,)
                 loss = (cfg.beta * kl.mean(dim=(1, 2)) - fit).sum()  # sum: images independent
                 loss.backward()
                 optimizer.step()
@@ -242,6 +265,7 @@ def m2ib_saliency_loop(
     *,
     seed: int | Sequence[int] = 0,
     param_grads: bool = True,
+    neg_prompts: Sequence[Sequence[str]] | None = None,
 ) -> list[np.ndarray]:
     """Per-image M2IB in the upstream manner (reference for tests and the benchmark).
 
@@ -252,14 +276,15 @@ def m2ib_saliency_loop(
     discarded afterwards. Same maths, noise and seeds as :func:`m2ib_saliency`, so the maps
     must agree.
     """
-    if len(images) != len(prompts):
-        raise ValueError(f"got {len(images)} images but {len(prompts)} prompt lists")
+    _check_prompts(images, prompts, neg_prompts, cfg)
     _check(bundle, cfg)
+    negs = neg_prompts if cfg.contrast else [None] * len(images)
     model = bundle.model
     s = cfg.num_samples
     out = []
     with _upstream_eval(model) if param_grads else frozen_eval(model):
-        for image, prompt, sd in zip(images, prompts, _seeds(seed, len(images)), strict=True):
+        for image, prompt, neg, sd in zip(images, prompts, negs, _seeds(seed, len(images)),
+                                          strict=True):
             pixels, placements = preprocess(bundle, [image], resize_mode=cfg.resize_mode)
             batch = pixels.expand(s, -1, -1, -1)
             gen = torch.Generator().manual_seed(int(sd))
@@ -289,8 +314,9 @@ def m2ib_saliency_loop(
                     for _ in range(cfg.steps):
                         optimizer.zero_grad()
                         text = encode_prompts(bundle, [prompt] * s)  # re-encoded every step
+                        text_neg = None if neg is None else encode_prompts(bundle, [neg] * s)
                         emb = model.encode_image(batch)
-                        fit = F.cosine_similarity(emb, text, dim=-1, eps=1e-6).mean()
+                        fit = _fit(emb, text, text_neg).mean()
                         kl = _bottleneck(
                             state["tokens"], alpha, torch.zeros(1, 1, 1, 1, device=alpha.device),
                             state["mu"],

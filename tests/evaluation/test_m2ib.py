@@ -11,7 +11,13 @@ from finetune.evaluation.clip_bundle import (
     vision_prefix,
     vision_suffix,
 )
-from finetune.evaluation.m2ib import M2IBConfig, _bottleneck, m2ib_saliency, m2ib_saliency_loop
+from finetune.evaluation.m2ib import (
+    M2IBConfig,
+    _bottleneck,
+    _fit,
+    m2ib_saliency,
+    m2ib_saliency_loop,
+)
 from tests.evaluation.conftest import blob_image
 
 CFG = M2IBConfig(layer=1, beta=0.1, var=0.3, steps=4, num_samples=3)
@@ -77,6 +83,33 @@ def test_batched_equals_upstream_manner_per_image_loop(tiny_clip):
         assert b.shape == img.shape[:2] and b.dtype == np.float32
         assert b.min() == 0.0 and b.max() == pytest.approx(1.0)
         torch.testing.assert_close(torch.from_numpy(b), torch.from_numpy(lp), atol=1e-4, rtol=1e-4)
+
+
+NEG_PROMPTS = [["healthy tissue"], ["no lesion"], ["a normal scan"]]
+
+
+def test_contrast_fit_is_positive_minus_negative_caption_cosine():
+    emb = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    t, t_neg = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[0.0, 2.0], [0.0, 1.0]])
+    torch.testing.assert_close(_fit(emb, t, t_neg), torch.tensor([1.0, 0.0]))  # 1 − 0, s − s
+    torch.testing.assert_close(_fit(emb, t, None), torch.tensor([1.0, 0.5**0.5]))
+
+
+def test_contrast_batched_equals_loop_and_differs_from_plain_fit(tiny_clip):
+    images = _images()
+    cfg = dataclasses.replace(CFG, contrast=True)
+    batched = m2ib_saliency(tiny_clip, images, PROMPTS, cfg, seed=7, neg_prompts=NEG_PROMPTS)
+    looped = m2ib_saliency_loop(tiny_clip, images, PROMPTS, cfg, seed=7, neg_prompts=NEG_PROMPTS)
+    plain = m2ib_saliency(tiny_clip, images, PROMPTS, CFG, seed=7)
+    for b, lp, p in zip(batched, looped, plain, strict=True):
+        torch.testing.assert_close(torch.from_numpy(b), torch.from_numpy(lp), atol=1e-4, rtol=1e-4)
+        assert np.abs(b - p).max() > 1e-3  # the negative caption is used
+    # with T⁻ = T the fit is 0 whatever the caption: only the KL term moves alpha
+    same = [m2ib_saliency(tiny_clip, images[:1], [pr], cfg, seed=0, neg_prompts=[pr])[0]
+            for pr in (["a bright tumor"], ["a lesion"])]
+    np.testing.assert_allclose(same[0], same[1], atol=1e-6)
+    with pytest.raises(ValueError, match="lesion-free captions"):
+        m2ib_saliency(tiny_clip, images, PROMPTS, cfg)
 
 
 def test_batched_equals_single_image_runs(tiny_clip):
