@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.bench_clip_protocol import external_sets  # noqa: E402
 from finetune.ablation_eval import cached_segmenter, pointing_hit  # noqa: E402
 from finetune.build import build_clip  # noqa: E402
 from finetune.evaluation.cli import PROMPT_DIR  # noqa: E402
@@ -361,15 +362,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--preset {spec!r}: expected DOMAIN=PRESET with PRESET in {sorted(PRESETS)}")
         presets[domain], preset_names[domain] = PRESETS[name], name
     sets = [load_set(args.bench, d, args.split, args.n, d, args.captions) for d in args.domains]
-    for spec in args.external:
-        domain, sep, root = spec.partition("=")
-        if not sep:
-            p.error(f"--external {spec!r}: expected DOMAIN=DIR")
-        sets.append(load_set(root, domain, None, args.n, f"{domain} (external)", args.captions))
+    for domain, root, label, _ in external_sets(args.external, p.error):  # two of one domain
+        sets.append(load_set(root, domain, None, args.n, label, args.captions))  # keep apart
     scores = {}
     for data in sets:
         scores[data.label] = score_set(bundle, segmenter, data, args.rules,
-                                       presets.get(data.label.removesuffix(" (external)")))
+                                       presets.get(data.label.split(" (external")[0]))
         print(data.label, {r: round(float(np.mean(v)), 3) for r, v in scores[data.label].items()},
               flush=True)
     train = [d for d in DOMAINS if d != HELD_OUT_DOMAIN and d in scores]
