@@ -49,11 +49,11 @@ GOALS = "AUROC ≥ 0.95 (training domains) / ≥ 0.80 (held-out); pointing ≥ 0
         "oracle in-domain; Dice ≥ centre box + 0.15 on the held-out domain (issue 17)"
 
 
-DEFAULT_M2IB = (3, 0.1, False)  # PRESETS["embedded"] before issue 17 (layer, beta, contrast fit)
+DEFAULT_M2IB = (3, 0.1)  # finetune.evaluation.m2ib.PRESETS["embedded"] before issue 17
 
 
 def evaluate(bench: str, domain: str, name: str, source: str, *, out: Path, n_positives: int,
-             embedding_cache: str, m2ib: tuple[int, float, bool] = DEFAULT_M2IB) -> dict:
+             embedding_cache: str, m2ib: tuple[int, float] = DEFAULT_M2IB) -> dict:
     """Run (or reuse) the ``none`` variant of ``source`` on ``domain``'s test split; the results
     JSON of the model plus the oracle/centre reference results."""
     cfg = load_ablation_config({
@@ -61,7 +61,7 @@ def evaluate(bench: str, domain: str, name: str, source: str, *, out: Path, n_po
         "variants": ["none"], "seeds": [0], "n_positives": n_positives, "base_model": source,
         "embedding_cache_dir": embedding_cache,
         "m2ib": {"layer": m2ib[0], "beta": m2ib[1], "var": 1.0, "steps": 10, "num_samples": 10,
-                 "batch_size": 16, "contrast": m2ib[2]},
+                 "batch_size": 16},
     })
     run_ablation(cfg, command="bench/bench_clip_protocol.py")
     res = out / domain / name / "results"
@@ -167,11 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", action="append", required=True,
                    help="NAME=SOURCE (finetune.build source or embedded-pretrained); repeat")
     p.add_argument("--m2ib", action="append", default=[],
-                   help="NAME=LAYER,BETA[,contrast]: the model's M2IB bottleneck (chosen on "
-                        f"validation by bench/select_m2ib.py); default {DEFAULT_M2IB[:2]}; "
-                        "',contrast' fits the caption contrast (M2IBConfig.contrast). "
-                        "NAME@DOMAIN=... sets it for one domain only (a per-dataset preset, "
-                        "as upstream's)")
+                   help="NAME=LAYER,BETA: the model's M2IB bottleneck (chosen on validation by "
+                        f"bench/select_m2ib.py); default {DEFAULT_M2IB}. NAME@DOMAIN=LAYER,BETA "
+                        "sets it for one domain only (a per-dataset preset, as upstream's)")
     p.add_argument("--external", action="append", default=[],
                    help="DOMAIN=BENCH: also evaluate DOMAIN from this benchmark, an external set "
                         "(python -m shared.benchmark --external: a source never trained on); repeat")
@@ -193,10 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     m2ib = {}
     for spec in args.m2ib:
         name, _, lb = spec.partition("=")
-        parts = lb.split(",")
-        if len(parts) not in (2, 3) or parts[2:] not in ([], ["contrast"]):
-            p.error(f"--m2ib {spec!r}: expected NAME=LAYER,BETA or NAME=LAYER,BETA,contrast")
-        m2ib[name] = (int(parts[0]), float(parts[1]), parts[2:] == ["contrast"])
+        layer, beta = lb.split(",")
+        m2ib[name] = (int(layer), float(beta))
     entries = [(d, args.bench, d, Path(args.out)) for d in args.domains]
     for domain, bench, label, name in external_sets(args.external, p.error):
         entries.append((domain, bench, label, Path(args.out) / "external" / name))

@@ -114,8 +114,7 @@ class AblationConfig:
     train_overrides: tuple[str, ...] = ()  # key=value for every variant (variant's own win)
     m2ib: M2IBConfig = field(default_factory=lambda: PRESETS["embedded"])  # saliency settings
     # pipeline saliency: m2ib | dense (the caption contrast with each positive's lesion-free caption,
-    # binarised by evaluate.DENSE_BOX_RULE; faithfulness and `m2ib_pointing` stay M2IB's; so with
-    # m2ib.contrast, M2IB's caption-contrast fit)
+    # binarised by evaluate.DENSE_BOX_RULE; faithfulness and `m2ib_pointing` stay M2IB's)
     saliency: str = "m2ib"
     # saliency -> box; unset (null): the base model's own rule, evaluate.BOX_RULES[its family]
     # (chosen on validation: box_rule_val.md, 8 x 8 model; box_rule_val9.md, conv-stem model)
@@ -290,8 +289,7 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
         meta["gt_gain"] = {m: compare(results["stage1+2-gt"], results["stage1"], m,
                                       n_resamples=cfg.n_resamples, seed=cfg.eval_seed)
                            for m in ("dice", "pointing", "faithfulness", "auroc",
-                                     *(("m2ib_pointing",) if cfg.saliency == "dense"
-                                       or cfg.m2ib.contrast else ()))}
+                                     *(("m2ib_pointing",) if cfg.saliency == "dense" else ()))}
     text = render_report(rows, meta)
     also = {}
     for domain in cfg.also_domains:

@@ -19,13 +19,7 @@ import torch
 from sklearn.metrics import silhouette_samples
 
 from finetune.evaluation.clip_bundle import ClipBundle
-from finetune.evaluation.evaluate import (
-    BOX_RULES,
-    DENSE_BOX_RULE,
-    EvalConfig,
-    evaluate_dataset,
-    needs_neg_prompts,
-)
+from finetune.evaluation.evaluate import BOX_RULES, DENSE_BOX_RULE, EvalConfig, evaluate_dataset
 from finetune.evaluation.loading import clip_family
 from finetune.evaluation.m2ib import m2ib_saliency
 from finetune.evaluation.prompts import PromptSet
@@ -193,9 +187,8 @@ def evaluate_model(cfg: AblationConfig, bundle: ClipBundle, data: EvalSet, segme
     Prompt faithfulness of a positive: the share of M2IB saliency mass inside its lesion with its
     own caption minus that with its lesion-free caption (same noise seed): > 0 when the "normal"
     prompt does not highlight the tumour as the tumour prompt does. ``pointing`` is the
-    pipeline's map's (M2IB's, or the dense map's with ``cfg.saliency == "dense"`` or M2IB's
-    contrast fit's with ``cfg.m2ib.contrast``, which then also record plain M2IB's as
-    ``m2ib_pointing``).
+    pipeline's map's (M2IB's, or the dense map's with ``cfg.saliency == "dense"``, which then
+    also records M2IB's as ``m2ib_pointing``).
     """
     pointing: list[float] = []
     mass_pos: list[float] = []
@@ -206,24 +199,23 @@ def evaluate_model(cfg: AblationConfig, bundle: ClipBundle, data: EvalSet, segme
         mass_pos.append(lesion_mass(sal, gt))
 
     seeds = [cfg.eval_seed + i for i in range(len(data.pos))]  # the seeds evaluate_dataset gives
-    pipeline = eval_config(cfg, "segmenter")
-    needs_neg = needs_neg_prompts(pipeline)
+    dense = cfg.saliency == "dense"
     neg_prompts = (PromptSet((), {p.name: (c,) for p, c in zip(data.pairs, data.captions_neg,
-                                                                 strict=True)}) if needs_neg else None)
+                                                                 strict=True)}) if dense else None)
     res = evaluate_dataset(bundle, data.pairs, segmenter=segmenter, prompts=data.prompts,
-                           cfg=pipeline, on_image=on_image, neg_prompts=neg_prompts)
+                           cfg=eval_config(cfg, "segmenter"), on_image=on_image,
+                           neg_prompts=neg_prompts)
     extra = {}
-    plain = replace(cfg.m2ib, contrast=False)  # faithfulness is plain M2IB's, caption by caption
-    if needs_neg:  # the pipeline's map is not plain M2IB's: M2IB's maps with the positive captions
+    if dense:  # faithfulness is M2IB's: its maps with the positive captions
         pos_maps = m2ib_saliency(bundle, data.pos, [data.prompts.for_image(p.name)
-                                                    for p in data.pairs], plain, seed=seeds)
+                                                    for p in data.pairs], cfg.m2ib, seed=seeds)
         mass_pos = [lesion_mass(s, m) for s, m in zip(pos_maps, data.masks, strict=True)]
         extra["m2ib_pointing"] = [pointing_hit(s, m) for s, m in zip(pos_maps, data.masks, strict=True)]
     probs, classes = zero_shot_probs(bundle, data.pos + data.neg, data.class_prompts)
     p_tumor = probs[:, classes.index("tumor")]
     n = len(data.pos)
     out = {m: [getattr(r.score, m) for r in res.images] for m in ("dice", "iou", "nsd")}
-    neg_maps = m2ib_saliency(bundle, data.pos, [[c] for c in data.captions_neg], plain,
+    neg_maps = m2ib_saliency(bundle, data.pos, [[c] for c in data.captions_neg], cfg.m2ib,
                              seed=seeds)
     mass_neg = [lesion_mass(s, m) for s, m in zip(neg_maps, data.masks, strict=True)]
     out.update(pointing=pointing, coarse_dice=[r.coarse_dice for r in res.images],

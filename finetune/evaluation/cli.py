@@ -80,17 +80,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=None, help="M2IB noise samples per image (>= 1)")
     p.add_argument("--batch-size", type=int, default=None, help="images per saliency batch (>= 1)")
     p.add_argument("--resize-mode", default=None, choices=("pad", "stretch"))
-    p.add_argument("--contrast", action="store_true",
-                   help="M2IB fits the caption contrast cos(T, .) - cos(T-, .) with each image's "
-                        "lesion-free caption T- (--neg-prompt / --neg-prompt-file) instead of "
-                        "cos(T, .) alone (m2ib.M2IBConfig.contrast)")
     p.add_argument("--prompt-file", type=Path, default=None, help=".txt (see prompts.py) or upstream .json")
     p.add_argument("--prompt", default=None, help="one caption for every image")
     p.add_argument("--neg-prompt-file", type=Path, default=None,
-                   help="--saliency dense / --contrast: the lesion-free caption(s), same format as "
+                   help="--saliency dense: the lesion-free caption(s), same format as "
                         "--prompt-file (default: configs/prompts/<task>_healthy.txt)")
     p.add_argument("--neg-prompt", default=None,
-                   help="--saliency dense / --contrast: one lesion-free caption for every image")
+                   help="--saliency dense: one lesion-free caption for every image")
     p.add_argument("--binarize", default=None, choices=("kmeans", "threshold"),
                    help="saliency -> coarse mask (default: the rule's; kmeans, threshold 0.7 for "
                         "--saliency dense)")
@@ -156,12 +152,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--prompt and --prompt-file exclude each other: pass one")
     if args.neg_prompt is not None and args.neg_prompt_file is not None:
         raise ConfigError("--neg-prompt and --neg-prompt-file exclude each other: pass one")
-    if args.contrast and args.saliency != "m2ib":
-        raise ConfigError(f"--contrast applies to --saliency m2ib only (--saliency is {args.saliency})")
-    if ((args.neg_prompt is not None or args.neg_prompt_file is not None)
-            and args.saliency != "dense" and not args.contrast):
-        raise ConfigError(f"--neg-prompt/--neg-prompt-file apply to --saliency dense or m2ib "
-                          f"--contrast only (--saliency is {args.saliency})")
+    if (args.neg_prompt is not None or args.neg_prompt_file is not None) and args.saliency != "dense":
+        raise ConfigError(f"--neg-prompt/--neg-prompt-file apply to --saliency dense only "
+                          f"(--saliency is {args.saliency})")
     if args.mode != "saliency":
         if args.segmenter == "none":
             raise ConfigError(f"--mode {args.mode} needs a --segmenter (e.g. litemedsam)")
@@ -230,8 +223,7 @@ def _require_prompts(prompts: PromptSet | None, args: argparse.Namespace, task: 
     """``prompts`` (from :func:`_prompts`) must exist and cover every image: ConfigError /
     PromptError saying what to pass, before any work."""
     if prompts is None and negative:
-        raise ConfigError(f"--saliency {args.saliency}{' --contrast' * args.contrast} needs a "
-                          f"lesion-free caption for task {task!r} "
+        raise ConfigError(f"--saliency dense needs a lesion-free caption for task {task!r} "
                           f"(no {task}{HEALTHY_SUFFIX}.txt built in): pass --neg-prompt "
                           "\"<a caption of healthy tissue>\" or --neg-prompt-file FILE")
     if prompts is None:
@@ -273,8 +265,6 @@ def _m2ib_config(args: argparse.Namespace, bundle=None) -> M2IBConfig:
         "num_samples": args.samples, "batch_size": args.batch_size, "resize_mode": args.resize_mode,
     }
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    if args.contrast:
-        cfg = dataclasses.replace(cfg, contrast=True)
     if bundle is not None and args.saliency == "m2ib" and not 0 <= cfg.layer < bundle.num_blocks:
         n = bundle.num_blocks
         raise ConfigError(f"M2IB layer {cfg.layer} is out of range for --model {args.model}, whose "
@@ -340,10 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
     needs_model = _needs_model(args)
     if needs_model and args.saliency in TEXT_SALIENCY:
         _require_prompts(prompts, args, task, pairs)
-    needs_neg = needs_model and (args.saliency == "dense"
-                                 or (args.saliency == "m2ib" and args.contrast))
-    neg_prompts = (_require_prompts(_prompts(args, task, True), args, task, pairs, True)
-                   if needs_neg else None)
+    dense = needs_model and args.saliency == "dense"
+    neg_prompts = _require_prompts(_prompts(args, task, True), args, task, pairs, True) if dense else None
     segmenter = None
     if args.mode != "saliency":
         try:

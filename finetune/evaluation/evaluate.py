@@ -102,10 +102,10 @@ def compute_saliency(
     neg_prompts: Sequence[Sequence[str]] | None = None,
 ) -> list[np.ndarray]:
     """Saliency maps (H, W) in [0, 1] for a batch with the configured method (``neg_prompts``:
-    each image's lesion-free caption(s), for ``dense`` and M2IB's contrast fit)."""
+    each image's lesion-free caption(s), for ``dense``)."""
     if cfg.saliency == "m2ib":
         seeds = [cfg.seed + first_index + i for i in range(len(images))]
-        return m2ib_saliency(bundle, images, prompts, cfg.m2ib, seed=seeds, neg_prompts=neg_prompts)
+        return m2ib_saliency(bundle, images, prompts, cfg.m2ib, seed=seeds)
     if cfg.saliency == "dense":
         if neg_prompts is None:
             raise ValueError("saliency 'dense' needs negative prompts (each image's lesion-free caption)")
@@ -163,11 +163,6 @@ def check_box_rule(rule: dict) -> None:
         raise ValueError(f"box scale must be > 0, got {rule['box_scale']}")
 
 
-def needs_neg_prompts(cfg: EvalConfig) -> bool:
-    """Whether the configured saliency reads each image's lesion-free caption."""
-    return cfg.saliency == "dense" or (cfg.saliency == "m2ib" and cfg.m2ib.contrast)
-
-
 def default_box_rule(bundle: ClipBundle | None, preset: str | None = None,
                      saliency: str = "m2ib") -> dict:
     """The post-processing a model gets when none is named (EvalConfig fields, binarisation
@@ -219,8 +214,7 @@ def evaluate_dataset(
         pairs: from :func:`shared.datasets.list_pairs` (name, image_path, mask_path).
         segmenter: LiteMedSAM / SAM (None allowed in saliency mode).
         prompts: text prompts per image (None allowed when the method needs no text).
-        neg_prompts: each image's lesion-free caption(s), for saliency ``dense`` and M2IB's
-            contrast fit only (``needs_neg_prompts``).
+        neg_prompts: each image's lesion-free caption(s), for saliency ``dense`` only.
         cfg: pipeline settings.
         keep_maps: keep saliency / coarse / prediction arrays in the results.
         progress: show a tqdm progress bar.
@@ -231,10 +225,9 @@ def evaluate_dataset(
     needs_text = cfg.mode != "oracle" and cfg.saliency in TEXT_SALIENCY
     if needs_text and prompts is None:
         raise ValueError(f"saliency {cfg.saliency!r} needs text prompts")
-    needs_neg = cfg.mode != "oracle" and needs_neg_prompts(cfg)
+    needs_neg = cfg.mode != "oracle" and cfg.saliency == "dense"
     if needs_neg and neg_prompts is None:
-        raise ValueError(f"saliency {cfg.saliency!r}{' (contrast fit)' * cfg.m2ib.contrast} needs "
-                         "negative prompts (each image's lesion-free caption)")
+        raise ValueError("saliency 'dense' needs negative prompts (each image's lesion-free caption)")
     results: list[ImageResult] = []
     step = cfg.m2ib.batch_size
     bar = progress_bar(total=len(pairs), desc=f"evaluate ({cfg.mode}, {cfg.saliency})",

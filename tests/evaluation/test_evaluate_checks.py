@@ -86,8 +86,6 @@ def _fails(argv, dataset, tmp_path, capsys) -> str:
     (["--neg-prompt", "healthy tissue"], "--neg-prompt/--neg-prompt-file apply to --saliency dense"),
     (["--saliency", "dense"], "--saliency dense needs a lesion-free caption for task 'toy'"),
     (["--saliency", "dense", "--neg-prompt", ""], "--neg-prompt '': empty prompt"),
-    (["--contrast"], "--saliency m2ib --contrast needs a lesion-free caption for task 'toy'"),
-    (["--saliency", "dense", "--contrast"], "--contrast applies to --saliency m2ib only"),
     (["--tsne-baseline", "embeded"], "--tsne-baseline: unknown CLIP source 'embeded'"),
     (["--model", "hf-hub:nonexistent/model"], "--model: hf-hub:nonexistent/model is not in the "
                                               "local Hugging Face cache"),

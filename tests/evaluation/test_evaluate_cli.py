@@ -167,25 +167,6 @@ def test_m2ib_through_evaluate_dataset_matches_direct_call(dataset, tiny_clip):
         np.testing.assert_allclose(r.saliency, d, atol=1e-5)
 
 
-def test_m2ib_contrast_through_evaluate_dataset_reads_the_negative_prompts(dataset, tiny_clip):
-    """M2IB's contrast fit gets each image's lesion-free caption from evaluate_dataset (a run
-    without them is an error naming them)."""
-    from finetune.evaluation.m2ib import m2ib_saliency
-    from shared.io import read_image
-
-    m2ib = M2IBConfig(layer=1, beta=0.1, steps=2, num_samples=2, batch_size=2, contrast=True)
-    cfg = EvalConfig(mode="saliency", m2ib=m2ib)
-    pairs = list_pairs(dataset.parent, "toy", "test")
-    res = evaluate_dataset(tiny_clip, pairs, segmenter=None, prompts=single_prompt("a tumor"),
-                           neg_prompts=single_prompt("healthy tissue"), cfg=cfg, keep_maps=True)
-    direct = m2ib_saliency(tiny_clip, [read_image(p.image_path) for p in pairs], [["a tumor"]] * 3,
-                           m2ib, neg_prompts=[["healthy tissue"]] * 3)
-    for r, d in zip(res.images, direct, strict=True):
-        np.testing.assert_allclose(r.saliency, d, atol=1e-5)
-    with pytest.raises(ValueError, match="contrast fit.*negative prompts"):
-        evaluate_dataset(tiny_clip, pairs, segmenter=None, prompts=single_prompt("a tumor"), cfg=cfg)
-
-
 def test_overlays_of_images_sharing_a_stem_are_both_kept(dataset, tmp_path, monkeypatch):
     """a.png and a.tif in one split were both evaluated but overlays/a.png was written twice."""
     from PIL import Image
