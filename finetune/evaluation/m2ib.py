@@ -16,9 +16,12 @@ over S noise samples (10). With ``contrast`` the fit is the caption *contrast*
 cos(T, img_emb(z_s)) − cos(T⁻, img_emb(z_s)) between the lesion caption T and the lesion-free
 caption T⁻: what the two captions share (the anatomy, "a brain MRI") no longer pays for keeping a
 token, only evidence for T over T⁻ does — the question MedCLIP-SAMv2's users ask when a "normal"
-prompt still highlights the tumour (our variant; upstream fits cos(T, ·) alone). The saliency map is Σ_D KL per patch token (prefix tokens dropped),
-bilinear to image size and min-max normalised. It is taken from α after all steps (upstream
-reads the KL buffer of the last forward, i.e. α before the final update).
+prompt still highlights the tumour (our variant; upstream fits cos(T, ·) alone). Measured on
+validation it localises worse than the plain fit on 4 of 5 held-out sets
+(bench/results/fused_saliency_r9.md), so no pipeline default uses it; it stays for that diagnostic.
+The saliency map is Σ_D KL per patch token (prefix tokens dropped), bilinear to image size and
+min-max normalised. It is taken from α after all steps (upstream reads the KL buffer of the last
+forward, i.e. α before the final update).
 
 Noise statistics: ``noise_stats="prior"`` uses μ = 0, σ² = ``var`` — the estimator MedCLIP-SAMv2
 builds from ``--vvar`` but then never uses (their bottleneck always samples N(0, 1)); with
