@@ -130,6 +130,7 @@ GRID = [f"{b}/{c}/+{d}" for b in ("2-means", "thr0.3", "thr0.5") for c in ("larg
 @dataclass
 class Set:
     label: str
+    domain: str  # whose --preset applies (an external set's label also names its folder)
     images: list[np.ndarray]
     masks: list[np.ndarray]
     captions: list[list[str]]
@@ -165,7 +166,8 @@ def load_set(root: str, domain: str, split: str | None, n: int, label: str,
                     and (split is None or it.split == split)), key=lambda it: it.id)[:n]
     if not items:
         raise SystemExit(f"error: no {domain} tumour items in {root} (split {split})")
-    return Set(label, [read_image(it.image) for it in items], [read_mask(it.mask) for it in items],
+    return Set(label, domain, [read_image(it.image) for it in items],
+               [read_mask(it.mask) for it in items],
                [[caption_for(it, captions)] for it in items], [[it.caption_neg] for it in items])
 
 
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     scores = {}
     for data in sets:
         scores[data.label] = score_set(bundle, segmenter, data, args.rules,
-                                       presets.get(data.label.split(" (external")[0]))
+                                       presets.get(data.domain))
         print(data.label, {r: round(float(np.mean(v)), 3) for r, v in scores[data.label].items()},
               flush=True)
     train = [d for d in DOMAINS if d != HELD_OUT_DOMAIN and d in scores]
