@@ -40,6 +40,10 @@ class DataConfig:
     # benchmark: also train on each positive's exact GT negative, captioned with caption_neg
     # (pre-training the embedded CLIP: pairs that differ only by the lesion)
     include_gt_negatives: bool = False
+    # Share of positives, drawn anew each step, whose caption is replaced by their domain's one
+    # built-in caption (configs/prompts/<domain>.txt, "A brain MRI showing a brain tumor."): the
+    # text a user scores a scan with, so the image-text and patch-caption terms also learn it.
+    generic_caption_prob: float = 0.0
     max_items: int = 0  # 0 = all; else the first N after sorting (tiny tests, quick demos)
     # Caption used for MedCLIP-SAMv2 data, which has none ({task} is replaced by the task name).
     default_caption: str = "a medical image of {task} showing a tumor"
@@ -236,6 +240,9 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
         raise ConfigError("negatives: steps >= 1, strength in (0, 1], dilation_px >= 0, seed >= 0; "
                           f"got steps={n.steps}, strength={n.strength}, dilation_px={n.dilation_px}, "
                           f"seed={n.seed}")
+    if not 0.0 <= cfg.data.generic_caption_prob <= 1.0:
+        raise ConfigError("data.generic_caption_prob must be in [0, 1], got "
+                          f"{cfg.data.generic_caption_prob}")
     if cfg.data.max_items < 0:
         raise ConfigError(f"data.max_items must be >= 0 (0 = all), got {cfg.data.max_items}")
     import torch

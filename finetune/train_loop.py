@@ -24,7 +24,8 @@ from accelerate.utils import DistributedDataParallelKwargs
 from finetune.augment import AugmentConfig, augment_batch
 from finetune.build import PRETRAINED_DIRS, build_clip
 from finetune.config import TrainConfig, validate
-from finetune.data import TrainTensors, build_tensors, load_samples, normalise
+from finetune.data import TrainDataError, TrainTensors, build_tensors, load_samples, normalise
+from finetune.evaluation.prompts import PromptError, task_caption
 from finetune.export import export_hf_port, export_local_dir
 from finetune.features import ClipFeatures
 from finetune.modeling.vit import has_single_patch_conv, image_channels
@@ -170,19 +171,34 @@ def _prepare_data(cfg: TrainConfig, accelerator: Accelerator, grid, image_size) 
         with accelerator.main_process_first():  # main fills the cache; the others read it
             negatives = resolve_negatives(cfg, samples)
         samples = [s for s in samples if s.id in negatives]
-    return build_tensors(samples, image_size=image_size, grid=grid, negatives=negatives)
+    data = build_tensors(samples, image_size=image_size, grid=grid, negatives=negatives)
+    if cfg.data.generic_caption_prob > 0:
+        try:
+            by_domain = {d: task_caption(d) for d in sorted(set(data.domains))}
+        except PromptError as err:
+            raise TrainDataError(f"data.generic_caption_prob > 0 needs each domain's caption: "
+                                 f"{err}") from None
+        data.captions_generic = [by_domain[d] for d in data.domains]
+    return data
 
 
 def _micro_batch(data: TrainTensors, idx: np.ndarray, tokenizer, norm: dict, needs,
-                 augment: AugmentConfig, grid: tuple[int, int]) -> dict:
+                 augment: AugmentConfig, grid: tuple[int, int], generic_prob: float = 0.0) -> dict:
     """Tensors of one micro-batch; with ``augment`` on, one random draw per sample transforms its
-    image, mask and negative alike and the soft masks are recomputed from the warped masks."""
+    image, mask and negative alike and the soft masks are recomputed from the warped masks. Then
+    (after the augmentation's draws, so they do not move) each positive keeps its own caption or,
+    with probability ``generic_prob``, takes its domain's one caption (``data.captions_generic``)."""
     t = torch.from_numpy(idx)
     images, masks, negatives = augment_batch(
         data.images[t], data.masks[t], data.negatives[t] if needs.negatives else None, augment)
+    captions = [data.captions[i] for i in idx]
+    if generic_prob > 0:
+        swap = (torch.rand(len(idx)) < generic_prob) & data.is_tumor[t]
+        captions = [data.captions_generic[i] if s else c
+                    for i, s, c in zip(idx, swap, captions, strict=True)]
     batch = {
         "pixels": normalise(images, **norm),
-        "text": tokenizer([data.captions[i] for i in idx]),
+        "text": tokenizer(captions),
         "soft_mask": patch_soft_mask(masks, grid) if augment.enabled else data.soft_masks[t],
         "is_tumor": data.is_tumor[t],
     }
@@ -298,7 +314,8 @@ def train(cfg: TrainConfig) -> Path:
         for m in range(cfg.grad_accum):
             mine = idx[m * micro + rank * local: m * micro + (rank + 1) * local]
             torch.manual_seed(hash((cfg.seed, step, m, rank)) % 2**31)
-            batch = _micro_batch(data, mine, bundle.tokenizer, norm, needs, cfg.augment, grid)
+            batch = _micro_batch(data, mine, bundle.tokenizer, norm, needs, cfg.augment, grid,
+                                 cfg.data.generic_caption_prob)
             sync = m == cfg.grad_accum - 1
             ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             with ctx:

@@ -252,3 +252,55 @@ def test_a_checkpoint_is_resumed_only_by_the_run_that_made_it(tmp_path):
         _lock(tmp_path)
     held.close()
     _lock(tmp_path).close()  # free again once the first run's file is closed
+
+
+def test_generic_captions_replace_only_drawn_positives_and_leave_augmentation_alone(tiny_bench):
+    from finetune.augment import AugmentConfig
+    from finetune.evaluation.prompts import task_caption
+    from finetune.objectives import NEEDS
+    from finetune.train_loop import _micro_batch, _prepare_data
+
+    cfg = load_train_config({"data": {"root": str(tiny_bench), "include_gt_negatives": True,
+                                      "generic_caption_prob": 1.0}})
+    data = _prepare_data(cfg, None, (4, 4), 32)
+    assert data.is_tumor.any() and not data.is_tumor.all()
+    # the domain's one caption is its prompt file's unkeyed line (what the CLI scores with)
+    assert data.captions_generic[0] == task_caption(data.domains[0])
+    assert task_caption("brain_mri") == "A brain MRI showing a brain tumor."
+    idx = np.arange(len(data))
+    norm = {"mean": (0.5,), "std": (0.5,), "channels": 1}
+    aug = AugmentConfig(enabled=True)
+
+    def batch(p):
+        torch.manual_seed(3)
+        return _micro_batch(data, idx, lambda texts: list(texts), norm, NEEDS["clip+dense"],
+                            aug, (4, 4), p)
+
+    own, generic = batch(0.0), batch(1.0)
+    torch.testing.assert_close(own["pixels"], generic["pixels"])  # same augmentation draws
+    assert own["text"] == data.captions  # p = 0: untouched
+    for i in idx:  # p = 1: every positive takes its domain's caption, others keep their own
+        want = data.captions_generic[i] if data.is_tumor[i] else data.captions[i]
+        assert generic["text"][i] == want
+    assert generic["text_neg"] == own["text_neg"] == data.captions_neg
+    half = batch(0.5)["text"]
+    tumors = [i for i in idx if data.is_tumor[i]]
+    assert {half[i] == data.captions_generic[i] for i in tumors} == {True, False}
+
+
+def test_generic_captions_refuse_a_domain_without_a_prompt_file(tiny_bench, tmp_path):
+    import shutil
+
+    from finetune.data import TrainDataError
+    from finetune.train_loop import _prepare_data
+
+    bench = tmp_path / "bench"
+    shutil.copytree(tiny_bench, bench)  # the fixture is shared: rename a domain in a copy
+    manifest = (bench / "manifest.jsonl").read_text().replace('"brain_mri"', '"kidney_ct"')
+    (bench / "manifest.jsonl").write_text(manifest)
+    cfg = load_train_config({"data": {"root": str(bench), "generic_caption_prob": 0.3,
+                                      "held_out_domains": []}})
+    with pytest.raises(TrainDataError, match="generic_caption_prob > 0 needs .*kidney_ct.txt"):
+        _prepare_data(cfg, None, (4, 4), 32)
+    with pytest.raises(ConfigError, match="data.generic_caption_prob must be in"):
+        validate(load_train_config({"data": {"generic_caption_prob": 1.5}}))
