@@ -40,9 +40,9 @@ class DataConfig:
     # benchmark: also train on each positive's exact GT negative, captioned with caption_neg
     # (pre-training the embedded CLIP: pairs that differ only by the lesion)
     include_gt_negatives: bool = False
-    # Share of positives, drawn anew each step, whose caption is replaced by their domain's one
-    # built-in caption (configs/prompts/<domain>.txt, "A brain MRI showing a brain tumor."): the
-    # text a user scores a scan with, so the image-text and patch-caption terms also learn it.
+    # benchmark: share of positives, drawn anew each step, whose caption is replaced by the task's
+    # one caption (modality + noun: "A brain MRI showing a brain tumor.", as configs/prompts/ gives
+    # a user), so the image-text and patch-caption terms also learn the text a user scores with
     generic_caption_prob: float = 0.0
     max_items: int = 0  # 0 = all; else the first N after sorting (tiny tests, quick demos)
     # Caption used for MedCLIP-SAMv2 data, which has none ({task} is replaced by the task name).
@@ -243,6 +243,9 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
     if not 0.0 <= cfg.data.generic_caption_prob <= 1.0:
         raise ConfigError("data.generic_caption_prob must be in [0, 1], got "
                           f"{cfg.data.generic_caption_prob}")
+    if cfg.data.generic_caption_prob > 0 and cfg.data.kind != "benchmark":
+        raise ConfigError("data.generic_caption_prob needs data.kind=benchmark (its captions "
+                          f"describe each lesion), got data.kind={cfg.data.kind}")
     if cfg.data.max_items < 0:
         raise ConfigError(f"data.max_items must be >= 0 (0 = all), got {cfg.data.max_items}")
     import torch

@@ -25,7 +25,6 @@ from finetune.augment import AugmentConfig, augment_batch
 from finetune.build import PRETRAINED_DIRS, build_clip
 from finetune.config import TrainConfig, validate
 from finetune.data import TrainDataError, TrainTensors, build_tensors, load_samples, normalise
-from finetune.evaluation.prompts import PromptError, task_caption
 from finetune.export import export_hf_port, export_local_dir
 from finetune.features import ClipFeatures
 from finetune.modeling.vit import has_single_patch_conv, image_channels
@@ -33,6 +32,7 @@ from finetune.negatives import resolve_negatives
 from finetune.objectives import compute_objective, needs_of
 from finetune.ot import not_converged_count
 from finetune.patch_losses import patch_soft_mask
+from shared.benchmark.lesions import generic_caption
 from shared.config import ConfigError, to_dict
 from shared.io import write_json_atomic
 from shared.launch import check_joined, use_cpu
@@ -172,13 +172,14 @@ def _prepare_data(cfg: TrainConfig, accelerator: Accelerator, grid, image_size) 
             negatives = resolve_negatives(cfg, samples)
         samples = [s for s in samples if s.id in negatives]
     data = build_tensors(samples, image_size=image_size, grid=grid, negatives=negatives)
-    if cfg.data.generic_caption_prob > 0:
-        try:
-            by_domain = {d: task_caption(d) for d in sorted(set(data.domains))}
-        except PromptError as err:
-            raise TrainDataError(f"data.generic_caption_prob > 0 needs each domain's caption: "
-                                 f"{err}") from None
-        data.captions_generic = [by_domain[d] for d in data.domains]
+    if cfg.data.generic_caption_prob > 0:  # each positive's modality + noun, no description
+        generic = [generic_caption(c) if t else c for c, t in zip(data.captions, data.is_tumor,
+                                                                  strict=True)]
+        if None in generic:
+            raise TrainDataError("data.generic_caption_prob > 0 needs benchmark lesion captions; "
+                                 f"{data.ids[generic.index(None)]!r} has "
+                                 f"{data.captions[generic.index(None)]!r}")
+        data.captions_generic = generic
     return data
 
 
@@ -187,7 +188,7 @@ def _micro_batch(data: TrainTensors, idx: np.ndarray, tokenizer, norm: dict, nee
     """Tensors of one micro-batch; with ``augment`` on, one random draw per sample transforms its
     image, mask and negative alike and the soft masks are recomputed from the warped masks. Then
     (after the augmentation's draws, so they do not move) each positive keeps its own caption or,
-    with probability ``generic_prob``, takes its domain's one caption (``data.captions_generic``)."""
+    with probability ``generic_prob``, takes its task's one caption (``data.captions_generic``)."""
     t = torch.from_numpy(idx)
     images, masks, negatives = augment_batch(
         data.images[t], data.masks[t], data.negatives[t] if needs.negatives else None, augment)

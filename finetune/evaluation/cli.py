@@ -39,12 +39,13 @@ from finetune.evaluation.outputs import (
     write_per_image_csv,
     write_summary_json,
 )
-from finetune.evaluation.prompts import PROMPT_DIR, PromptSet, check_covers, resolve_prompts
+from finetune.evaluation.prompts import PromptSet, check_covers, resolve_prompts
 from finetune.evaluation.segmenters import SEGMENTERS, SegmenterError, build_segmenter
 from shared.cli import check_torch_device
 from shared.config import ConfigError
 from shared.datasets import SPLITS, list_pairs, list_tasks
 
+PROMPT_DIR = Path(__file__).resolve().parents[2] / "configs" / "prompts"
 # The CLIP a user's scan gets when none is named: the conv-stem model, which sees lesions on every
 # training domain (test AUROC 0.97-0.99) and points into them on an unseen head-MR source
 # (bench/results/clip_protocol_convstem.md); its box rule: evaluate.BOX_RULES["embedded-convstem8"]

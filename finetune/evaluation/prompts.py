@@ -21,8 +21,6 @@ from pathlib import Path
 
 from shared.io import InputError
 
-PROMPT_DIR = Path(__file__).resolve().parents[2] / "configs" / "prompts"  # built-in, per task
-
 
 class PromptError(InputError):
     """A prompt file is malformed or has no prompt for an image (a user's mistake: an
@@ -89,15 +87,6 @@ def load_prompts(path: str | Path) -> PromptSet:
         return parse_prompts(text)
     except PromptError as exc:
         raise PromptError(f"{path}: {exc}") from None
-
-
-def task_caption(task: str) -> str:
-    """The task's one built-in caption: the first unkeyed line of ``configs/prompts/<task>.txt``
-    (what the CLI scores every image of the task with when the user gives no prompt)."""
-    prompts = load_prompts(PROMPT_DIR / f"{task}.txt")
-    if not prompts.default:
-        raise PromptError(f"{PROMPT_DIR / f'{task}.txt'} has no unkeyed caption for every image")
-    return prompts.default[0]
 
 
 def single_prompt(caption: str) -> PromptSet:

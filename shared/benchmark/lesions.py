@@ -215,6 +215,16 @@ def caption(domain: str, lesion: Lesion) -> str:
     return text + "."
 
 
+def generic_caption(text: str) -> str | None:
+    """The task's one caption behind a :func:`caption`: its modality and noun only ("A brain MRI
+    showing a brain tumor.", as ``configs/prompts/<domain>.txt`` gives a user); None when
+    ``text`` is no benchmark lesion caption."""
+    for modality, noun, _ in MODALITY.values():
+        if text.startswith(f"{modality} showing a ") and f" {noun} " in text.replace(".", " "):
+            return f"{modality} showing a {noun}."
+    return None
+
+
 def caption_negative(domain: str) -> str:
     """Caption of a lesion-free image of ``domain``."""
     modality, _, normal = MODALITY[domain]

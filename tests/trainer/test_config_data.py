@@ -254,19 +254,36 @@ def test_a_checkpoint_is_resumed_only_by_the_run_that_made_it(tmp_path):
     _lock(tmp_path).close()  # free again once the first run's file is closed
 
 
+
+def test_generic_caption_is_the_cli_prompt_of_each_benchmark_domain():
+    from finetune.evaluation.cli import PROMPT_DIR
+    from finetune.evaluation.prompts import load_prompts
+    from shared.benchmark.lesions import MODALITY, caption, generic_caption, sample_lesion
+
+    lesion = sample_lesion("brain_mri", np.random.default_rng(0), np.ones((64, 64), bool))
+    for domain in MODALITY:  # every modality's words, one lesion's description
+        text = caption(domain, lesion)
+        assert len(text) > len(generic_caption(text)) > 0
+        file = PROMPT_DIR / f"{domain}.txt"
+        if file.is_file():  # what a user of finetune.evaluate scores with
+            assert generic_caption(text) == load_prompts(file).default[0]
+    assert generic_caption(caption("head_ct", lesion)) == "A head CT showing a brain lesion."
+    assert generic_caption("a medical image of liver showing a tumor") is None
+
+
 def test_generic_captions_replace_only_drawn_positives_and_leave_augmentation_alone(tiny_bench):
     from finetune.augment import AugmentConfig
-    from finetune.evaluation.prompts import task_caption
     from finetune.objectives import NEEDS
     from finetune.train_loop import _micro_batch, _prepare_data
+    from shared.benchmark.lesions import generic_caption
 
     cfg = load_train_config({"data": {"root": str(tiny_bench), "include_gt_negatives": True,
                                       "generic_caption_prob": 1.0}})
     data = _prepare_data(cfg, None, (4, 4), 32)
     assert data.is_tumor.any() and not data.is_tumor.all()
-    # the domain's one caption is its prompt file's unkeyed line (what the CLI scores with)
-    assert data.captions_generic[0] == task_caption(data.domains[0])
-    assert task_caption("brain_mri") == "A brain MRI showing a brain tumor."
+    for text, generic, tumor in zip(data.captions, data.captions_generic, data.is_tumor,
+                                    strict=True):
+        assert generic == (generic_caption(text) if tumor else text)
     idx = np.arange(len(data))
     norm = {"mean": (0.5,), "std": (0.5,), "channels": 1}
     aug = AugmentConfig(enabled=True)
@@ -279,7 +296,7 @@ def test_generic_captions_replace_only_drawn_positives_and_leave_augmentation_al
     own, generic = batch(0.0), batch(1.0)
     torch.testing.assert_close(own["pixels"], generic["pixels"])  # same augmentation draws
     assert own["text"] == data.captions  # p = 0: untouched
-    for i in idx:  # p = 1: every positive takes its domain's caption, others keep their own
+    for i in idx:  # p = 1: every positive takes its task's caption, others keep their own
         want = data.captions_generic[i] if data.is_tumor[i] else data.captions[i]
         assert generic["text"][i] == want
     assert generic["text_neg"] == own["text_neg"] == data.captions_neg
@@ -288,19 +305,8 @@ def test_generic_captions_replace_only_drawn_positives_and_leave_augmentation_al
     assert {half[i] == data.captions_generic[i] for i in tumors} == {True, False}
 
 
-def test_generic_captions_refuse_a_domain_without_a_prompt_file(tiny_bench, tmp_path):
-    import shutil
-
-    from finetune.data import TrainDataError
-    from finetune.train_loop import _prepare_data
-
-    bench = tmp_path / "bench"
-    shutil.copytree(tiny_bench, bench)  # the fixture is shared: rename a domain in a copy
-    manifest = (bench / "manifest.jsonl").read_text().replace('"brain_mri"', '"kidney_ct"')
-    (bench / "manifest.jsonl").write_text(manifest)
-    cfg = load_train_config({"data": {"root": str(bench), "generic_caption_prob": 0.3,
-                                      "held_out_domains": []}})
-    with pytest.raises(TrainDataError, match="generic_caption_prob > 0 needs .*kidney_ct.txt"):
-        _prepare_data(cfg, None, (4, 4), 32)
+def test_generic_captions_refusals_name_the_field():
     with pytest.raises(ConfigError, match="data.generic_caption_prob must be in"):
         validate(load_train_config({"data": {"generic_caption_prob": 1.5}}))
+    with pytest.raises(ConfigError, match="generic_caption_prob needs data.kind=benchmark"):
+        validate(load_train_config({"data": {"generic_caption_prob": 0.5, "kind": "medclip"}}))
