@@ -61,7 +61,8 @@ class TrainTensors:
     is_tumor: torch.Tensor  # bool (N,)
     negatives: torch.Tensor  # uint8 (N, S, S); zeros where has_negative is False
     has_negative: torch.Tensor = field(default=None)  # bool (N,)
-    # each sample's domain caption (data.generic_caption_prob > 0; else empty)
+    # data.generic_caption_prob > 0: a positive's task caption (modality + noun), any other
+    # sample's own caption; else empty
     captions_generic: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:

@@ -254,7 +254,6 @@ def test_a_checkpoint_is_resumed_only_by_the_run_that_made_it(tmp_path):
     _lock(tmp_path).close()  # free again once the first run's file is closed
 
 
-
 def test_generic_caption_is_the_cli_prompt_of_each_benchmark_domain():
     from finetune.evaluation.cli import PROMPT_DIR
     from finetune.evaluation.prompts import load_prompts
