@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--multi-source-t2-look", action="store_true",
                    help="with --multi-source: half the brain-look lesions drawn as T2 shows a "
                         "tumour (bright core and edema): brain lesions of both polarities")
+    p.add_argument("--train-t2-look", type=float, default=0.0, metavar="SHARE",
+                   help="that share of the brain_mri training positives drawn with the T2 look "
+                        "(bright); validation and test unchanged")
     return p.parse_args(argv)
 
 
@@ -54,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                                    multi_source=args.multi_source,
                                    multi_source_extra=args.multi_source_extra,
                                    multi_source_t2_look=args.multi_source_t2_look,
-                                   external_source=args.external_source)
+                                   external_source=args.external_source,
+                                   train_t2_look=args.train_t2_look)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

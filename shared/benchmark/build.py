@@ -81,7 +81,7 @@ def build_benchmark(
     size: int = 224, seed: int = 0, progress: bool = False, external: bool = False,
     aux_per_source: int = 0, multi_source: int = 0, multi_source_extra: bool = False,
     multi_source_t2_look: bool = False,
-    external_source: str | None = None,
+    external_source: str | None = None, train_t2_look: float = 0.0,
 ) -> Path:
     """Write the benchmark under ``out`` and return the manifest's path.
 
@@ -99,6 +99,10 @@ def build_benchmark(
     procedural textures (``multisource``), train split; ``multi_source_extra`` adds the sources
     found later (``sources.EXTRA_TRAIN``) without changing the other domains' images;
     ``multi_source_t2_look`` draws half of their brain-look lesions as T2 shows a tumour (bright).
+    ``train_t2_look``: that share of the ``brain_mri`` domain's *training* positives is drawn with
+    the T2 look instead (bright core, captioned "hyperintense"; a coin from its own random stream),
+    so both polarities stand behind "brain tumor"; validation, test and every other item are
+    byte-identical to a build without it.
     """
     unknown = [d for d in domains if d not in DOMAINS]
     if unknown:
@@ -129,6 +133,11 @@ def build_benchmark(
             raise ValueError(f"{name} must be >= 0, got {n}")
         if n and external:
             raise ValueError(f"{name} cannot be combined with external (an external set is all test)")
+    if not 0.0 <= train_t2_look <= 1.0:
+        raise ValueError(f"train_t2_look is a share in [0, 1], got {train_t2_look}")
+    if train_t2_look and (external or "brain_mri" not in domains):
+        raise ValueError("train_t2_look changes the brain_mri training positives: give brain_mri, "
+                         "not an external set")
     if multi_source_t2_look and not multi_source:
         raise ValueError("multi_source_t2_look changes the multi-source lesions: give multi_source > 0")
     if multi_source_extra and not multi_source:
@@ -181,6 +190,9 @@ def build_benchmark(
             lesion, words = None, domain
             if label == "tumor":
                 looks = getattr(sources[domain], "lesion_as", domain)  # its lesions' appearance
+                if (train_t2_look and domain == "brain_mri" and split == "train"
+                        and np.random.default_rng([seed, index[domain], i, 2]).random() < train_t2_look):
+                    looks = "brain_mri_t2"  # the coin has its own stream: nothing else moves
                 lesion = sample_lesion(looks, rng, tissue)
                 positive, mask = render(looks, background, lesion, rng)
         image_rel = f"{domain}/{split}_images/{name}"
@@ -209,7 +221,8 @@ def build_benchmark(
          **({"external_source": external_source} if external_source else {}),
          "aux_per_source": aux_per_source, "multi_source": multi_source,
          "multi_source_extra": multi_source_extra,
-         **({"multi_source_t2_look": True} if multi_source_t2_look else {})},
+         **({"multi_source_t2_look": True} if multi_source_t2_look else {}),
+         **({"train_t2_look": train_t2_look} if train_t2_look else {})},
         indent=2, sort_keys=True) + "\n")
     return manifest
 

@@ -230,6 +230,33 @@ def test_hyperintense_t2_set_draws_bright_lesions_on_the_same_slices(tmp_path):
     assert not set(TEST_PRESETS) & set(PRESETS)
 
 
+def test_train_t2_look_makes_brain_training_lesions_bright_and_leaves_the_rest_alone(tmp_path):
+    """--train-t2-look 1: every brain_mri training positive gets the T2 look (bright core,
+    "hyperintense"), its GT negative is the same slice; validation, test and normal items and the
+    other domain are byte-identical to a build without it (the coin has its own stream)."""
+    kw = dict(domains=("brain_mri", "breast_us"), n_per_domain=9, size=64, seed=0)
+    base = {it.id: it for it in load_manifest(build_benchmark(tmp_path / "a", **kw))}
+    t2 = {it.id: it for it in load_manifest(build_benchmark(tmp_path / "b", **kw, train_t2_look=1.0))}
+    assert base.keys() == t2.keys()
+    changed = [k for k in base if base[k].image.read_bytes() != t2[k].image.read_bytes()]
+    want = [k for k, it in base.items()
+            if it.domain == "brain_mri" and it.split == "train" and it.label == "tumor"]
+    assert want and changed == want
+    for k in want:
+        it, old = t2[k], base[k]
+        assert it.lesion["kind"] == "hyperintense" and "hyperintense" in it.caption
+        assert old.lesion["kind"] != "hyperintense"
+        assert it.gt_negative.read_bytes() == old.gt_negative.read_bytes()  # same slice
+        pos, neg, mask = read_image(it.image), read_image(it.gt_negative), read_mask(it.mask)
+        assert np.array_equal(pos[~mask], neg[~mask]) and (pos[mask] - neg[mask]).mean() > 0
+    half = load_manifest(build_benchmark(tmp_path / "c", **kw, train_t2_look=0.5))
+    kinds = [it.lesion["kind"] == "hyperintense" for it in half if it.id in want]
+    assert 0 < sum(kinds) < len(kinds)
+    for bad in ({"train_t2_look": 1.5}, {"train_t2_look": 0.5, "domains": ("breast_us",)}):
+        with pytest.raises(ValueError, match="train_t2_look"):
+            build_benchmark(tmp_path / "d", **{**kw, **bad})
+
+
 def test_aux_lesion_domains_are_training_only_and_leave_the_benchmark_unchanged(tmp_path):
     """--aux-per-source adds positives (and normals) on the auxiliary anatomy, all in the train
     split, with exact GT negatives and their own captions; the benchmark domains' files and
