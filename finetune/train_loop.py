@@ -176,9 +176,9 @@ def _prepare_data(cfg: TrainConfig, accelerator: Accelerator, grid, image_size) 
         generic = [generic_caption(c) if t else c for c, t in zip(data.captions, data.is_tumor,
                                                                   strict=True)]
         if None in generic:
+            bad = generic.index(None)
             raise TrainDataError("data.generic_caption_prob > 0 needs benchmark lesion captions; "
-                                 f"{data.ids[generic.index(None)]!r} has "
-                                 f"{data.captions[generic.index(None)]!r}")
+                                 f"{data.ids[bad]!r} has {data.captions[bad]!r}")
         data.captions_generic = generic
     return data
 
