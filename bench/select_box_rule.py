@@ -137,26 +137,29 @@ class Set:
     neg_captions: list[list[str]]  # each positive's healthy caption (round 5's contrast maps)
 
 
-CAPTIONS = ("own", "no-region", "generic")
+CAPTIONS = ("own", "no-region", "generic", "looks")
 REGION = re.compile(r"\s+in the (?:[a-z]+ )*region")  # "… in the central left region"
 
 
-def caption_for(item, kind: str) -> str:
-    """The lesion caption a set is scored with: the item's ``own`` benchmark caption (size, look
-    and the region it lies in, all from its mask), the same without the region phrase
-    (``no-region``), or the domain's one ``generic`` caption (``configs/prompts/<domain>.txt``,
-    what the CLI gives a user by default)."""
+def captions_for(item, kind: str) -> list[str]:
+    """The lesion captions a set is scored with (several: an ensemble, embeddings averaged): the
+    item's ``own`` benchmark caption (size, look and the region it lies in, all from its mask),
+    the same without the region phrase (``no-region``), the domain's one ``generic`` caption
+    (``configs/prompts/<domain>.txt``, what the CLI gives a user by default), or the domain's
+    ``looks`` ensemble (``configs/prompts/looks/<domain>.txt``: one caption per way its lesions
+    show, e.g. hypo- and hyperintense)."""
     if kind == "own":
-        return item.caption
+        return [item.caption]
     if kind == "no-region":
-        return REGION.sub("", item.caption)
-    return _generic(item.domain).for_image(item.image.name)[0]
+        return [REGION.sub("", item.caption)]
+    folder = PROMPT_DIR / "looks" if kind == "looks" else PROMPT_DIR
+    return _prompt_file(folder / f"{item.domain}.txt").for_image(item.image.name)
 
 
 @functools.cache
-def _generic(domain: str):
-    """The domain's prompt file, read once."""
-    return load_prompts(PROMPT_DIR / f"{domain}.txt")
+def _prompt_file(path: Path):
+    """A prompt file, read once."""
+    return load_prompts(path)
 
 
 def load_set(root: str, domain: str, split: str | None, n: int, label: str,
@@ -168,7 +171,7 @@ def load_set(root: str, domain: str, split: str | None, n: int, label: str,
         raise SystemExit(f"error: no {domain} tumour items in {root} (split {split})")
     return Set(label, domain, [read_image(it.image) for it in items],
                [read_mask(it.mask) for it in items],
-               [[caption_for(it, captions)] for it in items], [[it.caption_neg] for it in items])
+               [captions_for(it, captions) for it in items], [[it.caption_neg] for it in items])
 
 
 def dice_of(segmenter, image: np.ndarray, mask: np.ndarray, coarse: np.ndarray, cfg: EvalConfig,
@@ -275,7 +278,7 @@ def render(scores, rules, train, held, command, split, seconds, n, baseline=CURR
              f"Command: `{command}`", "",
              f"Model `{model}`, {m2ib}, the pipeline's noise seeds; first {n} "
              f"tumour images of each set, scored with their `{captions}` lesion captions "
-             "(`caption_for`); cells: mean LiteMedSAM Dice. Rules are "
+             "(`captions_for`); cells: mean LiteMedSAM Dice. Rules are "
              "BINARIZE/COMPONENT/+box dilation px (`bench/select_box_rule.py`); current = "
              f"`{CURRENT}` (MedCLIP-SAMv2's). Training domains: {', '.join(train)}; held-out rows: "
              f"{', '.join(held) or 'none'}.", "",
@@ -338,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="M2IB preset for DOMAIN's sets, its external set too (round 6: the "
                         "per-dataset presets); default: the model's own")
     p.add_argument("--captions", default="own", choices=CAPTIONS,
-                   help="lesion captions the maps are scored with (see caption_for)")
+                   help="lesion captions the maps are scored with (see captions_for)")
     p.add_argument("--embedding-cache", default="runs/litemedsam_embeddings")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)

@@ -94,18 +94,38 @@ def test_best_per_domain_takes_each_domains_own_best_and_ties_to_the_narrower():
 
 def test_caption_kinds_strip_only_the_region_phrase():
     """``no-region`` drops exactly the "in the … region" phrase (one or more words before
-    "region") and keeps what follows; ``generic`` is the domain's prompt file's caption."""
+    "region") and keeps what follows; ``generic`` is the domain's prompt file's caption, ``looks``
+    its look ensemble (several captions)."""
     from types import SimpleNamespace
 
-    from bench.select_box_rule import caption_for
+    from bench.select_box_rule import captions_for
 
     it = SimpleNamespace(domain="brain_mri", image=SimpleNamespace(name="x.png"), caption=(
         "A brain MRI showing a large, lobulated hypointense brain tumor with well-defined margins "
         "in the upper left region and surrounding edema."))
-    assert caption_for(it, "own") == it.caption
-    assert caption_for(it, "no-region") == ("A brain MRI showing a large, lobulated hypointense "
-                                            "brain tumor with well-defined margins and "
-                                            "surrounding edema.")
+    assert captions_for(it, "own") == [it.caption]
+    assert captions_for(it, "no-region") == ["A brain MRI showing a large, lobulated hypointense "
+                                             "brain tumor with well-defined margins and "
+                                             "surrounding edema."]
     it.caption = "A chest X-ray showing a round lung nodule in the upper region."
-    assert caption_for(it, "no-region") == "A chest X-ray showing a round lung nodule."
-    assert caption_for(it, "generic") == "A brain MRI showing a brain tumor."
+    assert captions_for(it, "no-region") == ["A chest X-ray showing a round lung nodule."]
+    assert captions_for(it, "generic") == ["A brain MRI showing a brain tumor."]
+    assert len(captions_for(it, "looks")) == 3
+
+
+def test_look_ensembles_name_every_look_the_benchmark_draws_and_nothing_else():
+    """``configs/prompts/looks/<domain>.txt`` holds exactly one caption per lesion kind the
+    benchmark draws for the domain (its own preset and the test looks that take its words, e.g.
+    the T2 look's "hyperintense" for brain), in the training captions' words: a look left out
+    (the polarity round 11's generic caption lost) or a misspelt appearance fails."""
+    from bench.select_box_rule import PROMPT_DIR
+    from finetune.evaluation.prompts import load_prompts
+    from shared.benchmark.lesions import APPEARANCE, MODALITY, PRESETS, TEST_PRESETS, WORDS_OF
+
+    for domain, preset in PRESETS.items():
+        kinds = list(preset["kinds"]) + [k for look, p in TEST_PRESETS.items()
+                                         if WORDS_OF[look] == domain for k in p["kinds"]]
+        modality, noun, _ = MODALITY[domain]
+        want = {f"{modality} showing a {APPEARANCE[k]} {noun}." for k in kinds}
+        got = load_prompts(PROMPT_DIR / "looks" / f"{domain}.txt").default
+        assert sorted(got) == sorted(want), domain
