@@ -41,13 +41,13 @@ import torch  # noqa: E402
 from bench.bench_clip_protocol import external_sets  # noqa: E402
 from finetune.ablation_eval import cached_segmenter, pointing_hit  # noqa: E402
 from finetune.build import build_clip  # noqa: E402
+from finetune.evaluation import saliency_baselines as sb  # noqa: E402
 from finetune.evaluation.cli import PROMPT_DIR  # noqa: E402
 from finetune.evaluation.clip_bundle import bundle_from_open_clip  # noqa: E402
 from finetune.evaluation.evaluate import EvalConfig, prompts_from_mask, saliency_to_coarse  # noqa: E402
 from finetune.evaluation.m2ib import PRESETS, M2IBConfig, default_config, m2ib_saliency  # noqa: E402
 from finetune.evaluation.postprocess import mask_to_boxes  # noqa: E402
 from finetune.evaluation.prompts import load_prompts  # noqa: E402
-from finetune.evaluation.saliency_baselines import centre_box, dense_contrast  # noqa: E402
 from finetune.train_loop import resolve_model_source  # noqa: E402
 from shared.benchmark import DOMAINS, HELD_OUT_DOMAIN, load_manifest  # noqa: E402
 from shared.io import read_image, read_mask  # noqa: E402
@@ -70,6 +70,10 @@ MAPS = {"m2ib": 0.0, "contrast": 1.0, "contrast0.5": 0.5}
 # Round 7: not M2IB at all — the CLIP's own last-block caption contrast
 # (finetune.evaluation.saliency_baselines.dense_contrast; bench/results/dense_pointing.md).
 DENSE = "dense"
+# Session 40: M2IB at block 1 too (it finds the unseen head's bright lesions, block 3 the dark
+# ones), alone or fused with the preset's map per image (saliency_baselines.fuse_block_maps).
+FUSE_BLOCK = 1
+FUSED = ("block1", "fuse-mean", "fuse-conc")
 
 
 def map_of(name: str) -> tuple[str, str]:
@@ -77,9 +81,9 @@ def map_of(name: str) -> tuple[str, str]:
     key, sep, rule = name.rpartition(":")
     if not sep:
         return "m2ib", name
-    if key not in (*MAPS, DENSE):
+    if key not in (*MAPS, DENSE, *FUSED):
         raise ValueError(f"box rule {name!r}: unknown map {key!r}; expected one of "
-                         f"{[*MAPS, DENSE]}")
+                         f"{[*MAPS, DENSE, *FUSED]}")
     return key, rule
 
 
@@ -117,11 +121,6 @@ def parse_rule(name: str) -> tuple[EvalConfig, str | None, tuple[int, ...]]:
                          f"BINARIZE/COMPONENT/xSCALE or BINARIZE/COMPONENT/iou+PX,PX,... "
                          f"(or stab+...) with BINARIZE in {list(BINARIZE)}, "
                          "COMPONENT largest|peak") from err
-
-
-def rule_config(name: str) -> EvalConfig:
-    """The pipeline's EvalConfig of a fixed rule (a selecting rule's base config)."""
-    return parse_rule(name)[0]
 
 
 GRID = [f"{b}/{c}/+{d}" for b in ("2-means", "thr0.3", "thr0.5") for c in ("largest", "peak") for d in (0, 4)]
@@ -206,8 +205,14 @@ def score_set(bundle, segmenter, data: Set, rules: list[str],
         maps |= {k: [contrast_map(a, b, w) for a, b in zip(pos, neg, strict=True)]
                  for k, w in MAPS.items() if k != "m2ib"}
     if any(map_of(r)[0] == DENSE for r in rules):
-        maps[DENSE] = [m for i in range(0, len(data.images), 50) for m in dense_contrast(
+        maps[DENSE] = [m for i in range(0, len(data.images), 50) for m in sb.dense_contrast(
             bundle, data.images[i:i + 50], data.captions[i:i + 50], data.neg_captions[i:i + 50])]
+    if any(map_of(r)[0] in FUSED for r in rules):
+        other = m2ib_saliency(bundle, data.images, data.captions, replace(m2ib, layer=FUSE_BLOCK),
+                              seed=seeds)
+        maps["block1"], maps["fuse-mean"] = other, sb.fuse_block_maps(pos, other, "mean")[0]
+        maps["fuse-conc"], took = sb.fuse_block_maps(pos, other, "concentration")
+        print(f"{data.label}: fuse-conc took block {FUSE_BLOCK} on {sum(took)} images", flush=True)
     used = ["m2ib", *sorted({map_of(r)[0] for r in rules} - {"m2ib"})]
     out: dict[str, list[float]] = {
         ("pointing" if k == "m2ib" else f"pointing ({k})"):
@@ -221,10 +226,10 @@ def score_set(bundle, segmenter, data: Set, rules: list[str],
                      if select else
                      [dice_of(segmenter, im, m, saliency_to_coarse(s, cfg), cfg, i)
                       for i, (im, m, s) in rows])
-    current = rule_config(CURRENT)
+    current = parse_rule(CURRENT)[0]
     out["centre box"] = [dice_of(segmenter, im, m, saliency_to_coarse(c, current), current, i)
                          for i, (im, m, c) in enumerate(zip(data.images, data.masks,
-                                                            centre_box(data.images), strict=True))]
+                                                            sb.centre_box(data.images), strict=True))]
     out["oracle box"] = [dice(segmenter.segment(im, boxes=mask_to_boxes(m)), m)
                          for im, m in zip(data.images, data.masks, strict=True)]
     return out

@@ -146,3 +146,39 @@ def centre_box(images: Sequence[np.ndarray], *, fraction: float = 0.5) -> list[n
         m[(h - bh) // 2 : (h - bh) // 2 + bh, (w - bw) // 2 : (w - bw) // 2 + bw] = 1.0
         out.append(m)
     return out
+
+
+def map_concentration(saliency: np.ndarray, *, top: float = 0.05) -> float:
+    """Share of a map's total mass held by its brightest ``top`` fraction of pixels
+    (k = ⌈top · N⌉ of N): 1 when all mass sits there, k / N for a flat map; 0 for an empty map."""
+    s = np.asarray(saliency, dtype=np.float64).ravel()
+    if not 0 < top <= 1:
+        raise ValueError(f"concentration top fraction must be in (0, 1], got {top}")
+    total = s.sum()
+    k = int(np.ceil(top * s.size))
+    return float(np.partition(s, s.size - k)[s.size - k:].sum() / total) if total > 0 else 0.0
+
+
+def fuse_block_maps(default: Sequence[np.ndarray], other: Sequence[np.ndarray], how: str
+                    ) -> tuple[list[np.ndarray], list[bool]]:
+    """Per image, one map from two M2IB maps of the same image and caption taken at two blocks,
+    without looking at any lesion (bench/results/m2ib_block_fusion.md):
+
+    - ``"mean"``: min–max of (default + other) / 2 (a constant sum -> zeros);
+    - ``"concentration"``: the ``other`` map iff its :func:`map_concentration` is strictly higher
+      than the default's (ties keep the default).
+
+    Returns the maps and, per image, whether ``other`` decided (``mean``: always False)."""
+    if len(default) != len(other):
+        raise ValueError(f"got {len(default)} and {len(other)} maps")
+    if how == "mean":
+        out = []
+        for a, b in zip(default, other, strict=True):
+            m = (np.asarray(a, np.float64) + np.asarray(b, np.float64)) / 2
+            span = m.max() - m.min()
+            out.append(((m - m.min()) / span if span > 1e-6 else np.zeros_like(m)).astype(np.float32))
+        return out, [False] * len(out)
+    if how == "concentration":
+        took = [map_concentration(b) > map_concentration(a) for a, b in zip(default, other, strict=True)]
+        return [b if t else a for a, b, t in zip(default, other, took, strict=True)], took
+    raise ValueError(f"unknown block fusion {how!r}; expected 'mean' or 'concentration'")

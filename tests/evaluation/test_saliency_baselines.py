@@ -84,3 +84,38 @@ def test_dense_contrast_maps_back_and_swapping_captions_mirrors_it(tiny_clip):
         np.testing.assert_allclose(m + s, 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="negative prompt"):
         dense_contrast(tiny_clip, images, prompts, negs[:1])
+
+
+def test_map_concentration_closed_forms():
+    from finetune.evaluation.saliency_baselines import map_concentration
+
+    assert map_concentration(np.ones((10, 10))) == pytest.approx(5 / 100)  # flat: k / N, k = 5
+    one_hot = np.zeros((10, 10))
+    one_hot[3, 7] = 1.0
+    assert map_concentration(one_hot) == pytest.approx(1.0)
+    # 21 pixels: k = ⌈0.05 · 21⌉ = 2 brightest of mass 3 + 2 out of 3 + 2 + 19 · 0.5 = 14.5
+    s = np.r_[3.0, 2.0, np.full(19, 0.5)]
+    assert map_concentration(s) == pytest.approx(5 / 14.5)
+    assert map_concentration(np.zeros((4, 4))) == 0.0
+    with pytest.raises(ValueError, match="top fraction"):
+        map_concentration(s, top=0.0)
+
+
+def test_fuse_block_maps_mean_and_concentration_choice():
+    from finetune.evaluation.saliency_baselines import fuse_block_maps
+
+    a = np.array([[1.0, 0.0], [0.0, 0.0]])  # concentration (k = 1 of 4): 1
+    b = np.array([[0.0, 1.0], [1.0, 0.5]])  # concentration 1 / 2.5 = 0.4
+    mean, took = fuse_block_maps([a], [b], "mean")
+    # (a + b) / 2 = [[.5, .5], [.5, .25]] -> min-max [[1, 1], [1, 0]]
+    np.testing.assert_allclose(mean[0], [[1, 1], [1, 0]])
+    assert took == [False]
+    assert not fuse_block_maps([a], [1 - a], "mean")[0][0].any()  # a constant mean: nothing salient
+    maps, took = fuse_block_maps([a, b, a], [b, a, a], "concentration")
+    # image 0 keeps the more concentrated default, image 1 takes the other, a tie keeps the default
+    assert took == [False, True, False]
+    assert [m is x for m, x in zip(maps, [a, a, a], strict=True)] == [True, True, True]
+    with pytest.raises(ValueError, match="unknown block fusion"):
+        fuse_block_maps([a], [b], "max")
+    with pytest.raises(ValueError, match="got 1 and 2 maps"):
+        fuse_block_maps([a], [a, b], "mean")

@@ -71,6 +71,7 @@ def test_map_prefix_and_contrast_map_closed_form():
     assert map_of("contrast0.5:2-means/peak/+4") == ("contrast0.5", "2-means/peak/+4")
     assert parse_rule("contrast:2-means/peak/+4")[0].box_dilation_px == 4
     assert map_of("dense:2-means/peak/+8") == ("dense", "2-means/peak/+8")
+    assert map_of("fuse-conc:2-means/peak/+12") == ("fuse-conc", "2-means/peak/+12")
     with pytest.raises(ValueError, match="unknown map"):
         map_of("diff:2-means/peak/+4")
     pos = np.array([[1.0, 0.5], [0.0, 0.5]])
