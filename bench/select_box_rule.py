@@ -197,6 +197,8 @@ def score_set(bundle, segmenter, data: Set, rules: list[str],
     """Per-image Dice of every rule and of the two reference rows, plus the pointing game;
     ``m2ib``: the saliency settings (default: the model's own preset)."""
     m2ib = m2ib or default_config(bundle)
+    if any(map_of(r)[0] in FUSED for r in rules):  # session 40's control: the preset's block alone
+        m2ib = replace(m2ib, fuse_layer=None)
     seeds = list(range(len(data.images)))  # evaluate_dataset's seeds (seed 0)
     pos = m2ib_saliency(bundle, data.images, data.captions, m2ib, seed=seeds)
     maps = {"m2ib": pos}

@@ -67,13 +67,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", default="segmenter", choices=MODES)
     p.add_argument("--saliency", default="m2ib", choices=SALIENCY_METHODS)
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="M2IB preset, then --layer/--beta/... override it (default: 'embedded' for "
-                        "both embedded models, upstream's layer 9 / beta 1 for BiomedCLIP); "
+                   help="M2IB preset, then --layer/--beta/... override it (default: 'convstem8' "
+                        "for the default model, blocks 3 and 1 fused; 'embedded' for "
+                        "embedded-pretrained; upstream's layer 9 / beta 1 for BiomedCLIP); "
                         "per dataset: embedded-brain|retina|breast for embedded-pretrained, "
                         "convstem8-retina for the default model; these also set their box "
                         "margin (evaluate.PRESET_BOX_RULES), which --box-* flags override")
     p.add_argument("--layer", type=int, default=None,
-                   help="M2IB bottleneck after this block (0-based, < the model's block count)")
+                   help="M2IB bottleneck after this block alone (0-based, < the model's block "
+                        "count; replaces a preset's two fused blocks)")
     p.add_argument("--beta", type=float, default=None, help="M2IB weight of the KL term (> 0)")
     p.add_argument("--var", type=float, default=None, help="M2IB noise prior variance (> 0)")
     p.add_argument("--steps", type=int, default=None, help="M2IB optimisation steps (>= 1)")
@@ -265,6 +267,8 @@ def _m2ib_config(args: argparse.Namespace, bundle=None) -> M2IBConfig:
         "num_samples": args.samples, "batch_size": args.batch_size, "resize_mode": args.resize_mode,
     }
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if args.layer is not None:  # an explicit block is one bottleneck
+        cfg = dataclasses.replace(cfg, fuse_layer=None)
     if bundle is not None and args.saliency == "m2ib" and not 0 <= cfg.layer < bundle.num_blocks:
         n = bundle.num_blocks
         raise ConfigError(f"M2IB layer {cfg.layer} is out of range for --model {args.model}, whose "

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -75,6 +75,9 @@ class M2IBConfig:
     resize_mode: ResizeMode = "pad"  # "pad" keeps aspect ratio; "stretch" squashes to square
     batch_size: int = 8  # images optimised together (memory: batch_size*num_samples suffixes)
     contrast: bool = False  # fit cos(T, ·) − cos(T⁻, ·) (needs negative prompts); module docstring
+    # also fit a bottleneck after this block (same image, captions and noise seeds) and return the
+    # min-max of the mean of the two maps (fuse_mean; bench/results/m2ib_block_fusion.md)
+    fuse_layer: int | None = None
 
 
 # Per-dataset presets of MedCLIP-SAMv2 (zeroshot_scripts), plus the embedded 6-block model: after
@@ -94,23 +97,32 @@ PRESETS: dict[str, M2IBConfig] = {
     # in bench/results/clip_convstem.md round 3); retina alone gains from another block there
     # (pointing 0.70 at block 2 vs 0.48), box_rule_rule.md round 10
     "convstem8-retina": M2IBConfig(layer=2, beta=1.0, var=1.0),
+    # the conv-stem default since session 40: block 3's map fused with block 1's (block 1 finds
+    # the bright lesions block 3 misses; chosen on validation, bench/results/m2ib_block_fusion.md)
+    "convstem8": M2IBConfig(layer=3, beta=1.0, var=1.0, fuse_layer=1),
 }
 
 
 def default_config(bundle: ClipBundle) -> M2IBConfig:
-    """The settings a model gets when none are named: the ``embedded`` preset for the embedded
-    architecture (6 blocks at 128²), upstream's defaults (layer 9 of BiomedCLIP's 12) otherwise."""
+    """The settings a model gets when none are named: ``convstem8`` for the conv-stem family
+    (16 × 16 tokens), the ``embedded`` preset for the 8 × 8 embedded model, upstream's defaults
+    (layer 9 of BiomedCLIP's 12) otherwise."""
+    if bundle.family == "embedded-convstem8":
+        return PRESETS["convstem8"]
     if bundle.is_embedded:
         return PRESETS["embedded"]
     return M2IBConfig()
 
 
 def _check(bundle: ClipBundle, cfg: M2IBConfig) -> None:
-    if not 0 <= cfg.layer < bundle.num_blocks:
-        raise ValueError(
-            f"bottleneck layer {cfg.layer} out of range: the vision tower has "
-            f"{bundle.num_blocks} blocks (valid 0..{bundle.num_blocks - 1})"
-        )
+    for name, layer in (("layer", cfg.layer), ("fuse layer", cfg.fuse_layer)):
+        if layer is not None and not 0 <= layer < bundle.num_blocks:
+            raise ValueError(
+                f"bottleneck {name} {layer} out of range: the vision tower has "
+                f"{bundle.num_blocks} blocks (valid 0..{bundle.num_blocks - 1})"
+            )
+    if cfg.fuse_layer == cfg.layer:
+        raise ValueError(f"M2IB fuse layer {cfg.fuse_layer} is the bottleneck layer itself")
     if not cfg.beta > 0:  # beta <= 0 rewards information instead of compressing it
         raise ValueError(f"M2IB beta must be > 0, got {cfg.beta}")
     if not cfg.var > 0:
@@ -199,7 +211,19 @@ def m2ib_saliency(
         negs = neg_prompts[start:stop] if cfg.contrast else None
         out += _m2ib_batch(bundle, images[start:stop], prompts[start:stop], cfg, seeds[start:stop],
                            class_token_shortcut, negs)
-    return out
+    if cfg.fuse_layer is None:
+        return out
+    other = m2ib_saliency(bundle, images, prompts, replace(cfg, layer=cfg.fuse_layer, fuse_layer=None),
+                          seed=seeds, class_token_shortcut=class_token_shortcut,
+                          neg_prompts=neg_prompts)
+    return [fuse_mean(a, b) for a, b in zip(out, other, strict=True)]
+
+
+def fuse_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Min-max of (a + b) / 2 for two [0, 1] maps of one image (a constant mean -> zeros)."""
+    m = (np.asarray(a, np.float64) + np.asarray(b, np.float64)) / 2
+    span = m.max() - m.min()
+    return ((m - m.min()) / span if span > 1e-6 else np.zeros_like(m)).astype(np.float32)
 
 
 def _check_prompts(images, prompts, neg_prompts, cfg: M2IBConfig) -> None:
@@ -281,6 +305,9 @@ def m2ib_saliency_loop(
     """
     _check_prompts(images, prompts, neg_prompts, cfg)
     _check(bundle, cfg)
+    if cfg.fuse_layer is not None:
+        raise ValueError("m2ib_saliency_loop is the one-block reference: run it per block and "
+                         "fuse the maps with fuse_mean")
     negs = neg_prompts if cfg.contrast else [None] * len(images)
     model = bundle.model
     s = cfg.num_samples

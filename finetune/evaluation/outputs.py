@@ -97,7 +97,8 @@ def write_markdown_report(path: str | Path, results: EvalResults, *, title: str,
     lines.append(f"| coarse-mask Dice | {_fmt(s['coarse_dice'])} |")
     if cfg["saliency"] == "m2ib" and cfg["mode"] != "oracle":
         m = cfg["m2ib"]
-        lines += ["", f"M2IB: layer {m['layer']}, β {m['beta']}, var {m['var']}, {m['steps']} steps, "
+        fused = f" fused with layer {m['fuse_layer']}" if m.get("fuse_layer") is not None else ""
+        lines += ["", f"M2IB: layer {m['layer']}{fused}, β {m['beta']}, var {m['var']}, {m['steps']} steps, "
                   f"lr {m['lr']}, {m['num_samples']} samples, noise `{m['noise_stats']}`, "
                   f"resize `{m['resize_mode']}`."]
     if extra:

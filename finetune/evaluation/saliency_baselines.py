@@ -172,12 +172,9 @@ def fuse_block_maps(default: Sequence[np.ndarray], other: Sequence[np.ndarray], 
     if len(default) != len(other):
         raise ValueError(f"got {len(default)} and {len(other)} maps")
     if how == "mean":
-        out = []
-        for a, b in zip(default, other, strict=True):
-            m = (np.asarray(a, np.float64) + np.asarray(b, np.float64)) / 2
-            span = m.max() - m.min()
-            out.append(((m - m.min()) / span if span > 1e-6 else np.zeros_like(m)).astype(np.float32))
-        return out, [False] * len(out)
+        from finetune.evaluation.m2ib import fuse_mean
+
+        return [fuse_mean(a, b) for a, b in zip(default, other, strict=True)], [False] * len(other)
     if how == "concentration":
         took = [map_concentration(b) > map_concentration(a) for a, b in zip(default, other, strict=True)]
         return [b if t else a for a, b, t in zip(default, other, took, strict=True)], took

@@ -327,6 +327,14 @@ def test_every_embedded_preset_fits_the_committed_model():
         _check(bundle, PRESETS[name])
         assert cli.parse_args(["--data", "x", "--out", "y", "--preset", name]).preset == name
     assert default_config(bundle) == PRESETS["embedded"]
+    conv = load_clip_bundle("embedded-convstem8-pretrained")  # the default model: two fused blocks
+    _check(conv, PRESETS["convstem8"])
+    assert default_config(conv) == PRESETS["convstem8"]
+    assert (PRESETS["convstem8"].layer, PRESETS["convstem8"].fuse_layer) == (3, 1)
+    args = ["--data", "x", "--out", "y"]
+    assert cli._m2ib_config(cli.parse_args(args), conv).fuse_layer == 1
+    one = cli._m2ib_config(cli.parse_args([*args, "--layer", "2"]), conv)  # an explicit block: alone
+    assert (one.layer, one.fuse_layer) == (2, None)
 
 
 def test_classification_csv_is_checked_before_the_run_and_may_carry_a_bom(dataset, tmp_path):

@@ -216,3 +216,20 @@ def test_var_is_the_variance_of_the_injected_noise(var):
         z, _ = _bottleneck(x, alpha, eps, mu, sigma)
         got = z[0].reshape(-1, 8).var(dim=0)
         assert torch.allclose(got, expected, rtol=0.05), (stats, got, expected)
+
+
+def test_fused_blocks_are_the_min_max_of_the_mean_of_the_two_single_block_maps(tiny_clip):
+    images = _images()
+    fused = m2ib_saliency(tiny_clip, images, PROMPTS, dataclasses.replace(CFG, fuse_layer=0), seed=5)
+    one = m2ib_saliency(tiny_clip, images, PROMPTS, CFG, seed=5)
+    zero = m2ib_saliency(tiny_clip, images, PROMPTS, dataclasses.replace(CFG, layer=0), seed=5)
+    for f, a, b in zip(fused, one, zero, strict=True):
+        m = (a.astype(np.float64) + b) / 2
+        np.testing.assert_allclose(f, (m - m.min()) / (m.max() - m.min()), atol=1e-6)
+        assert np.abs(f - a).max() > 1e-3  # the second block changes the map
+    with pytest.raises(ValueError, match="fuse layer 1 is the bottleneck layer itself"):
+        m2ib_saliency(tiny_clip, images[:1], PROMPTS[:1], dataclasses.replace(CFG, fuse_layer=1))
+    with pytest.raises(ValueError, match="fuse layer 4 out of range"):
+        m2ib_saliency(tiny_clip, images[:1], PROMPTS[:1], dataclasses.replace(CFG, fuse_layer=4))
+    with pytest.raises(ValueError, match="one-block reference"):
+        m2ib_saliency_loop(tiny_clip, images[:1], PROMPTS[:1], dataclasses.replace(CFG, fuse_layer=0))
