@@ -22,6 +22,9 @@ validation it localises worse than the plain fit on 4 of 5 held-out sets
 The saliency map is Σ_D KL per patch token (prefix tokens dropped), bilinear to image size and
 min-max normalised. It is taken from α after all steps (upstream reads the KL buffer of the last
 forward, i.e. α before the final update).
+With ``fuse_layer`` a second bottleneck is fitted after another block (same image, captions and
+noise seeds) and the map returned is the min-max of the mean of the two (``fuse_mean``): the
+conv-stem model's default, block 3 with block 1 (bench/results/m2ib_block_fusion.md).
 
 Noise statistics: ``noise_stats="prior"`` uses μ = 0, σ² = ``var`` — the estimator MedCLIP-SAMv2
 builds from ``--vvar`` but then never uses (their bottleneck always samples N(0, 1)); with
