@@ -1,8 +1,7 @@
 """The demo's zero-shot row for the evaluation default: the CLIP ``python -m finetune.evaluate``
 uses when none is named (``cli.DEFAULT_MODEL``, the conv-stem model), on the very test positives
-of the ablation's tables, with its own box rule (``evaluate.BOX_RULES[bundle.family]``) and M2IB
-preset (``m2ib.default_config``: blocks 3 and 1 fused, ``m2ib_block_fusion.md``), paired against
-the fine-tuning base model's "none" row.
+of the ablation's tables, with its own box rule (``evaluate.BOX_RULES[bundle.family]``) and the
+ablation's M2IB settings, paired against the fine-tuning base model's "none" row.
 
 The ablation fine-tunes the 8 x 8-token ``embedded-pretrained`` (a conv-stem fine-tune costs about
 four times as much per step); this row shows what a user's unlabelled scan gets today.
@@ -11,7 +10,6 @@ four times as much per step); this row shows what a user's unlabelled scan gets 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 from finetune.ablation import AblationConfig, results_dir
 from finetune.ablation_eval import with_box_rule
@@ -21,20 +19,10 @@ LABEL = "default eval model"  # zero-shot: no fine-tune
 
 
 def default_model_config(abl: AblationConfig, bundle) -> AblationConfig:
-    """The ablation's settings with the model's own M2IB preset (the ablation's batch size) and
-    saliency -> box rule: what ``python -m finetune.evaluate`` gives a user."""
+    """The ablation's settings with the model's own saliency -> box rule."""
     from finetune.evaluation.evaluate import BOX_RULES
-    from finetune.evaluation.m2ib import default_config
 
-    m2ib = replace(default_config(bundle), batch_size=abl.m2ib.batch_size)
-    return replace(with_box_rule(abl, BOX_RULES[bundle.family]), m2ib=m2ib)
-
-
-def cache_name(cfg: AblationConfig) -> str:
-    """The row's per-image results file, named by its M2IB blocks (a changed preset is a new file)."""
-    m = cfg.m2ib
-    blocks = f"{m.layer}" + (f"+{m.fuse_layer}" if m.fuse_layer is not None else "")
-    return f"default_model_m2ib{blocks}__seed{cfg.eval_seed}.json"
+    return with_box_rule(abl, BOX_RULES[bundle.family])
 
 
 def load_default_bundle():
@@ -47,18 +35,18 @@ def load_default_bundle():
 def default_model_rows(abl: AblationConfig, domain: str) -> list[dict]:
     """Rows (``ablation_report.build_rows`` format, Δ vs the ablation's "none") of the default
     evaluation model on ``domain``'s evaluation set; its per-image results are kept beside the
-    ablation's (:func:`cache_name`) and reused."""
+    ablation's (``default_model__seed<eval_seed>.json``) and reused."""
     from finetune.ablation_eval import cached_segmenter, evaluate_model, load_eval_set
 
     folder = results_dir(abl, domain)
-    bundle = load_default_bundle()
-    cfg = default_model_config(abl, bundle)
-    path = folder / cache_name(cfg)
+    path = folder / f"default_model__seed{abl.eval_seed}.json"
     if path.is_file():
         result = json.loads(path.read_text())
     else:
+        bundle = load_default_bundle()
         segmenter = cached_segmenter(abl.segmenter_checkpoint, abl.embedding_cache_dir)
-        result = evaluate_model(cfg, bundle, load_eval_set(abl, domain), segmenter)
+        result = evaluate_model(default_model_config(abl, bundle), bundle,
+                                load_eval_set(abl, domain), segmenter)
         path.write_text(json.dumps(result))
     none = json.loads((folder / f"none__seed{abl.eval_seed}.json").read_text())
     rows = build_rows({"none": {abl.eval_seed: none}, LABEL: {abl.eval_seed: result}}, {},

@@ -139,8 +139,7 @@ def write_demo_report(cfg, out: Path, *, bench: Path, ablation_dir: Path, sheet:
         (ablation_report.read_text().split("\n", 1)[1] if ablation_report.is_file() else ""), "",
         "## The evaluation default, zero-shot", "",
         f"`python -m finetune.evaluate` without `--model` uses `{DEFAULT_MODEL}` (16 × 16 tokens, "
-        "its own box rule and M2IB preset: blocks 3 and 1 fused); the ablation fine-tunes `"
-        + abl.base_model + "`. The same test "
+        "its own box rule); the ablation fine-tunes `" + abl.base_model + "`. The same test "
         "positives, Δ against the ablation's `none` row:", "",
         *[f"**{d}**\n\n{render_table(r)}\n" for d, r in default_rows.items()],
         "## Pipeline overlays (image, saliency, coarse mask, prediction, GT)", "",
