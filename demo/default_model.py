@@ -1,7 +1,9 @@
 """The demo's zero-shot row for the evaluation default: the CLIP ``python -m finetune.evaluate``
 uses when none is named (``cli.DEFAULT_MODEL``, the conv-stem model), on the very test positives
 of the ablation's tables, with its own box rule (``evaluate.BOX_RULES[bundle.family]``) and the
-ablation's M2IB settings, paired against the fine-tuning base model's "none" row.
+ablation's M2IB settings (block 3 alone), paired against the fine-tuning base model's "none" row.
+The model's own preset (blocks 3 and 1 fused since session 40) doubles the row's M2IB work: tried,
+the demo took 706 s on a fresh clone, over its 10-minute budget, so the row keeps one block.
 
 The ablation fine-tunes the 8 x 8-token ``embedded-pretrained`` (a conv-stem fine-tune costs about
 four times as much per step); this row shows what a user's unlabelled scan gets today.
