@@ -45,7 +45,7 @@ from finetune.evaluation import saliency_baselines as sb  # noqa: E402
 from finetune.evaluation.cli import PROMPT_DIR  # noqa: E402
 from finetune.evaluation.clip_bundle import bundle_from_open_clip  # noqa: E402
 from finetune.evaluation.evaluate import EvalConfig, prompts_from_mask, saliency_to_coarse  # noqa: E402
-from finetune.evaluation.m2ib import PRESETS, M2IBConfig, default_config, m2ib_saliency  # noqa: E402
+from finetune.evaluation.m2ib import PRESETS, M2IBConfig, default_config, m2ib_saliency, minmax_map  # noqa: E402
 from finetune.evaluation.postprocess import mask_to_boxes  # noqa: E402
 from finetune.evaluation.prompts import load_prompts  # noqa: E402
 from finetune.train_loop import resolve_model_source  # noqa: E402
@@ -88,11 +88,9 @@ def map_of(name: str) -> tuple[str, str]:
 
 
 def contrast_map(pos: np.ndarray, neg: np.ndarray, weight: float) -> np.ndarray:
-    """min–max of ``pos − weight · neg`` to [0, 1] (a constant difference, span ≤ 1e-6 on these
-    [0, 1] maps, -> zeros)."""
-    d = pos.astype(np.float64) - weight * neg.astype(np.float64)
-    span = d.max() - d.min()
-    return ((d - d.min()) / span if span > 1e-6 else np.zeros_like(d)).astype(np.float32)
+    """min–max of ``pos − weight · neg`` to [0, 1] (``m2ib.minmax_map``: a constant difference ->
+    zeros)."""
+    return minmax_map(pos.astype(np.float64) - weight * neg.astype(np.float64))
 
 
 def parse_rule(name: str) -> tuple[EvalConfig, str | None, tuple[int, ...]]:
@@ -197,7 +195,8 @@ def score_set(bundle, segmenter, data: Set, rules: list[str],
     """Per-image Dice of every rule and of the two reference rows, plus the pointing game;
     ``m2ib``: the saliency settings (default: the model's own preset)."""
     m2ib = m2ib or default_config(bundle)
-    if any(map_of(r)[0] in FUSED for r in rules):  # session 40's control: the preset's block alone
+    fused = any(map_of(r)[0] in FUSED for r in rules)
+    if fused:  # session 40's control: the preset's block alone
         m2ib = replace(m2ib, fuse_layer=None)
     seeds = list(range(len(data.images)))  # evaluate_dataset's seeds (seed 0)
     pos = m2ib_saliency(bundle, data.images, data.captions, m2ib, seed=seeds)
@@ -209,7 +208,7 @@ def score_set(bundle, segmenter, data: Set, rules: list[str],
     if any(map_of(r)[0] == DENSE for r in rules):
         maps[DENSE] = [m for i in range(0, len(data.images), 50) for m in sb.dense_contrast(
             bundle, data.images[i:i + 50], data.captions[i:i + 50], data.neg_captions[i:i + 50])]
-    if any(map_of(r)[0] in FUSED for r in rules):
+    if fused:
         other = m2ib_saliency(bundle, data.images, data.captions, replace(m2ib, layer=FUSE_BLOCK),
                               seed=seeds)
         maps["block1"], maps["fuse-mean"] = other, sb.fuse_block_maps(pos, other, "mean")[0]

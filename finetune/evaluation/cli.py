@@ -278,25 +278,14 @@ def _m2ib_config(args: argparse.Namespace, bundle=None) -> M2IBConfig:
 
 
 def _feature_analysis(args, bundle, pairs, out: Path) -> dict:
-    """t-SNE of the split: positives = images whose mask has foreground, negatives = the rest."""
-    from finetune.evaluation.tsne import feature_analysis
-    from shared.io import read_image, read_mask
+    """t-SNE of the split (``tsne.feature_analysis_of_pairs``), beside --tsne-baseline if given."""
+    from finetune.evaluation.tsne import feature_analysis_of_pairs
 
     models = {"model": bundle}
     if args.tsne_baseline:
         models = {"baseline": _load_model(args.tsne_baseline, "--tsne-baseline", args.device),
                   "model": bundle}
-    pos_img, pos_mask, neg_img = [], [], []
-    for p in pairs:
-        image, mask = read_image(p.image_path), read_mask(p.mask_path)
-        if mask.any():
-            pos_img.append(image)
-            pos_mask.append(mask)
-        else:
-            neg_img.append(image)
-    if not pos_img or not neg_img:
-        return {"skipped": f"needs positives and negatives; got {len(pos_img)} and {len(neg_img)}"}
-    return feature_analysis(models, pos_img, pos_mask, neg_img, out / "tsne", seed=args.seed)
+    return feature_analysis_of_pairs(models, pairs, out / "tsne", seed=args.seed)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -222,11 +222,17 @@ def m2ib_saliency(
     return [fuse_mean(a, b) for a, b in zip(out, other, strict=True)]
 
 
-def fuse_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Min-max of (a + b) / 2 for two [0, 1] maps of one image (a constant mean -> zeros)."""
-    m = (np.asarray(a, np.float64) + np.asarray(b, np.float64)) / 2
+def minmax_map(m: np.ndarray) -> np.ndarray:
+    """A saliency map min-max to [0, 1], float32; one whose span is ≤ 1e-6 (flat on these [0, 1]
+    scales) -> zeros, i.e. nothing salient."""
+    m = np.asarray(m, np.float64)
     span = m.max() - m.min()
     return ((m - m.min()) / span if span > 1e-6 else np.zeros_like(m)).astype(np.float32)
+
+
+def fuse_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`minmax_map` of (a + b) / 2 for two [0, 1] maps of one image."""
+    return minmax_map((np.asarray(a, np.float64) + np.asarray(b, np.float64)) / 2)
 
 
 def _check_prompts(images, prompts, neg_prompts, cfg: M2IBConfig) -> None:

@@ -158,3 +158,22 @@ def feature_analysis(
             except DegenerateFeaturesError as err:
                 report[name][kind] = {"skipped": str(err)}
     return report
+
+
+def feature_analysis_of_pairs(models: Mapping[str, ClipBundle], pairs, out_dir: Path, *,
+                              seed: int = 0) -> dict:
+    """:func:`feature_analysis` of a split's (image, mask) pairs: positives = images whose mask has
+    foreground, negatives = the rest; ``{"skipped": why}`` without both."""
+    from shared.io import read_image, read_mask
+
+    pos_img, pos_mask, neg_img = [], [], []
+    for p in pairs:
+        image, mask = read_image(p.image_path), read_mask(p.mask_path)
+        if mask.any():
+            pos_img.append(image)
+            pos_mask.append(mask)
+        else:
+            neg_img.append(image)
+    if not pos_img or not neg_img:
+        return {"skipped": f"needs positives and negatives; got {len(pos_img)} and {len(neg_img)}"}
+    return feature_analysis(models, pos_img, pos_mask, neg_img, out_dir, seed=seed)
