@@ -15,6 +15,14 @@ exact up to fp32 rounding). Each re-weighted model is scored with the ablation's
         --alphas 0.6 1.0 --out runs/val_s2forms_breast_alpha
     python bench/ablation_pairs.py runs/val_s2forms_breast_alpha/results \
         stage1+2-gt@a1.0:stage1@a1.0 stage1@a1.0:none
+
+Layer-wise (``--early-blocks N``): the vision tower's input layers (patch / conv stem, class and
+positional embeddings) and its first N transformer blocks are put back at θ0 (α' = 0 there), every
+other tensor at α' (``<variant>@a<α'>e<N>``). The export rule does not touch training, so this is
+the model a fine-tune exported that way would be. It asks whether what a fine-tune costs the early
+blocks' M2IB map (bench/results/negatives_fused_readout.md) lives in those blocks' own weights.
+Results are copied from the ablation's folder only when it was evaluated on the same split(s) and
+positives; ``--alphas 0`` scores θ0 itself (the ``none`` row) on a new split.
 """
 
 from __future__ import annotations
@@ -53,19 +61,46 @@ def reweighted_state(start: dict[str, torch.Tensor], exported: dict[str, torch.T
     return interpolate_weights(start, exported, new_alpha / alpha)
 
 
+def is_early_vision_key(key: str, n_blocks: int) -> bool:
+    """True for the vision trunk's input layers (everything of ``visual.trunk`` before its blocks:
+    patch / conv stem, class token, positional embedding) and its blocks ``0 … n_blocks − 1``
+    (timm ViT naming, as in BiomedCLIP and the embedded models)."""
+    if not key.startswith("visual.trunk.") or n_blocks < 1:
+        return False
+    rest = key[len("visual.trunk."):]
+    if rest.startswith("blocks."):
+        return int(rest.split(".")[1]) < n_blocks
+    return rest.split(".")[0] in ("patch_embed", "cls_token", "pos_embed", "reg_token")
+
+
+def layerwise_state(start: dict[str, torch.Tensor], exported: dict[str, torch.Tensor],
+                    alpha: float, new_alpha: float, early_blocks: int) -> dict[str, torch.Tensor]:
+    """:func:`reweighted_state` at ``new_alpha``, with the early vision tensors
+    (:func:`is_early_vision_key`) back at θ0 (integer buffers there too)."""
+    out = reweighted_state(start, exported, alpha, new_alpha)
+    return {k: (start[k].to(v.dtype) if is_early_vision_key(k, early_blocks) else v)
+            for k, v in out.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="the ablation config the runs were made with")
     ap.add_argument("overrides", nargs="*", help="the same key=value overrides")
     ap.add_argument("--alphas", type=float, nargs="+", required=True, help="new WiSE-FT weights")
+    ap.add_argument("--early-blocks", type=int, nargs="+", default=[0],
+                    help="score each α' with the stem and the first N vision blocks at θ0 "
+                         "(0: no layer at θ0, the plain line; default)")
     ap.add_argument("--out", required=True, help="folder for results/ (created)")
     args = ap.parse_args(argv)
+    if any(n < 0 for n in args.early_blocks):
+        raise SystemExit(f"--early-blocks must be >= 0, got {args.early_blocks}")
     cfg = load_ablation_config(args.config, args.overrides)
     torch.set_num_threads(cfg.threads)
     src, dst = results_dir(cfg), Path(args.out) / "results"
     dst.mkdir(parents=True, exist_ok=True)
-    for path in src.glob("*.json"):  # the α results and the model-independent rows, as measured
-        shutil.copy2(path, dst / path.name)
+    if _same_eval_set(cfg, Path(cfg.output_dir) / "ablation_config.json"):
+        for path in src.glob("*.json"):  # the α results and the model-independent rows, as measured
+            shutil.copy2(path, dst / path.name)
     segmenter = cached_segmenter(cfg.segmenter_checkpoint, cfg.embedding_cache_dir)
     data = load_eval_set(cfg)
     starts: dict[str, dict[str, torch.Tensor]] = {}  # base model source -> θ0, built once
@@ -83,17 +118,27 @@ def main(argv: list[str] | None = None) -> int:
             exported = {k: v.detach().clone() for k, v in bundle.model.state_dict().items()}
             if any(t.dtype == torch.float16 for t in exported.values()):
                 raise ConfigError(f"{run / EXPORT}: fp16 export; re-weighting needs fp32 weights")
-            for new_alpha in args.alphas:
-                target = dst / f"{variant}@a{new_alpha}__seed{seed}.json"
+            for new_alpha, early in [(a, n) for a in args.alphas for n in args.early_blocks]:
+                tag = f"{variant}@a{new_alpha}" + (f"e{early}" if early else "")
+                target = dst / f"{tag}__seed{seed}.json"
                 if target.is_file():
                     continue
-                bundle.model.load_state_dict(
-                    reweighted_state(start, exported, float(train_cfg["wise_alpha"]), new_alpha))
+                bundle.model.load_state_dict(layerwise_state(
+                    start, exported, float(train_cfg["wise_alpha"]), new_alpha, early))
                 result = evaluate_model(cfg, bundle_from_open_clip(bundle.model, bundle.tokenizer),
                                         data, segmenter)
                 write_text_atomic(target, json.dumps(result))
-                print(f"[wise-alpha] {variant} seed {seed} α {new_alpha} -> {target}", flush=True)
+                print(f"[wise-alpha] {tag} seed {seed} -> {target}", flush=True)
     return 0
+
+
+def _same_eval_set(cfg, recorded: Path) -> bool:
+    """Whether the ablation folder's results were measured on the positives ``cfg`` evaluates."""
+    if not recorded.is_file():
+        return False
+    old = json.loads(recorded.read_text())
+    return all(old.get(k) == getattr(cfg, k) for k in ("bench", "domain", "n_positives")) and \
+        list(old.get("splits", [])) == list(cfg.splits)
 
 
 if __name__ == "__main__":
