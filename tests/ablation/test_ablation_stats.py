@@ -1,6 +1,7 @@
 """Statistics of the ablation table: AUROC closed form, paired CIs, table rows."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,3 +232,47 @@ def test_fused_saliency_rule_clauses():
     maps = fuse(a, b)
     np.testing.assert_allclose(maps["mean"], [[0.5, 0.75]])
     np.testing.assert_allclose(maps["product"], [[0.0, 0.5]])
+
+
+def test_layerwise_state_puts_back_only_the_stem_and_the_first_blocks():
+    """bench/wise_alpha_sweep.py --early-blocks 2: the trunk's input layers and blocks 0, 1 are
+    θ0; block 10 (a prefix test would take it for block 1), block 2, the trunk's final norm, the
+    head and the text tower stay on the α' line. Fails on an off-by-one in the block bound or a
+    name match that is not per component."""
+    import torch
+
+    from bench.wise_alpha_sweep import layerwise_state, reweighted_state
+
+    keys = ["visual.trunk.patch_embed.backbone.0.conv.weight", "visual.trunk.cls_token",
+            "visual.trunk.pos_embed", "visual.trunk.blocks.0.attn.qkv.weight",
+            "visual.trunk.blocks.1.mlp.fc1.weight", "visual.trunk.blocks.2.mlp.fc1.weight",
+            "visual.trunk.blocks.10.mlp.fc1.weight", "visual.trunk.norm.weight",
+            "visual.head.proj.weight", "text.transformer.embeddings.weight"]
+    g = torch.Generator().manual_seed(0)
+    start = {k: torch.randn(4, generator=g) for k in keys}
+    exported = {k: v + torch.randn(4, generator=g) for k, v in start.items()}
+    line = reweighted_state(start, exported, 0.3, 0.3)
+    out = layerwise_state(start, exported, 0.3, 0.3, 2)
+    early = set(keys[:5])
+    for k in keys:
+        torch.testing.assert_close(out[k], start[k] if k in early else line[k], rtol=0, atol=0)
+    assert all(torch.equal(a, b) for a, b in zip(layerwise_state(start, exported, 0.3, 0.3, 0).values(),
+                                                  line.values(), strict=True))
+
+
+def test_wise_alpha_sweep_copies_results_only_from_the_same_eval_set(tmp_path):
+    """Results of an ablation evaluated on the test split are not copied into a sweep on the val
+    split (a ``none`` measured on other images would be paired with the new rows)."""
+    from bench.wise_alpha_sweep import _same_eval_set
+    from finetune.ablation import load_ablation_config
+
+    cfg = load_ablation_config(str(Path(__file__).resolve().parents[2] / "configs/ablation/negatives.yaml"), ["domain=breast_us", "also_domains=[]"])
+    recorded = tmp_path / "ablation_config.json"
+    assert not _same_eval_set(cfg, recorded)  # no record: nothing is known to match
+    fields = {"bench": cfg.bench, "domain": "breast_us", "n_positives": cfg.n_positives}
+    recorded.write_text(json.dumps({**fields, "splits": ["test"]}))
+    assert _same_eval_set(cfg, recorded)
+    recorded.write_text(json.dumps({**fields, "splits": ["val"]}))
+    assert not _same_eval_set(cfg, recorded)
+    recorded.write_text(json.dumps({**fields, "splits": ["test"], "n_positives": 100}))
+    assert not _same_eval_set(cfg, recorded)
