@@ -53,33 +53,14 @@ from shared.io import write_text_atomic  # noqa: E402
 
 
 def reweighted_state(start: dict[str, torch.Tensor], exported: dict[str, torch.Tensor],
-                     alpha: float, new_alpha: float) -> dict[str, torch.Tensor]:
-    """θ0 + (α'/α)(θ_α − θ0): the WiSE-FT model at ``new_alpha`` from one exported at ``alpha``."""
+                     alpha: float, new_alpha: float, early_blocks: int = 0) -> dict[str, torch.Tensor]:
+    """θ0 + (α'/α)(θ_α − θ0): the WiSE-FT model at ``new_alpha`` from one exported at ``alpha``;
+    ``early_blocks`` = N > 0 puts the vision stem and blocks < N at θ0, the trainer's own rule
+    (``TrainConfig.wise_early_blocks``)."""
     if not 0.0 < alpha <= 1.0 or not 0.0 <= new_alpha <= 1.0:
         raise ConfigError(f"WiSE-FT weights must lie in (0, 1] (export) and [0, 1] (new); "
                           f"got {alpha} and {new_alpha}")
-    return interpolate_weights(start, exported, new_alpha / alpha)
-
-
-def is_early_vision_key(key: str, n_blocks: int) -> bool:
-    """True for the vision trunk's input layers (everything of ``visual.trunk`` before its blocks:
-    patch / conv stem, class token, positional embedding) and its blocks ``0 … n_blocks − 1``
-    (timm ViT naming, as in BiomedCLIP and the embedded models)."""
-    if not key.startswith("visual.trunk.") or n_blocks < 1:
-        return False
-    rest = key[len("visual.trunk."):]
-    if rest.startswith("blocks."):
-        return int(rest.split(".")[1]) < n_blocks
-    return rest.split(".")[0] in ("patch_embed", "cls_token", "pos_embed", "reg_token")
-
-
-def layerwise_state(start: dict[str, torch.Tensor], exported: dict[str, torch.Tensor],
-                    alpha: float, new_alpha: float, early_blocks: int) -> dict[str, torch.Tensor]:
-    """:func:`reweighted_state` at ``new_alpha``, with the early vision tensors
-    (:func:`is_early_vision_key`) back at θ0 (integer buffers there too)."""
-    out = reweighted_state(start, exported, alpha, new_alpha)
-    return {k: (start[k].to(v.dtype) if is_early_vision_key(k, early_blocks) else v)
-            for k, v in out.items()}
+    return interpolate_weights(start, exported, new_alpha / alpha, early_blocks=early_blocks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 target = dst / f"{tag}__seed{seed}.json"
                 if target.is_file():
                     continue
-                bundle.model.load_state_dict(layerwise_state(
+                bundle.model.load_state_dict(reweighted_state(
                     start, exported, float(train_cfg["wise_alpha"]), new_alpha, early))
                 result = evaluate_model(cfg, bundle_from_open_clip(bundle.model, bundle.tokenizer),
                                         data, segmenter)

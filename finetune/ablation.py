@@ -47,7 +47,7 @@ from finetune.ablation_report import (
     render_table,
 )
 from finetune.build import build_clip
-from finetune.config import load_train_config
+from finetune.config import TrainConfig, load_train_config
 from finetune.evaluation.clip_bundle import bundle_from_open_clip
 from finetune.evaluation.evaluate import check_box_rule
 from finetune.evaluation.m2ib import PRESETS, M2IBConfig
@@ -222,11 +222,24 @@ _TRANSPORT = ("url", "api_key", "max_concurrency", "max_retries", "timeout_s")
 
 
 def _recipe(train_cfg: dict) -> dict:
-    """A saved training config without its transport-only fields (``service`` ≡ ``inprocess``, threads)."""
+    """A saved training config without its transport-only fields (``service`` ≡ ``inprocess``,
+    threads); a field added to :class:`TrainConfig` since it was saved reads as its default (the
+    run trained as that default does)."""
+    train_cfg = _with_defaults(train_cfg, json.loads(json.dumps(to_dict(TrainConfig()))))
     neg = {k: v for k, v in train_cfg.get("negatives", {}).items() if k not in _TRANSPORT}
     if neg.get("source") == "service":
         neg["source"] = "inprocess"
     return {**train_cfg, "negatives": neg, "num_threads": None}
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+    out = dict(saved)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _with_defaults(out[k], v)
+    return out
 
 
 def _diff_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -157,6 +157,9 @@ class TrainConfig:
     # starting model, θ the fine-tuned one; 1 = the fine-tune as trained, 0 = the start unchanged.
     # Trades the fine-tune's gain against what it erased (issue 17, "no harm").
     wise_alpha: float = 1.0
+    # ... and the vision tower's stem and first N blocks exported at θ0 (α = 0 there; 0 = off): a
+    # fine-tune costs the early blocks' M2IB map (bench/results/negatives_early_blocks.md).
+    wise_early_blocks: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -181,6 +184,8 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
         raise ConfigError(f"optim.lr must be > 0, got {o.lr}")
     if not 0.0 <= cfg.wise_alpha <= 1.0:
         raise ConfigError(f"wise_alpha must lie in [0, 1], got {cfg.wise_alpha}")
+    if cfg.wise_early_blocks < 0:
+        raise ConfigError(f"wise_early_blocks must be >= 0 (0 = off), got {cfg.wise_early_blocks}")
     if cfg.negatives.source not in NEGATIVE_SOURCES:
         raise ConfigError(f"negatives.source={cfg.negatives.source!r}; expected {NEGATIVE_SOURCES}")
     if not cfg.negatives.see_through_px >= 0:

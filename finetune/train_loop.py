@@ -83,17 +83,32 @@ def set_trainable(model: torch.nn.Module, parts: tuple[str, ...]) -> list[torch.
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def is_early_vision_key(key: str, n_blocks: int) -> bool:
+    """True for the vision trunk's input layers (all of ``visual.trunk`` before its blocks: patch /
+    conv stem, class token, positional embedding) and its blocks ``0 … n_blocks − 1`` (timm ViT
+    naming, as in BiomedCLIP and the embedded models)."""
+    if not key.startswith("visual.trunk.") or n_blocks < 1:
+        return False
+    rest = key[len("visual.trunk."):]
+    if rest.startswith("blocks."):
+        return int(rest.split(".")[1]) < n_blocks
+    return rest.split(".")[0] in ("patch_embed", "cls_token", "pos_embed", "reg_token")
+
+
 def interpolate_weights(start: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor],
-                        alpha: float) -> dict[str, torch.Tensor]:
+                        alpha: float, *, early_blocks: int = 0) -> dict[str, torch.Tensor]:
     """WiSE-FT weight-space ensemble (Wortsman et al., "Robust fine-tuning of zero-shot models",
     CVPR 2022): ``θ_α = θ0 + α·(θ − θ0)`` for every floating-point tensor of the state dict
     (same keys and shapes in both); integer buffers are taken from ``tuned``. α = 1 returns the
-    fine-tune, α = 0 the start, bit-exactly."""
+    fine-tune, α = 0 the start, bit-exactly. ``early_blocks`` = N > 0: the vision stem and
+    blocks < N (:func:`is_early_vision_key`) are the start's, buffers included (α = 0 there)."""
     if start.keys() != tuned.keys():
         raise ValueError(f"state dicts differ in keys: {sorted(start.keys() ^ tuned.keys())[:5]}")
     out = {}
     for k, t in tuned.items():
-        if alpha == 1.0 or not t.is_floating_point():
+        if is_early_vision_key(k, early_blocks):
+            out[k] = start[k].to(t.dtype)
+        elif alpha == 1.0 or not t.is_floating_point():
             out[k] = t
         elif alpha == 0.0:
             out[k] = start[k].to(t.dtype)
@@ -271,7 +286,7 @@ def train(cfg: TrainConfig) -> Path:
     data = _prepare_data(cfg, accelerator, grid, image_size)
 
     start_state = ({k: v.detach().clone() for k, v in clip.state_dict().items()}
-                   if cfg.wise_alpha != 1.0 else None)
+                   if cfg.wise_alpha != 1.0 or cfg.wise_early_blocks else None)
     reference = None
     if needs.reference:
         reference = ClipFeatures(copy.deepcopy(clip).eval().requires_grad_(False))
@@ -353,7 +368,8 @@ def train(cfg: TrainConfig) -> Path:
         clip = accelerator.unwrap_model(model).clip.eval()
         if start_state is not None:
             clip = copy.deepcopy(clip)
-            clip.load_state_dict(interpolate_weights(start_state, clip.state_dict(), cfg.wise_alpha))
+            clip.load_state_dict(interpolate_weights(start_state, clip.state_dict(), cfg.wise_alpha,
+                                                     early_blocks=cfg.wise_early_blocks))
         if cfg.export_fp16:
             clip = copy.deepcopy(clip).half()
         export_local_dir(clip, bundle.tokenizer, bundle.model_cfg or None, out / EXPORT)

@@ -174,6 +174,15 @@ def test_tiny_end_to_end(tiny_bench, tmp_path, monkeypatch):
     # cores), and a rerun with another count reuses every trained variant
     assert "num_threads=2" in ablation.variant_run(dataclasses.replace(cfg, threads=2), "control", 0)[1]
     assert run_ablation(dataclasses.replace(cfg, threads=2)) == report
+    # a run saved before a TrainConfig field existed trained as its default: still reused
+    saved = tmp_path / "abl" / "train" / "control" / "seed0" / "config.json"
+    old = json.loads(saved.read_text())
+    from finetune.augment import AugmentConfig
+
+    assert old.pop("wise_early_blocks") == 0  # a top-level field and a nested one
+    assert old["augment"].pop("max_shift") == AugmentConfig().max_shift
+    saved.write_text(json.dumps(old))
+    assert run_ablation(cfg) == report
     # the variant's training recipe changed since (e.g. configs/embedded/control.yaml edited):
     # its export and results are not silently reused
     monkeypatch.setitem(ablation.VARIANTS, "control", ("control.yaml", ("wise_alpha=0.5",)))

@@ -234,14 +234,14 @@ def test_fused_saliency_rule_clauses():
     np.testing.assert_allclose(maps["product"], [[0.0, 0.5]])
 
 
-def test_layerwise_state_puts_back_only_the_stem_and_the_first_blocks():
-    """bench/wise_alpha_sweep.py --early-blocks 2: the trunk's input layers and blocks 0, 1 are
+def test_reweighted_state_puts_back_only_the_stem_and_the_first_blocks():
+    """bench/wise_alpha_sweep.py --early-blocks 2 (the trainer's ``wise_early_blocks``): the trunk's input layers and blocks 0, 1 are
     θ0; block 10 (a prefix test would take it for block 1), block 2, the trunk's final norm, the
     head and the text tower stay on the α' line. Fails on an off-by-one in the block bound or a
     name match that is not per component."""
     import torch
 
-    from bench.wise_alpha_sweep import layerwise_state, reweighted_state
+    from bench.wise_alpha_sweep import reweighted_state
 
     keys = ["visual.trunk.patch_embed.backbone.0.conv.weight", "visual.trunk.cls_token",
             "visual.trunk.pos_embed", "visual.trunk.blocks.0.attn.qkv.weight",
@@ -252,11 +252,11 @@ def test_layerwise_state_puts_back_only_the_stem_and_the_first_blocks():
     start = {k: torch.randn(4, generator=g) for k in keys}
     exported = {k: v + torch.randn(4, generator=g) for k, v in start.items()}
     line = reweighted_state(start, exported, 0.3, 0.3)
-    out = layerwise_state(start, exported, 0.3, 0.3, 2)
+    out = reweighted_state(start, exported, 0.3, 0.3, 2)
     early = set(keys[:5])
     for k in keys:
         torch.testing.assert_close(out[k], start[k] if k in early else line[k], rtol=0, atol=0)
-    assert all(torch.equal(a, b) for a, b in zip(layerwise_state(start, exported, 0.3, 0.3, 0).values(),
+    assert all(torch.equal(a, b) for a, b in zip(reweighted_state(start, exported, 0.3, 0.3, 0).values(),
                                                   line.values(), strict=True))
 
 

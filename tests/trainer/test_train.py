@@ -118,15 +118,25 @@ def test_interpolate_weights_is_the_wise_ft_line():
 
 
 def test_wise_alpha_exports_the_midpoint_of_start_and_fine_tune(tiny_bench, tmp_path):
-    outs = {a: train(load_train_config(tiny_overrides(tiny_bench, tmp_path / f"a{a}", wise_alpha=a)))
-            for a in (1.0, 0.5)}
-    full = build_clip(f"local-dir:{outs[1.0] / 'model'}").model.state_dict()
-    half = build_clip(f"local-dir:{outs[0.5] / 'model'}").model.state_dict()
+    """wise_alpha 0.5: every tensor at the midpoint; with wise_early_blocks 1 the vision stem and
+    block 0 are the start's and the rest still the midpoint (same seed: same fine-tune)."""
+    from finetune.train_loop import is_early_vision_key
+
+    runs = {"full": {"wise_alpha": 1.0}, "half": {"wise_alpha": 0.5},
+            "early": {"wise_alpha": 0.5, "wise_early_blocks": 1}}
+    states = {name: build_clip("local-dir:" + str(train(load_train_config(
+        tiny_overrides(tiny_bench, tmp_path / name, **kw))) / "model")).model.state_dict()
+        for name, kw in runs.items()}
+    full, half, early = states["full"], states["half"], states["early"]
     before = _initial_state()
     moved = [k for k in before if not torch.equal(before[k], full[k])]
     assert moved  # the fine-tune changed something, so the midpoint is a real test
+    kept = [k for k in moved if is_early_vision_key(k, 1)]
+    assert kept and any("blocks.0." in k for k in kept) and len(kept) < len(moved)
     for k in before:
         torch.testing.assert_close(half[k], (before[k] + full[k]) / 2, rtol=0, atol=1e-6, msg=k)
+        torch.testing.assert_close(early[k], before[k] if is_early_vision_key(k, 1) else half[k],
+                                   rtol=0, atol=1e-6, msg=k)
 
 
 def test_multisource_gpu_config_runs_at_toy_size(tmp_path):
