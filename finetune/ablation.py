@@ -53,7 +53,7 @@ from finetune.evaluation.evaluate import check_box_rule
 from finetune.evaluation.m2ib import PRESETS, M2IBConfig
 from finetune.train_loop import EXPORT, resolve_model_source, train
 from shared.benchmark import HELD_OUT_DOMAIN
-from shared.config import ConfigError, load_config, to_dict
+from shared.config import ConfigError, diff_keys, load_config, to_dict, with_defaults
 from shared.io import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,7 +209,7 @@ def _check_trained_configs(cfg: AblationConfig) -> None:
                 continue
             old = _recipe(json.loads(saved.read_text()))
             new = _recipe(json.loads(json.dumps(to_dict(load_train_config(config_path, overrides)))))
-            diff = sorted(_diff_keys(old, new))
+            diff = sorted(diff_keys(old, new))
             if diff:
                 raise ConfigError(f"{out} was trained with another config (differs in {diff[:6]}); "
                                   "use another output_dir")
@@ -225,32 +225,11 @@ def _recipe(train_cfg: dict) -> dict:
     """A saved training config without its transport-only fields (``service`` ≡ ``inprocess``,
     threads); a field added to :class:`TrainConfig` since it was saved reads as its default (the
     run trained as that default does)."""
-    train_cfg = _with_defaults(train_cfg, json.loads(json.dumps(to_dict(TrainConfig()))))
+    train_cfg = with_defaults(train_cfg, TrainConfig)
     neg = {k: v for k, v in train_cfg.get("negatives", {}).items() if k not in _TRANSPORT}
     if neg.get("source") == "service":
         neg["source"] = "inprocess"
     return {**train_cfg, "negatives": neg, "num_threads": None}
-
-
-def _with_defaults(saved: dict, defaults: dict) -> dict:
-    out = dict(saved)
-    for k, v in defaults.items():
-        if k not in out:
-            out[k] = v
-        elif isinstance(v, dict) and isinstance(out[k], dict):
-            out[k] = _with_defaults(out[k], v)
-    return out
-
-
-def _diff_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k in set(old) | set(new):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += _diff_keys(a, b, f"{prefix}{k}.")
-        elif a != b:
-            keys.append(f"{prefix}{k}")
-    return keys
 
 
 def _load_results(folder: Path, cfg: AblationConfig) -> dict[str, dict[int, dict]]:

@@ -17,7 +17,9 @@ tuples/lists, ``X | None``, nested dataclasses) and a value that does not conver
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import math
 import re
 import types
@@ -238,6 +240,26 @@ def load_config(
         _check_path(cls, path_parts, item)
         _set_path(tree, path_parts, value)
     return _build(cls, tree)
+
+
+def with_defaults(saved: dict, cls: Any) -> dict:
+    """``saved`` (a config as :func:`to_dict` wrote it, read back from JSON) with every field it
+    lacks, at any depth, at dataclass ``cls``'s default (a field added since it was saved)."""
+    out = json.loads(json.dumps(to_dict(cls())))
+    _merge(out, copy.deepcopy(saved))
+    return out
+
+
+def diff_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the leaves where two nested config dicts differ (present in one only too)."""
+    keys = []
+    for k in set(old) | set(new):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += diff_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return keys
 
 
 def _defaults_tree(cls: Any) -> dict:
