@@ -276,3 +276,22 @@ def test_wise_alpha_sweep_copies_results_only_from_the_same_eval_set(tmp_path):
     assert not _same_eval_set(cfg, recorded)
     recorded.write_text(json.dumps({**fields, "splits": ["test"], "n_positives": 100}))
     assert not _same_eval_set(cfg, recorded)
+
+
+def test_bn_stats_at_start_touch_only_the_running_statistics():
+    """bench/wise_alpha_sweep.py --bn-stats-at-start: running mean / var and the batch counter
+    come from θ0, a BatchNorm's learned weight and bias (names that also end in 'bias' /
+    'weight') stay the re-weighted ones."""
+    import torch
+
+    from bench.wise_alpha_sweep import with_start_bn_stats
+
+    start = {"stem.bn.running_mean": torch.zeros(3), "stem.bn.running_var": torch.ones(3),
+             "stem.bn.num_batches_tracked": torch.tensor(5), "stem.bn.weight": torch.ones(3),
+             "stem.bn.bias": torch.zeros(3)}
+    state = {k: v + 1 for k, v in start.items()}
+    out = with_start_bn_stats(state, start)
+    for k in start:
+        want = start[k] if k.rsplit(".", 1)[1] in ("running_mean", "running_var",
+                                                   "num_batches_tracked") else state[k]
+        assert torch.equal(out[k], want), k
