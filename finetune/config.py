@@ -160,6 +160,10 @@ class TrainConfig:
     # ... and the vision tower's stem and first N blocks exported at θ0 (α = 0 there; 0 = off): a
     # fine-tune costs the early blocks' M2IB map (bench/results/negatives_early_blocks.md).
     wise_early_blocks: int = 0
+    # BatchNorm layers (the conv stem's) stay in eval mode while training: their running statistics
+    # are not re-estimated on the fine-tuning batches, which on breast carried the fine-tunes' whole
+    # measurable effect (bench/results/negatives_early_blocks.md). False = torch's default.
+    freeze_bn_stats: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)

@@ -321,6 +321,10 @@ def train(cfg: TrainConfig) -> Path:
     unwrapped = accelerator.unwrap_model(model)
     for module, trainable in ((unwrapped.clip.visual, "image"), (unwrapped.clip.text, "text")):
         module.train(trainable in cfg.trainable)  # locked towers stay in eval (no dropout)
+    if cfg.freeze_bn_stats:
+        for m in unwrapped.clip.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()  # normalise with the start's running statistics, and keep them
     bar = progress(range(start, o.max_steps), initial=start, total=o.max_steps,
                    every=cfg.log_every, disable=not accelerator.is_local_main_process,
                    desc=cfg.objective.name)

@@ -139,6 +139,21 @@ def test_wise_alpha_exports_the_midpoint_of_start_and_fine_tune(tiny_bench, tmp_
                                    rtol=0, atol=1e-6, msg=k)
 
 
+def test_freeze_bn_stats_keeps_the_running_statistics(tiny_bench, tmp_path):
+    """freeze_bn_stats: a conv-stem fine-tune leaves every BatchNorm running statistic at the
+    start's while its learned weights move; without it the statistics move (so the test can fail)."""
+    torch.manual_seed(0)  # train() seeds the same way before building the model
+    start = build_clip("embedded-convstem8").model.state_dict()
+    stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    for frozen in (True, False):
+        out = train(load_train_config(tiny_overrides(
+            tiny_bench, tmp_path / str(frozen), model="embedded-convstem8", freeze_bn_stats=frozen)))
+        tuned = build_clip(f"local-dir:{out / 'model'}").model.state_dict()
+        assert any(not torch.equal(tuned[k], start[k]) for k in start if k.endswith("conv.weight"))
+        assert all(torch.equal(tuned[k], start[k]) for k in stats) == frozen
+
+
 def test_multisource_gpu_config_runs_at_toy_size(tmp_path):
     """configs/embedded/pretrain_clip_multisource_gpu.yaml, data and all, at toy size: a benchmark
     with multi-source domains, 2 steps of batch 4, the config's objective, augmentation and
