@@ -21,6 +21,8 @@ positional embeddings) and its first N transformer blocks are put back at θ0 (�
 other tensor at α' (``<variant>@a<α'>e<N>``). The export rule does not touch training, so this is
 the model a fine-tune exported that way would be. It asks whether what a fine-tune costs the early
 blocks' M2IB map (bench/results/negatives_fused_readout.md) lives in those blocks' own weights.
+``--bn-stats-at-start`` also puts the BatchNorm running statistics (buffers a fine-tune in train
+mode re-estimates) back at θ0 (``…bn0``): learned weights and batch statistics, told apart.
 Results are copied from the ablation's folder only when it was evaluated on the same split(s) and
 positives; ``--alphas 0`` scores θ0 itself (the ``none`` row) on a new split.
 """
