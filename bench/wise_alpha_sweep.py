@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from finetune.ablation import (  # noqa: E402
+    AblationConfig,
     cached_segmenter,
     evaluate_model,
     load_ablation_config,
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _same_eval_set(cfg, recorded: Path) -> bool:
+def _same_eval_set(cfg: AblationConfig, recorded: Path) -> bool:
     """Whether the ablation folder's results were measured on the positives ``cfg`` evaluates."""
     if not recorded.is_file():
         return False

@@ -161,8 +161,9 @@ class TrainConfig:
     # fine-tune costs the early blocks' M2IB map (bench/results/negatives_early_blocks.md).
     wise_early_blocks: int = 0
     # BatchNorm layers (the conv stem's) stay in eval mode while training: their running statistics
-    # are not re-estimated on the fine-tuning batches, which on breast carried the fine-tunes' whole
-    # measurable effect (bench/results/negatives_early_blocks.md). False = torch's default.
+    # are not re-estimated on the fine-tuning batches; on breast (one-seed diagnostic) those
+    # statistics carried the fine-tunes' measurable effect (bench/results/negatives_early_blocks.md).
+    # False = torch's default.
     freeze_bn_stats: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
