@@ -23,8 +23,8 @@ the model a fine-tune exported that way would be. It asks whether what a fine-tu
 blocks' M2IB map (bench/results/negatives_fused_readout.md) lives in those blocks' own weights.
 ``--bn-stats-at-start`` also puts the BatchNorm running statistics (buffers a fine-tune in train
 mode re-estimates) back at θ0 (``…bn0``): learned weights and batch statistics, told apart.
-Results are copied from the ablation's folder only when it was evaluated on the same split(s) and
-positives; ``--alphas 0`` scores θ0 itself (the ``none`` row) on a new split.
+Results are copied from the ablation's folder only when its recorded setup is this one (same
+split(s), positives, readout, box rule); ``--alphas 0`` scores θ0 itself (the ``none`` row) on a new split.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from finetune.ablation import (  # noqa: E402
     load_ablation_config,
     load_eval_set,
     results_dir,
+    setup_diff,
     variant_run,
 )
 from finetune.build import build_clip  # noqa: E402
@@ -133,12 +134,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _same_eval_set(cfg: AblationConfig, recorded: Path) -> bool:
-    """Whether the ablation folder's results were measured on the positives ``cfg`` evaluates."""
-    if not recorded.is_file():
-        return False
-    old = json.loads(recorded.read_text())
-    return all(old.get(k) == getattr(cfg, k) for k in ("bench", "domain", "n_positives")) and \
-        list(old.get("splits", [])) == list(cfg.splits)
+    """Whether the ablation folder's results were measured as ``cfg`` measures (same positives,
+    readout and box rule: ``finetune.ablation.setup_diff`` finds no difference)."""
+    return setup_diff(cfg, recorded) == []
 
 
 if __name__ == "__main__":

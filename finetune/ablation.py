@@ -304,17 +304,22 @@ _RESUMABLE = ("variants", "seeds", "table_path", "n_resamples", "embedding_cache
               "also_domains", "threads")
 
 
+def setup_diff(cfg: AblationConfig, path: Path) -> list[str] | None:
+    """Setup fields (all but the resumable ones) where ``cfg`` differs from the setup recorded at
+    ``path`` (an ``ablation_config.json``); None when nothing is recorded there."""
+    if not path.is_file():
+        return None
+    old, new = json.loads(path.read_text()), json.loads(json.dumps(to_dict(cfg)))
+    return sorted(k for k in set(old) | set(new) if k not in _RESUMABLE and old.get(k) != new.get(k))
+
+
 def _check_same_setup(cfg: AblationConfig, path: Path) -> None:
     """Refuse to mix results of different setups in one output_dir; record the setup."""
-    new = json.loads(json.dumps(to_dict(cfg)))
-    if path.is_file():
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(new)
-                      if k not in _RESUMABLE and old.get(k) != new.get(k))
-        if diff:
-            raise ConfigError(f"{path.parent} holds results of another setup (differs in {diff}); "
-                              "use another output_dir")
-    write_text_atomic(path, json.dumps(new, indent=2) + "\n")
+    diff = setup_diff(cfg, path)
+    if diff:
+        raise ConfigError(f"{path.parent} holds results of another setup (differs in {diff}); "
+                          "use another output_dir")
+    write_text_atomic(path, json.dumps(to_dict(cfg), indent=2) + "\n")
 
 
 def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",

@@ -261,20 +261,25 @@ def test_reweighted_state_puts_back_only_the_stem_and_the_first_blocks():
 
 
 def test_wise_alpha_sweep_copies_results_only_from_the_same_eval_set(tmp_path):
-    """Results of an ablation evaluated on the test split are not copied into a sweep on the val
-    split (a ``none`` measured on other images would be paired with the new rows)."""
+    """Results of an ablation evaluated on the test split (or with another readout) are not copied
+    into a sweep on the val split (a ``none`` measured on other images, or read another way, would
+    be paired with the new rows); which variants or seeds it ran does not matter."""
     from bench.wise_alpha_sweep import _same_eval_set
     from finetune.ablation import load_ablation_config
+    from shared.config import to_dict
 
-    cfg = load_ablation_config(str(Path(__file__).resolve().parents[2] / "configs/ablation/negatives.yaml"), ["domain=breast_us", "also_domains=[]"])
+    cfg = load_ablation_config(str(Path(__file__).resolve().parents[2] / "configs/ablation/negatives.yaml"),
+                               ["domain=breast_us", "also_domains=[]", "splits=[test]"])
     recorded = tmp_path / "ablation_config.json"
     assert not _same_eval_set(cfg, recorded)  # no record: nothing is known to match
-    fields = {"bench": cfg.bench, "domain": "breast_us", "n_positives": cfg.n_positives}
-    recorded.write_text(json.dumps({**fields, "splits": ["test"]}))
+    fields = json.loads(json.dumps(to_dict(cfg)))
+    recorded.write_text(json.dumps({**fields, "splits": ["test"], "seeds": [7]}))
     assert _same_eval_set(cfg, recorded)
     recorded.write_text(json.dumps({**fields, "splits": ["val"]}))
     assert not _same_eval_set(cfg, recorded)
     recorded.write_text(json.dumps({**fields, "splits": ["test"], "n_positives": 100}))
+    assert not _same_eval_set(cfg, recorded)
+    recorded.write_text(json.dumps({**fields, "m2ib": {**fields["m2ib"], "fuse_layer": 1}}))
     assert not _same_eval_set(cfg, recorded)
 
 
