@@ -46,9 +46,9 @@ from finetune.ablation import (  # noqa: E402
     load_ablation_config,
     load_eval_set,
     results_dir,
-    setup_diff,
     variant_run,
 )
+from finetune.ablation_setup import setup_diff  # noqa: E402
 from finetune.build import build_clip  # noqa: E402
 from finetune.evaluation.clip_bundle import bundle_from_open_clip  # noqa: E402
 from finetune.train_loop import EXPORT, interpolate_weights, resolve_model_source  # noqa: E402
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _same_eval_set(cfg: AblationConfig, recorded: Path) -> bool:
     """Whether the ablation folder's results were measured as ``cfg`` measures (same positives,
-    readout and box rule: ``finetune.ablation.setup_diff`` finds no difference)."""
+    readout and box rule: ``finetune.ablation_setup.setup_diff`` finds no difference)."""
     return setup_diff(cfg, recorded) == []
 
 

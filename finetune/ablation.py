@@ -22,7 +22,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -46,14 +46,15 @@ from finetune.ablation_report import (
     render_report,
     render_table,
 )
+from finetune.ablation_setup import check_same_setup, recipe
 from finetune.build import build_clip
-from finetune.config import TrainConfig, load_train_config
+from finetune.config import load_train_config
 from finetune.evaluation.clip_bundle import bundle_from_open_clip
 from finetune.evaluation.evaluate import check_box_rule
 from finetune.evaluation.m2ib import PRESETS, M2IBConfig
 from finetune.train_loop import EXPORT, resolve_model_source, train
 from shared.benchmark import HELD_OUT_DOMAIN
-from shared.config import ConfigError, diff_keys, load_config, to_dict, with_defaults
+from shared.config import ConfigError, diff_keys, load_config, to_dict
 from shared.io import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +101,9 @@ class AblationConfig:
     # also evaluate every model on these domains (same splits): transfer to, or forgetting of,
     # domains left out of fine-tuning; one extra table each
     also_domains: tuple[str, ...] = ()
+    # external sets of ``domain`` (folders made by ``python -m shared.benchmark --external``: its
+    # anatomy from sources never used in pre-training or fine-tuning; every split): one table each
+    external: tuple[str, ...] = ()
     output_dir: str = "runs/ablation"  # trained models, per-(variant, seed) results, report.md
     table_path: str = ""  # also write the report here (e.g. bench/results/ablation.md)
     variants: tuple[str, ...] = tuple(VARIANTS)  # which variants (keys of VARIANTS)
@@ -148,6 +152,8 @@ def load_ablation_config(path: str | Path | dict | None, overrides: list[str] | 
                           "a recipe)")
     if cfg.domain in cfg.also_domains:
         raise ConfigError(f"also_domains repeats the ablation's own domain {cfg.domain!r}")
+    if len({Path(f).name for f in cfg.external}) < len(cfg.external):  # they name the tables
+        raise ConfigError(f"external folders need distinct names, got {list(cfg.external)}")
     if cfg.n_positives < 2:
         raise ConfigError(f"n_positives must be >= 2, got {cfg.n_positives}")
     if cfg.threads < 1:
@@ -207,29 +213,12 @@ def _check_trained_configs(cfg: AblationConfig) -> None:
             saved = out / "config.json"
             if not saved.is_file():
                 continue
-            old = _recipe(json.loads(saved.read_text()))
-            new = _recipe(json.loads(json.dumps(to_dict(load_train_config(config_path, overrides)))))
+            old = recipe(json.loads(saved.read_text()))
+            new = recipe(json.loads(json.dumps(to_dict(load_train_config(config_path, overrides)))))
             diff = sorted(diff_keys(old, new))
             if diff:
                 raise ConfigError(f"{out} was trained with another config (differs in {diff[:6]}); "
                                   "use another output_dir")
-
-
-# how generated negatives are fetched, not what they are: the service and the in-process
-# predictor give the same content-addressed negatives (the demo trains stage1+2 over HTTP and the
-# ablation then reuses it)
-_TRANSPORT = ("url", "api_key", "max_concurrency", "max_retries", "timeout_s")
-
-
-def _recipe(train_cfg: dict) -> dict:
-    """A saved training config without its transport-only fields (``service`` ≡ ``inprocess``,
-    threads); a field added to :class:`TrainConfig` since it was saved reads as its default (the
-    run trained as that default does)."""
-    train_cfg = with_defaults(train_cfg, TrainConfig)
-    neg = {k: v for k, v in train_cfg.get("negatives", {}).items() if k not in _TRANSPORT}
-    if neg.get("source") == "service":
-        neg["source"] = "inprocess"
-    return {**train_cfg, "negatives": neg, "num_threads": None}
 
 
 def _load_results(folder: Path, cfg: AblationConfig) -> dict[str, dict[int, dict]]:
@@ -243,11 +232,24 @@ def _load_results(folder: Path, cfg: AblationConfig) -> dict[str, dict[int, dict
     return out
 
 
-def results_dir(cfg: AblationConfig, domain: str | None = None) -> Path:
-    """Where per-(variant, seed) results of one evaluated domain live (``results/`` for the
-    ablation's own domain, ``results/also_<domain>/`` for each of ``also_domains``)."""
+def eval_targets(cfg: AblationConfig) -> dict[str, tuple[AblationConfig, str]]:
+    """Every set the models are scored on, ``key -> (config to load it with, domain)``: the
+    ablation's own domain, each of ``also_domains`` (same benchmark and splits) and each
+    ``external`` folder (key ``external_<folder name>``, ``domain`` in all its splits)."""
+    targets = {d: (cfg, d) for d in (cfg.domain, *cfg.also_domains)}
+    for folder in cfg.external:
+        targets[f"external_{Path(folder).name}"] = (replace(cfg, bench=folder, splits=()), cfg.domain)
+    return targets
+
+
+def results_dir(cfg: AblationConfig, key: str | None = None) -> Path:
+    """Where per-(variant, seed) results of one evaluated set (an :func:`eval_targets` key) live:
+    ``results/`` for the ablation's own domain, ``results/also_<domain>/`` for each of
+    ``also_domains``, ``results/external_<folder name>/`` for each external set."""
     root = Path(cfg.output_dir) / "results"
-    return root if domain in (None, cfg.domain) else root / f"also_{domain}"
+    if key in (None, cfg.domain):
+        return root
+    return root / (key if key.startswith("external_") else f"also_{key}")
 
 
 def _domain_rows(cfg: AblationConfig, domain: str | None = None) -> tuple[list[dict], dict]:
@@ -284,11 +286,14 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
                                      *(("m2ib_pointing",) if cfg.saliency == "dense" else ()))}
     text = render_report(rows, meta)
     also = {}
-    for domain in cfg.also_domains:
-        also[domain], _ = _domain_rows(cfg, domain)
-        text += (f"\n### The same models on `{domain}` ({'/'.join(cfg.splits) or 'all'} split; "
-                 f"{'left out of' if cfg.protocol == 'in_domain' else 'not the target of'} "
-                 f"fine-tuning: transfer or forgetting)\n\n{render_table(also[domain])}\n")
+    for key in list(eval_targets(cfg))[1:]:
+        also[key], _ = _domain_rows(cfg, key)
+        what = (f"the external set `{key.removeprefix('external_')}` (`{cfg.domain}` from sources "
+                "never trained on; all its images)" if key.startswith("external_") else
+                f"`{key}` ({'/'.join(cfg.splits) or 'all'} split; "
+                f"{'left out of' if cfg.protocol == 'in_domain' else 'not the target of'} "
+                "fine-tuning: transfer or forgetting)")
+        text += f"\n### The same models on {what}\n\n{render_table(also[key])}\n"
     report = write_text_atomic(out / "report.md", text)  # side-by-side runs each rewrite it
     write_text_atomic(out / "rows.json", json.dumps(rows, indent=1) + "\n")
     if also:
@@ -299,29 +304,6 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
     return report
 
 
-# fields that may change between runs sharing an output_dir (the rest define the results)
-_RESUMABLE = ("variants", "seeds", "table_path", "n_resamples", "embedding_cache_dir",
-              "also_domains", "threads")
-
-
-def setup_diff(cfg: AblationConfig, path: Path) -> list[str] | None:
-    """Setup fields (all but the resumable ones) where ``cfg`` differs from the setup recorded at
-    ``path`` (an ``ablation_config.json``); None when nothing is recorded there."""
-    if not path.is_file():
-        return None
-    old, new = json.loads(path.read_text()), json.loads(json.dumps(to_dict(cfg)))
-    return sorted(k for k in set(old) | set(new) if k not in _RESUMABLE and old.get(k) != new.get(k))
-
-
-def _check_same_setup(cfg: AblationConfig, path: Path) -> None:
-    """Refuse to mix results of different setups in one output_dir; record the setup."""
-    diff = setup_diff(cfg, path)
-    if diff:
-        raise ConfigError(f"{path.parent} holds results of another setup (differs in {diff}); "
-                          "use another output_dir")
-    write_text_atomic(path, json.dumps(to_dict(cfg), indent=2) + "\n")
-
-
 def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
                  oracle_only: bool = False) -> Path:
     """Train and evaluate every (variant, seed) not yet done; returns the report path.
@@ -329,26 +311,26 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_same_setup(cfg, out / "ablation_config.json")
+    check_same_setup(cfg, out / "ablation_config.json")
     _check_trained_configs(cfg)
     timings_path = out / "timings.json"  # (variant/seed -> s), shared by side-by-side runs
     segmenter = cached_segmenter(cfg.segmenter_checkpoint, cfg.embedding_cache_dir)
-    domains = (cfg.domain, *cfg.also_domains)
-    data = {d: load_eval_set(cfg, d) for d in domains}
-    for d in domains:  # model-independent references, once per domain
-        folder = results_dir(cfg, d)
+    domains = eval_targets(cfg)  # key -> (config to load the set with, domain)
+    data = {key: load_eval_set(c, d) for key, (c, d) in domains.items()}
+    for key in domains:  # model-independent references, once per evaluated set
+        folder = results_dir(cfg, key)
         folder.mkdir(parents=True, exist_ok=True)
         for name, fn in (("oracle", evaluate_oracle), ("centre_box", evaluate_centre_box)):
             if not (folder / f"{name}.json").is_file():
-                write_text_atomic(folder / f"{name}.json", json.dumps(fn(cfg, data[d], segmenter)))
+                write_text_atomic(folder / f"{name}.json", json.dumps(fn(cfg, data[key], segmenter)))
     if oracle_only:
         return write_report(cfg, command, _read_timings(timings_path))
     jobs = [(v, s) for s in cfg.seeds for v in cfg.variants
             if VARIANTS[v] is not None or s == cfg.seeds[0]]
     for variant, seed in jobs:
         seed = cfg.eval_seed if VARIANTS[variant] is None else seed
-        todo = [d for d in domains
-                if not (results_dir(cfg, d) / f"{variant}__seed{seed}.json").is_file()]
+        todo = [key for key in domains
+                if not (results_dir(cfg, key) / f"{variant}__seed{seed}.json").is_file()]
         if not todo:
             continue
         start = time.perf_counter()
@@ -356,9 +338,9 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
         torch.set_num_threads(cfg.threads)  # training set its own (TrainConfig.num_threads)
         clip = build_clip(source)
         bundle = bundle_from_open_clip(clip.model, clip.tokenizer)
-        for d in todo:
-            result = evaluate_model(cfg, bundle, data[d], segmenter)
-            write_text_atomic(results_dir(cfg, d) / f"{variant}__seed{seed}.json", json.dumps(result))
+        for key in todo:
+            result = evaluate_model(cfg, bundle, data[key], segmenter)
+            write_text_atomic(results_dir(cfg, key) / f"{variant}__seed{seed}.json", json.dumps(result))
         took = time.perf_counter() - start  # merged into the file as it is now: side-by-side runs
         timings = _read_timings(timings_path) | {f"{variant}/{seed}": took}  # keep each other's
         write_text_atomic(timings_path, json.dumps(timings, indent=1) + "\n")

@@ -204,10 +204,16 @@ def test_lesion_mass_closed_form():
 
 def test_in_domain_protocol_with_an_also_evaluated_domain(tiny_bench, tmp_path):
     """The researcher's protocol: variants fine-tune on breast_us's training split only and are
-    evaluated on its test split, and the same models on chest_xray (left out: forgetting row)."""
+    evaluated on its test split, the same models on chest_xray (left out: forgetting row) and on
+    an external breast set (real ultrasound from outside the benchmark's sources)."""
+    from finetune.ablation import eval_targets, load_eval_set
+
+    ext = tmp_path / "ext_breast"
+    build_benchmark(ext, domains=("breast_us",), n_per_domain=6, size=64, seed=0, external=True)
     cfg = load_ablation_config({
         "bench": str(tiny_bench), "domain": "breast_us", "protocol": "in_domain",
         "splits": ["test"], "also_domains": ["chest_xray"], "output_dir": str(tmp_path / "abl"),
+        "external": [str(ext)],
         "variants": ["none", "control"], "seeds": [0], "n_positives": 2, "steps": 2,
         "batch_size": 4, "warmup_steps": 1, "n_resamples": 50,
         "negatives_cache_dir": str(tmp_path / "neg"),
@@ -218,12 +224,20 @@ def test_in_domain_protocol_with_an_also_evaluated_domain(tiny_bench, tmp_path):
                            .read_text())
     assert train_cfg["data"]["domains"] == ["breast_us"] and train_cfg["data"]["held_out_domains"] == []
     results = tmp_path / "abl" / "results"
-    for folder in (results, results / "also_chest_xray"):
+    for folder in (results, results / "also_chest_xray", results / "external_ext_breast"):
         for name in ("oracle", "centre_box", "none__seed0", "control__seed0"):
             assert (folder / f"{name}.json").is_file()
     assert "(test split)" in text and "The same models on `chest_xray`" in text
+    assert "The same models on the external set `ext_breast`" in text
     also = json.loads((tmp_path / "abl" / "rows_also.json").read_text())
     assert {r["variant"] for r in also["chest_xray"]} >= {"none", "control", "centre box"}
+    assert {r["variant"] for r in also["external_ext_breast"]} >= {"none", "control", "centre box"}
+    ext_cfg, domain = eval_targets(cfg)["external_ext_breast"]  # scored on the external images
+    assert domain == "breast_us" and all(
+        p.image_path.resolve().is_relative_to(ext.resolve())
+        for p in load_eval_set(ext_cfg, domain).pairs)
+    with pytest.raises(ConfigError, match="distinct names"):  # two tables of one name
+        load_ablation_config({"external": [str(ext), str(tmp_path / "other" / ext.name)]})
     with pytest.raises(ConfigError, match="splits=\\[test\\]"):
         load_ablation_config({"protocol": "in_domain", "domain": "breast_us"})
     for leaky in (["train"], ["val", "test"]):  # the fine-tuning split, or two splits at once
