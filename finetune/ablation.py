@@ -1,7 +1,7 @@
 """Ablation runner (issue 8 item 7, issue 17): train every fine-tuning variant for the same steps
 and batches, evaluate each on one benchmark domain (held out of fine-tuning, or, in the
-researcher's protocol, the domain fine-tuned on, test split) and optionally on further domains,
-and write tables with paired bootstrap CIs against no fine-tune and against the
+researcher's protocol, the domain fine-tuned on, test split) and optionally on further domains
+and on external sets of the same modality, and write tables with paired bootstrap CIs against no fine-tune and against the
 plain-CLIP-loss control (evaluation of one model: :mod:`finetune.ablation_eval`).
 
 ``python -m finetune.ablation --config configs/ablation/full.yaml [key=value ...]``
@@ -252,8 +252,8 @@ def results_dir(cfg: AblationConfig, key: str | None = None) -> Path:
     return root / (key if key.startswith("external_") else f"also_{key}")
 
 
-def _domain_rows(cfg: AblationConfig, domain: str | None = None) -> tuple[list[dict], dict]:
-    folder = results_dir(cfg, domain)
+def _domain_rows(cfg: AblationConfig, key: str | None = None) -> tuple[list[dict], dict]:
+    folder = results_dir(cfg, key)
     results = _load_results(folder, cfg)
     refs = {}
     for name, label in (("oracle", "oracle box (GT)"), ("centre_box", "centre box")):
@@ -315,9 +315,9 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
     _check_trained_configs(cfg)
     timings_path = out / "timings.json"  # (variant/seed -> s), shared by side-by-side runs
     segmenter = cached_segmenter(cfg.segmenter_checkpoint, cfg.embedding_cache_dir)
-    domains = eval_targets(cfg)  # key -> (config to load the set with, domain)
-    data = {key: load_eval_set(c, d) for key, (c, d) in domains.items()}
-    for key in domains:  # model-independent references, once per evaluated set
+    targets = eval_targets(cfg)  # key -> (config to load the set with, domain)
+    data = {key: load_eval_set(c, d) for key, (c, d) in targets.items()}
+    for key in targets:  # model-independent references, once per evaluated set
         folder = results_dir(cfg, key)
         folder.mkdir(parents=True, exist_ok=True)
         for name, fn in (("oracle", evaluate_oracle), ("centre_box", evaluate_centre_box)):
@@ -329,7 +329,7 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
             if VARIANTS[v] is not None or s == cfg.seeds[0]]
     for variant, seed in jobs:
         seed = cfg.eval_seed if VARIANTS[variant] is None else seed
-        todo = [key for key in domains
+        todo = [key for key in targets
                 if not (results_dir(cfg, key) / f"{variant}__seed{seed}.json").is_file()]
         if not todo:
             continue
