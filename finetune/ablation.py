@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -232,24 +233,39 @@ def _load_results(folder: Path, cfg: AblationConfig) -> dict[str, dict[int, dict
     return out
 
 
-def eval_targets(cfg: AblationConfig) -> dict[str, tuple[AblationConfig, str]]:
-    """Every set the models are scored on, ``key -> (config to load it with, domain)``: the
-    ablation's own domain, each of ``also_domains`` (same benchmark and splits) and each
-    ``external`` folder (key ``external_<folder name>``, ``domain`` in all its splits)."""
-    targets = {d: (cfg, d) for d in (cfg.domain, *cfg.also_domains)}
+class EvalTarget(NamedTuple):
+    """One set the models are scored on."""
+
+    cfg: AblationConfig  # the config to load it with (load_eval_set: benchmark, splits)
+    domain: str
+    folder: str  # its results under output_dir/results ("" = the ablation's own domain)
+    title: str  # what its report table is headed with
+
+
+def eval_targets(cfg: AblationConfig) -> dict[str, EvalTarget]:
+    """Every set the models are scored on, by key: the ablation's own domain, each of
+    ``also_domains`` (same benchmark and splits; key = the domain) and each ``external`` folder
+    (key ``external_<folder name>``; ``domain`` in all its splits)."""
+    fine_tune = "left out of" if cfg.protocol == "in_domain" else "not the target of"
+    split = "/".join(cfg.splits) or "all"
+    targets = {cfg.domain: EvalTarget(cfg, cfg.domain, "", f"`{cfg.domain}`")}
+    for d in cfg.also_domains:
+        targets[d] = EvalTarget(cfg, d, f"also_{d}", f"`{d}` ({split} split; {fine_tune} "
+                                "fine-tuning: transfer or forgetting)")
     for folder in cfg.external:
-        targets[f"external_{Path(folder).name}"] = (replace(cfg, bench=folder, splits=()), cfg.domain)
+        name = Path(folder).name
+        targets[f"external_{name}"] = EvalTarget(
+            replace(cfg, bench=folder, splits=()), cfg.domain, f"external_{name}",
+            f"the external set `{name}` (`{cfg.domain}` from sources never trained on; all its "
+            "images)")
     return targets
 
 
 def results_dir(cfg: AblationConfig, key: str | None = None) -> Path:
-    """Where per-(variant, seed) results of one evaluated set (an :func:`eval_targets` key) live:
-    ``results/`` for the ablation's own domain, ``results/also_<domain>/`` for each of
-    ``also_domains``, ``results/external_<folder name>/`` for each external set."""
-    root = Path(cfg.output_dir) / "results"
-    if key in (None, cfg.domain):
-        return root
-    return root / (key if key.startswith("external_") else f"also_{key}")
+    """Where per-(variant, seed) results of one evaluated set (an :func:`eval_targets` key;
+    default the ablation's own domain) live: ``results/``, ``results/also_<domain>/`` or
+    ``results/external_<folder name>/``."""
+    return Path(cfg.output_dir) / "results" / eval_targets(cfg)[key or cfg.domain].folder
 
 
 def _domain_rows(cfg: AblationConfig, key: str | None = None) -> tuple[list[dict], dict]:
@@ -286,14 +302,9 @@ def write_report(cfg: AblationConfig, command: str, timings: dict[str, float]) -
                                      *(("m2ib_pointing",) if cfg.saliency == "dense" else ()))}
     text = render_report(rows, meta)
     also = {}
-    for key in list(eval_targets(cfg))[1:]:
+    for key, target in list(eval_targets(cfg).items())[1:]:
         also[key], _ = _domain_rows(cfg, key)
-        what = (f"the external set `{key.removeprefix('external_')}` (`{cfg.domain}` from sources "
-                "never trained on; all its images)" if key.startswith("external_") else
-                f"`{key}` ({'/'.join(cfg.splits) or 'all'} split; "
-                f"{'left out of' if cfg.protocol == 'in_domain' else 'not the target of'} "
-                "fine-tuning: transfer or forgetting)")
-        text += f"\n### The same models on {what}\n\n{render_table(also[key])}\n"
+        text += f"\n### The same models on {target.title}\n\n{render_table(also[key])}\n"
     report = write_text_atomic(out / "report.md", text)  # side-by-side runs each rewrite it
     write_text_atomic(out / "rows.json", json.dumps(rows, indent=1) + "\n")
     if also:
@@ -315,8 +326,8 @@ def run_ablation(cfg: AblationConfig, *, command: str = "run_ablation(cfg)",
     _check_trained_configs(cfg)
     timings_path = out / "timings.json"  # (variant/seed -> s), shared by side-by-side runs
     segmenter = cached_segmenter(cfg.segmenter_checkpoint, cfg.embedding_cache_dir)
-    targets = eval_targets(cfg)  # key -> (config to load the set with, domain)
-    data = {key: load_eval_set(c, d) for key, (c, d) in targets.items()}
+    targets = eval_targets(cfg)
+    data = {key: load_eval_set(t.cfg, t.domain) for key, t in targets.items()}
     for key in targets:  # model-independent references, once per evaluated set
         folder = results_dir(cfg, key)
         folder.mkdir(parents=True, exist_ok=True)

@@ -163,7 +163,8 @@ class TrainConfig:
     # BatchNorm layers (the conv stem's) stay in eval mode while training: their running statistics
     # are not re-estimated on the fine-tuning batches; on breast (one-seed diagnostic) those
     # statistics carried the fine-tunes' measurable effect (bench/results/negatives_early_blocks.md).
-    # False = torch's default.
+    # False = torch's default; the 3-seed test kept it off (Stage 1 still lost pointing;
+    # on a real external scan the re-estimated statistics helped: negatives_frozenbn.md).
     freeze_bn_stats: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)

@@ -232,7 +232,8 @@ def test_in_domain_protocol_with_an_also_evaluated_domain(tiny_bench, tmp_path):
     also = json.loads((tmp_path / "abl" / "rows_also.json").read_text())
     assert {r["variant"] for r in also["chest_xray"]} >= {"none", "control", "centre box"}
     assert {r["variant"] for r in also["external_ext_breast"]} >= {"none", "control", "centre box"}
-    ext_cfg, domain = eval_targets(cfg)["external_ext_breast"]  # scored on the external images
+    target = eval_targets(cfg)["external_ext_breast"]  # scored on the external images
+    ext_cfg, domain = target.cfg, target.domain
     assert domain == "breast_us" and all(
         p.image_path.resolve().is_relative_to(ext.resolve())
         for p in load_eval_set(ext_cfg, domain).pairs)
