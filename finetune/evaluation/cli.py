@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from finetune.evaluation.adabn import AdaBNError
 from finetune.evaluation.evaluate import (
     MODES,
     SALIENCY_METHODS,
@@ -116,12 +117,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-overlays", action="store_true", help="write no overlays/ folder")
     p.add_argument("--seed", type=int, default=0, help=">= 0")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads, >= 1 (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads, >= 1 (default: torch's)")
     p.add_argument("--classification-csv", type=Path, default=None,
                    help="also run zero-shot classification on image_path,class_label,caption")
     p.add_argument("--tsne", action="store_true", help="t-SNE + silhouettes of the model's features")
     p.add_argument("--tsne-baseline", default=None, help="a second model (e.g. before fine-tuning) for t-SNE")
+    p.add_argument("--adapt-bn", type=Path, default=None, metavar="FOLDER",
+                   help="AdaBN: re-estimate --model's BatchNorm statistics on FOLDER's images "
+                        "(unlabelled, of the target source) first")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     return p.parse_args(argv)
 
@@ -167,6 +170,8 @@ def _check_args(args: argparse.Namespace) -> None:
         _check_model_source(args.model, "--model")
     if args.tsne_baseline:
         _check_model_source(args.tsne_baseline, "--tsne-baseline")
+    if args.adapt_bn is not None and not args.adapt_bn.is_dir():
+        raise ConfigError(f"--adapt-bn {args.adapt_bn}: no such folder")
 
 
 def _check_out(out: Path) -> None:
@@ -192,9 +197,11 @@ def _check_model_source(spec: str, option: str) -> None:
         raise ConfigError(f"{option}: {err}") from None
 
 
-def _load_model(spec: str, option: str, device: str):
+def _load_model(spec: str, option: str, device: str, adapt_bn: Path | None = None):
     try:
-        return load_clip_bundle(spec, device=device)
+        return load_clip_bundle(spec, device=device, adapt_bn=adapt_bn)
+    except AdaBNError as err:
+        raise ConfigError(f"--adapt-bn: {err}") from None
     except ConfigError as err:  # finetune.build.ModelSourceError, loading.ModelLoadError, ...
         raise ConfigError(f"{option}: {err}") from None
 
@@ -332,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
         except SegmenterError as err:
             given = f" --segmenter-checkpoint {args.segmenter_checkpoint}" if args.segmenter_checkpoint else ""
             raise SegmenterError(f"--segmenter {args.segmenter}{given}: {err}") from None
-    bundle = _load_model(args.model, "--model", args.device) if needs_model else None
+    bundle = _load_model(args.model, "--model", args.device, args.adapt_bn) if needs_model else None
     cfg = EvalConfig(
         mode=args.mode, saliency=args.saliency, m2ib=_m2ib_config(args, bundle),
         num_components=args.num_components, prompt=args.prompt_kind, num_points=args.num_points,
@@ -364,6 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     results.summary.update({
         "model": args.model, "data": str(args.data), "task": task, "split": args.split,
+        "adapt_bn": None if args.adapt_bn is None else str(args.adapt_bn),
         "segmenter": None if segmenter is None else segmenter.name,
         "seconds": round(time.perf_counter() - t0, 2),
     })
@@ -371,10 +379,10 @@ def main(argv: list[str] | None = None) -> dict:
     write_summary_json(out / "summary.json", results.summary)
     extra = {}
     if args.classification_csv is not None:
-        bundle = bundle or _load_model(args.model, "--model", args.device)
+        bundle = bundle or _load_model(args.model, "--model", args.device, args.adapt_bn)
         extra["classification"] = evaluate_classification(bundle, args.classification_csv)
     if args.tsne or args.tsne_baseline:
-        bundle = bundle or _load_model(args.model, "--model", args.device)
+        bundle = bundle or _load_model(args.model, "--model", args.device, args.adapt_bn)
         extra["tsne"] = _feature_analysis(args, bundle, pairs, out)
     results.summary.update(extra)
     write_per_image_csv(out / "per_image.csv", results.images)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from finetune.evaluation.adabn import adapt_batchnorm, read_image_folder
 from finetune.evaluation.clip_bundle import ClipBundle, bundle_from_open_clip, model_family
 from shared.config import ConfigError
 
@@ -18,15 +19,21 @@ class ModelLoadError(ConfigError):
     """The model specification cannot be resolved to a CLIP model (a user's mistake)."""
 
 
-def load_clip_bundle(spec: str | Path, *, device: str = "cpu") -> ClipBundle:
-    """Build the CLIP named by ``spec`` (see ``finetune.build.build_clip``) in eval mode."""
+def load_clip_bundle(spec: str | Path, *, device: str = "cpu",
+                     adapt_bn: str | Path | None = None) -> ClipBundle:
+    """Build the CLIP named by ``spec`` (see ``finetune.build.build_clip``) in eval mode; with
+    ``adapt_bn`` (a folder of unlabelled images of the target source) its vision tower's
+    BatchNorm statistics re-estimated on them (:func:`adabn.adapt_batchnorm`)."""
     from finetune.build import build_clip
 
     built = build_clip(str(spec), device=device)
     model, tokenizer = getattr(built, "model", None), getattr(built, "tokenizer", None)
     if model is None or tokenizer is None:
         raise ModelLoadError(f"build_clip({spec!r}) returned no model/tokenizer")
-    return bundle_from_open_clip(model.eval(), tokenizer)
+    bundle = bundle_from_open_clip(model.eval(), tokenizer)
+    if adapt_bn is not None:
+        adapt_batchnorm(bundle, read_image_folder(adapt_bn))
+    return bundle
 
 
 def clip_family(spec: str | Path) -> str:

@@ -47,6 +47,9 @@ def files(tmp_path):
     out["keyed_prompts"].write_text("case0.png | a tumor\n")  # no caption for case1.png
     out["a_file"] = tmp_path / "a_file"
     out["a_file"].write_text("x")
+    out["pngs"] = tmp_path / "pngs"  # a folder of images for --adapt-bn
+    out["pngs"].mkdir()
+    write_png(out["pngs"] / "a.png", blob_image(5)[0])
     return out
 
 
@@ -87,6 +90,7 @@ def _fails(argv, dataset, tmp_path, capsys) -> str:
     (["--saliency", "dense"], "--saliency dense needs a lesion-free caption for task 'toy'"),
     (["--saliency", "dense", "--neg-prompt", ""], "--neg-prompt '': empty prompt"),
     (["--tsne-baseline", "embeded"], "--tsne-baseline: unknown CLIP source 'embeded'"),
+    (["--adapt-bn", "/nope"], "--adapt-bn /nope: no such folder"),
     (["--model", "hf-hub:nonexistent/model"], "--model: hf-hub:nonexistent/model is not in the "
                                               "local Hugging Face cache"),
 ])
@@ -122,6 +126,8 @@ def test_cuda_without_a_gpu_is_named(dataset, tmp_path, capsys):
      "not a usable checkpoint"),
     (["--mode", "segmenter", "--segmenter-checkpoint", "{garbage}"],
      "LiteMedSAM checkpoint {garbage} is not a usable checkpoint"),
+    (["--adapt-bn", "{pngs}"], "--adapt-bn: the model's vision tower has no BatchNorm layer"),
+    (["--model", "embedded-convstem8", "--adapt-bn", "{brace}"], "--adapt-bn: {brace}: no image file"),
 ])
 def test_bad_file_is_one_line_naming_the_option(dataset, tmp_path, capsys, files, argv, says):
     fill = {k: str(v) for k, v in files.items()}

@@ -358,3 +358,27 @@ def test_classification_csv_is_checked_before_the_run_and_may_carry_a_bom(datase
                         "--steps", "1", "--samples", "1", "--out", str(tmp_path / "o2"),
                         "--no-overlays", "--classification-csv", str(bom)])
     assert summary["classification"]["n"] == 2
+
+
+def test_adapt_bn_re_estimates_the_model_on_the_named_folder(tmp_path, monkeypatch):
+    """`--adapt-bn FOLDER`: the evaluated model's BatchNorm statistics come from every image in
+    FOLDER (not the evaluated split's), and the summary records the folder."""
+    import finetune.evaluation.loading as loading
+
+    task = _one_image_task(tmp_path)
+    stats = tmp_path / "target_images"
+    stats.mkdir()
+    for i in range(3):
+        write_png(stats / f"t{i}.png", blob_image(40 + i, (50, 60))[0])
+    seen = []
+    real = loading.adapt_batchnorm
+    monkeypatch.setattr(loading, "adapt_batchnorm",
+                        lambda bundle, images: seen.append([i.shape for i in images])
+                        or real(bundle, images))
+    summary = cli.main(["--data", str(task), "--mode", "saliency", "--steps", "1", "--samples",
+                        "1", "--adapt-bn", str(stats), "--out", str(tmp_path / "out")])
+    assert seen == [[(50, 60)] * 3]
+    assert summary["adapt_bn"] == str(stats)
+    summary = cli.main(["--data", str(task), "--mode", "saliency", "--steps", "1", "--samples",
+                        "1", "--out", str(tmp_path / "out2")])
+    assert summary["adapt_bn"] is None and len(seen) == 1
