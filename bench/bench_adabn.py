@@ -5,8 +5,9 @@ runs: bench/results/adabn_external.md).
         --stats data/external_val_breast128/breast_us/test_images \
         --out runs/adabn/val_breast domain=breast_us m2ib.fuse_layer=1 threads=1
 
-Scores the ablation config's ``base_model`` (no fine-tune) on every image of ``--set`` (the
-config's domain, all splits: 150 positives, their GT negatives and the normals for AUROC) twice:
+Scores the ablation config's ``base_model`` (no fine-tune) on ``--set`` (the config's domain, all
+splits unless ``splits=[...]`` is given: 150 positives, their GT negatives and the normals for
+AUROC) twice:
 with its own BatchNorm statistics (row ``none``) and with them re-estimated on the images in
 ``--stats`` (row ``adabn``; unlabelled images only, ``finetune.evaluation.adabn``); the oracle and
 centre boxes beside them. The evaluation is the ablation's (``finetune.ablation_eval``: same
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("overrides", nargs="*", help="ablation config overrides (key=value)")
     args = p.parse_args(argv)
-    cfg = replace(load_ablation_config(args.config, args.overrides), bench=str(args.set), splits=())
+    cfg = load_ablation_config(args.config, [f"bench={args.set}", "splits=[]", *args.overrides])
     torch.set_num_threads(cfg.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     data = load_eval_set(cfg)
