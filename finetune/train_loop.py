@@ -27,7 +27,7 @@ from finetune.config import TrainConfig, validate
 from finetune.data import TrainDataError, TrainTensors, build_tensors, load_samples, normalise
 from finetune.export import export_hf_port, export_local_dir
 from finetune.features import ClipFeatures
-from finetune.modeling.vit import has_single_patch_conv, image_channels
+from finetune.modeling.vit import batchnorm_layers, has_single_patch_conv, image_channels
 from finetune.negatives import resolve_negatives
 from finetune.objectives import compute_objective, needs_of
 from finetune.ot import not_converged_count
@@ -322,9 +322,8 @@ def train(cfg: TrainConfig) -> Path:
     for module, trainable in ((unwrapped.clip.visual, "image"), (unwrapped.clip.text, "text")):
         module.train(trainable in cfg.trainable)  # locked towers stay in eval (no dropout)
     if cfg.freeze_bn_stats:
-        for m in unwrapped.clip.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()  # normalise with the start's running statistics, and keep them
+        for m in batchnorm_layers(unwrapped.clip):
+            m.eval()  # normalise with the start's running statistics, and keep them
     bar = progress(range(start, o.max_steps), initial=start, total=o.max_steps,
                    every=cfg.log_every, disable=not accelerator.is_local_main_process,
                    desc=cfg.objective.name)

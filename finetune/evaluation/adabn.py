@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from finetune.evaluation.clip_bundle import ClipBundle, preprocess
+from finetune.modeling.vit import batchnorm_layers
 from shared.config import ConfigError
 from shared.io import read_image
 
@@ -29,11 +30,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 class AdaBNError(ConfigError):
     """The model or the image folder cannot be used for AdaBN (a user's mistake)."""
-
-
-def batchnorm_layers(module: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
-    """Every BatchNorm layer (1d/2d/3d, SyncBatchNorm) inside ``module``, in module order."""
-    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
 @torch.no_grad()

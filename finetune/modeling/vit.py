@@ -107,3 +107,9 @@ def image_channels(trunk) -> int:
 def has_single_patch_conv(trunk) -> bool:
     """Whether the trunk's patch embedding is one conv (what MedCLIP-SAMv2's HF port can hold)."""
     return not isinstance(trunk.patch_embed, HybridEmbed)
+
+
+def batchnorm_layers(module: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer (1d/2d/3d, SyncBatchNorm, timm's BatchNormAct2d) inside ``module``,
+    in module order: the conv stem's; a plain ViT has none."""
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]

@@ -11,13 +11,9 @@ import pytest
 import torch
 
 from finetune.build import build_clip
-from finetune.evaluation.adabn import (
-    AdaBNError,
-    adapt_batchnorm,
-    batchnorm_layers,
-    read_image_folder,
-)
+from finetune.evaluation.adabn import AdaBNError, adapt_batchnorm, read_image_folder
 from finetune.evaluation.clip_bundle import bundle_from_open_clip, preprocess
+from finetune.modeling.vit import batchnorm_layers
 from shared.io import write_png
 from tests.evaluation.conftest import blob_image
 
