@@ -26,7 +26,7 @@ ORDER = ["demo", "generator", "kriging_prior_round5", "generator_stacked_test_25
          "box_rule_val8", "box_rule_test8", "box_rule_val9", "box_rule_test9", "box_rule_val10",
          "box_rule_test10",
          "box_rule_val8_captions_no-region", "box_rule_val8_captions_generic",
-         "m2ib_selection", "m2ib_boxes", "negatives_experiment", "negatives_box_rule", "negatives_convstem", "negatives_fused_readout", "negatives_early_blocks", "negatives_frozenbn", "adabn_external",
+         "m2ib_selection", "m2ib_boxes", "negatives_experiment", "negatives_box_rule", "negatives_convstem", "negatives_fused_readout", "negatives_early_blocks", "negatives_frozenbn", "adabn_external", "stage1_weights_external",
          "negatives_retina_dense", "negatives_retina_dense_test", "twin_gradients", "stage2_text",
          "stage2_strength",
          "anchor_experiment", "clip_aux_anatomy", "clip_multisource", "clip_contrast_rand",
