@@ -9,8 +9,8 @@ Scores the ablation config's ``base_model`` (no fine-tune) on ``--set`` (the con
 splits unless ``splits=[...]`` is given: 150 positives, their GT negatives and the normals for
 AUROC) twice: with its own BatchNorm statistics (row ``none``) and with them re-estimated on the
 images in ``--stats`` (row ``adabn``; unlabelled images only, ``finetune.evaluation.adabn``); the
-oracle and centre boxes beside them. The evaluation is the ablation's (``finetune.ablation_eval``: same
-M2IB, box rule, prompts, metrics); the per-image results land under ``--out`` in the ablation's
+oracle and centre boxes beside them. The evaluation is the ablation's (``finetune.ablation_eval``:
+same M2IB, box rule, prompts, metrics); the per-image results land under ``--out`` in the ablation's
 layout (resumable; ``bench/ablation_pairs.py OUT adabn:none``) and the table with paired
 bootstrap CIs (Δ vs none) is printed and written to ``OUT/report.md``.
 """
@@ -43,7 +43,8 @@ from shared.io import write_text_atomic  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs/ablation/negatives.yaml"))
-    p.add_argument("--set", required=True, type=Path, help="benchmark folder scored (all splits unless splits=[...])")
+    p.add_argument("--set", required=True, type=Path,
+                   help="benchmark folder scored (all splits unless splits=[...])")
     p.add_argument("--stats", required=True, type=Path, help="folder of unlabelled images (AdaBN)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("overrides", nargs="*", help="ablation config overrides (key=value)")

@@ -100,11 +100,12 @@ def list_tasks(root: str | Path) -> list[str]:
     )
 
 
-def list_normal_images(folder: str | Path) -> list[Path]:
-    """Lesion-free images in ``folder`` (sorted); an empty or missing folder is an error."""
+def list_images(folder: str | Path) -> list[Path]:
+    """The image files directly in ``folder`` (sorted; no subfolders; other files are named in
+    one warning, as in :func:`list_pairs`); a missing or image-less folder is a DatasetError."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DatasetError(f"{folder}: no such folder of normal images")
+        raise DatasetError(f"{folder}: no such folder")
     found = list(_images_in(folder).values())
     if not found:
         raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in it")

@@ -15,7 +15,6 @@ have BatchNorm in their conv stem; BiomedCLIP's ViT has none (the function refus
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,13 +22,10 @@ import torch
 from finetune.evaluation.clip_bundle import ClipBundle, preprocess
 from finetune.modeling.vit import batchnorm_layers
 from shared.config import ConfigError
-from shared.io import read_image
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 class AdaBNError(ConfigError):
-    """The model or the image folder cannot be used for AdaBN (a user's mistake)."""
+    """The model or the images cannot be used for AdaBN (a user's mistake)."""
 
 
 @torch.no_grad()
@@ -78,15 +74,3 @@ def adapt_batchnorm(bundle: ClipBundle, images: Sequence[np.ndarray], *,
         for m, mode in modes.items():
             m.training = mode
     return len(layers)
-
-
-def read_image_folder(folder: str | Path) -> list[np.ndarray]:
-    """Every image file directly in ``folder`` (sorted by name; no masks, labels or subfolders
-    read). Raises ``AdaBNError`` when the folder is missing or holds no image."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise AdaBNError(f"{folder}: no such folder")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise AdaBNError(f"{folder}: no image file ({', '.join(IMAGE_SUFFIXES)})")
-    return [read_image(p) for p in paths]

@@ -44,7 +44,7 @@ from finetune.evaluation.prompts import PromptSet, check_covers, resolve_prompts
 from finetune.evaluation.segmenters import SEGMENTERS, SegmenterError, build_segmenter
 from shared.cli import check_torch_device
 from shared.config import ConfigError
-from shared.datasets import SPLITS, list_pairs, list_tasks
+from shared.datasets import SPLITS, DatasetError, list_pairs, list_tasks
 
 PROMPT_DIR = Path(__file__).resolve().parents[2] / "configs" / "prompts"
 # The CLIP a user's scan gets when none is named: the conv-stem model, which sees lesions on every
@@ -200,7 +200,7 @@ def _check_model_source(spec: str, option: str) -> None:
 def _load_model(spec: str, option: str, device: str, adapt_bn: Path | None = None):
     try:
         return load_clip_bundle(spec, device=device, adapt_bn=adapt_bn)
-    except AdaBNError as err:
+    except (AdaBNError, DatasetError) as err:  # only --adapt-bn's images are listed here
         raise ConfigError(f"--adapt-bn: {err}") from None
     except ConfigError as err:  # finetune.build.ModelSourceError, loading.ModelLoadError, ...
         raise ConfigError(f"{option}: {err}") from None

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetune.evaluation.adabn import adapt_batchnorm, read_image_folder
+from finetune.evaluation.adabn import adapt_batchnorm
 from finetune.evaluation.clip_bundle import ClipBundle, bundle_from_open_clip, model_family
 from shared.config import ConfigError
+from shared.datasets import list_images
+from shared.io import read_image
 
 
 class ModelLoadError(ConfigError):
@@ -32,7 +34,7 @@ def load_clip_bundle(spec: str | Path, *, device: str = "cpu",
         raise ModelLoadError(f"build_clip({spec!r}) returned no model/tokenizer")
     bundle = bundle_from_open_clip(model.eval(), tokenizer)
     if adapt_bn is not None:
-        adapt_batchnorm(bundle, read_image_folder(adapt_bn))
+        adapt_batchnorm(bundle, [read_image(p) for p in list_images(adapt_bn)])
     return bundle
 
 

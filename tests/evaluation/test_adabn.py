@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from finetune.build import build_clip
-from finetune.evaluation.adabn import AdaBNError, adapt_batchnorm, read_image_folder
+from finetune.evaluation.adabn import AdaBNError, adapt_batchnorm
 from finetune.evaluation.clip_bundle import bundle_from_open_clip, preprocess
 from finetune.modeling.vit import batchnorm_layers
+from shared.datasets import DatasetError, list_images
 from shared.io import write_png
 from tests.evaluation.conftest import blob_image
 
@@ -114,11 +115,11 @@ def test_a_tower_without_batchnorm_and_empty_inputs_are_refused(tiny_clip, convs
         adapt_batchnorm(tiny_clip, _images(2))
     with pytest.raises(AdaBNError, match="at least one image"):
         adapt_batchnorm(copy.deepcopy(convstem), [])
-    with pytest.raises(AdaBNError, match="no such folder"):
-        read_image_folder(tmp_path / "nope")
+    with pytest.raises(DatasetError, match="no such folder"):
+        list_images(tmp_path / "nope")
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(AdaBNError, match="no image file"):
-        read_image_folder(tmp_path)
+    with pytest.raises(DatasetError, match="no images"):
+        list_images(tmp_path)
 
 
 def test_image_folder_reads_only_its_own_images(tmp_path):
@@ -127,5 +128,4 @@ def test_image_folder_reads_only_its_own_images(tmp_path):
     (tmp_path / "masks").mkdir()
     write_png(tmp_path / "masks" / "a.png", np.ones((8, 8), bool))  # a subfolder is not read
     (tmp_path / "labels.csv").write_text("b0.png,tumor\n")
-    got = read_image_folder(tmp_path)
-    assert len(got) == 2 and got[0].shape == (48, 40)
+    assert [p.name for p in list_images(tmp_path)] == ["b0.png", "b1.png"]

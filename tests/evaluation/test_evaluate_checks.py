@@ -50,6 +50,8 @@ def files(tmp_path):
     out["pngs"] = tmp_path / "pngs"  # a folder of images for --adapt-bn
     out["pngs"].mkdir()
     write_png(out["pngs"] / "a.png", blob_image(5)[0])
+    out["empty_dir"] = tmp_path / "empty_dir"
+    out["empty_dir"].mkdir()
     return out
 
 
@@ -127,7 +129,8 @@ def test_cuda_without_a_gpu_is_named(dataset, tmp_path, capsys):
     (["--mode", "segmenter", "--segmenter-checkpoint", "{garbage}"],
      "LiteMedSAM checkpoint {garbage} is not a usable checkpoint"),
     (["--adapt-bn", "{pngs}"], "--adapt-bn: the model's vision tower has no BatchNorm layer"),
-    (["--model", "embedded-convstem8", "--adapt-bn", "{brace}"], "--adapt-bn: {brace}: no image file"),
+    (["--model", "embedded-convstem8", "--adapt-bn", "{empty_dir}"],
+     "--adapt-bn: {empty_dir}: no images"),
 ])
 def test_bad_file_is_one_line_naming_the_option(dataset, tmp_path, capsys, files, argv, says):
     fill = {k: str(v) for k, v in files.items()}
