@@ -4,6 +4,12 @@ report prints (Δ vs none, vs control, GT − Stage 1, U): e.g. generated vs bih
     python bench/ablation_pairs.py runs/negatives_convstem_breast_us/results \
         stage1+2:stage1+2-biharmonic stage2-gt:stage1+2-gt
 
+A side written ``FOLDER/VARIANT`` is read from another results folder (same evaluation set and
+seed, e.g. a variant trained with other weights in its own output_dir):
+
+    python bench/ablation_pairs.py runs/s1w_val/w070_100/results \
+        runs/s1w_val/w000_100/results/stage1:control
+
 Per-image values are averaged over each variant's finished seeds first, then a paired bootstrap
 over images (``finetune.ablation_report.compare``, 2000 resamples; AUROC: stratified); ``*`` = the
 95 % CI excludes 0.
@@ -34,17 +40,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", type=Path, help="an ablation results folder (results/ or results/also_<domain>)")
     p.add_argument("pairs", nargs="+", help="A:B, read as variant A minus variant B")
     args = p.parse_args(argv)
-    results = load_results(args.folder)
+    folders = {args.folder: load_results(args.folder)}
+
+    def side(spec: str) -> dict[int, dict] | None:  # "VARIANT" or "FOLDER/VARIANT"
+        folder, _, variant = spec.rpartition("/")
+        folder = Path(folder) if folder else args.folder
+        if folder not in folders:
+            folders[folder] = load_results(folder)
+        return folders[folder].get(variant)
+
     for pair in args.pairs:
         a, sep, b = pair.partition(":")
-        missing = [v for v in (a, b) if v not in results]
+        missing = [v for v in (a, b) if side(v) is None]
         if not sep or missing:
             p.error(f"{pair!r}: expected A:B of finished variants (missing {missing}); "
-                    f"finished: {sorted(results)}")
+                    f"finished in {args.folder}: {sorted(folders[args.folder])}")
         for metric in METRICS:
-            mean, lo, hi = compare(results[a], results[b], metric)
+            mean, lo, hi = compare(side(a), side(b), metric)
             star = " *" if lo > 0 or hi < 0 else ""
-            print(f"{a} ({len(results[a])} seeds) − {b} ({len(results[b])} seeds), {metric}: "
+            print(f"{a} ({len(side(a))} seeds) − {b} ({len(side(b))} seeds), {metric}: "
                   f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{star}")
     return 0
 

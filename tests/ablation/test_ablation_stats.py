@@ -120,8 +120,9 @@ def test_negative_utility_pairs_each_form_with_its_own_twin():
 
 def test_ablation_pairs_reads_every_variant_and_seed(tmp_path, capsys):
     """bench/ablation_pairs.py: ``stage1+2-gt__seed2.json`` is variant ``stage1+2-gt`` seed 2 (not
-    ``stage1+2``), seeds are averaged per image before the paired difference, and a pair with an
-    unfinished variant is refused in one line."""
+    ``stage1+2``), seeds are averaged per image before the paired difference, a side written
+    ``FOLDER/VARIANT`` is read from that folder, and a pair with an unfinished variant is refused
+    in one line."""
     from bench.ablation_pairs import load_results, main
 
     rng = np.random.default_rng(0)
@@ -140,6 +141,17 @@ def test_ablation_pairs_reads_every_variant_and_seed(tmp_path, capsys):
     assert "+0.100 [+0.100, +0.100] *" in dice_line  # seeds averaged: (0 + 0.2) / 2
     with pytest.raises(SystemExit):
         main([str(tmp_path), "stage1+2:control"])
+    # a side "FOLDER/VARIANT" comes from another results folder (here its control = base + 0.3)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "control__seed0.json").write_text(json.dumps({
+        "dice": (base + 0.3).tolist(), "pointing": base.tolist(), "faithfulness": base.tolist(),
+        "p_pos": p_pos, "p_neg": p_neg}))
+    assert main([str(tmp_path), f"{other}/control:stage1+2-gt"]) == 0
+    dice_line = [ln for ln in capsys.readouterr().out.splitlines() if ", dice:" in ln][0]
+    assert "+0.300 [+0.300, +0.300] *" in dice_line
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), f"{other}/stage1+2:stage1+2-gt"])
 
 
 def test_wise_alpha_sweep_recovers_the_line_from_one_export():
