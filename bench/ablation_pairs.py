@@ -38,7 +38,8 @@ def load_results(folder: Path) -> dict[str, dict[int, dict]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="an ablation results folder (results/ or results/also_<domain>)")
-    p.add_argument("pairs", nargs="+", help="A:B, read as variant A minus variant B")
+    p.add_argument("pairs", nargs="+", help="A:B, read as variant A minus variant B; a side "
+                   "FOLDER/VARIANT comes from another results folder")
     args = p.parse_args(argv)
     folders = {args.folder: load_results(args.folder)}
 
