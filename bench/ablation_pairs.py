@@ -52,14 +52,15 @@ def main(argv: list[str] | None = None) -> int:
 
     for pair in args.pairs:
         a, sep, b = pair.partition(":")
-        missing = [v for v in (a, b) if side(v) is None]
+        ra, rb = side(a), side(b)
+        missing = [v for v, r in ((a, ra), (b, rb)) if r is None]
         if not sep or missing:
             p.error(f"{pair!r}: expected A:B of finished variants (missing {missing}); "
                     f"finished in {args.folder}: {sorted(folders[args.folder])}")
         for metric in METRICS:
-            mean, lo, hi = compare(side(a), side(b), metric)
+            mean, lo, hi = compare(ra, rb, metric)
             star = " *" if lo > 0 or hi < 0 else ""
-            print(f"{a} ({len(side(a))} seeds) − {b} ({len(side(b))} seeds), {metric}: "
+            print(f"{a} ({len(ra)} seeds) − {b} ({len(rb)} seeds), {metric}: "
                   f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{star}")
     return 0
 
