@@ -121,7 +121,8 @@ def test_negative_utility_pairs_each_form_with_its_own_twin():
 def test_ablation_pairs_reads_every_variant_and_seed(tmp_path, capsys):
     """bench/ablation_pairs.py: ``stage1+2-gt__seed2.json`` is variant ``stage1+2-gt`` seed 2 (not
     ``stage1+2``), seeds are averaged per image before the paired difference, a side written
-    ``FOLDER/VARIANT`` is read from that folder, and a pair with an unfinished variant is refused
+    ``FOLDER/VARIANT`` is read from that folder, ``--pool`` concatenates another evaluation set's
+    images, and a pair with an unfinished variant is refused
     in one line."""
     from bench.ablation_pairs import load_results, main
 
@@ -152,6 +153,23 @@ def test_ablation_pairs_reads_every_variant_and_seed(tmp_path, capsys):
     assert "+0.300 [+0.300, +0.300] *" in dice_line
     with pytest.raises(SystemExit):
         main([str(tmp_path), f"{other}/stage1+2:stage1+2-gt"])
+    # --pool: a second evaluation set of the same models, pooled image by image; there
+    # stage1+2 − stage1+2-gt = −0.3 on 20 images, here +0.1 on 20 -> pooled −0.1
+    draw2 = tmp_path / "draw2"
+    draw2.mkdir()
+    y = rng.uniform(size=20)
+    for name, dice in {"stage1+2__seed0": y, "stage1+2__seed1": y, "stage1+2-gt__seed2": y + 0.3,
+                       "control__seed0": y}.items():
+        (draw2 / f"{name}.json").write_text(json.dumps({
+            "dice": dice.tolist(), "pointing": dice.tolist(), "faithfulness": dice.tolist(),
+            "p_pos": p_pos, "p_neg": p_neg}))
+    assert main([str(tmp_path), "stage1+2:stage1+2-gt", "--pool", str(draw2)]) == 0
+    dice_line = [ln for ln in capsys.readouterr().out.splitlines() if ", dice:" in ln][0]
+    assert dice_line.split(": ")[1].startswith("-0.100 [")
+    with pytest.raises(SystemExit):  # control is not finished in the positional folder
+        main([str(tmp_path), "stage1+2:control", "--pool", str(draw2)])
+    with pytest.raises(SystemExit):  # a side from another folder cannot be pooled
+        main([str(tmp_path), f"{other}/control:stage1+2-gt", "--pool", str(draw2)])
 
 
 def test_wise_alpha_sweep_recovers_the_line_from_one_export():
