@@ -43,8 +43,8 @@ def pooled(sets: list[dict[str, dict[int, dict]]]) -> dict[str, dict[int, dict]]
     """:func:`load_results` of several evaluation sets -> one: for each variant and seed held by
     every set, each per-image list concatenated in the sets' order (other keys dropped)."""
     out: dict[str, dict[int, dict]] = {}
-    for variant in set.intersection(*(set(s) for s in sets)):
-        for seed in set.intersection(*(set(s[variant]) for s in sets)):
+    for variant in sorted(set.intersection(*(set(s) for s in sets))):
+        for seed in sorted(set.intersection(*(set(s[variant]) for s in sets))):
             runs = [s[variant][seed] for s in sets]
             keys = [k for k, v in runs[0].items() if isinstance(v, list) and all(k in r for r in runs)]
             out.setdefault(variant, {})[seed] = {k: [x for r in runs for x in r[k]] for k in keys}

@@ -122,8 +122,7 @@ def test_ablation_pairs_reads_every_variant_and_seed(tmp_path, capsys):
     """bench/ablation_pairs.py: ``stage1+2-gt__seed2.json`` is variant ``stage1+2-gt`` seed 2 (not
     ``stage1+2``), seeds are averaged per image before the paired difference, a side written
     ``FOLDER/VARIANT`` is read from that folder, ``--pool`` concatenates another evaluation set's
-    images, and a pair with an unfinished variant is refused
-    in one line."""
+    images, and a pair with an unfinished variant is refused in one line."""
     from bench.ablation_pairs import load_results, main
 
     rng = np.random.default_rng(0)
