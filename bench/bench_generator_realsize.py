@@ -15,8 +15,9 @@ coarse channel, on the same lesion window and grid — no learned part); the gen
 the image's own scale, an older one on the whole image; ``--samples`` samples, seeds ``seed + k``); on
 radiographs also the generator with ``see_through_px=1``; the GT negative as the scorers' reference.
 A texture-matched generator (``SPEC,texture-match``: biharmonic low frequencies + the learned
-residual's ring-matched high-pass) also gets its classical twin, *noise texture* (white noise in
-place of the learned residual). Specs of the same checkpoint share its diffusion samples
+residual's ring-matched high-pass) also gets its classical twins, *noise texture* (white noise in
+place of the learned residual) and *copy texture* (the high-pass of the image's own known tissue,
+translated into the hole: ``generator.exemplar``). Specs of the same checkpoint share its diffusion samples
 (``bench/realsize_methods.py``), so e.g. ``default=embedded`` vs ``texture=embedded,texture-match``
 differ only in the composition.
 
@@ -55,6 +56,7 @@ from bench.realsize_methods import (  # noqa: E402  (the rows compared)
     BIHARMONIC,
     DILATION_PX,
     GT,
+    CopyTextureBackend,
     Method,
     methods_for,
     parse_generators,
@@ -354,6 +356,9 @@ def main(argv: list[str] | None = None) -> None:
             methods[source] = results[source]["methods"]
             print(f"{size}² {source}: {time.perf_counter() - t:.0f} s", flush=True)
         lines += size_table(size, results, methods) + delta_table(size, results) + [""]
+    if CopyTextureBackend.fallbacks:
+        lines.append(f"Copy texture: no valid offset on {CopyTextureBackend.fallbacks} windows "
+                     "(white noise there).")
     lines.append(f"Total wall time {time.perf_counter() - t_all:.0f} s.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from generator.build import load_generator
+from generator.exemplar import TOP_K, ranked_offsets, translated_texture
 from generator.predictor import NegativeGenerator
 from shared.benchmark.sources import SOURCES
 
@@ -64,6 +65,30 @@ class NoiseTextureBackend(CoarsePriorBackend):
         out = super().fill(images, holes, generators, steps=steps, strength=strength)
         noise = np.stack([torch.randn(out.shape[1:], generator=g).numpy() for g in generators])
         return out + noise * holes.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class CopyTextureBackend(CoarsePriorBackend):
+    """The exemplar twin: the coarse fill + the high-pass of the image's own known tissue,
+    translated into the hole (:mod:`generator.exemplar`; the offset drawn by each row's generator
+    among the ``TOP_K`` best-matching), so ``texture_match`` turns it into the prior + a
+    ring-matched copy of real tissue's grain. White noise where no offset fits (counted in
+    ``fallbacks``)."""
+
+    fallbacks = 0
+
+    def fill(self, images, holes, generators, *, steps, strength, see_through_px=0.0) -> np.ndarray:
+        out = super().fill(images, holes, generators, steps=steps, strength=strength)
+        for b, g in enumerate(generators):
+            image, hole = images[b, 0].double().numpy(), holes[b, 0].numpy() > 0
+            offsets = ranked_offsets(image, hole)
+            if offsets:
+                pick = int(torch.randint(min(TOP_K, len(offsets)), (1,), generator=g))
+                texture = translated_texture(image, hole, offsets[pick])
+            else:
+                CopyTextureBackend.fallbacks += 1
+                texture = np.where(hole, torch.randn(hole.shape, generator=g).numpy(), 0.0)
+            out[b, ..., 0] += texture.astype(out.dtype)
+        return out
 
 
 class MemoBackend:
@@ -115,6 +140,14 @@ def noise_texture(gen: NegativeGenerator) -> NegativeGenerator | None:
     return _twin(gen, NoiseTextureBackend(gen.backend))
 
 
+def copy_texture(gen: NegativeGenerator) -> NegativeGenerator | None:
+    """For a texture-matched generator, the same composition with the image's own translated
+    tissue as the residual (:class:`CopyTextureBackend`); None otherwise."""
+    if not (gen.texture_match and hasattr(gen.backend, "coarse")):
+        return None
+    return _twin(gen, CopyTextureBackend(gen.backend))
+
+
 def parse_generators(specs: list[str]) -> dict[str, NegativeGenerator]:
     """``NAME=PATH[,FLAG...]`` → generators (module docstring); one memoised backend per PATH."""
     out, loaded = {}, {}
@@ -151,8 +184,9 @@ class Method:
 
 def methods_for(source: str, gens: dict[str, NegativeGenerator], *, steps: int, samples: int,
                 seed: int) -> list[Method]:
-    """The rows for one source: baselines, each generator's coarse prior (and noise-texture twin
-    when it matches texture), the generators (and their see-through mode on radiographs)."""
+    """The rows for one source: baselines, each generator's coarse prior (and its noise- and
+    copy-texture twins when it matches texture), the generators (and their see-through mode on
+    radiographs)."""
     any_gen = next(iter(gens.values()))
     rows = [Method(POSITIVE, lambda im, m: [im]),
             Method(BIHARMONIC, lambda im, m: [any_gen.generate([im], [m], method="biharmonic")[0][0]
@@ -164,6 +198,10 @@ def methods_for(source: str, gens: dict[str, NegativeGenerator], *, steps: int, 
         noise = noise_texture(gen)
         if noise is not None:
             rows.append(Method(f"noise texture ({name})", _sampler(noise, 1, seed, samples),
+                               goals=True))
+        copy = copy_texture(gen)
+        if copy is not None:
+            rows.append(Method(f"copy texture ({name})", _sampler(copy, 1, seed, samples),
                                goals=True))
         rows.append(Method(name, _sampler(gen, steps, seed, samples), goals=True))
         if SOURCES[source].modality == "xray":

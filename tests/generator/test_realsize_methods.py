@@ -4,7 +4,7 @@ compositions are judged on the same diffusion samples (bench/realsize_methods.py
 import numpy as np
 import pytest
 
-from bench.realsize_methods import MemoBackend, noise_texture, parse_generators
+from bench.realsize_methods import MemoBackend, copy_texture, noise_texture, parse_generators
 
 from .conftest import toy_pair
 
@@ -15,6 +15,7 @@ def test_specs_of_one_checkpoint_share_their_samples(tiny_pixel_dir):
     assert isinstance(full.backend, MemoBackend) and full.backend is tex.backend
     assert tex.texture_match and not full.texture_match
     assert noise_texture(full) is None and noise_texture(tex) is not None
+    assert copy_texture(full) is None and copy_texture(tex) is not None
     inner, calls = full.backend.backend, []
     real_fill = inner.fill
 
