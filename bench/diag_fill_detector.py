@@ -14,7 +14,10 @@ and its grain (the σ = 1 high-pass) and swaps each for the truth's, one at a ti
   (``generator.masks.ring_texture_gain``): the composition of the benchmark's noise twin;
 - ``prior + GT grain`` — the prior + the lesion-free truth's own high-pass (its exact grain);
 - ``GT low`` — the truth's σ = 1 blur, no grain;
-- ``GT low + noise`` — the truth's blur + ring-matched high-passed noise.
+- ``GT low + noise`` — the truth's blur + ring-matched high-passed noise;
+- calibration rows, added after the first run (whose reading below matched neither pattern): the
+  truth itself barely perturbed — ``GT σ=0.5 blur`` and ``GT + noise 0.005`` / ``0.02`` (white
+  Gaussian noise of that standard deviation, images in [0, 1]).
 
 Every row keeps the input outside the region (lesion dilated by 2 px) and is clipped to [0, 1].
 The 2AFC is ``bench_generator_realsize``'s: the embedded fill detector (64² input) on the lesion
@@ -50,7 +53,8 @@ from generator.scoring import load_scorers  # noqa: E402
 from shared.benchmark.realsize import build_realsize  # noqa: E402
 from shared.metrics import high_pass, paired_bootstrap_ci  # noqa: E402
 
-ROWS = ("biharmonic", "prior", "prior + noise", "prior + GT grain", "GT low", "GT low + noise")
+ROWS = ("biharmonic", "prior", "prior + noise", "prior + GT grain", "GT low", "GT low + noise",
+        "GT σ=0.5 blur", "GT + noise 0.005", "GT + noise 0.02")
 REFERENCE = "prior + noise"
 _SCORERS = []
 
@@ -73,7 +77,11 @@ def rows_for(image: np.ndarray, gt: np.ndarray, region: np.ndarray, rng) -> dict
     out = {"biharmonic": prior_fill(image, region, "biharmonic"), "prior": prior,
            "prior + noise": textured(prior),
            "prior + GT grain": prior + np.where(region, high_pass(gt, TEXTURE_SIGMA), 0.0),
-           "GT low": gt_low, "GT low + noise": textured(gt_low)}
+           "GT low": gt_low, "GT low + noise": textured(gt_low),
+           "GT σ=0.5 blur": ndimage.gaussian_filter(gt, 0.5)}
+    white = rng.standard_normal(region.shape)
+    for std in (0.005, 0.02):
+        out[f"GT + noise {std}"] = gt + std * white
     return {k: np.where(region, np.clip(v, 0.0, 1.0), image) for k, v in out.items()}
 
 
