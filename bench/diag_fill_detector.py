@@ -19,6 +19,13 @@ and its grain (the σ = 1 high-pass) and swaps each for the truth's, one at a ti
   truth itself barely perturbed — ``GT σ=0.5 blur`` and ``GT + noise 0.005`` / ``0.02`` (white
   Gaussian noise of that standard deviation, images in [0, 1]).
 
+Column added with the calibration rows: *unpaired AUROC* — the detector's fill scores of the row's
+outputs against those of the truths, all items of the source (or the pool) together: a two-sample
+test that asks whether fills as a population score apart from real tissue, where the paired 2AFC
+counts the sign of each item's difference however small. Whether it enters the real-size
+benchmark is decided on the calibration rows alone, before the generators' rows are read: iff
+``GT σ=0.5 blur`` and ``GT + noise 0.005`` both lie within 0.5 ± 0.1 pooled at both sizes.
+
 Every row keeps the input outside the region (lesion dilated by 2 px) and is clipped to [0, 1].
 The 2AFC is ``bench_generator_realsize``'s: the embedded fill detector (64² input) on the lesion
 window (≥ 64², context 4), P(the row's fill score > the GT's) + ½ P(equal); one noise draw per item.
@@ -42,13 +49,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from bench.bench_generator_realsize import low, psnr, scorer_metrics  # noqa: E402
+from bench.bench_generator_realsize import (  # noqa: E402
+    SCORER_CONTEXT,
+    SCORER_MIN_SIDE,
+    low,
+    psnr,
+    scorer_metrics,
+    window_crop,
+)
 from bench.diag_sources import main as diag_main  # noqa: E402
 from bench.realsize_methods import DILATION_PX, GT  # noqa: E402
 from generator.compose import TEXTURE_SIGMA  # noqa: E402
 from generator.kriging import prior_fill  # noqa: E402
 from generator.masks import dilate, ring_texture_gain  # noqa: E402
+from generator.predictor import lesion_window  # noqa: E402
 from generator.scoring import load_scorers  # noqa: E402
 from shared.benchmark.realsize import build_realsize  # noqa: E402
 from shared.metrics import high_pass, paired_bootstrap_ci  # noqa: E402
@@ -86,16 +102,23 @@ def rows_for(image: np.ndarray, gt: np.ndarray, region: np.ndarray, rng) -> dict
 
 
 def measure(source: str, size: int, n: int, seed: int) -> dict:
-    """Per row: per-item 2AFC and low PSNR; ``s``: seconds per item."""
-    res = {r: {"afc": [], "low": []} for r in ROWS}
-    res["s"] = []
+    """Per row: per-item 2AFC, fill score and low PSNR; ``gt``: the truths' fill scores; ``s``:
+    seconds per item."""
+    res = {r: {"afc": [], "low": [], "p": []} for r in ROWS}
+    res["s"], res["gt"] = [], []
     for k, item in enumerate(build_realsize(source, size, n, seed=seed)):
         t0 = time.perf_counter()
         image, gt = item.image.astype(np.float64), item.gt_negative.astype(np.float64)
         region = dilate(item.mask, DILATION_PX)
         outs = rows_for(image, gt, region, np.random.default_rng(seed * 100_003 + k))
         scored = scorer_metrics(scorers(), {**{r: [v] for r, v in outs.items()}, GT: [gt]}, region)
-        for r in ROWS:
+        win = lesion_window(region, min_side=SCORER_MIN_SIDE, context=SCORER_CONTEXT)
+        names = [*ROWS, GT]
+        p = scorers().probabilities([window_crop(outs.get(r, gt), win) for r in names],
+                                    [window_crop(region, win)] * len(names))["fill"]
+        res["gt"].append(float(p[-1]))
+        for j, r in enumerate(ROWS):
+            res[r]["p"].append(float(p[j]))
             res[r]["afc"].append(scored[r]["fill_above_gt"])
             res[r]["low"].append(psnr(low(outs[r]), low(gt), region))
         res["s"].append(time.perf_counter() - t0)
@@ -107,21 +130,30 @@ def _delta(a, b) -> str:
     return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
+def unpaired_auroc(fill_scores, real_scores) -> float:
+    """AUROC of the detector's scores, fills (1) against real tissue (0)."""
+    y = np.r_[np.ones(len(fill_scores)), np.zeros(len(real_scores))]
+    return float(roc_auc_score(y, np.r_[fill_scores, real_scores]))
+
+
 def table(size: int, results: dict[str, dict]) -> list[str]:
     lines = [f"### {size}²", "", "| source | row | n | fill 2AFC | Δ 2AFC vs prior + noise [95 % CI] | "
-             "low PSNR | s/item |", "|---|---|---|---|---|---|---|"]
-    pooled = {r: {"afc": [], "low": []} for r in ROWS}
+             "unpaired AUROC | low PSNR | s/item |", "|---|---|---|---|---|---|---|---|"]
+    pooled = {r: {"afc": [], "low": [], "p": []} for r in ROWS}
+    pooled_gt = [p for res in results.values() for p in res["gt"]]
     for source, res in results.items():
         for r in ROWS:
-            for key in ("afc", "low"):
+            for key in ("afc", "low", "p"):
                 pooled[r][key].extend(res[r][key])
             d = "—" if r == REFERENCE else _delta(res[r]["afc"], res[REFERENCE]["afc"])
             lines.append(f"| {source} | {r} | {len(res[r]['afc'])} | {np.mean(res[r]['afc']):.3f} | "
-                         f"{d} | {np.mean(res[r]['low']):.2f} | {np.mean(res['s']):.2f} |")
+                         f"{d} | {unpaired_auroc(res[r]['p'], res['gt']):.3f} | "
+                         f"{np.mean(res[r]['low']):.2f} | {np.mean(res['s']):.2f} |")
     for r in ROWS:
         d = "—" if r == REFERENCE else _delta(pooled[r]["afc"], pooled[REFERENCE]["afc"])
         lines.append(f"| **pooled** | {r} | {len(pooled[r]['afc'])} | {np.mean(pooled[r]['afc']):.3f} | "
-                     f"{d} | {np.mean(pooled[r]['low']):.2f} | — |")
+                     f"{d} | {unpaired_auroc(pooled[r]['p'], pooled_gt):.3f} | "
+                     f"{np.mean(pooled[r]['low']):.2f} | — |")
     return lines + [""]
 
 
