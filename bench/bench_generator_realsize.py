@@ -28,7 +28,10 @@ samples in [0.7, 1.3]); outside-region max |output − positive|. With the embed
 lesion window (``lesion_window(region, min_side=64, context=4)``, the whole image when None)
 cropped alike from every image: the fill detector's 2AFC against the GT's real tissue
 (``fill_above_gt``, 0.5 = indistinguishable) and the lesion scorer's flip rate (``p_lesion < 0.5``),
-both averaged over samples. Seconds per image per method (all samples, 1 thread).
+both averaged over samples; and the fill detector's *unpaired* AUROC, every sample's score against
+every GT's of the (size, source) — a two-sample test, where the paired 2AFC counts the sign of each
+item's difference however small (the truth blurred by σ = 0.5 px scores 0.78–0.89 paired, 0.51
+unpaired: ``fill_detector_bands.md``). Seconds per image per method (all samples, 1 thread).
 
 Paired bootstrap 95 % CIs over images of generator − biharmonic on PSNR, low-freq PSNR and the
 mean-of-samples PSNR. Goals per (size, source): low-freq PSNR ≥ biharmonic + 1 dB; mean-of-samples
@@ -50,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy import ndimage  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from bench.bench_generator import _kept_reading  # noqa: E402
 from bench.realsize_methods import (  # noqa: E402  (the rows compared)
@@ -142,7 +146,22 @@ def scorer_metrics(scorers, outputs: dict[str, list[np.ndarray]], region: np.nda
         probs = scorers.probabilities(crops, [hole] * len(crops))
         flags = scorer_flags(probs, np.full(len(crops), fill_gt))
         out[name] = {k: float(np.mean([f[k] for f in flags])) for k in ("lesion_flip", "fill_above_gt")}
+        out[name]["fill_scores"] = [float(p) for p in probs["fill"]]
     return out
+
+
+def unpaired_auroc(fill_scores, real_scores) -> float:
+    """AUROC of the fill detector's scores, fills (1) against real tissue (0); NaN without both."""
+    if len(fill_scores) == 0 or len(real_scores) == 0:
+        return float("nan")
+    y = np.r_[np.ones(len(fill_scores)), np.zeros(len(real_scores))]
+    return float(roc_auc_score(y, np.r_[fill_scores, real_scores]))
+
+
+def fill_auroc(rows: list[dict], gt_rows: list[dict]) -> float:
+    """:func:`unpaired_auroc` of one method's samples over all items against the GTs'."""
+    return unpaired_auroc([p for r in rows for p in r.get("fill_scores", [])],
+                          [p for r in gt_rows for p in r.get("fill_scores", [])])
 
 
 def evaluate_item(item: RealsizeItem, methods: list[Method], scorers) -> dict[str, dict]:
@@ -168,7 +187,8 @@ def evaluate_item(item: RealsizeItem, methods: list[Method], scorers) -> dict[st
 COLUMNS = [("psnr", "PSNR"), ("ssim", "SSIM"), ("low_psnr", "low PSNR"),
            ("psnr_mean", "PSNR mean"), ("low_psnr_mean", "low PSNR mean"),
            ("texture", "texture"), ("texture_in_band", "tex in band"), ("outside", "outside max"),
-           ("fill_above_gt", "fill 2AFC"), ("lesion_flip", "flip rate"), ("seconds", "s/img")]
+           ("fill_above_gt", "fill 2AFC"), ("fill_auroc", "fill AUROC"), ("lesion_flip", "flip rate"),
+           ("seconds", "s/img")]
 
 
 def column(rows: list[dict], key: str) -> np.ndarray:
@@ -190,7 +210,7 @@ def fmt(value: float, key: str) -> str:
     if key == "outside":
         return f"{value:.3g}"
     return f"{value:.3f}" if key in ("ssim", "texture", "texture_in_band", "fill_above_gt",
-                                      "lesion_flip") else f"{value:.2f}"
+                                      "fill_auroc", "lesion_flip") else f"{value:.2f}"
 
 
 def verdict(rows: dict[str, list[dict]], name: str) -> str:
@@ -230,7 +250,8 @@ def size_table(size: int, results: dict[str, dict], methods: dict[str, list[Meth
     for source, res in results.items():
         label, rows = res["label"], res["rows"]
         for name in [m.name for m in methods[source]] + [GT]:
-            cells = [fmt(summary(rows[name], k), k) for k, _ in COLUMNS]
+            cells = [fmt(fill_auroc(rows[name], rows[GT]) if k == "fill_auroc"
+                         else summary(rows[name], k), k) for k, _ in COLUMNS]
             goal = verdict(rows, name) if name in res["judged"] else ""
             lines.append(f"| {label} | {name} | {len(rows[name])} | " + " | ".join(cells)
                          + f" | {goal} |")

@@ -49,7 +49,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from bench.bench_generator_realsize import (  # noqa: E402
     SCORER_CONTEXT,
@@ -57,6 +56,7 @@ from bench.bench_generator_realsize import (  # noqa: E402
     low,
     psnr,
     scorer_metrics,
+    unpaired_auroc,
     window_crop,
 )
 from bench.diag_sources import main as diag_main  # noqa: E402
@@ -128,12 +128,6 @@ def measure(source: str, size: int, n: int, seed: int) -> dict:
 def _delta(a, b) -> str:
     mean, lo, hi = paired_bootstrap_ci(np.asarray(a), np.asarray(b))
     return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-
-
-def unpaired_auroc(fill_scores, real_scores) -> float:
-    """AUROC of the detector's scores, fills (1) against real tissue (0)."""
-    y = np.r_[np.ones(len(fill_scores)), np.zeros(len(real_scores))]
-    return float(roc_auc_score(y, np.r_[fill_scores, real_scores]))
 
 
 def table(size: int, results: dict[str, dict]) -> list[str]:

@@ -37,3 +37,16 @@ def test_specs_of_one_checkpoint_share_their_samples(tiny_pixel_dir):
 def test_unknown_spec_flag_is_refused(tiny_pixel_dir):
     with pytest.raises(SystemExit, match="unknown flag"):
         parse_generators([f"x={tiny_pixel_dir},texture"])
+
+
+def test_unpaired_fill_auroc_pools_samples_against_truths():
+    """Two items: one method's samples score (0.9, 0.8) and (0.3,), the truths 0.5 and 0.1. Of the
+    3 × 2 fill–real pairs the fill ranks higher in 5 → 5/6; a label swap would give 1/6 and
+    scoring only each item's own truth (paired) 3/3 ≠ 5/6."""
+    from bench.bench_generator_realsize import fill_auroc, unpaired_auroc
+
+    rows = [{"fill_scores": [0.9, 0.8]}, {"fill_scores": [0.3]}]
+    gt_rows = [{"fill_scores": [0.5]}, {"fill_scores": [0.1]}]
+    assert fill_auroc(rows, gt_rows) == pytest.approx(5 / 6)
+    assert unpaired_auroc([0.2, 0.2], [0.2]) == pytest.approx(0.5)
+    assert np.isnan(fill_auroc(rows, [{}]))
