@@ -11,7 +11,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ORDER = ["demo", "generator", "copy_texture_rule", "copy_texture_val_256", "copy_texture_val_512",
-         "fill_detector_bands", "kriging_prior_round5", "generator_stacked_test_256",
+         "fill_detector_bands", "generator_heldout_auroc_256", "generator_heldout_auroc_512",
+         "kriging_prior_round5", "generator_stacked_test_256",
          "generator_stacked_test_512", "generator_kriging4_test_256", "generator_kriging4_test_512",
          "texture_lowcut_rule", "texture_lowcut_val_256", "texture_lowcut_val_512",
          "kriging_prior_round3", "kriging_prior_round4", "texture_ring", "noise_texture_rule",
