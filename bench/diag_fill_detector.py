@@ -51,20 +51,16 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from bench.bench_generator_realsize import (  # noqa: E402
-    SCORER_CONTEXT,
-    SCORER_MIN_SIDE,
     low,
     psnr,
     scorer_metrics,
     unpaired_auroc,
-    window_crop,
 )
 from bench.diag_sources import main as diag_main  # noqa: E402
 from bench.realsize_methods import DILATION_PX, GT  # noqa: E402
 from generator.compose import TEXTURE_SIGMA  # noqa: E402
 from generator.kriging import prior_fill  # noqa: E402
 from generator.masks import dilate, ring_texture_gain  # noqa: E402
-from generator.predictor import lesion_window  # noqa: E402
 from generator.scoring import load_scorers  # noqa: E402
 from shared.benchmark.realsize import build_realsize  # noqa: E402
 from shared.metrics import high_pass, paired_bootstrap_ci  # noqa: E402
@@ -112,13 +108,9 @@ def measure(source: str, size: int, n: int, seed: int) -> dict:
         region = dilate(item.mask, DILATION_PX)
         outs = rows_for(image, gt, region, np.random.default_rng(seed * 100_003 + k))
         scored = scorer_metrics(scorers(), {**{r: [v] for r, v in outs.items()}, GT: [gt]}, region)
-        win = lesion_window(region, min_side=SCORER_MIN_SIDE, context=SCORER_CONTEXT)
-        names = [*ROWS, GT]
-        p = scorers().probabilities([window_crop(outs.get(r, gt), win) for r in names],
-                                    [window_crop(region, win)] * len(names))["fill"]
-        res["gt"].append(float(p[-1]))
-        for j, r in enumerate(ROWS):
-            res[r]["p"].append(float(p[j]))
+        res["gt"].append(scored[GT]["fill_scores"][0])
+        for r in ROWS:
+            res[r]["p"].append(scored[r]["fill_scores"][0])
             res[r]["afc"].append(scored[r]["fill_above_gt"])
             res[r]["low"].append(psnr(low(outs[r]), low(gt), region))
         res["s"].append(time.perf_counter() - t0)
